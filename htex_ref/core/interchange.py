@@ -1,0 +1,425 @@
+"""The interchange's decisions as a pure state machine: events and ``now`` in, instructions out.
+
+``InterchangeState`` owns the task queue (priority order, FIFO within a priority), the table of
+registered managers, dispatch of tasks to managers with free capacity, heartbeat expiry, draining and
+holds. It never touches a socket or a clock: the runtime (``htex_ref.interchange``) or a simulator feeds
+it events with the current time and carries out the instructions it returns. ``next_deadline()`` says
+when it next needs to be called even if nothing arrives.
+
+Rules it keeps:
+
+1. A task is in exactly one place: the pending queue, or the task set of one manager.
+2. A manager's task set never exceeds its capacity (workers + prefetch).
+3. Held, draining or expired managers receive no tasks.
+4. Every task handed to a manager ends in exactly one forwarded result: the manager's, or a
+   ``MANAGER_LOST`` result made here when the manager expires or says goodbye. Late messages from a
+   forgotten manager are ignored, never fatal.
+5. Time comes only from ``now`` arguments.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from htex_ref.core.selectors import ManagerSelector, RandomManagerSelector
+from htex_ref.protocol import Outcome, Registration
+from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__, python_minor
+
+logger = logging.getLogger(__name__)
+
+ResultTuple = tuple[int, Outcome, bytes]
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@dataclass(slots=True)
+class QueuedTask:
+    """A task as the interchange sees it: an id, a priority and frames it never opens."""
+
+    task_id: int
+    priority: float
+    frames: tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class ManagerRecord:
+    manager_id: bytes
+    registration: Registration
+    registered_at: float
+    last_seen: float
+    tasks: set[int] = field(default_factory=set)
+    active: bool = True
+    draining: bool = False
+    drain_at: float | None = None
+    idle_since: float | None = None
+
+    @property
+    def block_id(self) -> str | None:
+        return self.registration.block_id
+
+    @property
+    def capacity(self) -> int:
+        return self.registration.capacity
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.tasks)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        reg = self.registration
+        return {
+            "manager": reg.uid,
+            "block_id": reg.block_id,
+            "hostname": reg.hostname,
+            "worker_count": reg.worker_count,
+            "prefetch_capacity": reg.prefetch_capacity,
+            "tasks": len(self.tasks),
+            "idle_duration": (now - self.idle_since) if self.idle_since is not None else 0.0,
+            "active": self.active,
+            "draining": self.draining,
+            "python_version": reg.python_version,
+            "htex_ref_version": reg.htex_ref_version,
+            "last_heartbeat_age": now - self.last_seen,
+        }
+
+
+# --------------------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSubmitted:
+    task: QueuedTask
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerRegistered:
+    manager_id: bytes
+    registration: Registration
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerHeartbeat:
+    manager_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsReceived:
+    manager_id: bytes
+    results: list[ResultTuple]
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerGoodbye:
+    manager_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldManager:
+    manager_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownAll:
+    reason: str
+
+
+Event = (
+    TaskSubmitted
+    | ManagerRegistered
+    | ManagerHeartbeat
+    | ResultsReceived
+    | ManagerGoodbye
+    | HoldManager
+    | ShutdownAll
+)
+
+
+# ------------------------------------------------------------------------------------- instructions
+
+
+@dataclass(frozen=True, slots=True)
+class SendTasks:
+    manager_id: bytes
+    tasks: list[QueuedTask]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResults:
+    results: list[ResultTuple]
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptRegistration:
+    manager_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RejectRegistration:
+    manager_id: bytes
+    reason: str
+    #: Set when the refusal is a version mismatch, which the executor treats as fatal.
+    mismatch: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyHeartbeat:
+    manager_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StopManager:
+    manager_id: bytes
+    reason: str
+
+
+Instruction = SendTasks | ForwardResults | AcceptRegistration | RejectRegistration | ReplyHeartbeat | StopManager
+
+
+def lost_payload(manager_id: str, hostname: str, detail: str) -> bytes:
+    return json.dumps({"manager": manager_id, "host": hostname, "detail": detail}).encode()
+
+
+# ------------------------------------------------------------------------------------------- machine
+
+
+class InterchangeState:
+    """All interchange bookkeeping; see the module docstring for the rules it keeps."""
+
+    def __init__(
+        self,
+        heartbeat_threshold: float,
+        selector: ManagerSelector | None = None,
+        check_python_version: bool = True,
+        python_version: str = PYTHON_VERSION,
+        protocol_version: int = PROTOCOL_VERSION,
+    ) -> None:
+        self.heartbeat_threshold = heartbeat_threshold
+        self.selector: ManagerSelector = selector or RandomManagerSelector()
+        self.check_python_version = check_python_version
+        self.python_version = python_version
+        self.protocol_version = protocol_version
+        self.managers: dict[bytes, ManagerRecord] = {}
+        self.block_history: list[str] = []
+        self.tasks_dispatched = 0
+        self._pending: list[tuple[float, int, QueuedTask]] = []
+        # Managers that could take work now: registered, active, not draining, free > 0.
+        self._free: dict[bytes, ManagerRecord] = {}
+        # Lazy timer queue: (when, seq, kind, manager id). An entry is checked against the record
+        # when it comes due, so contacts never touch the heap.
+        self._timers: list[tuple[float, int, str, bytes]] = []
+        self._seq = itertools.count()
+        self._out: list[Instruction] = []
+        self._results: list[ResultTuple] = []
+
+    # ------------------------------------------------------------------------------- public API
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    @property
+    def in_flight_count(self) -> int:
+        return sum(len(m.tasks) for m in self.managers.values())
+
+    def handle(self, *events: Event, now: float) -> list[Instruction]:
+        """Apply ``events`` in order, fire due timers, dispatch; return what the runtime must do."""
+        for ev in events:
+            self._handlers[type(ev)](self, ev, now)
+        self._fire_timers(now)
+        self._dispatch(now)
+        if self._results:
+            self._out.append(ForwardResults(self._results))
+            self._results = []
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def managers_snapshot(self, now: float) -> list[dict[str, Any]]:
+        return [m.snapshot(now) for m in self.managers.values()]
+
+    def connected_blocks(self) -> list[str]:
+        return list(self.block_history)
+
+    # ---------------------------------------------------------------------------------- events
+
+    def _on_task(self, ev: TaskSubmitted, now: float) -> None:
+        t = ev.task
+        heapq.heappush(self._pending, (t.priority, t.task_id, t))
+
+    def _on_register(self, ev: ManagerRegistered, now: float) -> None:
+        reg = ev.registration
+        mid = ev.manager_id
+        if mid in self.managers:
+            self._out.append(RejectRegistration(mid, f"manager id {reg.uid} is already registered"))
+            return
+        ours = f"protocol={self.protocol_version} python={self.python_version} htex_ref={__version__}"
+        theirs = f"protocol={reg.protocol_version} python={reg.python_version} htex_ref={reg.htex_ref_version}"
+        mismatch = reg.protocol_version != self.protocol_version or (
+            self.check_python_version and python_minor(reg.python_version) != python_minor(self.python_version)
+        )
+        if mismatch:
+            reason = f"version mismatch: manager {reg.uid} on {reg.hostname} has {theirs}; interchange has {ours}"
+            logger.error("Refusing registration: %s", reason)
+            self._out.append(RejectRegistration(mid, reason, mismatch=(theirs, ours)))
+            return
+        if reg.worker_count <= 0:
+            self._out.append(RejectRegistration(mid, "manager has no workers"))
+            return
+        rec = ManagerRecord(manager_id=mid, registration=reg, registered_at=now, last_seen=now, idle_since=now)
+        self.managers[mid] = rec
+        if reg.block_id is not None and reg.block_id not in self.block_history:
+            self.block_history.append(reg.block_id)
+        self._push_timer(now + self.heartbeat_threshold, "expire", mid)
+        if reg.drain_in is not None:
+            rec.drain_at = now + max(0.0, reg.drain_in)
+            self._push_timer(rec.drain_at, "drain", mid)
+        self._refresh_free(rec)
+        logger.info(
+            "Registered manager %s (block %s, host %s, %d workers, capacity %d)",
+            reg.uid, reg.block_id, reg.hostname, reg.worker_count, reg.capacity,
+        )
+        self._out.append(AcceptRegistration(mid))
+
+    def _on_heartbeat(self, ev: ManagerHeartbeat, now: float) -> None:
+        rec = self.managers.get(ev.manager_id)
+        if rec is None:
+            logger.debug("Ignoring heartbeat from unknown manager %r", ev.manager_id)
+            return
+        rec.last_seen = now
+        self._out.append(ReplyHeartbeat(ev.manager_id))
+
+    def _on_results(self, ev: ResultsReceived, now: float) -> None:
+        rec = self.managers.get(ev.manager_id)
+        if rec is None:
+            # Its tasks were already failed with MANAGER_LOST when it was forgotten.
+            logger.warning("Ignoring %d results from unknown manager %r", len(ev.results), ev.manager_id)
+            return
+        rec.last_seen = now
+        for result in ev.results:
+            try:
+                rec.tasks.remove(result[0])
+            except KeyError:
+                logger.warning("Dropping result for task %d not held by manager %s", result[0], rec.registration.uid)
+                continue
+            self._results.append(result)
+        if not rec.tasks:
+            rec.idle_since = now
+            if rec.draining:
+                self._forget(rec, stop_reason="drained")
+                return
+        self._refresh_free(rec)
+
+    def _on_goodbye(self, ev: ManagerGoodbye, now: float) -> None:
+        rec = self.managers.get(ev.manager_id)
+        if rec is None:
+            return
+        logger.info("Manager %s said goodbye: %s", rec.registration.uid, ev.reason)
+        self._fail_tasks(rec, f"the worker pool exited: {ev.reason}")
+        self._forget(rec)
+
+    def _on_hold(self, ev: HoldManager, now: float) -> None:
+        rec = self.managers.get(ev.manager_id)
+        if rec is None:
+            logger.warning("Cannot hold unknown manager %r", ev.manager_id)
+            return
+        rec.active = False
+        self._free.pop(rec.manager_id, None)
+
+    def _on_shutdown(self, ev: ShutdownAll, now: float) -> None:
+        for rec in list(self.managers.values()):
+            self._fail_tasks(rec, f"the interchange is shutting down: {ev.reason}")
+            self._forget(rec, stop_reason=ev.reason)
+
+    _handlers: dict[type, Any] = {
+        TaskSubmitted: _on_task,
+        ManagerRegistered: _on_register,
+        ManagerHeartbeat: _on_heartbeat,
+        ResultsReceived: _on_results,
+        ManagerGoodbye: _on_goodbye,
+        HoldManager: _on_hold,
+        ShutdownAll: _on_shutdown,
+    }
+
+    # ---------------------------------------------------------------------------------- timers
+
+    def _push_timer(self, when: float, kind: str, mid: bytes) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), kind, mid))
+
+    def _fire_timers(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, mid = heapq.heappop(self._timers)
+            rec = self.managers.get(mid)
+            if rec is None:
+                continue
+            if kind == "expire":
+                due = rec.last_seen + self.heartbeat_threshold
+                if due > now:
+                    self._push_timer(due, "expire", mid)
+                    continue
+                logger.warning(
+                    "Manager %s on %s missed heartbeats for %.1f s; failing its %d tasks",
+                    rec.registration.uid, rec.registration.hostname, now - rec.last_seen, len(rec.tasks),
+                )
+                self._fail_tasks(rec, f"no heartbeat for {now - rec.last_seen:.1f} s "
+                                      f"(heartbeat_threshold={self.heartbeat_threshold} s)")
+                self._forget(rec)
+            elif kind == "drain" and not rec.draining:
+                rec.draining = True
+                self._free.pop(mid, None)
+                if not rec.tasks:
+                    self._forget(rec, stop_reason="drained")
+
+    # -------------------------------------------------------------------------------- dispatch
+
+    def _refresh_free(self, rec: ManagerRecord) -> None:
+        if rec.active and not rec.draining and rec.free > 0 and rec.manager_id in self.managers:
+            self._free[rec.manager_id] = rec
+        else:
+            self._free.pop(rec.manager_id, None)
+
+    def _dispatch(self, now: float) -> None:
+        pending = self._pending
+        while pending and self._free:
+            mid = self.selector.choose(self._free)
+            rec = self._free[mid]
+            n = min(rec.free, len(pending))
+            batch = [heapq.heappop(pending)[2] for _ in range(n)]
+            rec.tasks.update(t.task_id for t in batch)
+            rec.idle_since = None
+            self.tasks_dispatched += n
+            if rec.free <= 0:
+                del self._free[mid]
+            self._out.append(SendTasks(mid, batch))
+
+    # ------------------------------------------------------------------------------- forgetting
+
+    def _fail_tasks(self, rec: ManagerRecord, detail: str) -> None:
+        if not rec.tasks:
+            return
+        payload = lost_payload(rec.registration.uid, rec.registration.hostname, detail)
+        self._results.extend((tid, Outcome.MANAGER_LOST, payload) for tid in sorted(rec.tasks))
+        rec.tasks.clear()
+
+    def _forget(self, rec: ManagerRecord, stop_reason: str | None = None) -> None:
+        self.managers.pop(rec.manager_id, None)
+        self._free.pop(rec.manager_id, None)
+        if stop_reason is not None:
+            self._out.append(StopManager(rec.manager_id, stop_reason))
+
+
+def replay(state: InterchangeState, timeline: Iterable[tuple[float, Event]]) -> list[Instruction]:
+    """Feed ``(now, event)`` pairs one by one; handy for tests that replay a race as a list."""
+    out: list[Instruction] = []
+    for now, ev in timeline:
+        out.extend(state.handle(ev, now=now))
+    return out

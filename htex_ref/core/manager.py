@@ -1,0 +1,265 @@
+"""The worker pool's (manager's) decisions as a pure state machine.
+
+``ManagerState`` tracks each worker slot (starting, idle, busy), the tasks the interchange handed over
+but no worker has started yet (up to ``prefetch_capacity`` of them), the heartbeat timers in both
+directions, and worker deaths. The runtime (``htex_ref.worker_pool``) feeds it events and carries out
+its instructions.
+
+Rules it keeps:
+
+1. A worker runs at most one task; a task runs on at most one worker.
+2. A worker that dies while running a task produces exactly one ``WORKER_LOST`` result for that task,
+   and the slot is restarted.
+3. A worker slot that dies ``max_startup_failures`` times in a row before it ever becomes ready stops
+   the pool with an error naming the slot and exit code, instead of a restart loop.
+4. The pool exits when the interchange has been silent for ``heartbeat_threshold`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from htex_ref.protocol import Outcome
+
+logger = logging.getLogger(__name__)
+
+ResultTuple = tuple[int, Outcome, bytes]
+
+
+@dataclass(slots=True)
+class WorkerSlot:
+    rank: int
+    state: str = "starting"  # starting | idle | busy | stopped
+    task_id: int | None = None
+    startup_failures: int = 0
+    starts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTask:
+    task_id: int
+    frames: tuple[Any, ...]
+
+
+# events
+
+
+@dataclass(frozen=True, slots=True)
+class TasksArrived:
+    tasks: list[PoolTask]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady:
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerResult:
+    rank: int
+    task_id: int
+    outcome: Outcome
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExited:
+    rank: int
+    exit_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class InterchangeContact:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    reason: str
+    error: bool = False
+
+
+Event = TasksArrived | WorkerReady | WorkerResult | WorkerExited | InterchangeContact | StopRequested
+
+
+# instructions
+
+
+@dataclass(frozen=True, slots=True)
+class RunTask:
+    rank: int
+    task: PoolTask
+
+
+@dataclass(frozen=True, slots=True)
+class SendResults:
+    results: list[ResultTuple]
+
+
+@dataclass(frozen=True, slots=True)
+class SendHeartbeat:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    reason: str
+    error: bool
+    #: Tasks the pool held but could not finish; the interchange learns of them through "bye".
+    unfinished: list[int] = field(default_factory=list)
+
+
+Instruction = RunTask | SendResults | SendHeartbeat | StartWorker | Exit
+
+
+class ManagerState:
+    def __init__(
+        self,
+        worker_count: int,
+        heartbeat_period: float,
+        heartbeat_threshold: float,
+        now: float,
+        hostname: str = "localhost",
+        max_startup_failures: int = 3,
+    ) -> None:
+        self.hostname = hostname
+        self.heartbeat_period = heartbeat_period
+        self.heartbeat_threshold = heartbeat_threshold
+        self.max_startup_failures = max_startup_failures
+        self.workers = {rank: WorkerSlot(rank) for rank in range(worker_count)}
+        self.queue: deque[PoolTask] = deque()
+        self.last_contact = now
+        self.last_heartbeat = now
+        self.exiting = False
+        self._idle: deque[int] = deque()
+        self._out: list[Instruction] = []
+        self._results: list[ResultTuple] = []
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state == "busy")
+
+    @property
+    def held(self) -> int:
+        """Tasks the pool holds: queued here or running on a worker."""
+        return len(self.queue) + self.busy
+
+    def handle(self, *events: Event, now: float) -> list[Instruction]:
+        for ev in events:
+            if self.exiting:
+                break
+            self._handlers[type(ev)](self, ev, now)
+        if not self.exiting:
+            self._assign()
+            self._timers(now)
+        if self._results:
+            # Results come before an Exit so the runtime sends them before saying goodbye.
+            self._out.insert(0, SendResults(self._results))
+            self._results = []
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float:
+        return min(self.last_heartbeat + self.heartbeat_period, self.last_contact + self.heartbeat_threshold)
+
+    # events
+
+    def _on_tasks(self, ev: TasksArrived, now: float) -> None:
+        self.queue.extend(ev.tasks)
+
+    def _on_ready(self, ev: WorkerReady, now: float) -> None:
+        slot = self.workers.get(ev.rank)
+        if slot is None or slot.state != "starting":
+            logger.warning("Unexpected ready from worker %s", ev.rank)
+            return
+        slot.state = "idle"
+        slot.startup_failures = 0
+        self._idle.append(ev.rank)
+
+    def _on_result(self, ev: WorkerResult, now: float) -> None:
+        slot = self.workers.get(ev.rank)
+        if slot is None or slot.state != "busy" or slot.task_id != ev.task_id:
+            logger.warning("Dropping result for task %d from worker %s that was not running it", ev.task_id, ev.rank)
+            return
+        self._results.append((ev.task_id, ev.outcome, ev.payload))
+        slot.state = "idle"
+        slot.task_id = None
+        self._idle.append(ev.rank)
+
+    def _on_exit(self, ev: WorkerExited, now: float) -> None:
+        slot = self.workers.get(ev.rank)
+        if slot is None:
+            return
+        if slot.state == "busy" and slot.task_id is not None:
+            detail = f"worker process exited with code {ev.exit_code} while running the task"
+            payload = json.dumps({"worker": ev.rank, "host": self.hostname, "detail": detail}).encode()
+            self._results.append((slot.task_id, Outcome.WORKER_LOST, payload))
+        elif slot.state == "starting":
+            slot.startup_failures += 1
+            if slot.startup_failures >= self.max_startup_failures:
+                self._exit(
+                    f"worker {ev.rank} died {slot.startup_failures} times in a row before it became ready "
+                    f"(last exit code {ev.exit_code}); see the worker logs of this pool",
+                    error=True,
+                )
+                return
+        if ev.rank in self._idle:
+            self._idle.remove(ev.rank)
+        slot.state = "starting"
+        slot.task_id = None
+        slot.starts += 1
+        self._out.append(StartWorker(ev.rank))
+
+    def _on_contact(self, ev: InterchangeContact, now: float) -> None:
+        self.last_contact = now
+
+    def _on_stop(self, ev: StopRequested, now: float) -> None:
+        self._exit(ev.reason, error=ev.error)
+
+    _handlers: dict[type, Any] = {
+        TasksArrived: _on_tasks,
+        WorkerReady: _on_ready,
+        WorkerResult: _on_result,
+        WorkerExited: _on_exit,
+        InterchangeContact: _on_contact,
+        StopRequested: _on_stop,
+    }
+
+    # helpers
+
+    def _assign(self) -> None:
+        while self.queue and self._idle:
+            rank = self._idle.popleft()
+            task = self.queue.popleft()
+            slot = self.workers[rank]
+            slot.state = "busy"
+            slot.task_id = task.task_id
+            self._out.append(RunTask(rank, task))
+
+    def _timers(self, now: float) -> None:
+        if now - self.last_contact >= self.heartbeat_threshold:
+            self._exit(
+                f"no message from the interchange for {now - self.last_contact:.1f} s "
+                f"(heartbeat_threshold={self.heartbeat_threshold} s)",
+                error=True,
+            )
+            return
+        if now - self.last_heartbeat >= self.heartbeat_period:
+            self.last_heartbeat = now
+            self._out.append(SendHeartbeat())
+
+    def _exit(self, reason: str, error: bool) -> None:
+        unfinished = [t.task_id for t in self.queue]
+        unfinished += [w.task_id for w in self.workers.values() if w.state == "busy" and w.task_id is not None]
+        self.queue.clear()
+        self.exiting = True
+        self._out.append(Exit(reason, error, sorted(unfinished)))

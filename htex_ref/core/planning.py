@@ -1,0 +1,50 @@
+"""Worker-count planning: how many workers a node runs, as a pure function of its resources.
+
+The same function serves the manager (real cores and memory of the node it runs on) and the executor
+(the provider's declared ``cores_per_node`` / ``mem_per_node``, for scaling arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    count: int
+    #: The bound each resource puts on the count (inf where it puts none), in the order checked.
+    limits: dict[str, float]
+
+    def explain(self) -> str:
+        parts = [f"{name} allows {'no limit' if math.isinf(v) else int(v)}" for name, v in self.limits.items()]
+        return f"{self.count} workers ({'; '.join(parts)})"
+
+
+def plan_workers(
+    *,
+    max_workers_per_node: float | None,
+    cores_per_worker: float,
+    mem_per_worker: float | None,
+    cores: float | None,
+    mem_gb: float | None,
+    accelerators: Sequence[str] = (),
+    default_when_unbounded: int = 1,
+) -> WorkerPlan:
+    """min(max_workers_per_node, cores/cores_per_worker, mem/mem_per_worker, len(accelerators)).
+
+    ``None`` for ``cores`` or ``mem_gb`` means unknown: that resource puts no bound. A
+    ``max_workers_per_node`` of None or 0 means no bound (Parsl's convention). When nothing bounds the
+    count (no resources known, no accelerators), the count is ``default_when_unbounded``.
+    """
+    inf = math.inf
+    limits: dict[str, float] = {
+        "max_workers_per_node": float(max_workers_per_node) if max_workers_per_node else inf,
+        "cores": math.floor(cores / cores_per_worker) if cores is not None and cores_per_worker > 0 else inf,
+        "memory": math.floor(mem_gb / mem_per_worker) if mem_gb is not None and mem_per_worker else inf,
+        "accelerators": float(len(accelerators)) if accelerators else inf,
+    }
+    bound = min(limits.values())
+    count = default_when_unbounded if math.isinf(bound) else max(0, int(bound))
+    return WorkerPlan(count=count, limits=limits)

@@ -1,0 +1,34 @@
+"""Block choice for scale-in as a pure function (the full scaling policies come with their own issue).
+
+``choose_blocks_to_scale_in`` ranks live blocks so that the cheapest to lose go first: blocks with no
+tasks before busy ones, and among those the longest idle first; a block that never registered counts as
+idle forever. ``n <= 0`` chooses nothing (Parsl's ``scale_in(0)`` kills every idle block).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from htex_ref.core.selectors import block_rank
+
+
+def choose_blocks_to_scale_in(
+    n: int, live_blocks: Iterable[str], managers: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    if n <= 0:
+        return []
+    tasks: dict[str, int] = {}
+    idle: dict[str, float] = {}
+    for b in live_blocks:
+        tasks[b] = 0
+        idle[b] = math.inf
+    for m in managers:
+        b = m.get("block_id")
+        if b not in tasks:
+            continue
+        tasks[b] += int(m.get("tasks", 0))
+        idle[b] = min(idle[b], float(m.get("idle_duration", 0.0)) if not m.get("tasks") else 0.0)
+    order = sorted(tasks, key=lambda b: (tasks[b] > 0, -idle[b], tasks[b], block_rank(b)))
+    return order[:n]

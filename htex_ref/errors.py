@@ -1,0 +1,167 @@
+"""Exceptions that htex_ref raises or sets on futures.
+
+Every error a user can meet says what failed and where to look. The names follow Parsl where users
+catch them by name (``WorkerLost``, ``ManagerLost``, ``BadStateException``, ``SerializationError``,
+``InvalidResourceSpecification``, ``VersionMismatch``).
+"""
+
+from __future__ import annotations
+
+
+class HtexError(Exception):
+    """Base class of every htex_ref error."""
+
+
+class ConfigurationError(HtexError, ValueError):
+    """A parameter has a value that cannot work; the message names the parameter."""
+
+
+class SerializationError(HtexError):
+    """A function, its arguments or its result could not be serialized."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(what, reason)
+        self.what = what
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Failed to serialize {self.what}: {self.reason}"
+
+
+class DeserializationError(HtexError):
+    """A result or exception came back but could not be deserialized in this process."""
+
+
+class InvalidResourceSpecification(HtexError, ValueError):
+    """A ``resource_specification`` carries keys or values this executor does not support."""
+
+    def __init__(self, invalid_keys: set[str], message: str) -> None:
+        super().__init__(invalid_keys, message)
+        self.invalid_keys = invalid_keys
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised on a worker; set as ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class RemoteError(HtexError):
+    """Stands in for a remote exception that could not be pickled or unpickled."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name = type_name
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+
+class WorkerLost(HtexError):
+    """The worker process running a task died before returning a result."""
+
+    def __init__(self, worker_id: int | str, hostname: str, detail: str = "") -> None:
+        super().__init__(worker_id, hostname, detail)
+        self.worker_id = worker_id
+        self.hostname = hostname
+        self.detail = detail
+
+    def __str__(self) -> str:
+        msg = f"Task failure due to loss of worker {self.worker_id} on host {self.hostname}"
+        return f"{msg}: {self.detail}" if self.detail else msg
+
+
+class ManagerLost(HtexError):
+    """The worker pool (manager) that held a task went away before returning its result."""
+
+    def __init__(self, manager_id: str, hostname: str, detail: str = "") -> None:
+        super().__init__(manager_id, hostname, detail)
+        self.manager_id = manager_id
+        self.hostname = hostname
+        self.detail = detail
+
+    def __str__(self) -> str:
+        msg = f"Task failure due to loss of manager {self.manager_id} on host {self.hostname}"
+        return f"{msg}: {self.detail}" if self.detail else msg
+
+
+class VersionMismatch(HtexError):
+    """A worker pool speaks another protocol or runs another Python than the interchange."""
+
+    def __init__(self, manager_info: str, interchange_info: str) -> None:
+        super().__init__(manager_info, interchange_info)
+        self.manager_info = manager_info
+        self.interchange_info = interchange_info
+
+    def __str__(self) -> str:
+        return (
+            f"Manager version info {self.manager_info} does not match "
+            f"interchange version info {self.interchange_info}"
+        )
+
+
+class InterchangeError(HtexError):
+    """The interchange process failed to start or died."""
+
+
+class CommandTimeout(HtexError, TimeoutError):
+    """The interchange did not answer a command within its time-out."""
+
+
+class ExecutorShutdown(HtexError, RuntimeError):
+    """The executor was shut down before the task finished, or a submit came after shutdown."""
+
+
+class BadStateException(HtexError):
+    """The executor is in a bad state; every outstanding and later task fails with this."""
+
+    def __init__(self, label: str, reason: BaseException) -> None:
+        super().__init__(label, reason)
+        self.label = label
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Executor {self.label} failed due to: {self.reason}"
+
+
+class ScalingFailed(HtexError):
+    """A provider could not start a block."""
+
+
+class SubmitException(HtexError):
+    """A provider's submit command failed; carries the command's output."""
+
+    def __init__(
+        self,
+        job_name: str,
+        message: str,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        retcode: int | None = None,
+    ) -> None:
+        super().__init__(job_name, message)
+        self.job_name = job_name
+        self.message = message
+        self.stdout = stdout
+        self.stderr = stderr
+        self.retcode = retcode
+
+    def __str__(self) -> str:
+        return (
+            f"Cannot launch job {self.job_name}: {self.message}; "
+            f"retcode={self.retcode}, stdout={self.stdout!r}, stderr={self.stderr!r}"
+        )
+
+
+class ProtocolError(HtexError):
+    """A network frame does not decode to a valid message (dropped and logged, never fatal)."""

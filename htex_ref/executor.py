@@ -1,0 +1,825 @@
+"""``HighThroughputExecutor``: submit Python calls, get ``concurrent.futures.Future`` objects back.
+
+The executor lives in the user's process. It owns the Future table, two ZeroMQ sockets to the
+interchange (tasks and commands out; results, replies and fatal notices in), the interchange process
+(started by fork+exec and watched through a pidfd, so its death fails every outstanding future within
+a poll period) and the blocks it launched through its provider. See ``htex_ref.interchange`` for the
+whole data flow.
+
+Threads: callers submit (one lock guards the outgoing socket and the task table); one result thread
+receives results and resolves futures. Nothing else runs in the background.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import itertools
+import json
+import logging
+import math
+import numbers
+import os
+import shlex
+import shutil
+import string
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from htex_ref.core.planning import plan_workers
+from htex_ref.core.scaling import choose_blocks_to_scale_in
+from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
+from htex_ref.errors import (
+    BadStateException,
+    CommandTimeout,
+    ExecutorShutdown,
+    InterchangeError,
+    InvalidResourceSpecification,
+    VersionMismatch,
+)
+from htex_ref.netutil import Contexts, all_addresses, check_address, create_certificates, tcp_url
+from htex_ref.protocol import (
+    Kind,
+    dump_json,
+    load_json_object,
+    pack_request_id,
+    pack_task_header,
+    split_results,
+    unpack_request_id,
+)
+from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus
+from htex_ref.providers.local import LocalProvider
+from htex_ref.serialize import decode_outcome, dumps_arguments, dumps_function
+
+logger = logging.getLogger(__name__)
+
+#: Resource-specification keys this executor supports.
+SUPPORTED_SPEC_KEYS = frozenset({"priority"})
+#: Keys Parsl's executors know. A dict made only of these, in the resource-specification position of
+#: ``submit``, is taken as a resource specification (and unsupported ones are refused loudly).
+KNOWN_SPEC_KEYS = frozenset(
+    {"priority", "num_nodes", "ranks_per_node", "num_ranks", "launcher_options", "cores", "memory", "disk",
+     "gpus", "running_time_min"}
+)
+CPU_AFFINITY_STRATEGIES = ("none", "block", "block-reverse", "alternating")
+STRATEGIES = ("none",)
+
+DEFAULT_LAUNCH_CMD = (
+    "{worker_pool}{debug} --addresses={addresses} --port={worker_port} --cert-dir={cert_dir} "
+    "--block-id={block_id} --cores-per-worker={cores_per_worker} --mem-per-worker={mem_per_worker} "
+    "--max-workers-per-node={max_workers_per_node} --prefetch-capacity={prefetch_capacity} "
+    "--hb-period={heartbeat_period} --hb-threshold={heartbeat_threshold} --drain-period={drain_period} "
+    "--address-probe-timeout={address_probe_timeout} --cpu-affinity={cpu_affinity} --logdir={logdir}"
+    "{accelerators}"
+)
+LAUNCH_CMD_FIELDS = frozenset(
+    {"worker_pool", "debug", "addresses", "worker_port", "cert_dir", "block_id", "cores_per_worker",
+     "mem_per_worker", "max_workers_per_node", "prefetch_capacity", "heartbeat_period", "heartbeat_threshold",
+     "drain_period", "address_probe_timeout", "cpu_affinity", "logdir", "accelerators", "python"}
+)
+
+_run_counter = itertools.count()
+
+
+class HtexFuture(Future[Any]):
+    """A Future that knows its executor task id."""
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__()
+        self.task_id = task_id
+
+    @property
+    def parsl_executor_task_id(self) -> int:
+        return self.task_id
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _port_range(name: str, value: Any) -> tuple[int, int]:
+    if (not isinstance(value, tuple | list) or len(value) != 2 or not all(_is_int(v) for v in value)
+            or not 1 <= value[0] < value[1] <= 65535):
+        raise ValueError(f"{name} must be a pair (low, high) of ports with 1 <= low < high <= 65535, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def default_worker_pool_command() -> str:
+    """The worker-pool entry point of this installation, as a shell word."""
+    beside = Path(sys.executable).parent / "htex-worker-pool"
+    if beside.exists():
+        return shlex.quote(str(beside))
+    found = shutil.which("htex-worker-pool")
+    if found:
+        return shlex.quote(found)
+    return f"{shlex.quote(sys.executable)} -m htex_ref.worker_pool"
+
+
+class HighThroughputExecutor(concurrent.futures.Executor):
+    """Run Python functions on worker processes in blocks started by a provider.
+
+    Parameters keep the names and meanings of Parsl's HighThroughputExecutor. Bad values raise
+    ``ValueError`` or ``TypeError`` here, naming the parameter and what it accepts.
+
+    ``submit`` takes either Parsl's form ``submit(func, resource_specification, *args, **kwargs)`` or
+    ``concurrent.futures``' form ``submit(func, *args, **kwargs)``: the second positional argument is a
+    resource specification when it is ``None`` or a dict whose keys are all resource-specification keys
+    (``{}`` included). Pass ``resource_specification=...`` by keyword to be explicit.
+    """
+
+    def __init__(
+        self,
+        label: str = "HighThroughputExecutor",
+        provider: ExecutionProvider | None = None,
+        launch_cmd: str | None = None,
+        address: str | None = None,
+        loopback_address: str = "127.0.0.1",
+        worker_port: int | None = None,
+        worker_port_range: tuple[int, int] = (54000, 55000),
+        interchange_port_range: tuple[int, int] = (55000, 56000),
+        worker_debug: bool = False,
+        cores_per_worker: float = 1.0,
+        mem_per_worker: float | None = None,
+        max_workers_per_node: int | None = None,
+        cpu_affinity: str = "none",
+        available_accelerators: int | Sequence[str] = (),
+        prefetch_capacity: int = 0,
+        heartbeat_threshold: float = 120,
+        heartbeat_period: float = 30,
+        drain_period: float | None = None,
+        poll_period: int = 10,
+        address_probe_timeout: float | None = None,
+        worker_logdir_root: str | None = None,
+        manager_selector: Any = None,
+        block_error_handler: bool | Callable[..., Any] = True,
+        encrypted: bool = True,
+        run_dir: str | os.PathLike[str] | None = None,
+        strategy: str = "none",
+        strategy_period: float = 5.0,
+        max_idletime: float = 120.0,
+        interchange_start_timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(label, str) or not label or "/" in label:
+            raise ValueError(f"label must be a non-empty string without '/', got {label!r}")
+        self.label = label
+        if provider is None:
+            provider = LocalProvider()
+        if not isinstance(provider, ExecutionProvider):
+            raise TypeError(f"provider must be an htex_ref ExecutionProvider, got {type(provider).__name__}")
+        self.provider = provider
+        if launch_cmd is not None:
+            if not isinstance(launch_cmd, str) or not launch_cmd.strip():
+                raise TypeError(f"launch_cmd must be a non-empty string, got {launch_cmd!r}")
+            # Parsl formats its launch command twice, so its users write {{block_id}}; we format once.
+            launch_cmd = launch_cmd.replace("{{block_id}}", "{block_id}")
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(launch_cmd) if f is not None}
+            except ValueError as e:
+                raise ValueError(f"launch_cmd is not a valid format string: {e}") from None
+            unknown = fields - LAUNCH_CMD_FIELDS
+            if unknown:
+                raise ValueError(f"launch_cmd has unknown placeholders {sorted(unknown)}; "
+                                 f"accepted: {sorted(LAUNCH_CMD_FIELDS)}")
+        self.launch_cmd = launch_cmd or DEFAULT_LAUNCH_CMD
+        if address is not None:
+            if not isinstance(address, str):
+                raise TypeError(f"address must be a string or None, got {type(address).__name__}")
+            check_address(address, "address")
+        self.address = address
+        if not isinstance(loopback_address, str) or loopback_address == "*":
+            raise ValueError(f"loopback_address must be an IP address, got {loopback_address!r}")
+        check_address(loopback_address, "loopback_address")
+        self.loopback_address = loopback_address
+        if worker_port is not None and (not _is_int(worker_port) or not 1 <= worker_port <= 65535):
+            raise ValueError(f"worker_port must be None or a port number 1..65535, got {worker_port!r}")
+        self.worker_port = worker_port
+        self.worker_port_range = _port_range("worker_port_range", worker_port_range)
+        self.interchange_port_range = _port_range("interchange_port_range", interchange_port_range)
+        if not isinstance(worker_debug, bool):
+            raise TypeError(f"worker_debug must be a bool, got {worker_debug!r}")
+        self.worker_debug = worker_debug
+        if not _is_number(cores_per_worker) or not cores_per_worker > 0:
+            raise ValueError(f"cores_per_worker must be a number > 0, got {cores_per_worker!r}")
+        self.cores_per_worker = float(cores_per_worker)
+        if mem_per_worker is not None and (not _is_number(mem_per_worker) or mem_per_worker < 0):
+            raise ValueError(f"mem_per_worker must be None or a number of GB >= 0, got {mem_per_worker!r}")
+        self.mem_per_worker = mem_per_worker
+        if max_workers_per_node is not None and (not _is_int(max_workers_per_node) or max_workers_per_node < 0):
+            raise ValueError(f"max_workers_per_node must be None or an int >= 0, got {max_workers_per_node!r}")
+        self.max_workers_per_node = max_workers_per_node
+        if not isinstance(cpu_affinity, str) or not (
+            cpu_affinity.lower() in CPU_AFFINITY_STRATEGIES or cpu_affinity.lower().startswith("list:")
+        ):
+            raise ValueError(f"cpu_affinity must be one of {list(CPU_AFFINITY_STRATEGIES)} or 'list:...', "
+                             f"got {cpu_affinity!r}")
+        self.cpu_affinity = cpu_affinity.lower() if not cpu_affinity.lower().startswith("list:") else cpu_affinity
+        if _is_int(available_accelerators):
+            assert isinstance(available_accelerators, int)
+            if available_accelerators < 0:
+                raise ValueError(f"available_accelerators must be >= 0, got {available_accelerators}")
+            self.available_accelerators = [str(i) for i in range(available_accelerators)]
+        elif isinstance(available_accelerators, list | tuple) and all(
+            isinstance(a, str) and a and " " not in a for a in available_accelerators
+        ):
+            self.available_accelerators = list(available_accelerators)
+        else:
+            raise TypeError("available_accelerators must be an int or a sequence of non-empty names without "
+                            f"spaces, got {available_accelerators!r}")
+        if not _is_int(prefetch_capacity) or prefetch_capacity < 0:
+            raise ValueError(f"prefetch_capacity must be an int >= 0, got {prefetch_capacity!r}")
+        self.prefetch_capacity = prefetch_capacity
+        for name, value in (("heartbeat_threshold", heartbeat_threshold), ("heartbeat_period", heartbeat_period)):
+            if not _is_number(value) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if heartbeat_period > heartbeat_threshold:
+            raise ValueError(f"heartbeat_period ({heartbeat_period}) must not exceed heartbeat_threshold "
+                             f"({heartbeat_threshold}), or live managers would be expired between heartbeats")
+        self.heartbeat_threshold = float(heartbeat_threshold)
+        self.heartbeat_period = float(heartbeat_period)
+        if drain_period is not None and (not _is_number(drain_period) or drain_period <= 0):
+            raise ValueError(f"drain_period must be None or a number of seconds > 0, got {drain_period!r}")
+        self.drain_period = drain_period
+        if not _is_int(poll_period) or poll_period <= 0:
+            raise ValueError(f"poll_period must be an int number of milliseconds > 0, got {poll_period!r}")
+        self.poll_period = poll_period
+        if address_probe_timeout is not None and (not _is_number(address_probe_timeout) or address_probe_timeout <= 0):
+            raise ValueError(f"address_probe_timeout must be None or seconds > 0, got {address_probe_timeout!r}")
+        self.address_probe_timeout = address_probe_timeout
+        if worker_logdir_root is not None and not isinstance(worker_logdir_root, str | os.PathLike):
+            raise TypeError(f"worker_logdir_root must be a path or None, got {worker_logdir_root!r}")
+        self.worker_logdir_root = worker_logdir_root
+        if manager_selector is None:
+            manager_selector = RandomManagerSelector()
+        name = manager_selector if isinstance(manager_selector, str) else getattr(manager_selector, "name", None)
+        if name not in SELECTORS:
+            raise ValueError(f"manager_selector must be one of {sorted(SELECTORS)} or an instance of "
+                             f"{RandomManagerSelector.__name__}/{BlockIdManagerSelector.__name__}, "
+                             f"got {manager_selector!r}")
+        self.manager_selector = manager_selector
+        self._selector_name: str = name
+        if not isinstance(block_error_handler, bool) and not callable(block_error_handler):
+            raise TypeError(f"block_error_handler must be True, False or a callable, got {block_error_handler!r}")
+        self.block_error_handler = block_error_handler
+        if not isinstance(encrypted, bool):
+            raise TypeError(f"encrypted must be a bool, got {encrypted!r}")
+        self.encrypted = encrypted
+        if run_dir is not None and not isinstance(run_dir, str | os.PathLike):
+            raise TypeError(f"run_dir must be a path or None, got {run_dir!r}")
+        self._run_dir_arg = run_dir
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(STRATEGIES)} in this release, got {strategy!r}")
+        self.strategy = strategy
+        for name, value in (("strategy_period", strategy_period), ("interchange_start_timeout",
+                                                                     interchange_start_timeout)):
+            if not _is_number(value) or value <= 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if not _is_number(max_idletime) or max_idletime < 0:
+            raise ValueError(f"max_idletime must be a number of seconds >= 0, got {max_idletime!r}")
+        self.strategy_period = float(strategy_period)
+        self.max_idletime = float(max_idletime)
+        self.interchange_start_timeout = float(interchange_start_timeout)
+
+        self._tasks: dict[int, HtexFuture] = {}
+        self._task_ids = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self._replies: dict[int, Future[Any]] = {}
+        self._send_lock = threading.Lock()
+        self._lifecycle_lock = threading.RLock()
+        self._started = False
+        self._shutdown = False
+        self._bad_state: BaseException | None = None
+        self._ready = threading.Event()
+        self._io_stop = threading.Event()
+        self._io_thread: threading.Thread | None = None
+        self._contexts: Contexts | None = None
+        self._to_ix: Any = None
+        self._from_ix: Any = None
+        self._ix_proc: subprocess.Popen[bytes] | None = None
+        self._ix_pidfd: int | None = None
+        self._ix_ready_info: dict[str, Any] = {}
+        self.run_dir = ""
+        self.logdir = ""
+        self.cert_dir: str | None = None
+        self.interchange_worker_port: int | None = None
+        self._block_ids = itertools.count()
+        self.blocks_to_job_id: dict[str, str] = {}
+        self.job_ids_to_block: dict[str, str] = {}
+        self._simulated_status: dict[str, JobStatus] = {}
+
+    # ------------------------------------------------------------------------------ properties
+
+    @property
+    def tasks(self) -> dict[int, HtexFuture]:
+        """Outstanding futures by task id (submitted and not yet resolved)."""
+        return self._tasks
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def workers_per_node(self) -> int:
+        """Workers per node for scaling arithmetic (the pool decides the real count on its node)."""
+        plan = plan_workers(
+            max_workers_per_node=self.max_workers_per_node,
+            cores_per_worker=self.cores_per_worker,
+            mem_per_worker=self.mem_per_worker,
+            cores=self.provider.cores_per_node,
+            mem_gb=self.provider.mem_per_node,
+            accelerators=self.available_accelerators,
+        )
+        return plan.count
+
+    @property
+    def bad_state_is_set(self) -> bool:
+        return self._bad_state is not None
+
+    @property
+    def executor_exception(self) -> BaseException | None:
+        return self._bad_state
+
+    @property
+    def worker_logdir(self) -> str:
+        if self.worker_logdir_root is not None:
+            return os.path.join(os.fspath(self.worker_logdir_root), self.label)
+        return self.logdir
+
+    # ---------------------------------------------------------------------------------- start
+
+    def start(self) -> None:
+        """Start the interchange and launch ``init_blocks`` blocks; returns once the interchange is up."""
+        with self._lifecycle_lock:
+            if self._started:
+                raise RuntimeError(f"executor {self.label} was already started")
+            self._started = True
+            if self._run_dir_arg is not None:
+                run_dir = Path(self._run_dir_arg)
+            else:
+                run_dir = Path("runinfo") / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_run_counter)}"
+            self.run_dir = str(run_dir.absolute())
+            self.logdir = os.path.join(self.run_dir, self.label)
+            os.makedirs(self.logdir, exist_ok=True)
+            if self.provider.script_dir is None:
+                self.provider.script_dir = os.path.join(self.run_dir, "submit_scripts")
+            os.makedirs(self.provider.script_dir, exist_ok=True)
+            if self.encrypted:
+                self.cert_dir = create_certificates(self.logdir)
+            try:
+                self._start_interchange()
+            except BaseException:
+                self._teardown()
+                raise
+            _live_executors.add(self)
+            if self.strategy == "none" and self.provider.init_blocks:
+                self.scale_out(self.provider.init_blocks)
+
+    def _start_interchange(self) -> None:
+        self._contexts = Contexts(self.cert_dir)
+        lo, hi = self.interchange_port_range
+        base = tcp_url(self.loopback_address, 0)[: -len(":0")]
+        self._to_ix = self._contexts.socket(zmq.PUSH, server=True)
+        self._to_ix.setsockopt(zmq.SNDHWM, 0)
+        tasks_port = self._to_ix.bind_to_random_port(base, min_port=lo, max_port=hi, max_tries=200)
+        self._from_ix = self._contexts.socket(zmq.PULL, server=True)
+        self._from_ix.setsockopt(zmq.RCVHWM, 0)
+        results_port = self._from_ix.bind_to_random_port(base, min_port=lo, max_port=hi, max_tries=200)
+        cfg = {
+            "tasks_url": tcp_url(self.loopback_address, tasks_port),
+            "results_url": tcp_url(self.loopback_address, results_port),
+            "address": self.address,
+            "worker_port": self.worker_port,
+            "worker_port_range": list(self.worker_port_range),
+            "heartbeat_threshold": self.heartbeat_threshold,
+            "manager_selector": self._selector_name,
+            "cert_dir": self.cert_dir,
+            "logdir": self.logdir,
+            "debug": self.worker_debug,
+            "poll_period": self.poll_period,
+            "parent_pid": os.getpid(),
+        }
+        stderr_path = os.path.join(self.logdir, "interchange.stderr")
+        with open(stderr_path, "wb") as err:
+            # A session of its own keeps terminal signals (Ctrl-C) away from it; it dies with us
+            # through the parent-death signal instead.
+            self._ix_proc = subprocess.Popen(
+                [sys.executable, "-m", "htex_ref.interchange"],
+                stdin=subprocess.PIPE, stdout=err, stderr=err, start_new_session=True, close_fds=True,
+            )
+        assert self._ix_proc.stdin is not None
+        self._ix_proc.stdin.write(json.dumps(cfg).encode())
+        self._ix_proc.stdin.close()
+        self._ix_pidfd = os.pidfd_open(self._ix_proc.pid)
+        self._io_thread = threading.Thread(target=self._io_loop, name=f"htex-{self.label}-results", daemon=True)
+        self._io_thread.start()
+        if not self._ready.wait(self.interchange_start_timeout):
+            raise InterchangeError(
+                f"the interchange did not report ready within {self.interchange_start_timeout} s; "
+                f"see {self.logdir}/interchange.log and {stderr_path}"
+            )
+        if self._bad_state is not None:
+            raise InterchangeError(str(self._bad_state)) from self._bad_state
+        self.interchange_worker_port = int(self._ix_ready_info["worker_port"])
+
+    # ----------------------------------------------------------------------------- result thread
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._from_ix, zmq.POLLIN)
+        assert self._ix_pidfd is not None
+        poller.register(self._ix_pidfd, zmq.POLLIN)
+        sock = self._from_ix
+        tasks = self._tasks
+        while not self._io_stop.is_set():
+            socks = dict(poller.poll(50))
+            if sock in socks:
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        kind = frames[0]
+                        if kind == Kind.RESULTS:
+                            for task_id, outcome, payload in split_results(frames):
+                                fut = tasks.pop(task_id, None)
+                                if fut is None or fut.done():
+                                    continue
+                                ok, value = decode_outcome(outcome, payload)
+                                try:
+                                    if ok:
+                                        fut.set_result(value)
+                                    else:
+                                        fut.set_exception(value)
+                                except concurrent.futures.InvalidStateError:
+                                    pass  # cancelled by the caller meanwhile
+                        else:
+                            self._control_message(frames)
+                    except Exception:
+                        logger.exception("Dropped a malformed message from the interchange")
+            if self._ix_pidfd in socks:
+                self._interchange_exited()
+                return
+
+    def _control_message(self, frames: list[bytes]) -> None:
+        kind = frames[0]
+        if kind == Kind.REPLY:
+            fut = self._replies.pop(unpack_request_id(frames[1]), None)
+            if fut is not None and not fut.done():
+                fut.set_result(json.loads(frames[2]))
+        elif kind == Kind.READY:
+            self._ix_ready_info = load_json_object(frames[1])
+            self._ready.set()
+        elif kind == Kind.FATAL:
+            body = load_json_object(frames[1])
+            exc: BaseException
+            if body.get("kind") == "version_mismatch":
+                exc = VersionMismatch(str(body.get("manager")), str(body.get("interchange")))
+            else:
+                exc = InterchangeError(str(body.get("message")))
+            self.set_bad_state_and_fail_all(exc)
+        else:
+            logger.warning("Ignoring message of unknown kind %r from the interchange", kind[:32])
+
+    def _interchange_exited(self) -> None:
+        assert self._ix_proc is not None
+        code = self._ix_proc.wait()
+        if self._shutdown:
+            return
+        stderr = ""
+        try:
+            stderr = Path(self.logdir, "interchange.stderr").read_text(errors="replace")[-2000:]
+        except OSError:
+            pass
+        exc = InterchangeError(
+            f"the interchange process (pid {self._ix_proc.pid}) exited unexpectedly with code {code}; "
+            f"see {self.logdir}/interchange.log" + (f"; its stderr ends with:\n{stderr}" if stderr else "")
+        )
+        logger.error("%s", exc)
+        self.set_bad_state_and_fail_all(exc)
+        self._ready.set()
+
+    # --------------------------------------------------------------------------------- submit
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> HtexFuture:
+        """``submit(func, resource_specification, *args, **kwargs)`` or ``submit(func, *args, **kwargs)``."""
+        if "resource_specification" in kwargs:
+            spec = kwargs.pop("resource_specification")
+        elif args and (args[0] is None or (type(args[0]) is dict and set(args[0]) <= KNOWN_SPEC_KEYS)):
+            spec, args = args[0], args[1:]
+        else:
+            spec = None
+        return self._submit(fn, spec, args, kwargs)
+
+    def validate_resource_spec(self, spec: Any) -> float:
+        """Check a resource specification; return the task's priority (inf when none)."""
+        if spec is None:
+            return math.inf
+        if not isinstance(spec, dict):
+            raise InvalidResourceSpecification(set(), f"resource_specification must be a dict, got {type(spec).__name__}")
+        invalid = set(spec) - SUPPORTED_SPEC_KEYS
+        if invalid:
+            raise InvalidResourceSpecification(
+                invalid, f"resource_specification keys {sorted(invalid)} are not supported by "
+                         f"HighThroughputExecutor; supported: {sorted(SUPPORTED_SPEC_KEYS)}"
+            )
+        priority = spec.get("priority", math.inf)
+        if not _is_number(priority) or math.isnan(priority):
+            raise InvalidResourceSpecification({"priority"}, f"priority must be a real number, got {priority!r}")
+        return float(priority)
+
+    def _submit(self, fn: Callable[..., Any], spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> HtexFuture:
+        if not callable(fn):
+            raise TypeError(f"submit needs a callable, got {type(fn).__name__}")
+        priority = self.validate_resource_spec(spec)
+        fn_bytes = dumps_function(fn)
+        arg_bytes = dumps_arguments(fn, args, kwargs)
+        with self._send_lock:
+            if self._bad_state is not None:
+                raise BadStateException(self.label, self._bad_state)
+            if self._shutdown:
+                raise ExecutorShutdown(f"executor {self.label} has been shut down")
+            if not self._started or self._to_ix is None:
+                raise RuntimeError(f"executor {self.label} is not started; call start() or use it in a with-block")
+            task_id = next(self._task_ids)
+            fut = HtexFuture(task_id)
+            self._tasks[task_id] = fut
+            try:
+                self._to_ix.send_multipart([Kind.TASK, pack_task_header(task_id, priority), fn_bytes, arg_bytes],
+                                           zmq.NOBLOCK, copy=len(arg_bytes) < 65536)
+            except zmq.ZMQError as e:
+                self._tasks.pop(task_id, None)
+                raise InterchangeError(f"cannot reach the interchange: {e}") from e
+        return fut
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
+        """Like ``concurrent.futures.Executor.map``; arguments are never taken as resource specifications."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        futures = [self._submit(fn, None, args, {}) for args in zip(*iterables, strict=False)]
+
+        def results() -> Iterator[Any]:
+            try:
+                futures.reverse()
+                while futures:
+                    f = futures.pop()
+                    yield f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            finally:
+                for f in futures:
+                    f.cancel()
+
+        return results()
+
+    # ------------------------------------------------------------------------------- commands
+
+    def _command(self, op: str, *args: Any, timeout: float = 10.0) -> Any:
+        if self._bad_state is not None:
+            raise BadStateException(self.label, self._bad_state)
+        if not self._started or self._shutdown or self._to_ix is None:
+            raise RuntimeError(f"executor {self.label} is not running")
+        request_id = next(self._request_ids)
+        fut: Future[Any] = Future()
+        self._replies[request_id] = fut
+        try:
+            with self._send_lock:
+                self._to_ix.send_multipart([Kind.CMD, pack_request_id(request_id), dump_json({"op": op, "args": args})],
+                                           zmq.NOBLOCK)
+            try:
+                return fut.result(timeout)
+            except concurrent.futures.TimeoutError:
+                raise CommandTimeout(f"the interchange did not answer {op!r} within {timeout} s") from None
+        finally:
+            self._replies.pop(request_id, None)
+
+    def connected_managers(self) -> list[dict[str, Any]]:
+        """One dict per registered manager: id, block, host, workers, tasks, idle time, state, versions."""
+        result: list[dict[str, Any]] = self._command("managers")
+        return result
+
+    def connected_blocks(self) -> list[str]:
+        """Ids of every block that has had a manager register, in order of first registration."""
+        result: list[str] = self._command("connected_blocks")
+        return result
+
+    def interchange_stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._command("stats")
+        return result
+
+    def hold_manager(self, manager_id: str) -> bool:
+        """Stop sending tasks to a manager; its running tasks finish. Returns whether it was known."""
+        return bool(self._command("hold_manager", manager_id))
+
+    def hold_block(self, block_id: str) -> list[str]:
+        """Hold every manager of a block; returns the ids of the managers held."""
+        held = [m["manager"] for m in self.connected_managers() if m["block_id"] == block_id]
+        for manager_id in held:
+            self.hold_manager(manager_id)
+        return held
+
+    # -------------------------------------------------------------------------------- blocks
+
+    def _launch_command(self, block_id: str) -> str:
+        assert self.interchange_worker_port is not None
+        addresses = self.address or ",".join(all_addresses())
+
+        def q(value: Any) -> str:
+            return shlex.quote(str(value))
+
+        values = {
+            "worker_pool": default_worker_pool_command(),
+            "python": shlex.quote(sys.executable),
+            "debug": " --debug" if self.worker_debug else "",
+            "addresses": q(addresses),
+            "worker_port": self.interchange_worker_port,
+            "cert_dir": q(self.cert_dir),
+            "block_id": q(block_id),
+            "cores_per_worker": self.cores_per_worker,
+            "mem_per_worker": q(self.mem_per_worker),
+            "max_workers_per_node": self.max_workers_per_node or 0,
+            "prefetch_capacity": self.prefetch_capacity,
+            "heartbeat_period": self.heartbeat_period,
+            "heartbeat_threshold": self.heartbeat_threshold,
+            "drain_period": q(self.drain_period),
+            "address_probe_timeout": self.address_probe_timeout or 30,
+            "cpu_affinity": q(self.cpu_affinity),
+            "logdir": q(self.worker_logdir),
+            "accelerators": (" --available-accelerators " + " ".join(q(a) for a in self.available_accelerators))
+            if self.available_accelerators else "",
+        }
+        return self.launch_cmd.format(**values)
+
+    def scale_out(self, blocks: int = 1) -> list[str]:
+        """Launch ``blocks`` new blocks through the provider; returns the ids of those submitted."""
+        if not _is_int(blocks) or blocks < 0:
+            raise ValueError(f"blocks must be an int >= 0, got {blocks!r}")
+        if self._bad_state is not None:
+            raise BadStateException(self.label, self._bad_state)
+        launched = []
+        for _ in range(blocks):
+            block_id = str(next(self._block_ids))
+            job_name = f"htex_ref.{self.label}.block-{block_id}"
+            try:
+                job_id = self.provider.submit(self._launch_command(block_id), 1, job_name)
+                if not job_id:
+                    raise RuntimeError("the provider returned no job id")
+            except Exception as e:
+                logger.error("Failed to start block %s: %s", block_id, e)
+                self._simulated_status[block_id] = JobStatus(JobState.FAILED, f"Failed to start block {block_id}: {e}")
+                continue
+            self.blocks_to_job_id[block_id] = job_id
+            self.job_ids_to_block[job_id] = block_id
+            launched.append(block_id)
+        return launched
+
+    def status(self) -> dict[str, JobStatus]:
+        """The state of every block this executor launched (or failed to launch)."""
+        block_ids = list(self.blocks_to_job_id)
+        statuses = self.provider.status([self.blocks_to_job_id[b] for b in block_ids]) if block_ids else []
+        result = dict(zip(block_ids, statuses, strict=True))
+        result.update(self._simulated_status)
+        return result
+
+    def scale_in(self, blocks: int) -> list[str]:
+        """Cancel ``blocks`` blocks, idle ones first; returns the ids cancelled. ``scale_in(0)`` does nothing."""
+        if not _is_int(blocks) or blocks < 0:
+            raise ValueError(f"blocks must be an int >= 0, got {blocks!r}")
+        if blocks == 0:
+            return []
+        live = [b for b, s in self.status().items() if not s.terminal]
+        managers = self.connected_managers() if not self._bad_state else []
+        chosen = choose_blocks_to_scale_in(blocks, live, managers)
+        for m in managers:
+            if m["block_id"] in chosen:
+                self.hold_manager(m["manager"])
+        return self._cancel_blocks(chosen)
+
+    def _cancel_blocks(self, block_ids: list[str]) -> list[str]:
+        if not block_ids:
+            return []
+        oks = self.provider.cancel([self.blocks_to_job_id[b] for b in block_ids])
+        done = [b for b, ok in zip(block_ids, oks, strict=True) if ok]
+        for b in done:
+            self._simulated_status[b] = JobStatus(JobState.SCALED_IN, "scaled in by the executor")
+        return done
+
+    # ----------------------------------------------------------------------------- failure
+
+    def set_bad_state_and_fail_all(self, exception: BaseException) -> None:
+        """Record ``exception`` as the executor's failure and fail every outstanding future with it."""
+        with self._send_lock:
+            if self._bad_state is None:
+                self._bad_state = exception
+            pending = list(self._tasks.items())
+            self._tasks.clear()
+            replies = list(self._replies.values())
+        err = BadStateException(self.label, self._bad_state)
+        for _, fut in pending:
+            if not fut.done():
+                try:
+                    fut.set_exception(err)
+                except concurrent.futures.InvalidStateError:
+                    pass
+        for r in replies:
+            if not r.done():
+                r.set_exception(err)
+
+    # ----------------------------------------------------------------------------- shutdown
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None) -> None:
+        """Stop everything this executor started and leave no process behind.
+
+        With ``wait`` (and not ``cancel_futures``), first waits for outstanding futures, at most ``timeout``
+        seconds. Then cancels every block, stops the interchange (SIGTERM, then SIGKILL after 2 s) and fails
+        any future still outstanding with ``ExecutorShutdown``.
+        """
+        with self._lifecycle_lock:
+            if not self._started or self._shutdown:
+                return
+            if wait and not cancel_futures and self._bad_state is None:
+                concurrent.futures.wait(list(self._tasks.values()), timeout=timeout)
+            self._shutdown = True
+            _live_executors.discard(self)
+            try:
+                live = [b for b, s in self.status().items() if not s.terminal]
+                self._cancel_blocks(live)
+            except Exception:
+                logger.exception("Failed to cancel blocks at shutdown")
+            self._teardown()
+            with self._send_lock:
+                pending = list(self._tasks.values())
+                self._tasks.clear()
+            for fut in pending:
+                if not fut.done():
+                    try:
+                        fut.set_exception(ExecutorShutdown(
+                            f"executor {self.label} was shut down before task {fut.task_id} finished"))
+                    except concurrent.futures.InvalidStateError:
+                        pass
+
+    def _teardown(self) -> None:
+        self._shutdown = True
+        proc = self._ix_proc
+        if proc is not None and proc.poll() is None and self._to_ix is not None:
+            try:
+                with self._send_lock:
+                    self._to_ix.send_multipart([Kind.STOP], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            for sig_wait in (2.0, 1.0):
+                try:
+                    proc.wait(sig_wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    if sig_wait == 2.0:
+                        proc.terminate()
+                    else:
+                        proc.kill()
+                        proc.wait()
+        self._io_stop.set()
+        if self._io_thread is not None and self._io_thread is not threading.current_thread():
+            self._io_thread.join(5)
+        if self._ix_pidfd is not None:
+            os.close(self._ix_pidfd)
+            self._ix_pidfd = None
+        if self._contexts is not None:
+            for sock in (self._to_ix, self._from_ix):
+                if sock is not None:
+                    sock.close(linger=0)
+            self._contexts.close()
+            self._contexts = None
+
+    def __enter__(self) -> HighThroughputExecutor:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown(wait=exc[0] is None)
+
+    def __repr__(self) -> str:
+        return f"HighThroughputExecutor(label={self.label!r}, provider={self.provider!r})"
+
+
+_live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_live_executors() -> None:
+    # A forgotten executor must not leave an interchange or worker pools behind.
+    for ex in list(_live_executors):
+        try:
+            ex.shutdown(wait=False)
+        except Exception:
+            logger.exception("Failed to shut down %r at exit", ex)

@@ -1,0 +1,286 @@
+"""The interchange process: a thin ZeroMQ runtime around ``htex_ref.core.interchange.InterchangeState``.
+
+Data flow::
+
+      user threads                 interchange process               worker pool (one per node)
+    +-------------------+        +----------------------+         +--------------------------------+
+    | Executor.submit() |--task->| PULL      ROUTER     |--tasks->| Manager (DEALER)               |
+    |   Future table    |        |   InterchangeState   |<-result-|   ManagerState                 |
+    | result thread     |<-result| PUSH      (pure)     |<--hb--->|   ROUTER (ipc) <-> worker 0..n-1|
+    +-------------------+        +----------------------+         +--------------------------------+
+           ^  cmd/reply over the same two sockets  |                      one process per worker
+
+1. The executor (in the user's process) serializes each call, records a Future under a new task id and
+   pushes ``task | header | function | arguments`` to the interchange. A result thread receives
+   batches of results, resolves futures, and watches the interchange process; if it dies, every
+   outstanding future fails at once.
+2. The interchange (this module, started by fork+exec) keeps the priority queue and the table of
+   managers. It forwards task frames without opening them, to managers with free capacity
+   (workers + prefetch), in batches. It forwards results in batches, expires managers whose heartbeats
+   stop (failing their tasks with ``ManagerLost``), and answers commands (managers, blocks, hold).
+3. A manager (``htex_ref.worker_pool``, started on each node by a provider's launcher) probes the
+   interchange addresses, registers (protocol and Python versions are checked here), starts one
+   process per worker, hands each idle worker one task at a time, batches results back, heartbeats,
+   replaces dead workers (their task fails with ``WorkerLost``) and exits when the interchange goes
+   silent or tells it to.
+4. A worker (``htex_ref.worker``) deserializes the function and arguments, runs the call, and returns
+   the pickled value or the exception with its traceback.
+
+Every decision lives in the pure cores; this module only moves frames and reads the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from htex_ref.core.interchange import (
+    AcceptRegistration,
+    ForwardResults,
+    HoldManager,
+    InterchangeState,
+    ManagerGoodbye,
+    ManagerHeartbeat,
+    ManagerRegistered,
+    QueuedTask,
+    RejectRegistration,
+    ReplyHeartbeat,
+    ResultsReceived,
+    SendTasks,
+    ShutdownAll,
+    StopManager,
+    TaskSubmitted,
+)
+from htex_ref.core.selectors import selector_from_name
+from htex_ref.errors import ProtocolError
+from htex_ref.netutil import Contexts, set_parent_death_signal, tcp_url
+from htex_ref.protocol import (
+    Kind,
+    Registration,
+    dump_json,
+    join_results,
+    load_json_object,
+    pack_request_id,
+    split_results,
+    unpack_request_id,
+    unpack_task_header,
+)
+from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
+
+logger = logging.getLogger("htex_ref.interchange")
+
+#: Messages drained from one socket per loop pass, so one busy peer cannot starve the others.
+DRAIN_LIMIT = 2000
+
+
+class Interchange:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.contexts = Contexts(cfg.get("cert_dir"))
+        self.from_exec = self.contexts.socket(zmq.PULL, server=False)
+        self.from_exec.connect(cfg["tasks_url"])
+        self.to_exec = self.contexts.socket(zmq.PUSH, server=False)
+        self.to_exec.setsockopt(zmq.SNDHWM, 0)
+        self.to_exec.connect(cfg["results_url"])
+        self.router = self.contexts.socket(zmq.ROUTER, server=True)
+        self.router.setsockopt(zmq.SNDHWM, 0)
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.worker_port = self._bind_router()
+        self.state = InterchangeState(
+            heartbeat_threshold=float(cfg["heartbeat_threshold"]),
+            selector=selector_from_name(cfg.get("manager_selector", "random")),
+            check_python_version=bool(cfg.get("check_python_version", True)),
+        )
+        self.poll_ms = max(1, int(cfg.get("poll_period", 10)))
+        self.running = True
+        self.stop_requested = ""
+        self.bad_frames = 0
+
+    def _bind_router(self) -> int:
+        address = self.cfg.get("address") or "*"
+        port = self.cfg.get("worker_port")
+        if port:
+            self.router.bind(tcp_url(address, port))
+            return int(port)
+        lo, hi = self.cfg.get("worker_port_range", (54000, 55000))
+        base = tcp_url(address, "0")[: -len(":0")]
+        return int(self.router.bind_to_random_port(base, min_port=lo, max_port=hi, max_tries=200))
+
+    # ------------------------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        self.to_exec.send_multipart([Kind.READY, dump_json({"worker_port": self.worker_port, "pid": os.getpid()})])
+        logger.info("Interchange %s (protocol %d) listening for managers on port %d",
+                    __version__, PROTOCOL_VERSION, self.worker_port)
+        poller = zmq.Poller()
+        poller.register(self.from_exec, zmq.POLLIN)
+        poller.register(self.router, zmq.POLLIN)
+        clock = time.monotonic
+        started = clock()
+        while self.running:
+            deadline = self.state.next_deadline()
+            timeout = self.poll_ms if deadline is None else min(self.poll_ms, max(0, int((deadline - clock()) * 1000) + 1))
+            socks = dict(poller.poll(timeout))
+            events: list[Any] = []
+            if self.stop_requested:
+                events.append(ShutdownAll(self.stop_requested))
+                self.running = False
+            if self.from_exec in socks:
+                self._read_executor(events)
+            if self.router in socks:
+                self._read_managers(events)
+            self._execute(self.state.handle(*events, now=clock()))
+        logger.info("Interchange dispatched %d tasks in %.1f s", self.state.tasks_dispatched, clock() - started)
+
+    def _read_executor(self, events: list[Any]) -> None:
+        sock = self.from_exec
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = frames[0]
+            try:
+                if kind == Kind.TASK and len(frames) == 4:
+                    task_id, priority = unpack_task_header(frames[1])
+                    events.append(TaskSubmitted(QueuedTask(task_id, priority, (frames[1], frames[2], frames[3]))))
+                elif kind == Kind.CMD and len(frames) == 3:
+                    self._command(unpack_request_id(frames[1]), load_json_object(frames[2]), events)
+                elif kind == Kind.STOP:
+                    events.append(ShutdownAll("the executor shut down"))
+                    self.running = False
+                else:
+                    raise ProtocolError(f"unknown message kind {kind[:32]!r} with {len(frames)} frames")
+            except ProtocolError as e:
+                self._bad_frame("executor", e)
+
+    def _read_managers(self, events: list[Any]) -> None:
+        sock = self.router
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                self._bad_frame("manager", ProtocolError("empty message"))
+                continue
+            mid, kind = frames[0], frames[1]
+            try:
+                if kind == Kind.RESULTS:
+                    events.append(ResultsReceived(mid, split_results(frames, 2)))
+                elif kind == Kind.HEARTBEAT:
+                    events.append(ManagerHeartbeat(mid))
+                elif kind == Kind.PROBE:
+                    sock.send_multipart([mid, Kind.PROBE_OK, str(PROTOCOL_VERSION).encode()])
+                elif kind == Kind.REGISTER and len(frames) == 3:
+                    events.append(ManagerRegistered(mid, Registration.decode(frames[2])))
+                elif kind == Kind.BYE and len(frames) == 3:
+                    reason = load_json_object(frames[2]).get("reason", "")
+                    events.append(ManagerGoodbye(mid, str(reason)))
+                else:
+                    raise ProtocolError(f"unknown message kind {kind[:32]!r} with {len(frames)} frames")
+            except ProtocolError as e:
+                self._bad_frame(f"manager {mid[:64]!r}", e)
+
+    def _bad_frame(self, source: str, err: Exception) -> None:
+        self.bad_frames += 1
+        # Logged at warning for the first few, then every 1000th, so a flood cannot fill the disk.
+        if self.bad_frames <= 20 or self.bad_frames % 1000 == 0:
+            logger.warning("Dropped malformed message from %s (%d so far): %s", source, self.bad_frames, err)
+
+    def _command(self, request_id: int, body: dict[str, Any], events: list[Any]) -> None:
+        op = body.get("op")
+        args = body.get("args") or []
+        now = time.monotonic()
+        reply: Any
+        if op == "managers":
+            reply = self.state.managers_snapshot(now)
+        elif op == "connected_blocks":
+            reply = self.state.connected_blocks()
+        elif op == "hold_manager" and args and isinstance(args[0], str):
+            known = args[0].encode() in self.state.managers
+            events.append(HoldManager(args[0].encode()))
+            reply = known
+        elif op == "stats":
+            reply = {
+                "pending": self.state.pending_count,
+                "in_flight": self.state.in_flight_count,
+                "dispatched": self.state.tasks_dispatched,
+                "managers": len(self.state.managers),
+                "bad_frames": self.bad_frames,
+            }
+        elif op == "ping":
+            reply = "pong"
+        else:
+            reply = {"error": f"unknown command {op!r}"}
+        self.to_exec.send_multipart([Kind.REPLY, pack_request_id(request_id), dump_json(reply)])
+
+    # ------------------------------------------------------------------------------ instructions
+
+    def _execute(self, instructions: list[Any]) -> None:
+        router = self.router
+        for ins in instructions:
+            if isinstance(ins, SendTasks):
+                frames = [ins.manager_id, Kind.TASKS]
+                for t in ins.tasks:
+                    frames.extend(t.frames)
+                router.send_multipart(frames, copy=False)
+            elif isinstance(ins, ForwardResults):
+                self.to_exec.send_multipart(join_results(ins.results), copy=False)
+            elif isinstance(ins, ReplyHeartbeat):
+                router.send_multipart([ins.manager_id, Kind.HEARTBEAT])
+            elif isinstance(ins, AcceptRegistration):
+                router.send_multipart([ins.manager_id, Kind.REGISTERED, dump_json({"interchange_version": __version__})])
+            elif isinstance(ins, RejectRegistration):
+                router.send_multipart([ins.manager_id, Kind.REJECTED, dump_json({"reason": ins.reason})])
+                if ins.mismatch is not None:
+                    body = {"kind": "version_mismatch", "manager": ins.mismatch[0],
+                            "interchange": ins.mismatch[1], "message": ins.reason}
+                    self.to_exec.send_multipart([Kind.FATAL, dump_json(body)])
+            elif isinstance(ins, StopManager):
+                router.send_multipart([ins.manager_id, Kind.SHUTDOWN, dump_json({"reason": ins.reason})])
+
+    def close(self) -> None:
+        # Let the shutdown notices to managers and the last results reach their peers.
+        for sock in (self.router, self.to_exec):
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.close()
+        self.from_exec.close()
+        self.contexts.close()
+
+
+def main() -> None:
+    cfg = json.loads(sys.stdin.read())
+    set_parent_death_signal(cfg.get("parent_pid"))
+    logdir = cfg["logdir"]
+    os.makedirs(logdir, exist_ok=True)
+    logging.basicConfig(
+        filename=os.path.join(logdir, "interchange.log"),
+        level=logging.DEBUG if cfg.get("debug") else logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+    logger.info("Starting interchange pid %d python %s", os.getpid(), PYTHON_VERSION)
+    ix = Interchange(cfg)
+
+    def _term(signum: int, frame: Any) -> None:
+        ix.stop_requested = "the interchange received SIGTERM"
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        ix.run()
+    except Exception:
+        logger.exception("Interchange crashed")
+        raise
+    finally:
+        ix.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""ZeroMQ plumbing shared by the executor, interchange and worker pool: URLs, addresses and CurveZMQ.
+
+With encryption on, every TCP channel uses CurveZMQ. The side that binds is the Curve server and checks
+the connecting side's public key against the certificate directory (a ZAP authenticator), so only
+holders of the run's client key can connect. The certificate directory must be private (mode 0700)
+and reachable from the compute nodes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+
+def tcp_url(address: str, port: int | str) -> str:
+    """tcp://address:port, bracketing IPv6; '*' binds every interface."""
+    if address == "*":
+        return f"tcp://*:{port}"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        # A host name: ZeroMQ resolves it.
+        return f"tcp://{address}:{port}"
+    return f"tcp://[{ip}]:{port}" if ip.version == 6 else f"tcp://{ip}:{port}"
+
+
+def check_address(address: str, parameter: str) -> None:
+    """Raise ValueError naming ``parameter`` unless ``address`` is an IP, a resolvable name, or '*'."""
+    if address == "*":
+        return
+    try:
+        ipaddress.ip_address(address)
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(address, None)
+    except OSError as e:
+        raise ValueError(f"{parameter}={address!r} is neither an IP address nor a resolvable host name: {e}") from None
+
+
+def all_addresses() -> list[str]:
+    """This host's IPv4 addresses (loopback first), for worker pools to probe when no address is set."""
+    import psutil
+
+    found = ["127.0.0.1"]
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and a.address not in found and not a.address.startswith("169.254."):
+                found.append(a.address)
+    return found
+
+
+def create_certificates(base_dir: str | os.PathLike[str]) -> str:
+    """Create ``base_dir/certificates`` (mode 0700) with fresh server and client key pairs."""
+    cert_dir = Path(base_dir) / "certificates"
+    cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(cert_dir, 0o700)
+    for name in ("server", "client"):
+        for suffix in (".key", ".key_secret"):
+            (cert_dir / f"{name}{suffix}").unlink(missing_ok=True)
+        zmq.auth.create_certificates(str(cert_dir), name)
+    return str(cert_dir)
+
+
+def _load(cert_dir: str, name: str) -> tuple[bytes, bytes]:
+    st = os.stat(cert_dir)
+    if st.st_mode & 0o077:
+        raise OSError(f"The certificates directory must be private (mode 0700): {cert_dir}")
+    public, secret = zmq.auth.load_certificate(os.path.join(cert_dir, f"{name}.key_secret"))
+    if secret is None:
+        raise ValueError(f"No secret key found in {cert_dir}/{name}.key_secret")
+    return public, secret
+
+
+class Contexts:
+    """A ZeroMQ context plus the Curve settings for the sockets one process makes."""
+
+    def __init__(self, cert_dir: str | None) -> None:
+        self.cert_dir = cert_dir
+        self.ctx = zmq.Context()
+        self._auth: ThreadAuthenticator | None = None
+        self._server: tuple[bytes, bytes] | None = None
+        self._client: tuple[bytes, bytes] | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.cert_dir is not None
+
+    def socket(self, kind: int, *, server: bool) -> Any:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IPV6, 1)
+        if self.cert_dir is not None:
+            if server:
+                if self._auth is None:
+                    self._auth = ThreadAuthenticator(self.ctx)
+                    self._auth.start()
+                    self._auth.configure_curve(domain="*", location=self.cert_dir)
+                    self._server = _load(self.cert_dir, "server")
+                assert self._server is not None
+                sock.curve_secretkey = self._server[1]
+                sock.curve_publickey = self._server[0]
+                sock.curve_server = True
+            else:
+                if self._client is None:
+                    self._client = _load(self.cert_dir, "client")
+                    server_public, _ = zmq.auth.load_certificate(os.path.join(self.cert_dir, "server.key"))
+                    self._server_public = server_public
+                sock.curve_secretkey = self._client[1]
+                sock.curve_publickey = self._client[0]
+                sock.curve_serverkey = self._server_public
+        return sock
+
+    def close(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        self.ctx.destroy(linger=0)
+
+
+def set_parent_death_signal(expected_parent: int | None = None) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, so no orphan outlives its owner."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if expected_parent is not None and os.getppid() != expected_parent:
+        # The parent died before prctl took effect.
+        os._exit(1)

@@ -1,0 +1,223 @@
+"""The wire protocol: typed messages, their frame layout, and decoders that reject anything malformed.
+
+Every message is one ZeroMQ multipart message whose first frame names its kind. Control messages carry
+one JSON body frame, checked field by field on arrival. The hot path (tasks and results) carries a small
+fixed ``struct`` header per task and the opaque payload frames that only the worker and the executor
+open: the interchange and the manager never unpickle user data, so a malformed payload can only fail
+its own task.
+
+Layouts (``|`` separates frames)::
+
+    executor -> interchange   task | TaskHeader | function bytes | arguments bytes
+                              cmd | request id (u64) | JSON {"op": ..., "args": [...]}
+                              stop
+    interchange -> executor   ready | JSON {"worker_port": int, "pid": int}
+                              results | ResultHeader | payload | ResultHeader | payload ...
+                              reply | request id | JSON
+                              fatal | JSON {"kind": str, "message": str}
+    manager -> interchange    probe | protocol version
+                              register | JSON Registration
+                              hb
+                              results | ResultHeader | payload ...
+                              bye | JSON {"reason": str}
+    interchange -> manager    probe_ok | protocol version
+                              registered | JSON {"interchange_version": str}
+                              rejected | JSON {"reason": str}
+                              hb
+                              tasks | TaskHeader | function | arguments | TaskHeader | ...
+                              shutdown | JSON {"reason": str}
+    manager -> worker         task | TaskHeader | function | arguments
+                              stop
+    worker -> manager         ready | JSON {"pid": int}
+                              result | ResultHeader | payload
+
+There are no magic values inside the task stream: a heartbeat, a shutdown and a batch of tasks are
+different kinds. A registration carries ``protocol_version``; a pool speaking another version, or a
+Python of another minor release, is refused with a message that names both sides.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from htex_ref.errors import ProtocolError
+
+
+class Kind:
+    """Frame-0 tags. Plain bytes so that a decoder compares without allocating."""
+
+    TASK = b"task"
+    CMD = b"cmd"
+    STOP = b"stop"
+    READY = b"ready"
+    RESULTS = b"results"
+    RESULT = b"result"
+    REPLY = b"reply"
+    FATAL = b"fatal"
+    PROBE = b"probe"
+    PROBE_OK = b"probe_ok"
+    REGISTER = b"register"
+    REGISTERED = b"registered"
+    REJECTED = b"rejected"
+    HEARTBEAT = b"hb"
+    BYE = b"bye"
+    TASKS = b"tasks"
+    SHUTDOWN = b"shutdown"
+
+
+class Outcome(enum.IntEnum):
+    """How a task ended; travels in every ResultHeader."""
+
+    OK = 0  # payload: the pickled return value
+    EXCEPTION = 1  # payload: a pickled htex_ref.serialize.ExceptionPackage
+    WORKER_LOST = 2  # payload: JSON {"worker": rank, "host": str, "detail": str}
+    MANAGER_LOST = 3  # payload: JSON {"manager": id, "host": str, "detail": str}
+
+
+_TASK_HEADER = struct.Struct("<qd")  # task id, priority (inf when none)
+_RESULT_HEADER = struct.Struct("<qB")  # task id, Outcome
+_REQUEST_ID = struct.Struct("<Q")
+TASK_FRAMES = 3  # header, function, arguments
+RESULT_FRAMES = 2  # header, payload
+
+
+def pack_task_header(task_id: int, priority: float) -> bytes:
+    return _TASK_HEADER.pack(task_id, priority)
+
+
+def unpack_task_header(frame: bytes) -> tuple[int, float]:
+    try:
+        task_id, priority = _TASK_HEADER.unpack(frame)
+    except struct.error as e:
+        raise ProtocolError(f"bad task header ({len(frame)} bytes): {e}") from None
+    if math.isnan(priority):
+        raise ProtocolError("bad task header: priority is NaN")
+    return task_id, priority
+
+
+def pack_result_header(task_id: int, outcome: Outcome) -> bytes:
+    return _RESULT_HEADER.pack(task_id, outcome)
+
+
+def unpack_result_header(frame: bytes) -> tuple[int, Outcome]:
+    try:
+        task_id, code = _RESULT_HEADER.unpack(frame)
+        return task_id, Outcome(code)
+    except (struct.error, ValueError) as e:
+        raise ProtocolError(f"bad result header ({len(frame)} bytes): {e}") from None
+
+
+def pack_request_id(request_id: int) -> bytes:
+    return _REQUEST_ID.pack(request_id)
+
+
+def unpack_request_id(frame: bytes) -> int:
+    try:
+        return int(_REQUEST_ID.unpack(frame)[0])
+    except struct.error as e:
+        raise ProtocolError(f"bad request id: {e}") from None
+
+
+def dump_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def load_json_object(frame: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(frame)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"body is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"body is a JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def split_results(frames: list[bytes], start: int = 1) -> list[tuple[int, Outcome, bytes]]:
+    """Decode ``header | payload`` pairs from ``frames[start:]``; all or nothing."""
+    body = frames[start:]
+    if not body or len(body) % RESULT_FRAMES:
+        raise ProtocolError(f"results message has {len(body)} body frames, expected pairs")
+    out = []
+    for i in range(0, len(body), RESULT_FRAMES):
+        task_id, outcome = unpack_result_header(body[i])
+        out.append((task_id, outcome, body[i + 1]))
+    return out
+
+
+def join_results(results: list[tuple[int, Outcome, bytes]]) -> list[bytes]:
+    frames = [Kind.RESULTS]
+    for task_id, outcome, payload in results:
+        frames.append(pack_result_header(task_id, outcome))
+        frames.append(payload)
+    return frames
+
+
+def _field(body: dict[str, Any], name: str, types: type | tuple[type, ...], optional: bool = False) -> Any:
+    if name not in body:
+        if optional:
+            return None
+        raise ProtocolError(f"missing field {name!r}")
+    value = body[name]
+    if value is None and optional:
+        return None
+    # bool is an int subclass; a boolean where a number belongs is a malformed message.
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        raise ProtocolError(f"field {name!r} has type {type(value).__name__}")
+    return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a worker pool tells the interchange about itself when it connects."""
+
+    protocol_version: int
+    htex_ref_version: str
+    python_version: str
+    uid: str
+    block_id: str | None
+    worker_count: int
+    prefetch_capacity: int
+    hostname: str
+    pid: int
+    cpu_count: int
+    total_memory: int
+    os: str
+    drain_in: float | None = None  # seconds from registration until the pool should drain
+
+    @property
+    def capacity(self) -> int:
+        return self.worker_count + self.prefetch_capacity
+
+    def encode(self) -> bytes:
+        return dump_json(asdict(self))
+
+    @classmethod
+    def decode(cls, frame: bytes) -> Registration:
+        body = load_json_object(frame)
+        reg = cls(
+            protocol_version=_field(body, "protocol_version", int),
+            htex_ref_version=_field(body, "htex_ref_version", str),
+            python_version=_field(body, "python_version", str),
+            uid=_field(body, "uid", str),
+            block_id=_field(body, "block_id", str, optional=True),
+            worker_count=_field(body, "worker_count", int),
+            prefetch_capacity=_field(body, "prefetch_capacity", int),
+            hostname=_field(body, "hostname", str),
+            pid=_field(body, "pid", int),
+            cpu_count=_field(body, "cpu_count", int),
+            total_memory=_field(body, "total_memory", int),
+            os=_field(body, "os", str),
+            drain_in=_field(body, "drain_in", (int, float), optional=True),
+        )
+        if reg.worker_count < 0 or reg.prefetch_capacity < 0:
+            raise ProtocolError("negative worker_count or prefetch_capacity")
+        return reg

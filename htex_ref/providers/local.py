@@ -1,0 +1,162 @@
+"""LocalProvider: a block is a bash script run in the background on this machine, in its own session.
+
+The script is ``worker_init``, ``export JOBNAME=...`` and the launcher's text. Its stdout and stderr go
+to ``{script_dir}/{job_name}.out`` / ``.err`` beside the script, and its exit code to ``.ec``, so the
+state of a job survives a restart of the executor. Cancel signals the job's whole process group (the
+script, the worker pool and its workers): SIGTERM, then SIGKILL after ``cancel_grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from htex_ref.errors import SubmitException
+from htex_ref.launchers import Launcher, SingleNodeLauncher
+from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus
+
+
+@dataclass
+class _Job:
+    proc: subprocess.Popen[bytes]
+    script: Path
+    cancelled: bool = False
+    final: JobStatus | None = None
+
+
+def render_script(worker_init: str, job_name: str, launcher_text: str) -> str:
+    return f"#!/bin/bash\n{worker_init}\nexport JOBNAME={job_name}\n{launcher_text}\n"
+
+
+class LocalProvider(ExecutionProvider):
+    def __init__(
+        self,
+        nodes_per_block: int = 1,
+        launcher: Launcher | None = None,
+        init_blocks: int = 1,
+        min_blocks: int = 0,
+        max_blocks: int = 1,
+        worker_init: str = "",
+        cmd_timeout: float = 30,
+        parallelism: float = 1,
+        label: str = "local",
+        cores_per_node: int | None = None,
+        mem_per_node: float | None = None,
+        cancel_grace: float = 2.0,
+    ) -> None:
+        self.nodes_per_block = nodes_per_block
+        self.launcher = launcher if launcher is not None else SingleNodeLauncher()
+        if not isinstance(self.launcher, Launcher):
+            raise TypeError(f"LocalProvider.launcher must be a Launcher, got {type(launcher).__name__}")
+        self.init_blocks = init_blocks
+        self.min_blocks = min_blocks
+        self.max_blocks = max_blocks
+        self.worker_init = worker_init
+        self.cmd_timeout = cmd_timeout
+        self.parallelism = parallelism
+        self.label = label
+        self.cores_per_node = cores_per_node
+        self.mem_per_node = mem_per_node
+        self.cancel_grace = cancel_grace
+        self.script_dir: str | None = None
+        self._jobs: dict[str, _Job] = {}
+        self.check_block_shape()
+
+    def __repr__(self) -> str:
+        return (f"LocalProvider(init_blocks={self.init_blocks}, min_blocks={self.min_blocks}, "
+                f"max_blocks={self.max_blocks}, launcher={self.launcher!r})")
+
+    @property
+    def status_polling_interval(self) -> float:
+        return 5.0
+
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "htex_ref.auto") -> str:
+        script_dir = Path(self.script_dir or ".")
+        script_dir.mkdir(parents=True, exist_ok=True)
+        script = script_dir / f"{job_name}.sh"
+        text = render_script(self.worker_init, job_name, self.launcher(command, tasks_per_node, self.nodes_per_block))
+        script.write_text(text)
+        out, err, ec = (script.with_suffix(s) for s in (".out", ".err", ".ec"))
+        ec.write_text("-\n")
+        # A wrapper records the exit code in .ec so status survives this process.
+        wrapper = f'bash "{script}" >"{out}" 2>"{err}"; echo $? >"{ec}"'
+        try:
+            proc = subprocess.Popen(
+                ["/bin/bash", "-c", wrapper],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            raise SubmitException(job_name, f"could not start bash for {script}: {e}") from e
+        job_id = str(proc.pid)
+        self._jobs[job_id] = _Job(proc, script)
+        return job_id
+
+    def _status_of(self, job_id: str) -> JobStatus:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return JobStatus(JobState.MISSING, f"job {job_id} is not known to this provider")
+        if job.final is not None:
+            return job.final
+        out, err, ec = (str(job.script.with_suffix(s)) for s in (".out", ".err", ".ec"))
+        rc = job.proc.poll()
+        if rc is None:
+            return JobStatus(JobState.RUNNING, stdout_path=out, stderr_path=err)
+        try:
+            text = Path(ec).read_text().strip()
+            code = int(text) if text != "-" else rc
+        except (OSError, ValueError):
+            code = rc
+        if job.cancelled:
+            status = JobStatus(JobState.CANCELLED, "cancelled by the executor", code, out, err)
+        elif code == 0:
+            status = JobStatus(JobState.COMPLETED, None, 0, out, err)
+        elif code < 0 or rc < 0:
+            sig = -(code if code < 0 else rc)
+            status = JobStatus(JobState.FAILED, f"job was killed by signal {sig}", code, out, err)
+        else:
+            status = JobStatus(JobState.FAILED, f"job script {job.script} exited with code {code}", code, out, err)
+        job.final = status
+        return status
+
+    def status(self, job_ids: list[str]) -> list[JobStatus]:
+        return [self._status_of(j) for j in job_ids]
+
+    def cancel(self, job_ids: list[str]) -> list[bool]:
+        results = []
+        live: list[_Job] = []
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is None:
+                results.append(False)
+                continue
+            results.append(True)
+            if job.proc.poll() is None:
+                job.cancelled = True
+                self._signal(job, signal.SIGTERM)
+                live.append(job)
+        deadline = time.monotonic() + self.cancel_grace
+        for job in live:
+            try:
+                job.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for job in live:
+            # Anything left in the job's process group (pool, workers) gets SIGKILL.
+            self._signal(job, signal.SIGKILL)
+            job.proc.wait()
+        return results
+
+    @staticmethod
+    def _signal(job: _Job, sig: int) -> None:
+        try:
+            os.killpg(job.proc.pid, sig)
+        except ProcessLookupError:
+            pass

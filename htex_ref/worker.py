@@ -1,0 +1,83 @@
+"""One worker process: receives one task at a time from its manager, runs it, sends the outcome back.
+
+Started by the manager with fork+exec (``python -m htex_ref.worker``). It dies with its manager (Linux
+parent-death signal), so no worker outlives its pool. A task that raises ``SystemExit`` or calls
+``os._exit`` ends the process; the manager then reports ``WorkerLost`` for that task and starts a new
+worker in the slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+import cloudpickle
+import zmq
+
+from htex_ref.netutil import set_parent_death_signal
+from htex_ref.protocol import Kind, Outcome, pack_result_header, unpack_task_header
+from htex_ref.serialize import FunctionCache, dumps_exception, dumps_result
+
+logger = logging.getLogger("htex_ref.worker")
+
+#: Payloads above this are sent without an extra copy into ZeroMQ's buffers.
+ZERO_COPY_THRESHOLD = 65536
+
+
+def serve(url: str, identity: bytes) -> None:
+    ctx = zmq.Context(io_threads=1)
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.connect(url)
+    sock.send_multipart([Kind.READY, json.dumps({"pid": os.getpid()}).encode()])
+    cache = FunctionCache()
+    loads = cloudpickle.loads
+    try:
+        while True:
+            frames = sock.recv_multipart()
+            kind = frames[0]
+            if kind == Kind.STOP:
+                return
+            if kind != Kind.TASK or len(frames) != 4:
+                logger.warning("Ignoring unexpected message %r with %d frames", kind[:32], len(frames))
+                continue
+            task_id = unpack_task_header(frames[1])[0]
+            try:
+                fn = cache.load(frames[2])
+                args, kwargs = loads(frames[3])
+                outcome, payload = dumps_result(fn(*args, **kwargs))
+            except Exception as e:
+                outcome, payload = Outcome.EXCEPTION, dumps_exception(e)
+            sock.send_multipart(
+                [Kind.RESULT, pack_result_header(task_id, outcome), payload],
+                copy=len(payload) < ZERO_COPY_THRESHOLD,
+            )
+    finally:
+        sock.close(linger=1000)
+        ctx.term()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="htex_ref worker process (started by htex-worker-pool)")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--identity", required=True)
+    parser.add_argument("--manager-pid", type=int, required=True)
+    parser.add_argument("--logfile", default=None)
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args()
+    set_parent_death_signal(args.manager_pid)
+    if args.logfile:
+        logging.basicConfig(
+            filename=args.logfile,
+            level=logging.DEBUG if args.debug else logging.INFO,
+            format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        )
+    logger.info("Worker %s pid %d starting", args.identity, os.getpid())
+    serve(args.url, args.identity.encode())
+
+
+if __name__ == "__main__":
+    main()

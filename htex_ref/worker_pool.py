@@ -1,0 +1,426 @@
+"""``htex-worker-pool``: the manager process a launcher starts on each node of a block.
+
+It probes the interchange addresses it was given (all at once; the first to answer wins), plans its
+worker count from the node's resources, registers, starts one process per worker and then runs a
+ZeroMQ loop around ``htex_ref.core.manager.ManagerState``: tasks in from the interchange, one task at a
+time to each idle worker over a local IPC socket, results back in batches, heartbeats both ways, and
+worker deaths seen at once through Linux pidfds. Everything it decides is in the pure core.
+
+Logs go to ``{logdir}/block-{block_id}/{uid}/manager.log`` and ``worker_{rank}.log`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import zmq
+
+from htex_ref.core.manager import (
+    Exit,
+    InterchangeContact,
+    ManagerState,
+    PoolTask,
+    RunTask,
+    SendHeartbeat,
+    SendResults,
+    StartWorker,
+    StopRequested,
+    TasksArrived,
+    WorkerExited,
+    WorkerReady,
+    WorkerResult,
+)
+from htex_ref.core.planning import plan_workers
+from htex_ref.errors import ProtocolError
+from htex_ref.netutil import Contexts, tcp_url
+from htex_ref.protocol import (
+    TASK_FRAMES,
+    Kind,
+    Registration,
+    dump_json,
+    join_results,
+    load_json_object,
+    unpack_result_header,
+    unpack_task_header,
+)
+from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
+
+logger = logging.getLogger("htex_ref.worker_pool")
+
+EXIT_NO_INTERCHANGE = 2
+EXIT_BAD_PLAN = 3
+EXIT_REJECTED = 4
+EXIT_ERROR = 1
+
+
+def _none_or_float(value: str) -> float | None:
+    return None if value in ("None", "none", "") else float(value)
+
+
+def _max_workers(value: str) -> float:
+    if value in ("None", "none", "inf", ""):
+        return math.inf
+    n = int(value)
+    return math.inf if n == 0 else float(n)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="htex-worker-pool", description="htex_ref worker pool (one per node)")
+    p.add_argument("-a", "--addresses", required=True, help="comma-separated interchange addresses to probe")
+    p.add_argument("-P", "--port", required=True, type=int, help="interchange port for managers")
+    p.add_argument("--cert-dir", "--cert_dir", dest="cert_dir", default="None", help="CurveZMQ certificates or None")
+    p.add_argument("-b", "--block-id", "--block_id", dest="block_id", default=None)
+    p.add_argument("-u", "--uid", default=None)
+    p.add_argument("-c", "--cores-per-worker", "--cores_per_worker", dest="cores_per_worker", type=float, default=1.0)
+    p.add_argument("-m", "--mem-per-worker", "--mem_per_worker", dest="mem_per_worker", type=_none_or_float,
+                   default=None)
+    p.add_argument("--max-workers-per-node", "--max_workers_per_node", dest="max_workers_per_node",
+                   type=_max_workers, default=math.inf)
+    p.add_argument("-p", "--prefetch-capacity", "--prefetch_capacity", dest="prefetch_capacity", type=int, default=0)
+    p.add_argument("--hb-period", "--hb_period", dest="hb_period", type=float, default=30.0)
+    p.add_argument("--hb-threshold", "--hb_threshold", dest="hb_threshold", type=float, default=120.0)
+    p.add_argument("--drain-period", "--drain_period", dest="drain_period", type=_none_or_float, default=None)
+    p.add_argument("--address-probe-timeout", "--address_probe_timeout", dest="address_probe_timeout",
+                   type=float, default=30.0)
+    p.add_argument("--cpu-affinity", "--cpu_affinity", dest="cpu_affinity", default="none")
+    p.add_argument("--available-accelerators", "--available_accelerators", dest="available_accelerators",
+                   nargs="*", default=[])
+    p.add_argument("-l", "--logdir", default="htex_worker_logs")
+    p.add_argument("-d", "--debug", action="store_true")
+    p.add_argument("--poll", type=int, default=10, help="accepted for Parsl compatibility; unused")
+    return p
+
+
+def probe_addresses(contexts: Contexts, addresses: list[str], port: int, timeout: float) -> str:
+    """Send a probe to every address at once and return the URL of the first that answers."""
+    socks: dict[Any, str] = {}
+    poller = zmq.Poller()
+    for address in addresses:
+        url = tcp_url(address, port)
+        s = contexts.socket(zmq.DEALER, server=False)
+        s.connect(url)
+        s.send_multipart([Kind.PROBE, str(PROTOCOL_VERSION).encode()], zmq.NOBLOCK)
+        poller.register(s, zmq.POLLIN)
+        socks[s] = url
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            for s, _ in poller.poll(int(left * 1000) + 1):
+                frames = s.recv_multipart()
+                if frames and frames[0] == Kind.PROBE_OK:
+                    return socks[s]
+        raise ConnectionError(
+            f"no interchange answered within {timeout} s on port {port} at any of: {', '.join(addresses)}"
+        )
+    finally:
+        for s in socks:
+            s.close(linger=0)
+
+
+def node_resources() -> tuple[float, float]:
+    """Cores and memory (GB) this pool may use; PARSL_CORES / PARSL_MEMORY_GB override detection."""
+    import psutil
+
+    if os.environ.get("PARSL_CORES"):
+        cores = float(os.environ["PARSL_CORES"])
+    else:
+        try:
+            cores = float(len(os.sched_getaffinity(0)))
+        except AttributeError:
+            cores = float(os.cpu_count() or 1)
+    if os.environ.get("PARSL_MEMORY_GB"):
+        mem = float(os.environ["PARSL_MEMORY_GB"])
+    else:
+        mem = round(psutil.virtual_memory().available / 2**30, 1)
+    return cores, mem
+
+
+class WorkerPool:
+    def __init__(self, args: argparse.Namespace, uid: str, logdir: str) -> None:
+        self.args = args
+        self.uid = uid
+        self.logdir = logdir
+        self.hostname = socket.gethostname()
+        self.contexts = Contexts(None if args.cert_dir in (None, "None") else args.cert_dir)
+        self.ix: Any = None
+        self.workers_sock: Any = None
+        self.ipc_dir = tempfile.mkdtemp(prefix=f"htex-{uid}-")
+        self.worker_url = f"ipc://{self.ipc_dir}/workers"
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.pidfds: dict[int, int] = {}  # fd -> rank
+        self.identity: dict[int, bytes] = {}  # rank -> current identity
+        self.rank_of: dict[bytes, int] = {}
+        self.generation = 0
+        self.poller = zmq.Poller()
+        self.stop_reason = ""
+        self.worker_count = 0
+
+    # ------------------------------------------------------------------------------- startup
+
+    def connect_and_register(self, worker_count: int) -> None:
+        a = self.args
+        url = probe_addresses(self.contexts, a.addresses.split(","), a.port, a.address_probe_timeout)
+        logger.info("Interchange answered at %s", url)
+        self.ix = self.contexts.socket(zmq.DEALER, server=False)
+        self.ix.setsockopt(zmq.IDENTITY, self.uid.encode())
+        self.ix.setsockopt(zmq.SNDHWM, 0)
+        self.ix.setsockopt(zmq.RCVHWM, 0)
+        self.ix.connect(url)
+        import psutil
+
+        reg = Registration(
+            protocol_version=PROTOCOL_VERSION,
+            htex_ref_version=__version__,
+            python_version=PYTHON_VERSION,
+            uid=self.uid,
+            block_id=a.block_id,
+            worker_count=worker_count,
+            prefetch_capacity=a.prefetch_capacity,
+            hostname=self.hostname,
+            pid=os.getpid(),
+            cpu_count=os.cpu_count() or 1,
+            total_memory=psutil.virtual_memory().total,
+            os=platform.system(),
+            drain_in=a.drain_period,
+        )
+        self.ix.send_multipart([Kind.REGISTER, reg.encode()])
+        if not self.ix.poll(int(a.hb_threshold * 1000)):
+            raise ConnectionError(f"the interchange at {url} did not answer the registration within "
+                                  f"{a.hb_threshold} s")
+        frames = self.ix.recv_multipart()
+        if frames[0] == Kind.REJECTED:
+            reason = load_json_object(frames[1]).get("reason", "no reason given")
+            raise PermissionError(f"the interchange refused this worker pool: {reason}")
+        if frames[0] != Kind.REGISTERED:
+            raise ProtocolError(f"unexpected answer to registration: {frames[0][:32]!r}")
+
+    def start_workers(self, count: int) -> None:
+        self.workers_sock = self.contexts.ctx.socket(zmq.ROUTER)
+        self.workers_sock.setsockopt(zmq.LINGER, 0)
+        self.workers_sock.setsockopt(zmq.SNDHWM, 0)
+        self.workers_sock.setsockopt(zmq.RCVHWM, 0)
+        self.workers_sock.bind(self.worker_url)
+        self.worker_count = count
+        for rank in range(count):
+            self.spawn(rank)
+
+    def spawn(self, rank: int) -> None:
+        self.generation += 1
+        ident = f"{rank}:{self.generation}".encode()
+        old = self.identity.get(rank)
+        if old is not None:
+            self.rank_of.pop(old, None)
+        self.identity[rank] = ident
+        self.rank_of[ident] = rank
+        env = dict(os.environ)
+        env.update({
+            "PARSL_WORKER_RANK": str(rank),
+            "PARSL_WORKER_COUNT": str(self.worker_count),
+            "PARSL_WORKER_POOL_ID": self.uid,
+            "PARSL_WORKER_BLOCK_ID": str(self.args.block_id),
+        })
+        cmd = [sys.executable, "-m", "htex_ref.worker", "--url", self.worker_url, "--identity", ident.decode(),
+               "--manager-pid", str(os.getpid()), "--logfile", os.path.join(self.logdir, f"worker_{rank}.log")]
+        if self.args.debug:
+            cmd.append("--debug")
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        self.procs[rank] = proc
+        fd = os.pidfd_open(proc.pid)
+        self.pidfds[fd] = rank
+        self.poller.register(fd, zmq.POLLIN)
+
+    # ---------------------------------------------------------------------------------- loop
+
+    def run(self, state: ManagerState) -> int:
+        self.poller.register(self.ix, zmq.POLLIN)
+        self.poller.register(self.workers_sock, zmq.POLLIN)
+        clock = time.monotonic
+        while True:
+            timeout = max(0, int((state.next_deadline() - clock()) * 1000) + 1)
+            socks = dict(self.poller.poll(min(timeout, 1000)))
+            events: list[Any] = []
+            if self.stop_reason:
+                events.append(StopRequested(self.stop_reason))
+            if self.ix in socks:
+                self._read_interchange(events)
+            if self.workers_sock in socks:
+                self._read_workers(events)
+            for fd in [fd for fd in socks if isinstance(fd, int)]:
+                events.append(self._reap(fd))
+            for ins in state.handle(*events, now=clock()):
+                code = self._execute(ins)
+                if code is not None:
+                    return code
+
+    def _read_interchange(self, events: list[Any]) -> None:
+        contact = False
+        while True:
+            try:
+                frames = self.ix.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            contact = True
+            kind = frames[0]
+            try:
+                if kind == Kind.TASKS:
+                    body = frames[1:]
+                    if not body or len(body) % TASK_FRAMES:
+                        raise ProtocolError(f"tasks message with {len(body)} frames")
+                    tasks = [
+                        PoolTask(unpack_task_header(body[i])[0], (body[i], body[i + 1], body[i + 2]))
+                        for i in range(0, len(body), TASK_FRAMES)
+                    ]
+                    events.append(TasksArrived(tasks))
+                elif kind == Kind.SHUTDOWN:
+                    reason = load_json_object(frames[1]).get("reason", "") if len(frames) > 1 else ""
+                    events.append(StopRequested(f"the interchange asked this pool to stop: {reason}"))
+                elif kind != Kind.HEARTBEAT:
+                    raise ProtocolError(f"unexpected message kind {kind[:32]!r}")
+            except ProtocolError as e:
+                logger.warning("Dropped malformed message from the interchange: %s", e)
+        if contact:
+            events.insert(0, InterchangeContact())
+
+    def _read_workers(self, events: list[Any]) -> None:
+        while True:
+            try:
+                frames = self.workers_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            rank = self.rank_of.get(frames[0])
+            if rank is None:
+                continue  # a message from a worker generation that was already replaced
+            kind = frames[1]
+            try:
+                if kind == Kind.RESULT and len(frames) == 4:
+                    task_id, outcome = unpack_result_header(frames[2])
+                    events.append(WorkerResult(rank, task_id, outcome, frames[3]))
+                elif kind == Kind.READY:
+                    events.append(WorkerReady(rank))
+                else:
+                    raise ProtocolError(f"unexpected message kind {kind[:32]!r} from worker {rank}")
+            except ProtocolError as e:
+                logger.warning("Dropped malformed message from worker %d: %s", rank, e)
+
+    def _reap(self, fd: int) -> WorkerExited:
+        rank = self.pidfds.pop(fd)
+        self.poller.unregister(fd)
+        os.close(fd)
+        proc = self.procs.pop(rank)
+        code = proc.wait()
+        logger.warning("Worker %d (pid %d) exited with code %s", rank, proc.pid, code)
+        return WorkerExited(rank, code)
+
+    def _execute(self, ins: Any) -> int | None:
+        if isinstance(ins, RunTask):
+            self.workers_sock.send_multipart([self.identity[ins.rank], Kind.TASK, *ins.task.frames], copy=False)
+        elif isinstance(ins, SendResults):
+            self.ix.send_multipart(join_results(ins.results), copy=False)
+        elif isinstance(ins, SendHeartbeat):
+            self.ix.send_multipart([Kind.HEARTBEAT])
+        elif isinstance(ins, StartWorker):
+            self.spawn(ins.rank)
+        elif isinstance(ins, Exit):
+            level = logging.ERROR if ins.error else logging.INFO
+            logger.log(level, "Worker pool exiting: %s", ins.reason)
+            if ins.error:
+                print(f"htex-worker-pool {self.uid}: {ins.reason}", file=sys.stderr, flush=True)
+            self.ix.send_multipart([Kind.BYE, dump_json({"reason": ins.reason})])
+            return EXIT_ERROR if ins.error else 0
+        return None
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 1.0
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for fd in self.pidfds:
+            os.close(fd)
+        if self.ix is not None:
+            self.ix.close(linger=1000)
+        if self.workers_sock is not None:
+            self.workers_sock.close(linger=0)
+        self.contexts.close()
+        shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    uid = args.uid or uuid.uuid4().hex[:12]
+    logdir = os.path.join(args.logdir, f"block-{args.block_id}", uid)
+    os.makedirs(logdir, exist_ok=True)
+    logging.basicConfig(
+        filename=os.path.join(logdir, "manager.log"),
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+    logger.info("htex-worker-pool %s uid %s block %s on %s: %s", __version__, uid, args.block_id,
+                socket.gethostname(), " ".join(sys.argv))
+    cores, mem = node_resources()
+    plan = plan_workers(
+        max_workers_per_node=args.max_workers_per_node if not math.isinf(args.max_workers_per_node) else None,
+        cores_per_worker=args.cores_per_worker,
+        mem_per_worker=args.mem_per_worker,
+        cores=cores,
+        mem_gb=mem,
+        accelerators=args.available_accelerators,
+    )
+    logger.info("Node has %s cores and %s GB available; planned %s", cores, mem, plan.explain())
+    if plan.count < 1:
+        msg = f"htex-worker-pool: cannot start any worker on {socket.gethostname()}: {plan.explain()}"
+        logger.error(msg)
+        print(msg, file=sys.stderr, flush=True)
+        sys.exit(EXIT_BAD_PLAN)
+
+    pool = WorkerPool(args, uid, logdir)
+    code = EXIT_ERROR
+    try:
+        signal.signal(signal.SIGTERM, lambda s, f: setattr(pool, "stop_reason", "received SIGTERM"))
+        try:
+            pool.connect_and_register(plan.count)
+        except ConnectionError as e:
+            logger.error("%s", e)
+            print(f"htex-worker-pool: {e}", file=sys.stderr, flush=True)
+            code = EXIT_NO_INTERCHANGE
+            return
+        except PermissionError as e:
+            logger.error("%s", e)
+            print(f"htex-worker-pool: {e}", file=sys.stderr, flush=True)
+            code = EXIT_REJECTED
+            return
+        pool.start_workers(plan.count)
+        state = ManagerState(plan.count, args.hb_period, args.hb_threshold, time.monotonic(), pool.hostname)
+        code = pool.run(state)
+    except Exception:
+        logger.exception("Worker pool failed")
+        raise
+    finally:
+        pool.close()
+        logger.info("Worker pool %s exiting with code %d", uid, code)
+        logging.shutdown()
+        if code:
+            sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
