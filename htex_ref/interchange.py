@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -60,12 +61,14 @@ from htex_ref.core.interchange import (
 )
 from htex_ref.core.selectors import selector_from_name
 from htex_ref.errors import ProtocolError
+from htex_ref.framing import NonBlockingWriter, StreamReader, encode_parts
 from htex_ref.netutil import Contexts, set_parent_death_signal, tcp_url
 from htex_ref.protocol import (
     Kind,
     Registration,
     dump_json,
     join_results,
+    join_tasks,
     load_json_object,
     pack_request_id,
     split_results,
@@ -84,11 +87,11 @@ class Interchange:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
         self.contexts = Contexts(cfg.get("cert_dir"))
-        self.from_exec = self.contexts.socket(zmq.PULL, server=False)
-        self.from_exec.connect(cfg["tasks_url"])
-        self.to_exec = self.contexts.socket(zmq.PUSH, server=False)
-        self.to_exec.setsockopt(zmq.SNDHWM, 0)
-        self.to_exec.connect(cfg["results_url"])
+        # The executor is our parent on this host: a socketpair it made is our private channel.
+        self.exec_sock = socket.socket(fileno=int(cfg["executor_fd"]))
+        self.exec_sock.setblocking(False)
+        self.exec_reader = StreamReader(self.exec_sock)
+        self.exec_writer = NonBlockingWriter(self.exec_sock)
         self.router = self.contexts.socket(zmq.ROUTER, server=True)
         self.router.setsockopt(zmq.SNDHWM, 0)
         self.router.setsockopt(zmq.RCVHWM, 0)
@@ -97,6 +100,7 @@ class Interchange:
             heartbeat_threshold=float(cfg["heartbeat_threshold"]),
             selector=selector_from_name(cfg.get("manager_selector", "random")),
             check_python_version=bool(cfg.get("check_python_version", True)),
+            auto_prefetch=bool(cfg.get("auto_prefetch", False)),
         )
         self.poll_ms = max(1, int(cfg.get("poll_period", 10)))
         self.running = True
@@ -115,16 +119,28 @@ class Interchange:
 
     # ------------------------------------------------------------------------------------ loop
 
+    def to_exec(self, frames: list[bytes]) -> None:
+        try:
+            self.exec_writer.write_parts(encode_parts(frames))
+        except OSError as e:
+            logger.error("The executor channel is broken (%s); shutting down", e)
+            self.stop_requested = "the executor went away"
+
     def run(self) -> None:
-        self.to_exec.send_multipart([Kind.READY, dump_json({"worker_port": self.worker_port, "pid": os.getpid()})])
+        self.to_exec([Kind.READY, dump_json({"worker_port": self.worker_port, "pid": os.getpid()})])
         logger.info("Interchange %s (protocol %d) listening for managers on port %d",
                     __version__, PROTOCOL_VERSION, self.worker_port)
         poller = zmq.Poller()
-        poller.register(self.from_exec, zmq.POLLIN)
+        exec_fd = self.exec_sock.fileno()
+        poller.register(exec_fd, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
         clock = time.monotonic
         started = clock()
+        writing = False
         while self.running:
+            if self.exec_writer.pending != writing:
+                writing = self.exec_writer.pending
+                poller.modify(exec_fd, zmq.POLLIN | (zmq.POLLOUT if writing else 0))
             deadline = self.state.next_deadline()
             timeout = self.poll_ms if deadline is None else min(self.poll_ms, max(0, int((deadline - clock()) * 1000) + 1))
             socks = dict(poller.poll(timeout))
@@ -132,7 +148,10 @@ class Interchange:
             if self.stop_requested:
                 events.append(ShutdownAll(self.stop_requested))
                 self.running = False
-            if self.from_exec in socks:
+            flags = socks.get(exec_fd, 0)
+            if flags & zmq.POLLOUT:
+                self.exec_writer.flush()
+            if flags & zmq.POLLIN:
                 self._read_executor(events)
             if self.router in socks:
                 self._read_managers(events)
@@ -140,12 +159,17 @@ class Interchange:
         logger.info("Interchange dispatched %d tasks in %.1f s", self.state.tasks_dispatched, clock() - started)
 
     def _read_executor(self, events: list[Any]) -> None:
-        sock = self.from_exec
-        for _ in range(DRAIN_LIMIT):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        try:
+            messages = self.exec_reader.read_available()
+        except ProtocolError as e:
+            # The stream from our own parent is corrupt: nothing after this point can be trusted.
+            logger.error("Corrupt stream from the executor: %s", e)
+            messages, self.exec_reader.closed = [], True
+        if self.exec_reader.closed:
+            logger.info("The executor closed its channel; shutting down")
+            events.append(ShutdownAll("the executor went away"))
+            self.running = False
+        for frames in messages:
             kind = frames[0]
             try:
                 if kind == Kind.TASK and len(frames) == 4:
@@ -174,7 +198,7 @@ class Interchange:
             mid, kind = frames[0], frames[1]
             try:
                 if kind == Kind.RESULTS:
-                    events.append(ResultsReceived(mid, split_results(frames, 2)))
+                    events.append(ResultsReceived(mid, split_results(frames, 2), raw=frames[2]))
                 elif kind == Kind.HEARTBEAT:
                     events.append(ManagerHeartbeat(mid))
                 elif kind == Kind.PROBE:
@@ -220,7 +244,7 @@ class Interchange:
             reply = "pong"
         else:
             reply = {"error": f"unknown command {op!r}"}
-        self.to_exec.send_multipart([Kind.REPLY, pack_request_id(request_id), dump_json(reply)])
+        self.to_exec([Kind.REPLY, pack_request_id(request_id), dump_json(reply)])
 
     # ------------------------------------------------------------------------------ instructions
 
@@ -228,12 +252,12 @@ class Interchange:
         router = self.router
         for ins in instructions:
             if isinstance(ins, SendTasks):
-                frames = [ins.manager_id, Kind.TASKS]
-                for t in ins.tasks:
-                    frames.extend(t.frames)
-                router.send_multipart(frames, copy=False)
+                router.send_multipart([ins.manager_id, *join_tasks([t.frames for t in ins.tasks])], copy=False)
             elif isinstance(ins, ForwardResults):
-                self.to_exec.send_multipart(join_results(ins.results), copy=False)
+                for raw in ins.raw:
+                    self.to_exec([Kind.RESULTS, raw])
+                if ins.results:
+                    self.to_exec(join_results(ins.results))
             elif isinstance(ins, ReplyHeartbeat):
                 router.send_multipart([ins.manager_id, Kind.HEARTBEAT])
             elif isinstance(ins, AcceptRegistration):
@@ -243,16 +267,20 @@ class Interchange:
                 if ins.mismatch is not None:
                     body = {"kind": "version_mismatch", "manager": ins.mismatch[0],
                             "interchange": ins.mismatch[1], "message": ins.reason}
-                    self.to_exec.send_multipart([Kind.FATAL, dump_json(body)])
+                    self.to_exec([Kind.FATAL, dump_json(body)])
             elif isinstance(ins, StopManager):
                 router.send_multipart([ins.manager_id, Kind.SHUTDOWN, dump_json({"reason": ins.reason})])
 
     def close(self) -> None:
         # Let the shutdown notices to managers and the last results reach their peers.
-        for sock in (self.router, self.to_exec):
-            sock.setsockopt(zmq.LINGER, 1000)
-            sock.close()
-        self.from_exec.close()
+        self.router.setsockopt(zmq.LINGER, 1000)
+        self.router.close()
+        # Best effort: hand the executor what is still queued, for at most a second.
+        deadline = time.monotonic() + 1.0
+        while self.exec_writer.pending and self.exec_writer.broken is None and time.monotonic() < deadline:
+            self.exec_writer.flush()
+            time.sleep(0.001)
+        self.exec_sock.close()
         self.contexts.close()
 
 

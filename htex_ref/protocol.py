@@ -12,24 +12,27 @@ Layouts (``|`` separates frames)::
                               cmd | request id (u64) | JSON {"op": ..., "args": [...]}
                               stop
     interchange -> executor   ready | JSON {"worker_port": int, "pid": int}
-                              results | ResultHeader | payload | ResultHeader | payload ...
+                              results | batch(ResultHeader, payload, ResultHeader, payload, ...)
                               reply | request id | JSON
                               fatal | JSON {"kind": str, "message": str}
     manager -> interchange    probe | protocol version
                               register | JSON Registration
                               hb
-                              results | ResultHeader | payload ...
+                              results | batch(ResultHeader, payload, ...)
                               bye | JSON {"reason": str}
     interchange -> manager    probe_ok | protocol version
                               registered | JSON {"interchange_version": str}
                               rejected | JSON {"reason": str}
                               hb
-                              tasks | TaskHeader | function | arguments | TaskHeader | ...
+                              tasks | batch(TaskHeader, function, arguments, TaskHeader, ...)
                               shutdown | JSON {"reason": str}
     manager -> worker         task | TaskHeader | function | arguments
                               stop
     worker -> manager         ready | JSON {"pid": int}
                               result | ResultHeader | payload
+
+A ``batch(...)`` is one frame holding many (``htex_ref.framing.encode_body``): handing ZeroMQ one frame
+per message instead of three per task is what keeps the interchange's cost per task low.
 
 There are no magic values inside the task stream: a heartbeat, a shutdown and a batch of tasks are
 different kinds. A registration carries ``protocol_version``; a pool speaking another version, or a
@@ -46,6 +49,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from htex_ref.errors import ProtocolError
+from htex_ref.framing import decode_body, encode_body
 
 
 class Kind:
@@ -80,7 +84,7 @@ class Outcome(enum.IntEnum):
 
 
 _TASK_HEADER = struct.Struct("<qd")  # task id, priority (inf when none)
-_RESULT_HEADER = struct.Struct("<qB")  # task id, Outcome
+_RESULT_HEADER = struct.Struct("<qBd")  # task id, Outcome, seconds the call ran on the worker
 _REQUEST_ID = struct.Struct("<Q")
 TASK_FRAMES = 3  # header, function, arguments
 RESULT_FRAMES = 2  # header, payload
@@ -100,14 +104,14 @@ def unpack_task_header(frame: bytes) -> tuple[int, float]:
     return task_id, priority
 
 
-def pack_result_header(task_id: int, outcome: Outcome) -> bytes:
-    return _RESULT_HEADER.pack(task_id, outcome)
+def pack_result_header(task_id: int, outcome: Outcome, run_time: float = 0.0) -> bytes:
+    return _RESULT_HEADER.pack(task_id, outcome, run_time)
 
 
-def unpack_result_header(frame: bytes) -> tuple[int, Outcome]:
+def unpack_result_header(frame: bytes) -> tuple[int, Outcome, float]:
     try:
-        task_id, code = _RESULT_HEADER.unpack(frame)
-        return task_id, Outcome(code)
+        task_id, code, run_time = _RESULT_HEADER.unpack(frame)
+        return task_id, Outcome(code), run_time
     except (struct.error, ValueError) as e:
         raise ProtocolError(f"bad result header ({len(frame)} bytes): {e}") from None
 
@@ -137,24 +141,50 @@ def load_json_object(frame: bytes) -> dict[str, Any]:
     return obj
 
 
-def split_results(frames: list[bytes], start: int = 1) -> list[tuple[int, Outcome, bytes]]:
-    """Decode ``header | payload`` pairs from ``frames[start:]``; all or nothing."""
-    body = frames[start:]
+#: (task id, outcome, payload, seconds the call ran)
+ResultTuple = tuple[int, Outcome, bytes, float]
+
+
+def split_results(frames: list[bytes], start: int = 1) -> list[ResultTuple]:
+    """Decode the batch of ``header, payload`` pairs in ``frames[start]``; all or nothing."""
+    if len(frames) != start + 1:
+        raise ProtocolError(f"results message has {len(frames)} frames, expected {start + 1}")
+    body = decode_body(frames[start])
     if not body or len(body) % RESULT_FRAMES:
         raise ProtocolError(f"results message has {len(body)} body frames, expected pairs")
     out = []
     for i in range(0, len(body), RESULT_FRAMES):
-        task_id, outcome = unpack_result_header(body[i])
-        out.append((task_id, outcome, body[i + 1]))
+        task_id, outcome, run_time = unpack_result_header(body[i])
+        out.append((task_id, outcome, body[i + 1], run_time))
     return out
 
 
-def join_results(results: list[tuple[int, Outcome, bytes]]) -> list[bytes]:
-    frames = [Kind.RESULTS]
-    for task_id, outcome, payload in results:
-        frames.append(pack_result_header(task_id, outcome))
+def join_results(results: list[ResultTuple]) -> list[bytes]:
+    frames = []
+    for task_id, outcome, payload, run_time in results:
+        frames.append(pack_result_header(task_id, outcome, run_time))
         frames.append(payload)
-    return frames
+    return [Kind.RESULTS, encode_body(frames)]
+
+
+def join_tasks(tasks: list[tuple[bytes, ...]]) -> list[bytes]:
+    """A ``tasks`` message from each task's (header, function, arguments) frames."""
+    frames: list[bytes] = []
+    for t in tasks:
+        frames.extend(t)
+    return [Kind.TASKS, encode_body(frames)]
+
+
+def split_tasks(frames: list[bytes]) -> list[tuple[int, tuple[bytes, bytes, bytes]]]:
+    """Decode a ``tasks`` message into (task id, (header, function, arguments)); all or nothing."""
+    if len(frames) != 2:
+        raise ProtocolError(f"tasks message has {len(frames)} frames, expected 2")
+    body = decode_body(frames[1])
+    if not body or len(body) % TASK_FRAMES:
+        raise ProtocolError(f"tasks batch has {len(body)} frames, expected triples")
+    return [
+        (unpack_task_header(body[i])[0], (body[i], body[i + 1], body[i + 2])) for i in range(0, len(body), TASK_FRAMES)
+    ]
 
 
 def _field(body: dict[str, Any], name: str, types: type | tuple[type, ...], optional: bool = False) -> Any:

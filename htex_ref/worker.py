@@ -13,31 +13,29 @@ import json
 import logging
 import os
 
-import cloudpickle
-import zmq
+import socket
+import time
 
+import cloudpickle
+
+from htex_ref.framing import BlockingChannel
 from htex_ref.netutil import set_parent_death_signal
 from htex_ref.protocol import Kind, Outcome, pack_result_header, unpack_task_header
 from htex_ref.serialize import FunctionCache, dumps_exception, dumps_result
 
 logger = logging.getLogger("htex_ref.worker")
 
-#: Payloads above this are sent without an extra copy into ZeroMQ's buffers.
-ZERO_COPY_THRESHOLD = 65536
-
-
-def serve(url: str, identity: bytes) -> None:
-    ctx = zmq.Context(io_threads=1)
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IDENTITY, identity)
-    sock.connect(url)
-    sock.send_multipart([Kind.READY, json.dumps({"pid": os.getpid()}).encode()])
+def serve(fd: int) -> None:
+    """Serve tasks over the socketpair end ``fd`` until the manager says stop or goes away."""
+    chan = BlockingChannel(socket.socket(fileno=fd))
+    chan.send([Kind.READY, json.dumps({"pid": os.getpid()}).encode()])
     cache = FunctionCache()
     loads = cloudpickle.loads
     try:
         while True:
-            frames = sock.recv_multipart()
+            frames = chan.recv()
+            if frames is None:
+                return
             kind = frames[0]
             if kind == Kind.STOP:
                 return
@@ -45,25 +43,22 @@ def serve(url: str, identity: bytes) -> None:
                 logger.warning("Ignoring unexpected message %r with %d frames", kind[:32], len(frames))
                 continue
             task_id = unpack_task_header(frames[1])[0]
+            started = time.perf_counter()
             try:
                 fn = cache.load(frames[2])
                 args, kwargs = loads(frames[3])
                 outcome, payload = dumps_result(fn(*args, **kwargs))
             except Exception as e:
                 outcome, payload = Outcome.EXCEPTION, dumps_exception(e)
-            sock.send_multipart(
-                [Kind.RESULT, pack_result_header(task_id, outcome), payload],
-                copy=len(payload) < ZERO_COPY_THRESHOLD,
-            )
+            chan.send([Kind.RESULT, pack_result_header(task_id, outcome, time.perf_counter() - started), payload])
     finally:
-        sock.close(linger=1000)
-        ctx.term()
+        chan.sock.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="htex_ref worker process (started by htex-worker-pool)")
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--identity", required=True)
+    parser.add_argument("--fd", type=int, required=True, help="socketpair end shared with the manager")
+    parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--manager-pid", type=int, required=True)
     parser.add_argument("--logfile", default=None)
     parser.add_argument("--debug", action="store_true")
@@ -75,8 +70,8 @@ def main() -> None:
             level=logging.DEBUG if args.debug else logging.INFO,
             format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         )
-    logger.info("Worker %s pid %d starting", args.identity, os.getpid())
-    serve(args.url, args.identity.encode())
+    logger.info("Worker %d pid %d starting", args.rank, os.getpid())
+    serve(args.fd)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,10 @@ import logging
 import math
 import os
 import platform
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from typing import Any
@@ -46,16 +44,16 @@ from htex_ref.core.manager import (
 )
 from htex_ref.core.planning import plan_workers
 from htex_ref.errors import ProtocolError
+from htex_ref.framing import StreamReader, encode
 from htex_ref.netutil import Contexts, tcp_url
 from htex_ref.protocol import (
-    TASK_FRAMES,
     Kind,
     Registration,
     dump_json,
     join_results,
     load_json_object,
+    split_tasks,
     unpack_result_header,
-    unpack_task_header,
 )
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
@@ -157,14 +155,10 @@ class WorkerPool:
         self.hostname = socket.gethostname()
         self.contexts = Contexts(None if args.cert_dir in (None, "None") else args.cert_dir)
         self.ix: Any = None
-        self.workers_sock: Any = None
-        self.ipc_dir = tempfile.mkdtemp(prefix=f"htex-{uid}-")
-        self.worker_url = f"ipc://{self.ipc_dir}/workers"
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.pidfds: dict[int, int] = {}  # fd -> rank
-        self.identity: dict[int, bytes] = {}  # rank -> current identity
-        self.rank_of: dict[bytes, int] = {}
-        self.generation = 0
+        self.pidfds: dict[int, int] = {}  # pidfd -> rank
+        self.channels: dict[int, socket.socket] = {}  # rank -> manager end of the socketpair
+        self.readers: dict[int, tuple[int, StreamReader]] = {}  # socket fd -> (rank, reader)
         self.poller = zmq.Poller()
         self.stop_reason = ""
         self.worker_count = 0
@@ -209,23 +203,20 @@ class WorkerPool:
             raise ProtocolError(f"unexpected answer to registration: {frames[0][:32]!r}")
 
     def start_workers(self, count: int) -> None:
-        self.workers_sock = self.contexts.ctx.socket(zmq.ROUTER)
-        self.workers_sock.setsockopt(zmq.LINGER, 0)
-        self.workers_sock.setsockopt(zmq.SNDHWM, 0)
-        self.workers_sock.setsockopt(zmq.RCVHWM, 0)
-        self.workers_sock.bind(self.worker_url)
         self.worker_count = count
         for rank in range(count):
             self.spawn(rank)
 
-    def spawn(self, rank: int) -> None:
-        self.generation += 1
-        ident = f"{rank}:{self.generation}".encode()
-        old = self.identity.get(rank)
+    def _drop_channel(self, rank: int) -> None:
+        old = self.channels.pop(rank, None)
         if old is not None:
-            self.rank_of.pop(old, None)
-        self.identity[rank] = ident
-        self.rank_of[ident] = rank
+            if self.readers.pop(old.fileno(), None) is not None:
+                self.poller.unregister(old.fileno())
+            old.close()
+
+    def spawn(self, rank: int) -> None:
+        self._drop_channel(rank)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env.update({
             "PARSL_WORKER_RANK": str(rank),
@@ -233,12 +224,19 @@ class WorkerPool:
             "PARSL_WORKER_POOL_ID": self.uid,
             "PARSL_WORKER_BLOCK_ID": str(self.args.block_id),
         })
-        cmd = [sys.executable, "-m", "htex_ref.worker", "--url", self.worker_url, "--identity", ident.decode(),
+        cmd = [sys.executable, "-m", "htex_ref.worker", "--fd", str(theirs.fileno()), "--rank", str(rank),
                "--manager-pid", str(os.getpid()), "--logfile", os.path.join(self.logdir, f"worker_{rank}.log")]
         if self.args.debug:
             cmd.append("--debug")
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True,
+                                    pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
         self.procs[rank] = proc
+        self.channels[rank] = ours
+        self.readers[ours.fileno()] = (rank, StreamReader(ours))
+        self.poller.register(ours.fileno(), zmq.POLLIN)
         fd = os.pidfd_open(proc.pid)
         self.pidfds[fd] = rank
         self.poller.register(fd, zmq.POLLIN)
@@ -247,7 +245,6 @@ class WorkerPool:
 
     def run(self, state: ManagerState) -> int:
         self.poller.register(self.ix, zmq.POLLIN)
-        self.poller.register(self.workers_sock, zmq.POLLIN)
         clock = time.monotonic
         while True:
             timeout = max(0, int((state.next_deadline() - clock()) * 1000) + 1)
@@ -257,9 +254,11 @@ class WorkerPool:
                 events.append(StopRequested(self.stop_reason))
             if self.ix in socks:
                 self._read_interchange(events)
-            if self.workers_sock in socks:
-                self._read_workers(events)
-            for fd in [fd for fd in socks if isinstance(fd, int)]:
+            # The poller reports plain file descriptors as ints: worker channels and pidfds.
+            for key in socks:
+                if isinstance(key, int) and key in self.readers:
+                    self._read_worker(key, events)
+            for fd in [fd for fd in socks if isinstance(fd, int) and fd in self.pidfds]:
                 events.append(self._reap(fd))
             for ins in state.handle(*events, now=clock()):
                 code = self._execute(ins)
@@ -277,14 +276,7 @@ class WorkerPool:
             kind = frames[0]
             try:
                 if kind == Kind.TASKS:
-                    body = frames[1:]
-                    if not body or len(body) % TASK_FRAMES:
-                        raise ProtocolError(f"tasks message with {len(body)} frames")
-                    tasks = [
-                        PoolTask(unpack_task_header(body[i])[0], (body[i], body[i + 1], body[i + 2]))
-                        for i in range(0, len(body), TASK_FRAMES)
-                    ]
-                    events.append(TasksArrived(tasks))
+                    events.append(TasksArrived([PoolTask(tid, fr) for tid, fr in split_tasks(frames)]))
                 elif kind == Kind.SHUTDOWN:
                     reason = load_json_object(frames[1]).get("reason", "") if len(frames) > 1 else ""
                     events.append(StopRequested(f"the interchange asked this pool to stop: {reason}"))
@@ -295,20 +287,24 @@ class WorkerPool:
         if contact:
             events.insert(0, InterchangeContact())
 
-    def _read_workers(self, events: list[Any]) -> None:
-        while True:
+    def _read_worker(self, fd: int, events: list[Any]) -> None:
+        rank, reader = self.readers[fd]
+        try:
+            messages = reader.read_available()
+        except ProtocolError as e:
+            logger.error("Corrupt stream from worker %d, dropping its channel: %s", rank, e)
+            messages = []
+            reader.closed = True
+        if reader.closed:
+            # EOF: the worker is exiting; its pidfd reports the exit code.
+            self.readers.pop(fd, None)
+            self.poller.unregister(fd)
+        for frames in messages:
+            kind = frames[0]
             try:
-                frames = self.workers_sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            rank = self.rank_of.get(frames[0])
-            if rank is None:
-                continue  # a message from a worker generation that was already replaced
-            kind = frames[1]
-            try:
-                if kind == Kind.RESULT and len(frames) == 4:
-                    task_id, outcome = unpack_result_header(frames[2])
-                    events.append(WorkerResult(rank, task_id, outcome, frames[3]))
+                if kind == Kind.RESULT and len(frames) == 3:
+                    task_id, outcome, run_time = unpack_result_header(frames[1])
+                    events.append(WorkerResult(rank, task_id, outcome, frames[2], run_time))
                 elif kind == Kind.READY:
                     events.append(WorkerReady(rank))
                 else:
@@ -327,7 +323,12 @@ class WorkerPool:
 
     def _execute(self, ins: Any) -> int | None:
         if isinstance(ins, RunTask):
-            self.workers_sock.send_multipart([self.identity[ins.rank], Kind.TASK, *ins.task.frames], copy=False)
+            try:
+                # Blocking is safe: the worker asked for work and is reading.
+                self.channels[ins.rank].sendall(encode([Kind.TASK, *ins.task.frames]))
+            except OSError as e:
+                # The worker is dying; its pidfd turns this into WorkerLost for the task.
+                logger.warning("Could not send task %d to worker %d: %s", ins.task.task_id, ins.rank, e)
         elif isinstance(ins, SendResults):
             self.ix.send_multipart(join_results(ins.results), copy=False)
         elif isinstance(ins, SendHeartbeat):
@@ -356,12 +357,11 @@ class WorkerPool:
                 proc.wait()
         for fd in self.pidfds:
             os.close(fd)
+        for chan in self.channels.values():
+            chan.close()
         if self.ix is not None:
             self.ix.close(linger=1000)
-        if self.workers_sock is not None:
-            self.workers_sock.close(linger=0)
         self.contexts.close()
-        shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,8 @@ when it next needs to be called even if nothing arrives.
 Rules it keeps:
 
 1. A task is in exactly one place: the pending queue, or the task set of one manager.
-2. A manager's task set never exceeds its capacity (workers + prefetch).
+2. A manager's task set never exceeds its capacity (workers + prefetch), or, with automatic
+   prefetch, that plus ``AUTO_PREFETCH_MAX_PER_WORKER`` per worker (see ``_prefetch``).
 3. Held, draining or expired managers receive no tasks.
 4. Every task handed to a manager ends in exactly one forwarded result: the manager's, or a
    ``MANAGER_LOST`` result made here when the manager expires or says goodbye. Late messages from a
@@ -28,12 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from htex_ref.core.selectors import ManagerSelector, RandomManagerSelector
-from htex_ref.protocol import Outcome, Registration
+from htex_ref.protocol import Outcome, Registration, ResultTuple
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__, python_minor
 
 logger = logging.getLogger(__name__)
 
-ResultTuple = tuple[int, Outcome, bytes]
+#: Automatic prefetch lets a manager queue about this many seconds of work per worker.
+AUTO_PREFETCH_BUFFER_S = 0.05
+#: ... and at most this many extra tasks per worker.
+AUTO_PREFETCH_MAX_PER_WORKER = 64
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -55,6 +59,8 @@ class ManagerRecord:
     registered_at: float
     last_seen: float
     tasks: set[int] = field(default_factory=set)
+    #: Moving average of the time calls ran on this manager's workers; None until a result came back.
+    avg_task_time: float | None = None
     active: bool = True
     draining: bool = False
     drain_at: float | None = None
@@ -72,6 +78,10 @@ class ManagerRecord:
     def free(self) -> int:
         return self.capacity - len(self.tasks)
 
+    @property
+    def worker_count(self) -> int:
+        return self.registration.worker_count
+
     def snapshot(self, now: float) -> dict[str, Any]:
         reg = self.registration
         return {
@@ -87,6 +97,7 @@ class ManagerRecord:
             "python_version": reg.python_version,
             "htex_ref_version": reg.htex_ref_version,
             "last_heartbeat_age": now - self.last_seen,
+            "avg_task_time": self.avg_task_time,
         }
 
 
@@ -113,6 +124,8 @@ class ManagerHeartbeat:
 class ResultsReceived:
     manager_id: bytes
     results: list[ResultTuple]
+    #: The batch as it arrived; forwarded unchanged when every result in it is accepted.
+    raw: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +167,8 @@ class SendTasks:
 @dataclass(frozen=True, slots=True)
 class ForwardResults:
     results: list[ResultTuple]
+    #: Batches to forward byte for byte, in addition to ``results``.
+    raw: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +215,12 @@ class InterchangeState:
         check_python_version: bool = True,
         python_version: str = PYTHON_VERSION,
         protocol_version: int = PROTOCOL_VERSION,
+        auto_prefetch: bool = False,
+        auto_prefetch_max_task_time: float = 1.0,
     ) -> None:
         self.heartbeat_threshold = heartbeat_threshold
+        self.auto_prefetch = auto_prefetch
+        self.auto_prefetch_max_task_time = auto_prefetch_max_task_time
         self.selector: ManagerSelector = selector or RandomManagerSelector()
         self.check_python_version = check_python_version
         self.python_version = python_version
@@ -218,6 +237,7 @@ class InterchangeState:
         self._seq = itertools.count()
         self._out: list[Instruction] = []
         self._results: list[ResultTuple] = []
+        self._raw_results: list[bytes] = []
 
     # ------------------------------------------------------------------------------- public API
 
@@ -235,9 +255,10 @@ class InterchangeState:
             self._handlers[type(ev)](self, ev, now)
         self._fire_timers(now)
         self._dispatch(now)
-        if self._results:
-            self._out.append(ForwardResults(self._results))
+        if self._results or self._raw_results:
+            self._out.append(ForwardResults(self._results, self._raw_results))
             self._results = []
+            self._raw_results = []
         out, self._out = self._out, []
         return out
 
@@ -305,13 +326,21 @@ class InterchangeState:
             logger.warning("Ignoring %d results from unknown manager %r", len(ev.results), ev.manager_id)
             return
         rec.last_seen = now
+        avg = rec.avg_task_time
+        accepted = []
         for result in ev.results:
             try:
                 rec.tasks.remove(result[0])
             except KeyError:
                 logger.warning("Dropping result for task %d not held by manager %s", result[0], rec.registration.uid)
                 continue
-            self._results.append(result)
+            avg = result[3] if avg is None else 0.9 * avg + 0.1 * result[3]
+            accepted.append(result)
+        rec.avg_task_time = avg
+        if ev.raw is not None and len(accepted) == len(ev.results):
+            self._raw_results.append(ev.raw)
+        else:
+            self._results.extend(accepted)
         if not rec.tasks:
             rec.idle_since = now
             if rec.draining:
@@ -394,12 +423,43 @@ class InterchangeState:
             rec = self._free[mid]
             n = min(rec.free, len(pending))
             batch = [heapq.heappop(pending)[2] for _ in range(n)]
-            rec.tasks.update(t.task_id for t in batch)
-            rec.idle_since = None
-            self.tasks_dispatched += n
+            self._hand_over(rec, batch, now)
             if rec.free <= 0:
                 del self._free[mid]
-            self._out.append(SendTasks(mid, batch))
+        if pending and self.auto_prefetch:
+            self._prefetch(now)
+
+    def _hand_over(self, rec: ManagerRecord, batch: list[QueuedTask], now: float) -> None:
+        rec.tasks.update(t.task_id for t in batch)
+        rec.idle_since = None
+        self.tasks_dispatched += len(batch)
+        self._out.append(SendTasks(rec.manager_id, batch))
+
+    def _prefetch(self, now: float) -> None:
+        """Automatic prefetch: reached only when every worker slot of every manager is taken and tasks
+        still wait. Then a manager whose recent calls were short (where the round trip would leave its
+        workers idle between tasks) may queue about ``AUTO_PREFETCH_BUFFER_S`` of work per worker: at
+        least one task and at most ``AUTO_PREFETCH_MAX_PER_WORKER`` per worker. Calls longer than
+        ``auto_prefetch_max_task_time`` never prefetch, so a long task never waits behind another on a
+        node while a worker elsewhere is free, and at the end of a run no worker is left with more than
+        about ``AUTO_PREFETCH_BUFFER_S`` of queued work while others idle.
+        """
+        limit = self.auto_prefetch_max_task_time
+        for rec in self.managers.values():
+            if not self._pending:
+                return
+            avg = rec.avg_task_time
+            if not rec.active or rec.draining or avg is None or avg > limit:
+                continue
+            per_worker = AUTO_PREFETCH_MAX_PER_WORKER if avg <= 0 else int(AUTO_PREFETCH_BUFFER_S / avg)
+            per_worker = max(1, min(AUTO_PREFETCH_MAX_PER_WORKER, per_worker))
+            allowance = rec.worker_count * per_worker
+            room = rec.capacity + allowance - len(rec.tasks)
+            # Top up in batches of at least half the allowance: fewer, larger messages.
+            if room <= 0 or room < allowance // 2:
+                continue
+            batch = [heapq.heappop(self._pending)[2] for _ in range(min(room, len(self._pending)))]
+            self._hand_over(rec, batch, now)
 
     # ------------------------------------------------------------------------------- forgetting
 
@@ -407,7 +467,7 @@ class InterchangeState:
         if not rec.tasks:
             return
         payload = lost_payload(rec.registration.uid, rec.registration.hostname, detail)
-        self._results.extend((tid, Outcome.MANAGER_LOST, payload) for tid in sorted(rec.tasks))
+        self._results.extend((tid, Outcome.MANAGER_LOST, payload, 0.0) for tid in sorted(rec.tasks))
         rec.tasks.clear()
 
     def _forget(self, rec: ManagerRecord, stop_reason: str | None = None) -> None:

@@ -13,6 +13,9 @@ Rules it keeps:
 3. A worker slot that dies ``max_startup_failures`` times in a row before it ever becomes ready stops
    the pool with an error naming the slot and exit code, instead of a restart loop.
 4. The pool exits when the interchange has been silent for ``heartbeat_threshold`` seconds.
+5. Results go back at once when no task is waiting here for a worker (someone may be waiting on
+   them); while tasks wait, results are held up to ``result_batch_delay`` seconds or
+   ``result_batch_size`` results, so that under load they travel in batches.
 """
 
 from __future__ import annotations
@@ -23,11 +26,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from htex_ref.protocol import Outcome
+from htex_ref.protocol import Outcome, ResultTuple
 
 logger = logging.getLogger(__name__)
-
-ResultTuple = tuple[int, Outcome, bytes]
 
 
 @dataclass(slots=True)
@@ -64,6 +65,7 @@ class WorkerResult:
     task_id: int
     outcome: Outcome
     payload: bytes
+    run_time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +132,13 @@ class ManagerState:
         now: float,
         hostname: str = "localhost",
         max_startup_failures: int = 3,
+        result_batch_delay: float = 0.002,
+        result_batch_size: int = 256,
     ) -> None:
         self.hostname = hostname
+        self.result_batch_delay = result_batch_delay
+        self.result_batch_size = result_batch_size
+        self._results_since: float | None = None
         self.heartbeat_period = heartbeat_period
         self.heartbeat_threshold = heartbeat_threshold
         self.max_startup_failures = max_startup_failures
@@ -162,14 +169,22 @@ class ManagerState:
             self._assign()
             self._timers(now)
         if self._results:
-            # Results come before an Exit so the runtime sends them before saying goodbye.
-            self._out.insert(0, SendResults(self._results))
-            self._results = []
+            if self._results_since is None:
+                self._results_since = now
+            if (self.exiting or not self.queue or len(self._results) >= self.result_batch_size
+                    or now - self._results_since >= self.result_batch_delay):
+                # Results come before an Exit so the runtime sends them before saying goodbye.
+                self._out.insert(0, SendResults(self._results))
+                self._results = []
+                self._results_since = None
         out, self._out = self._out, []
         return out
 
     def next_deadline(self) -> float:
-        return min(self.last_heartbeat + self.heartbeat_period, self.last_contact + self.heartbeat_threshold)
+        deadline = min(self.last_heartbeat + self.heartbeat_period, self.last_contact + self.heartbeat_threshold)
+        if self._results_since is not None:
+            deadline = min(deadline, self._results_since + self.result_batch_delay)
+        return deadline
 
     # events
 
@@ -190,7 +205,7 @@ class ManagerState:
         if slot is None or slot.state != "busy" or slot.task_id != ev.task_id:
             logger.warning("Dropping result for task %d from worker %s that was not running it", ev.task_id, ev.rank)
             return
-        self._results.append((ev.task_id, ev.outcome, ev.payload))
+        self._results.append((ev.task_id, ev.outcome, ev.payload, ev.run_time))
         slot.state = "idle"
         slot.task_id = None
         self._idle.append(ev.rank)
@@ -202,7 +217,7 @@ class ManagerState:
         if slot.state == "busy" and slot.task_id is not None:
             detail = f"worker process exited with code {ev.exit_code} while running the task"
             payload = json.dumps({"worker": ev.rank, "host": self.hostname, "detail": detail}).encode()
-            self._results.append((slot.task_id, Outcome.WORKER_LOST, payload))
+            self._results.append((slot.task_id, Outcome.WORKER_LOST, payload, 0.0))
         elif slot.state == "starting":
             slot.startup_failures += 1
             if slot.startup_failures >= self.max_startup_failures:
