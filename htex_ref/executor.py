@@ -37,7 +37,7 @@ from typing import Any
 import zmq
 
 from htex_ref.core.planning import plan_workers
-from htex_ref.core.scaling import choose_blocks_to_scale_in
+from htex_ref.core.scaling import blocks_all_failed, choose_blocks_to_scale_in
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
 from htex_ref.errors import (
     BadStateException,
@@ -45,6 +45,7 @@ from htex_ref.errors import (
     ExecutorShutdown,
     InterchangeError,
     InvalidResourceSpecification,
+    ScalingFailed,
     VersionMismatch,
 )
 from htex_ref.framing import NonBlockingWriter, StreamReader, encode_parts
@@ -320,6 +321,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self.blocks_to_job_id: dict[str, str] = {}
         self.job_ids_to_block: dict[str, str] = {}
         self._simulated_status: dict[str, JobStatus] = {}
+        self._registered_blocks: set[str] = set()
+        self._watch_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------ properties
 
@@ -387,6 +390,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             _live_executors.add(self)
             if self.strategy == "none" and self.provider.init_blocks:
                 self.scale_out(self.provider.init_blocks)
+            self._watch_thread = threading.Thread(target=self._watch_blocks, name=f"htex-{self.label}-blocks",
+                                                  daemon=True)
+            self._watch_thread.start()
 
     def _start_interchange(self) -> None:
         # The interchange is our child on this host, so a socketpair is its channel: private to the
@@ -719,6 +725,61 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         result.update(self._simulated_status)
         return result
 
+    def block_statuses(self) -> dict[str, JobStatus]:
+        """``status()`` where a block that ended without any manager registering is MISSING, with a
+        message that points at its output files."""
+        result = self.status()
+        if any(s.terminal for s in result.values()):
+            try:
+                self._registered_blocks.update(self.connected_blocks())
+            except Exception:
+                pass
+        for block_id, st in result.items():
+            if st.terminal and st.state not in (JobState.SCALED_IN, JobState.MISSING, JobState.CANCELLED) \
+                    and block_id not in self._registered_blocks:
+                result[block_id] = JobStatus(
+                    JobState.MISSING,
+                    f"block {block_id} ended ({st.state.name}"
+                    + (f", exit code {st.exit_code}" if st.exit_code is not None else "")
+                    + ") before any worker pool registered; "
+                    + (f"see {st.stdout_path} and {st.stderr_path}" if st.stdout_path else "see the submit scripts"),
+                    st.exit_code, st.stdout_path, st.stderr_path,
+                )
+        return result
+
+    def _block_failure_message(self, statuses: dict[str, JobStatus]) -> str:
+        lines = [f"all {len(statuses)} blocks of executor {self.label} failed:"]
+        for block_id, st in sorted(statuses.items()):
+            lines.append(f"  block {block_id}: {st.state.name}: {st.message or ''}")
+            if st.exit_code is not None:
+                lines.append(f"    EXIT CODE: {st.exit_code}")
+            for name, text in (("STDOUT", st.stdout_summary), ("STDERR", st.stderr_summary)):
+                if text and text.strip():
+                    lines.append(f"    {name}: " + text.strip().replace("\n", "\n      "))
+        return "\n".join(lines)
+
+    def handle_block_errors(self, statuses: dict[str, JobStatus]) -> None:
+        """Apply ``block_error_handler`` to the current block statuses."""
+        handler = self.block_error_handler
+        if handler is False or self._bad_state is not None:
+            return
+        if callable(handler) and handler is not True:
+            handler(self, statuses)
+            return
+        threshold = max(1, self.provider.init_blocks)
+        if blocks_all_failed({b: s.state.name for b, s in statuses.items()}, threshold):
+            self.set_bad_state_and_fail_all(ScalingFailed(self._block_failure_message(statuses)))
+
+    def _watch_blocks(self) -> None:
+        interval = max(0.2, min(float(self.provider.status_polling_interval), 30.0))
+        while not self._io_stop.wait(interval):
+            if self._shutdown or self._bad_state is not None:
+                return
+            try:
+                self.handle_block_errors(self.block_statuses())
+            except Exception:
+                logger.exception("Block status check failed")
+
     def scale_in(self, blocks: int) -> list[str]:
         """Cancel ``blocks`` blocks, idle ones first; returns the ids cancelled. ``scale_in(0)`` does nothing."""
         if not _is_int(blocks) or blocks < 0:
@@ -777,15 +838,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 return
             if wait and not cancel_futures and self._bad_state is None:
                 concurrent.futures.wait(list(self._tasks.values()), timeout=timeout)
-            self._shutdown = True
-            _live_executors.discard(self)
-            try:
-                live = [b for b, s in self.status().items() if not s.terminal]
-                self._cancel_blocks(live)
-            except Exception:
-                logger.exception("Failed to cancel blocks at shutdown")
-            self._teardown()
+            # Fail what is left first, so that it reads "shut down" rather than whatever the
+            # stopping parts (a pool told to exit, say) would report for it.
             with self._send_lock:
+                self._shutdown = True
                 pending = list(self._tasks.values())
                 self._tasks.clear()
             for fut in pending:
@@ -795,6 +851,13 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                             f"executor {self.label} was shut down before task {fut.task_id} finished"))
                     except concurrent.futures.InvalidStateError:
                         pass
+            _live_executors.discard(self)
+            try:
+                live = [b for b, s in self.status().items() if not s.terminal]
+                self._cancel_blocks(live)
+            except Exception:
+                logger.exception("Failed to cancel blocks at shutdown")
+            self._teardown()
 
     def _teardown(self) -> None:
         self._shutdown = True
@@ -816,8 +879,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                         proc.kill()
                         proc.wait()
         self._io_stop.set()
-        if self._io_thread is not None and self._io_thread is not threading.current_thread():
-            self._io_thread.join(5)
+        for thread in (self._io_thread, self._watch_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(5)
         if self._ix_pidfd is not None:
             os.close(self._ix_pidfd)
             self._ix_pidfd = None

@@ -106,6 +106,9 @@ class Interchange:
         self.running = True
         self.stop_requested = ""
         self.bad_frames = 0
+        # Commands are answered after the events read with them are applied, so a reply reflects
+        # every task and hold that the executor sent before it.
+        self._commands: list[tuple[int, dict[str, Any]]] = []
 
     def _bind_router(self) -> int:
         address = self.cfg.get("address") or "*"
@@ -156,6 +159,10 @@ class Interchange:
             if self.router in socks:
                 self._read_managers(events)
             self._execute(self.state.handle(*events, now=clock()))
+            if self._commands:
+                commands, self._commands = self._commands, []
+                for request_id, body in commands:
+                    self._reply(request_id, body)
         logger.info("Interchange dispatched %d tasks in %.1f s", self.state.tasks_dispatched, clock() - started)
 
     def _read_executor(self, events: list[Any]) -> None:
@@ -176,7 +183,11 @@ class Interchange:
                     task_id, priority = unpack_task_header(frames[1])
                     events.append(TaskSubmitted(QueuedTask(task_id, priority, (frames[1], frames[2], frames[3]))))
                 elif kind == Kind.CMD and len(frames) == 3:
-                    self._command(unpack_request_id(frames[1]), load_json_object(frames[2]), events)
+                    body = load_json_object(frames[2])
+                    args = body.get("args") or []
+                    if body.get("op") == "hold_manager" and args and isinstance(args[0], str):
+                        events.append(HoldManager(args[0].encode()))
+                    self._commands.append((unpack_request_id(frames[1]), body))
                 elif kind == Kind.STOP:
                     events.append(ShutdownAll("the executor shut down"))
                     self.running = False
@@ -219,7 +230,7 @@ class Interchange:
         if self.bad_frames <= 20 or self.bad_frames % 1000 == 0:
             logger.warning("Dropped malformed message from %s (%d so far): %s", source, self.bad_frames, err)
 
-    def _command(self, request_id: int, body: dict[str, Any], events: list[Any]) -> None:
+    def _reply(self, request_id: int, body: dict[str, Any]) -> None:
         op = body.get("op")
         args = body.get("args") or []
         now = time.monotonic()
@@ -229,9 +240,8 @@ class Interchange:
         elif op == "connected_blocks":
             reply = self.state.connected_blocks()
         elif op == "hold_manager" and args and isinstance(args[0], str):
-            known = args[0].encode() in self.state.managers
-            events.append(HoldManager(args[0].encode()))
-            reply = known
+            rec = self.state.managers.get(args[0].encode())
+            reply = rec is not None and not rec.active
         elif op == "stats":
             reply = {
                 "pending": self.state.pending_count,

@@ -29,7 +29,9 @@ import zmq
 
 from htex_ref.core.manager import (
     Exit,
+    InterchangeConnected,
     InterchangeContact,
+    InterchangeDisconnected,
     ManagerState,
     PoolTask,
     RunTask,
@@ -245,6 +247,11 @@ class WorkerPool:
 
     def run(self, state: ManagerState) -> int:
         self.poller.register(self.ix, zmq.POLLIN)
+        # Connection events tell us at once when the interchange's end of the TCP connection goes away.
+        monitor = self.ix.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        )
+        self.poller.register(monitor, zmq.POLLIN)
         clock = time.monotonic
         while True:
             timeout = max(0, int((state.next_deadline() - clock()) * 1000) + 1)
@@ -254,6 +261,8 @@ class WorkerPool:
                 events.append(StopRequested(self.stop_reason))
             if self.ix in socks:
                 self._read_interchange(events)
+            if monitor in socks:
+                self._read_monitor(monitor, events)
             # The poller reports plain file descriptors as ints: worker channels and pidfds.
             for key in socks:
                 if isinstance(key, int) and key in self.readers:
@@ -264,6 +273,20 @@ class WorkerPool:
                 code = self._execute(ins)
                 if code is not None:
                     return code
+
+    def _read_monitor(self, monitor: Any, events: list[Any]) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                msg = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg["event"] == zmq.EVENT_DISCONNECTED:
+                logger.warning("Lost the connection to the interchange")
+                events.append(InterchangeDisconnected())
+            else:
+                events.append(InterchangeConnected())
 
     def _read_interchange(self, events: list[Any]) -> None:
         contact = False

@@ -12,7 +12,9 @@ Rules it keeps:
    and the slot is restarted.
 3. A worker slot that dies ``max_startup_failures`` times in a row before it ever becomes ready stops
    the pool with an error naming the slot and exit code, instead of a restart loop.
-4. The pool exits when the interchange has been silent for ``heartbeat_threshold`` seconds.
+4. The pool exits when the interchange has been silent for ``heartbeat_threshold`` seconds, or when
+   the connection to it has been down for ``reconnect_grace`` seconds (an interchange that died is
+   noticed in seconds, a network blip shorter than the grace is ridden out).
 5. Results go back at once when no task is waiting here for a worker (someone may be waiting on
    them); while tasks wait, results are held up to ``result_batch_delay`` seconds or
    ``result_batch_size`` results, so that under load they travel in batches.
@@ -80,12 +82,31 @@ class InterchangeContact:
 
 
 @dataclass(frozen=True, slots=True)
+class InterchangeDisconnected:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InterchangeConnected:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class StopRequested:
     reason: str
     error: bool = False
 
 
-Event = TasksArrived | WorkerReady | WorkerResult | WorkerExited | InterchangeContact | StopRequested
+Event = (
+    TasksArrived
+    | WorkerReady
+    | WorkerResult
+    | WorkerExited
+    | InterchangeContact
+    | InterchangeDisconnected
+    | InterchangeConnected
+    | StopRequested
+)
 
 
 # instructions
@@ -134,7 +155,10 @@ class ManagerState:
         max_startup_failures: int = 3,
         result_batch_delay: float = 0.002,
         result_batch_size: int = 256,
+        reconnect_grace: float = 10.0,
     ) -> None:
+        self.reconnect_grace = min(reconnect_grace, heartbeat_threshold)
+        self.disconnected_since: float | None = None
         self.hostname = hostname
         self.result_batch_delay = result_batch_delay
         self.result_batch_size = result_batch_size
@@ -184,6 +208,8 @@ class ManagerState:
         deadline = min(self.last_heartbeat + self.heartbeat_period, self.last_contact + self.heartbeat_threshold)
         if self._results_since is not None:
             deadline = min(deadline, self._results_since + self.result_batch_delay)
+        if self.disconnected_since is not None:
+            deadline = min(deadline, self.disconnected_since + self.reconnect_grace)
         return deadline
 
     # events
@@ -240,12 +266,21 @@ class ManagerState:
     def _on_stop(self, ev: StopRequested, now: float) -> None:
         self._exit(ev.reason, error=ev.error)
 
+    def _on_disconnected(self, ev: InterchangeDisconnected, now: float) -> None:
+        if self.disconnected_since is None:
+            self.disconnected_since = now
+
+    def _on_connected(self, ev: InterchangeConnected, now: float) -> None:
+        self.disconnected_since = None
+
     _handlers: dict[type, Any] = {
         TasksArrived: _on_tasks,
         WorkerReady: _on_ready,
         WorkerResult: _on_result,
         WorkerExited: _on_exit,
         InterchangeContact: _on_contact,
+        InterchangeDisconnected: _on_disconnected,
+        InterchangeConnected: _on_connected,
         StopRequested: _on_stop,
     }
 
@@ -261,6 +296,13 @@ class ManagerState:
             self._out.append(RunTask(rank, task))
 
     def _timers(self, now: float) -> None:
+        if self.disconnected_since is not None and now - self.disconnected_since >= self.reconnect_grace:
+            self._exit(
+                f"the connection to the interchange has been down for {now - self.disconnected_since:.1f} s "
+                f"(reconnect grace {self.reconnect_grace} s); it has most likely exited",
+                error=True,
+            )
+            return
         if now - self.last_contact >= self.heartbeat_threshold:
             self._exit(
                 f"no message from the interchange for {now - self.last_contact:.1f} s "

@@ -32,3 +32,18 @@ def choose_blocks_to_scale_in(
         idle[b] = min(idle[b], float(m.get("idle_duration", 0.0)) if not m.get("tasks") else 0.0)
     order = sorted(tasks, key=lambda b: (tasks[b] > 0, -idle[b], tasks[b], block_rank(b)))
     return order[:n]
+
+
+FAILED_NAMES = frozenset({"FAILED", "MISSING"})
+
+
+def blocks_all_failed(states: Mapping[str, str], threshold: int) -> bool:
+    """Parsl's "simple" block error rule: at least ``threshold`` blocks, and every one of them failed.
+
+    ``states`` maps block id to a state name; FAILED and MISSING (ended without a manager ever
+    registering) count as failures. A block that is still pending or running, completed after it
+    registered, or was scaled in, keeps the executor alive.
+    """
+    if not states or len(states) < max(1, threshold):
+        return False
+    return all(state in FAILED_NAMES for state in states.values())

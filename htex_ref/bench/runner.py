@@ -1,0 +1,577 @@
+"""``htex-ref bench``: run benchmark rounds in fresh processes and summarise them.
+
+Each round runs ``child.py`` once per implementation, interleaved (htex_ref, parsl, htex_ref, parsl, ...),
+each in a new session with a timeout. The medians of the rounds are printed as a table and, with
+``--compare parsl``, as ratios htex_ref/parsl next to the targets.
+
+Process hygiene: every child gets its own session. On Linux this process makes itself a child subreaper,
+so that worker pools and interchanges a child leaves behind are re-parented here, where they are found,
+reported and killed. On a timeout the child's process group and the groups of all its descendants (all
+of them created by processes we started) are killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PARSL_VERSION = "2026.10.26"
+DEFAULT_PARSL_PYTHON = ".bench/parsl-venv/bin/python"
+CHILD = Path(__file__).resolve().with_name("child.py")
+STDERR_TAIL_LINES = 25
+LEFTOVER_GRACE_S = 10.0
+
+IMPL_HTEX = "htex_ref"
+IMPL_HTEX_P0 = "htex_ref prefetch=0"
+IMPL_PARSL = "parsl"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    title: str
+    fmt: str
+    higher_is_better: bool
+    # target on the ratio htex_ref/parsl: (">=" or "<=", bound); None: no ratio target
+    ratio_target: tuple[str, float] | None = None
+    # target on htex_ref's own value
+    absolute_target: tuple[str, float] | None = None
+
+
+METRICS: list[Metric] = [
+    Metric("noop_tasks_per_s", "no-op tasks/s", "{:.0f}", True, ratio_target=(">=", 5.0)),
+    Metric("rtt_median_ms", "RTT median ms", "{:.3f}", False, ratio_target=("<=", 0.35)),
+    Metric("rtt_p99_ms", "RTT p99 ms", "{:.3f}", False),
+    Metric("sleep10ms_efficiency", "10 ms efficiency", "{:.3f}", True, absolute_target=(">=", 0.95)),
+    Metric("mib_per_s", "MiB/s", "{:.1f}", True, ratio_target=(">=", 2.0)),
+    Metric("start_to_first_s", "start-to-first-result s", "{:.3f}", False, ratio_target=("<=", 0.3)),
+]
+
+
+@dataclass
+class ChildRun:
+    impl: str
+    round: int
+    command: list[str]
+    ok: bool = False
+    returncode: int | None = None
+    timed_out: bool = False
+    wall_s: float = 0.0
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    stderr_tail: str = ""
+    kept_tmpdir: str | None = None
+    leftovers: list[str] = field(default_factory=list)
+    orphans_lingered_s: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "impl": self.impl, "round": self.round, "command": self.command, "ok": self.ok,
+            "returncode": self.returncode, "timed_out": self.timed_out, "wall_s": round(self.wall_s, 3),
+            "result": self.result, "error": self.error, "stderr_tail": self.stderr_tail,
+            "kept_tmpdir": self.kept_tmpdir, "leftover_processes": self.leftovers,
+            "orphans_lingered_s": round(self.orphans_lingered_s, 3),
+        }
+
+
+# ----------------------------------------------------------------------------------------- /proc helpers
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgid: int
+    state: str
+
+
+def _proc_info(pid: int) -> ProcInfo | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    rest = data[data.rindex(")") + 2:].split()
+    return ProcInfo(pid, int(rest[1]), int(rest[2]), rest[0])
+
+
+def _all_procs() -> dict[int, ProcInfo]:
+    out: dict[int, ProcInfo] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return out
+    for name in names:
+        if name.isdigit():
+            info = _proc_info(int(name))
+            if info is not None:
+                out[info.pid] = info
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def _descendants(root: int) -> list[ProcInfo]:
+    procs = _all_procs()
+    children: dict[int, list[int]] = {}
+    for p in procs.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    out: list[ProcInfo] = []
+    stack = [root]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            out.append(procs[c])
+            stack.append(c)
+    return out
+
+
+def _become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (Linux), so that leftovers can be found."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_child_subreaper = 36
+        return int(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _kill_groups(pgids: set[int], sig: int) -> None:
+    own = os.getpgrp()
+    for pg in sorted(pgids):
+        if pg <= 1 or pg == own:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pg, sig)
+
+
+def _reap(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _orphans(known: set[int]) -> list[ProcInfo]:
+    """Processes re-parented to us (we are a subreaper) that we did not start directly; zombies reaped."""
+    me = os.getpid()
+    mine = [p for p in _all_procs().values() if p.ppid == me and p.pid not in known]
+    _reap([p.pid for p in mine if p.state == "Z"])
+    return [p for p in mine if p.state != "Z"]
+
+
+def _sweep_leftovers(known: set[int], grace: float) -> tuple[float, list[str]]:
+    """Wait up to ``grace`` s for orphaned descendants to exit, then kill their groups.
+
+    Returns how long orphans outlived the child (0.0 when there were none) and the processes killed.
+    """
+    t0 = time.monotonic()
+    orphans = _orphans(known)
+    if not orphans:
+        return 0.0, []
+    while orphans and time.monotonic() < t0 + grace:
+        time.sleep(0.05)
+        orphans = _orphans(known)
+    lingered = time.monotonic() - t0
+    if not orphans:
+        return lingered, []
+    found: list[ProcInfo] = []
+    for o in orphans:
+        found.append(o)
+        found.extend(_descendants(o.pid))
+    described = [f"pid {p.pid} pgid {p.pgid}: {_cmdline(p.pid)}" for p in found if p.state != "Z"]
+    groups = {p.pgid for p in found}
+    _kill_groups(groups, signal.SIGTERM)
+    deadline = time.monotonic() + 3.0
+    while _orphans(known) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _kill_groups(groups, signal.SIGKILL)
+    time.sleep(0.1)
+    _orphans(known)
+    return lingered, described
+
+
+# ------------------------------------------------------------------------------------------ running children
+
+
+def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _parse_bench(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("BENCH "):
+            value = json.loads(line[len("BENCH "):])
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+def _kill_child_groups(pid: int, subreaper: bool) -> None:
+    """SIGKILL the child's process group and the groups of everything it started.
+
+    Worker pools and interchanges run in sessions of their own, and some launchers background them and
+    exit (Parsl's LocalProvider), so they are re-parented to us as a subreaper rather than found below the
+    child: as only one child runs at a time, everything below us is this child's. All of these groups
+    were created by processes we started.
+    """
+    below = _descendants(os.getpid()) if subreaper else _descendants(pid)
+    _kill_groups({pid} | {p.pgid for p in below}, signal.SIGKILL)
+
+
+def _run_child(run: ChildRun, env: dict[str, str], timeout: float, subreaper: bool) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="htex-bench-"))
+    child_env = dict(env, TMPDIR=str(tmp))
+    out_path, err_path = tmp / "child.stdout", tmp / "child.stderr"
+    t0 = time.perf_counter()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            run.command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=child_env,
+            start_new_session=True, close_fds=True,
+        )
+        try:
+            try:
+                run.returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                run.timed_out = True
+                _kill_child_groups(proc.pid, subreaper)
+                run.returncode = proc.wait()
+        except BaseException:
+            _kill_child_groups(proc.pid, subreaper)
+            proc.wait()
+            if subreaper:
+                _sweep_leftovers({proc.pid}, 0.0)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    run.wall_s = time.perf_counter() - t0
+    if subreaper:
+        run.orphans_lingered_s, run.leftovers = _sweep_leftovers(
+            {proc.pid}, 2.0 if run.timed_out else LEFTOVER_GRACE_S)
+    stdout = out_path.read_text(errors="replace")
+    run.stderr_tail = _tail(err_path)
+    try:
+        run.result = _parse_bench(stdout)
+    except ValueError as e:
+        run.error = f"unparsable BENCH line: {e}"
+    if run.timed_out:
+        run.error = f"timed out after {timeout:g} s (process groups killed)"
+    elif run.returncode != 0:
+        run.error = f"exited with code {run.returncode}"
+    elif run.result is None and run.error is None:
+        run.error = "no BENCH line in its output"
+    if run.error is None:
+        missing = [m.key for m in METRICS if not isinstance((run.result or {}).get(m.key), int | float)]
+        if missing:
+            run.error = f"BENCH result lacks {missing}"
+    run.ok = run.error is None
+    if run.ok:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        if not run.stderr_tail:
+            run.stderr_tail = "\n".join(stdout.rstrip().splitlines()[-STDERR_TAIL_LINES:])
+        run.kept_tmpdir = str(tmp)
+
+
+# ---------------------------------------------------------------------------------------------- the venv
+
+
+def _ensure_parsl_python(python: Path) -> bool:
+    if python.exists():
+        return True
+    venv = python.parent.parent if python.parent.name == "bin" else None
+    if venv is None:
+        print(f"error: --parsl-python {python} does not exist and is not <venv>/bin/python", file=sys.stderr)
+        return False
+    base = shutil.which("python3") or sys.executable
+    commands = [
+        [base, "-m", "venv", str(venv)],
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", f"parsl=={PARSL_VERSION}"],
+    ]
+    print(f"{python} does not exist: creating a Parsl {PARSL_VERSION} venv at {venv}", flush=True)
+    for cmd in commands:
+        print(f"+ {shlex.join(cmd)}", flush=True)
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            print(f"error: {shlex.join(cmd)} failed with exit code {rc}", file=sys.stderr)
+            return False
+    if not python.exists():
+        print(f"error: {python} still does not exist after creating the venv", file=sys.stderr)
+        return False
+    return True
+
+
+# -------------------------------------------------------------------------------------------- reporting
+
+
+def _machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", errors="replace") as f:
+        for line in f:
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "nproc": os.cpu_count(), "affinity_cpus": affinity, "cpu_model": model,
+        "platform": platform.platform(), "python": platform.python_version(), "hostname": platform.node(),
+    }
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _medians(runs: list[ChildRun]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for impl in dict.fromkeys(r.impl for r in runs):
+        ok = [r.result for r in runs if r.impl == impl and r.ok and r.result is not None]
+        if ok:
+            out[impl] = {m.key: statistics.median(float(res[m.key]) for res in ok) for m in METRICS}
+            out[impl]["rounds"] = float(len(ok))
+    return out
+
+
+def _meets(value: float, target: tuple[str, float]) -> bool:
+    op, bound = target
+    return value >= bound if op == ">=" else value <= bound
+
+
+def _fmt(m: Metric, value: float | None) -> str:
+    return "-" if value is None else m.fmt.format(value)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _table(rows: list[list[str]], left_tail: int = 0) -> str:
+    """Rows of cells as aligned text: first column and the last ``left_tail`` columns left-aligned."""
+    ncols = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(ncols)]
+    left = {0} | set(range(ncols - left_tail, ncols))
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [c.ljust(w) if i in left else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _summary(medians: dict[str, dict[str, float]], impls: list[str], compare: bool,
+             counts: dict[str, int]) -> tuple[str, list[dict[str, Any]]]:
+    header = ["metric (median)"] + [f"{i} (n={int(medians.get(i, {}).get('rounds', 0))}/{counts[i]})"
+                                    for i in impls]
+    verdicts: list[dict[str, Any]] = []
+    if compare:
+        header += ["htex_ref/parsl", "target", "status"]
+    rows = [header]
+    for m in METRICS:
+        row = [m.title] + [_fmt(m, medians.get(i, {}).get(m.key)) for i in impls]
+        if compare:
+            own = medians.get(IMPL_HTEX, {}).get(m.key)
+            ratio = _ratio(own, medians.get(IMPL_PARSL, {}).get(m.key))
+            row.append("-" if ratio is None else f"{ratio:.2f}x")
+            if m.ratio_target is not None:
+                op, bound = m.ratio_target
+                target, value = f"ratio {op} {bound:g}x", ratio
+                met = None if ratio is None else _meets(ratio, m.ratio_target)
+            elif m.absolute_target is not None:
+                op, bound = m.absolute_target
+                target, value = f"htex_ref {op} {bound:g}", own
+                met = None if own is None else _meets(own, m.absolute_target)
+            else:
+                target, value, met = "", None, None
+            status = "" if not target else ("n/a (no results)" if met is None else
+                                            ("met" if met else "NOT MET"))
+            row += [target, status]
+            if target:
+                verdicts.append({"metric": m.key, "target": target, "value": value, "ratio": ratio,
+                                 "met": met})
+        rows.append(row)
+    return _table(rows, 2 if compare else 0), verdicts
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="htex-ref bench",
+        description="Benchmark htex_ref (optionally against Parsl's HighThroughputExecutor): each round runs "
+                    "every implementation once, interleaved, each in a fresh process.",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="rounds per implementation (default 3)")
+    p.add_argument("--tasks", type=int, default=10000,
+                   help="no-op tasks in the throughput test (default 10000)")
+    p.add_argument("--workers", type=int, default=2, help="workers per node (default 2)")
+    p.add_argument("--encrypted", action="store_true", help="run both executors with CurveZMQ encryption")
+    p.add_argument("--compare", choices=[IMPL_PARSL], help="also run Parsl's HighThroughputExecutor")
+    p.add_argument("--parsl-python", default=DEFAULT_PARSL_PYTHON,
+                   help=f"Python of a venv with parsl=={PARSL_VERSION}, created when missing "
+                        f"(default {DEFAULT_PARSL_PYTHON}, relative to the current directory)")
+    p.add_argument("--also-prefetch0", action="store_true",
+                   help="also run htex_ref with --prefetch 0 as a separate row")
+    p.add_argument("--json", metavar="PATH", help="write all raw results to PATH")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds per child before it and its process groups are killed (default 300)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for name in ("rounds", "tasks", "workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    compare = args.compare == IMPL_PARSL
+    parsl_python = Path(os.path.abspath(args.parsl_python))
+    if compare and not _ensure_parsl_python(parsl_python):
+        return 2
+
+    from htex_ref import __version__
+
+    common = ["--workers", str(args.workers), "--tasks", str(args.tasks)]
+    if args.encrypted:
+        common.append("--encrypted")
+    htex_cmd = [sys.executable, str(CHILD), "--impl", "htex_ref", *common]
+    plan: list[tuple[str, list[str]]] = [(IMPL_HTEX, htex_cmd)]
+    if compare:
+        plan.append((IMPL_PARSL, [str(parsl_python), str(CHILD), "--impl", "parsl", *common]))
+    if args.also_prefetch0:
+        plan.append((IMPL_HTEX_P0, [*htex_cmd, "--prefetch", "0"]))
+    impls = [IMPL_HTEX] + ([IMPL_HTEX_P0] if args.also_prefetch0 else []) + ([IMPL_PARSL] if compare else [])
+
+    base_env = dict(os.environ, PYTHONUNBUFFERED="1")
+    htex_env = dict(base_env)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    htex_env["PYTHONPATH"] = os.pathsep.join(x for x in (pkg_root, os.environ.get("PYTHONPATH")) if x)
+
+    subreaper = _become_subreaper()
+    machine = _machine()
+    load_start = _loadavg()
+    started = datetime.datetime.now().astimezone()
+    print(f"htex-ref bench (htex_ref {__version__}): {args.rounds} round(s), {args.tasks} no-op tasks, "
+          f"{args.workers} workers, {'encrypted' if args.encrypted else 'unencrypted'}, "
+          f"order per round: {', '.join(name for name, _ in plan)}")
+    print(f"date: {started.isoformat(timespec='seconds')}")
+    print(f"machine: {machine['hostname']}, nproc {machine['nproc']} (usable {machine['affinity_cpus']}), "
+          f"CPU {machine['cpu_model']}, Python {machine['python']}, {machine['platform']}")
+    print(f"load average at start: {' '.join(map(str, load_start))}", flush=True)
+    if not subreaper:
+        print("note: cannot become a child subreaper; leftover processes will not be detected")
+
+    runs: list[ChildRun] = []
+    interrupted = False
+    try:
+        for rnd in range(1, args.rounds + 1):
+            for impl, cmd in plan:
+                run = ChildRun(impl, rnd, cmd)
+                env = base_env if impl == IMPL_PARSL else htex_env
+                print(f"round {rnd}/{args.rounds}  {impl:<20} ...", end=" ", flush=True)
+                _run_child(run, env, args.timeout, subreaper)
+                runs.append(run)
+                if run.ok and run.result is not None:
+                    r = run.result
+                    print(f"ok in {run.wall_s:.1f} s: {r['noop_tasks_per_s']:.0f} tasks/s, "
+                          f"RTT {r['rtt_median_ms']:.3f}/{r['rtt_p99_ms']:.3f} ms, "
+                          f"eff {r['sleep10ms_efficiency']:.3f}, {r['mib_per_s']:.1f} MiB/s, "
+                          f"first {r['start_to_first_s']:.3f} s", flush=True)
+                else:
+                    print(f"FAILED after {run.wall_s:.1f} s: {run.error}", flush=True)
+                    print(f"  command: {shlex.join(cmd)}")
+                    if run.kept_tmpdir:
+                        print(f"  logs kept in {run.kept_tmpdir}")
+                    print("  stderr tail:")
+                    for line in (run.stderr_tail or "(empty)").splitlines():
+                        print(f"    {line}")
+                if run.orphans_lingered_s and not run.leftovers:
+                    print(f"  note: processes it started outlived it by {run.orphans_lingered_s:.2f} s, "
+                          "then exited on their own")
+                if run.leftovers:
+                    print(f"  WARNING: {len(run.leftovers)} process(es) it started were still running "
+                          f"{run.orphans_lingered_s:.1f} s after it exited; killed:")
+                    for line in run.leftovers:
+                        print(f"    {line}")
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: children killed", flush=True)
+
+    load_end = _loadavg()
+    counts = {i: sum(1 for r in runs if r.impl == i) for i in impls}
+    medians = _medians(runs)
+    table, verdicts = _summary(medians, impls, compare, counts)
+    print()
+    print(table)
+    if compare:
+        met = sum(1 for v in verdicts if v["met"])
+        unknown = sum(1 for v in verdicts if v["met"] is None)
+        print(f"targets met: {met}/{len(verdicts)}" + (f" ({unknown} without results)" if unknown else ""))
+    print(f"load average at end: {' '.join(map(str, load_end))}")
+    failed = [r for r in runs if not r.ok]
+    leftovers = sum(len(r.leftovers) for r in runs)
+    if leftovers:
+        print(f"WARNING: {leftovers} leftover process(es) were found and killed (see above)")
+    if failed:
+        print(f"{len(failed)} of {len(runs)} children failed: "
+              + ", ".join(f"{r.impl} round {r.round} ({r.error})" for r in failed))
+
+    if args.json:
+        doc = {
+            "date": started.isoformat(timespec="seconds"),
+            "htex_ref_version": __version__,
+            "machine": machine,
+            "load_average": {"start": load_start, "end": load_end},
+            "options": {k: v for k, v in vars(args).items()},
+            "parsl_python": str(parsl_python) if compare else None,
+            "interrupted": interrupted,
+            "runs": [r.as_json() for r in runs],
+            "medians": medians,
+            "targets": verdicts,
+        }
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"raw results written to {path}")
+
+    if interrupted:
+        return 130
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""End-to-end: real interchange, worker pool and worker processes on this machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from htex_ref import (
+    BadStateException,
+    ExecutorShutdown,
+    InvalidResourceSpecification,
+    LocalProvider,
+    SerializationError,
+    WorkerLost,
+)
+from htex_ref.errors import RemoteTraceback
+
+pytestmark = pytest.mark.e2e
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_with(exc: BaseException) -> None:
+    raise exc
+
+
+def whoami() -> dict[str, str]:
+    keys = ("PARSL_WORKER_RANK", "PARSL_WORKER_COUNT", "PARSL_WORKER_POOL_ID", "PARSL_WORKER_BLOCK_ID")
+    return {k: os.environ[k] for k in keys} | {"pid": str(os.getpid())}
+
+
+def stamp(label: str) -> tuple[int, str]:
+    return time.monotonic_ns(), label
+
+
+def sleep_then(seconds: float, value: Any) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle this")
+
+
+def test_results_both_submit_forms_map_and_closures(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=2)
+    assert ex.submit(square, 7).result(30) == 49
+    assert ex.submit(square, {}, 8).result(30) == 64  # Parsl's form
+    assert ex.submit(square, None, 9).result(30) == 81
+    assert ex.submit(square, 3, resource_specification={"priority": 1}).result(30) == 9
+    offset = 100
+    assert ex.submit(lambda y: y + offset, 1).result(30) == 101
+    assert ex.submit(len, {"a": 1, "b": 2}).result(30) == 2  # a dict that is not a resource spec
+    assert list(ex.map(square, range(20))) == [i * i for i in range(20)]
+    assert ex.outstanding == 0
+
+
+def test_remote_exception_keeps_type_and_traceback(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1)
+    fut = ex.submit(fail_with, KeyError("missing-key"))
+    with pytest.raises(KeyError, match="missing-key") as info:
+        fut.result(30)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "fail_with" in cause.tb and "KeyError" in cause.tb
+
+
+def test_serialization_error_at_submit(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1)
+    with pytest.raises(SerializationError, match="arguments of square"):
+        ex.submit(square, Unpicklable())
+    with pytest.raises(SerializationError):
+        ex.submit(square, (i for i in range(3)))
+    assert ex.outstanding == 0
+    assert ex.submit(square, 2).result(30) == 4  # nothing else suffered
+
+
+def test_invalid_resource_specification(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1)
+    with pytest.raises(InvalidResourceSpecification, match="num_nodes"):
+        ex.submit(square, {"num_nodes": 2}, 3)
+    with pytest.raises(InvalidResourceSpecification, match="priority"):
+        ex.submit(square, {"priority": "high"}, 3)
+    assert ex.outstanding == 0
+
+
+def test_priorities_lowest_first_fifo_within(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1, provider=LocalProvider(init_blocks=0), prefetch_capacity=0)
+    plan = [("p5-a", 5), ("none-a", None), ("p1-a", 1), ("p5-b", 5), ("p1-b", 1), ("none-b", None), ("p-3", -3)]
+    futures = [
+        ex.submit(stamp, None if prio is None else {"priority": prio}, label) for label, prio in plan
+    ]
+    # Queued before any worker exists; the order they run in is the queue's order.
+    assert ex.interchange_stats()["pending"] == len(plan)
+    ex.scale_out(1)
+    order = [label for _, label in sorted(f.result(60) for f in futures)]
+    assert order == ["p-3", "p1-a", "p1-b", "p5-a", "p5-b", "none-a", "none-b"]
+
+
+def test_ten_thousand_tasks_nothing_lost(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=2)
+    futures = [ex.submit(square, i) if i % 97 else ex.submit(fail_with, ValueError(i)) for i in range(10_000)]
+    for i, f in enumerate(futures):
+        if i % 97:
+            assert f.result(120) == i * i
+        else:
+            with pytest.raises(ValueError):
+                f.result(120)
+    assert ex.outstanding == 0
+    assert ex.interchange_stats()["in_flight"] == 0
+
+
+def test_worker_environment_and_managers(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=2, prefetch_capacity=0)
+    barrier_futures = [ex.submit(sleep_then, 0.5, None) for _ in range(2)]
+    infos = [ex.submit(whoami).result(30) for _ in range(6)]
+    [f.result(30) for f in barrier_futures]
+    assert {i["PARSL_WORKER_COUNT"] for i in infos} == {"2"}
+    assert {i["PARSL_WORKER_BLOCK_ID"] for i in infos} == {"0"}
+    assert len({i["PARSL_WORKER_POOL_ID"] for i in infos}) == 1
+    assert {i["PARSL_WORKER_RANK"] for i in infos} <= {"0", "1"}
+    managers = ex.connected_managers()
+    assert len(managers) == 1
+    m = managers[0]
+    assert m["manager"] == infos[0]["PARSL_WORKER_POOL_ID"]
+    assert m["worker_count"] == 2 and m["block_id"] == "0" and m["active"] is True
+    assert ex.connected_blocks() == ["0"]
+    assert ex.workers_per_node == 2
+
+
+def test_worker_killed_mid_task_is_reported_and_replaced(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1)
+    for _ in range(2):
+        with pytest.raises(WorkerLost, match="exited with code 3"):
+            ex.submit(os._exit, 3).result(30)
+    assert ex.submit(square, 5).result(30) == 25
+
+
+def test_hold_block_and_scale_in(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1, provider=LocalProvider(init_blocks=2, max_blocks=2))
+    futures = [ex.submit(square, i) for i in range(20)]
+    assert [f.result(60) for f in futures] == [i * i for i in range(20)]
+    assert wait_until_managers(ex, 2)
+    held = ex.hold_block("0")
+    assert len(held) == 1
+    assert [m["active"] for m in ex.connected_managers() if m["block_id"] == "0"] == [False]
+    assert ex.scale_in(0) == []
+    cancelled = ex.scale_in(1)
+    assert len(cancelled) == 1
+    assert ex.status()[cancelled[0]].state.name == "SCALED_IN"
+    assert ex.submit(square, 6).result(30) == 36
+
+
+def wait_until_managers(ex: Any, n: int) -> bool:
+    from tests.conftest import wait_until
+
+    return wait_until(lambda: len(ex.connected_managers()) == n, 30)
+
+
+def test_interchange_death_fails_everything_fast(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=2)
+    slow = ex.submit(sleep_then, 60, None)
+    assert ex.submit(square, 2).result(30) == 4
+    t0 = time.monotonic()
+    os.kill(ex._ix_proc.pid, signal.SIGKILL)
+    with pytest.raises(BadStateException, match="interchange process .* exited unexpectedly"):
+        slow.result(30)
+    assert time.monotonic() - t0 < 10
+    assert ex.bad_state_is_set
+    with pytest.raises(BadStateException):
+        ex.submit(square, 3)
+
+
+def test_bad_launch_command_fails_loudly(make_executor: Any) -> None:
+    ex = make_executor(launch_cmd="/nonexistent/htex-worker-pool {block_id}")
+    fut = ex.submit(square, 2)
+    with pytest.raises(BadStateException, match="EXIT CODE: 127") as info:
+        fut.result(60)
+    assert "No such file or directory" in str(info.value)
+    assert ex.block_statuses()["0"].state.name == "MISSING"
+
+
+def test_shutdown_fails_outstanding_and_is_bounded(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1)
+    assert ex.submit(square, 1).result(30) == 1
+    futures = [ex.submit(sleep_then, 60, i) for i in range(3)]
+    t0 = time.monotonic()
+    ex.shutdown(wait=False)
+    assert time.monotonic() - t0 < 10
+    for f in futures:
+        with pytest.raises(ExecutorShutdown):
+            f.result(5)
+    with pytest.raises(ExecutorShutdown):
+        ex.submit(square, 1)
+
+
+def test_context_manager_waits_for_results(tmp_path: Any) -> None:
+    from htex_ref import HighThroughputExecutor
+
+    from tests.conftest import processes_mentioning, wait_until
+
+    with HighThroughputExecutor(max_workers_per_node=2, encrypted=False, run_dir=str(tmp_path / "r")) as ex:
+        futures = [ex.submit(sleep_then, 0.2, i) for i in range(4)]
+    assert [f.result(0) for f in futures] == [0, 1, 2, 3]
+    assert wait_until(lambda: not processes_mentioning(str(tmp_path)), 10)
+
+
+def test_encrypted_round_trip(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1, encrypted=True)
+    assert ex.submit(square, 12).result(30) == 144
+    assert ex.cert_dir is not None
+    assert os.stat(ex.cert_dir).st_mode & 0o777 == 0o700
+
+
+def test_done_callback_may_submit(make_executor: Any) -> None:
+    """A callback runs on the result thread; submitting from it must not deadlock."""
+    ex = make_executor(max_workers_per_node=2)
+    done = threading.Event()
+    chained: list[Any] = []
+
+    def then(fut: Any) -> None:
+        chained.append(ex.submit(square, fut.result()))
+        if len(chained) == 50:
+            done.set()
+
+    for i in range(50):
+        ex.submit(square, i).add_done_callback(then)
+    assert done.wait(60)
+    assert sorted(f.result(30) for f in chained) == sorted(i**4 for i in range(50))
