@@ -266,8 +266,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self.worker_logdir_root = worker_logdir_root
         if manager_selector is None:
             manager_selector = RandomManagerSelector()
-        name = manager_selector if isinstance(manager_selector, str) else getattr(manager_selector, "name", None)
-        if name not in SELECTORS:
+        name = manager_selector if isinstance(manager_selector, str) else getattr(manager_selector, "name", "")
+        if not isinstance(name, str) or name not in SELECTORS:
             raise ValueError(f"manager_selector must be one of {sorted(SELECTORS)} or an instance of "
                              f"{RandomManagerSelector.__name__}/{BlockIdManagerSelector.__name__}, "
                              f"got {manager_selector!r}")
@@ -564,7 +564,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         if spec is None:
             return math.inf
         if not isinstance(spec, dict):
-            raise InvalidResourceSpecification(set(), f"resource_specification must be a dict, got {type(spec).__name__}")
+            raise InvalidResourceSpecification(
+                set(), f"resource_specification must be a dict, got {type(spec).__name__}"
+            )
         invalid = set(spec) - SUPPORTED_SPEC_KEYS
         if invalid:
             raise InvalidResourceSpecification(
@@ -763,7 +765,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         handler = self.block_error_handler
         if handler is False or self._bad_state is not None:
             return
-        if callable(handler) and handler is not True:
+        if not isinstance(handler, bool):
             handler(self, statuses)
             return
         threshold = max(1, self.provider.init_blocks)

@@ -145,7 +145,9 @@ class Interchange:
                 writing = self.exec_writer.pending
                 poller.modify(exec_fd, zmq.POLLIN | (zmq.POLLOUT if writing else 0))
             deadline = self.state.next_deadline()
-            timeout = self.poll_ms if deadline is None else min(self.poll_ms, max(0, int((deadline - clock()) * 1000) + 1))
+            timeout = self.poll_ms
+            if deadline is not None:
+                timeout = min(timeout, max(0, int((deadline - clock()) * 1000) + 1))
             socks = dict(poller.poll(timeout))
             events: list[Any] = []
             if self.stop_requested:
@@ -271,13 +273,14 @@ class Interchange:
             elif isinstance(ins, ReplyHeartbeat):
                 router.send_multipart([ins.manager_id, Kind.HEARTBEAT])
             elif isinstance(ins, AcceptRegistration):
-                router.send_multipart([ins.manager_id, Kind.REGISTERED, dump_json({"interchange_version": __version__})])
+                body = dump_json({"interchange_version": __version__})
+                router.send_multipart([ins.manager_id, Kind.REGISTERED, body])
             elif isinstance(ins, RejectRegistration):
                 router.send_multipart([ins.manager_id, Kind.REJECTED, dump_json({"reason": ins.reason})])
                 if ins.mismatch is not None:
-                    body = {"kind": "version_mismatch", "manager": ins.mismatch[0],
-                            "interchange": ins.mismatch[1], "message": ins.reason}
-                    self.to_exec([Kind.FATAL, dump_json(body)])
+                    fatal = {"kind": "version_mismatch", "manager": ins.mismatch[0],
+                             "interchange": ins.mismatch[1], "message": ins.reason}
+                    self.to_exec([Kind.FATAL, dump_json(fatal)])
             elif isinstance(ins, StopManager):
                 router.send_multipart([ins.manager_id, Kind.SHUTDOWN, dump_json({"reason": ins.reason})])
 

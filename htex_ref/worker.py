@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-
 import socket
 import time
 

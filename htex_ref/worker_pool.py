@@ -12,7 +12,6 @@ Logs go to ``{logdir}/block-{block_id}/{uid}/manager.log`` and ``worker_{rank}.l
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os

@@ -219,7 +219,7 @@ def shutdown(executor, grace: float = 5.0):
     if jobs:
         try:
             executor.provider.cancel(jobs)  # kill -- -<pgid>
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             print(f"parsl_peer: provider.cancel failed: {e!r}", file=sys.stderr)
     deadline = time.monotonic() + grace
     while _pgrp_members(pgrps) and time.monotonic() < deadline:

@@ -427,6 +427,24 @@ def _summary(medians: dict[str, dict[str, float]], impls: list[str], compare: bo
 # ------------------------------------------------------------------------------------------------- main
 
 
+class _Terminated(Exception):
+    """SIGTERM or SIGHUP arrived: stop, killing the running child's processes on the way out."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signal.Signals(signum).name)
+
+
+def _terminate_on_signals() -> dict[signal.Signals, Any]:
+    """Turn SIGTERM and SIGHUP into ``_Terminated`` (where they have their default action)."""
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                previous[sig] = signal.signal(sig, _raise_terminated)
+    return previous
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="htex-ref bench",
@@ -497,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[ChildRun] = []
     interrupted = False
+    previous = _terminate_on_signals()
     try:
         for rnd in range(1, args.rounds + 1):
             for impl, cmd in plan:
@@ -527,9 +546,13 @@ def main(argv: list[str] | None = None) -> int:
                           f"{run.orphans_lingered_s:.1f} s after it exited; killed:")
                     for line in run.leftovers:
                         print(f"    {line}")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as e:
         interrupted = True
-        print("\ninterrupted: children killed", flush=True)
+        print(f"\n{'terminated' if isinstance(e, _Terminated) else 'interrupted'}: the running child and "
+              "the processes it started were killed", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     load_end = _loadavg()
     counts = {i: sum(1 for r in runs if r.impl == i) for i in impls}

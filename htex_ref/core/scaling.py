@@ -25,9 +25,10 @@ def choose_blocks_to_scale_in(
         tasks[b] = 0
         idle[b] = math.inf
     for m in managers:
-        b = m.get("block_id")
-        if b not in tasks:
+        block = m.get("block_id")
+        if not isinstance(block, str) or block not in tasks:
             continue
+        b = block
         tasks[b] += int(m.get("tasks", 0))
         idle[b] = min(idle[b], float(m.get("idle_duration", 0.0)) if not m.get("tasks") else 0.0)
     order = sorted(tasks, key=lambda b: (tasks[b] > 0, -idle[b], tasks[b], block_rank(b)))

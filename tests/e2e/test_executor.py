@@ -171,7 +171,7 @@ def test_interchange_death_fails_everything_fast(make_executor: Any) -> None:
     assert ex.submit(square, 2).result(30) == 4
     t0 = time.monotonic()
     os.kill(ex._ix_proc.pid, signal.SIGKILL)
-    with pytest.raises(BadStateException, match="interchange process .* exited unexpectedly"):
+    with pytest.raises(BadStateException, match=r"interchange process .* exited unexpectedly"):
         slow.result(30)
     assert time.monotonic() - t0 < 10
     assert ex.bad_state_is_set
@@ -204,7 +204,6 @@ def test_shutdown_fails_outstanding_and_is_bounded(make_executor: Any) -> None:
 
 def test_context_manager_waits_for_results(tmp_path: Any) -> None:
     from htex_ref import HighThroughputExecutor
-
     from tests.conftest import processes_mentioning, wait_until
 
     with HighThroughputExecutor(max_workers_per_node=2, encrypted=False, run_dir=str(tmp_path / "r")) as ex:

@@ -1,0 +1,33 @@
+"""nox sessions: lint, typecheck, tests, bench (against Parsl). The Slurm cluster sessions come later."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "htex_ref", "simcluster", "tests", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-n", "2", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmark htex_ref against Parsl's HTEx in the same run (Parsl gets its own environment)."""
+    session.install("-e", ".")
+    session.run("htex-ref", "bench", "--compare", "parsl", *session.posargs)

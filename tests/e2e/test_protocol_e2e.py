@@ -1,0 +1,85 @@
+"""Bad frames and version mismatches against a real interchange."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from typing import Any
+
+import pytest
+import zmq
+
+from htex_ref import BadStateException, VersionMismatch
+from htex_ref.protocol import Kind, Registration
+from htex_ref.version import PYTHON_VERSION, __version__
+
+pytestmark = pytest.mark.e2e
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def registration(uid: str, protocol: int = 1, python: str = PYTHON_VERSION) -> Registration:
+    return Registration(
+        protocol_version=protocol, htex_ref_version=__version__, python_version=python, uid=uid, block_id="99",
+        worker_count=1, prefetch_capacity=0, hostname=socket.gethostname(), pid=os.getpid(), cpu_count=1,
+        total_memory=1, os=platform.system(),
+    )
+
+
+def dealer(ctx: Any, port: int, identity: bytes) -> Any:
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.IDENTITY, identity)
+    s.connect(f"tcp://127.0.0.1:{port}")
+    return s
+
+
+def test_malformed_frames_are_dropped_and_service_continues(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1)
+    assert ex.submit(add, 1, 2).result(30) == 3
+    ctx = zmq.Context()
+    try:
+        s = dealer(ctx, ex.interchange_worker_port, b"fuzzer")
+        garbage = [
+            [b"FuzzyByte\rSTREAM"], [b"{}"], [Kind.HEARTBEAT], [Kind.RESULTS, b"\x00\x01"],
+            [Kind.REGISTER, b"not json"], [Kind.REGISTER, b'{"protocol_version": true}'],
+            [Kind.RESULTS, b""], [Kind.BYE, b"[]"], [b"", b"", b""], [Kind.TASKS, os.urandom(64)],
+        ]
+        for frames in garbage:
+            s.send_multipart(frames)
+        s.send_multipart([Kind.PROBE, b"1"])
+        assert s.poll(10_000), "interchange stopped answering after malformed frames"
+        assert s.recv_multipart()[0] == Kind.PROBE_OK
+        s.close()
+    finally:
+        ctx.destroy(linger=0)
+    assert ex.submit(add, 2, 3).result(30) == 5
+    assert ex.interchange_stats()["bad_frames"] >= 5
+    assert not ex.bad_state_is_set
+
+
+@pytest.mark.parametrize(("protocol", "python", "shown"), [(999, PYTHON_VERSION, "protocol=999"),
+                                                         (1, "2.7.18", "python=2.7.18")])
+def test_version_mismatch_is_refused_and_fatal(make_executor: Any, protocol: int, python: str, shown: str) -> None:
+    ex = make_executor(max_workers_per_node=1)
+    pending = ex.submit(add, 1, 1)
+    pending.result(30)
+    ctx = zmq.Context()
+    try:
+        s = dealer(ctx, ex.interchange_worker_port, b"oldpool")
+        s.send_multipart([Kind.REGISTER, registration("oldpool", protocol, python).encode()])
+        assert s.poll(10_000)
+        kind, body = s.recv_multipart()
+        assert kind == Kind.REJECTED
+        assert shown.encode() in body and b"protocol=1" in body
+        s.close()
+    finally:
+        ctx.destroy(linger=0)
+    with pytest.raises(BadStateException) as info:
+        for _ in range(200):
+            ex.submit(add, 1, 1).result(30)
+    assert isinstance(info.value.reason, VersionMismatch)
+    assert shown in str(info.value) and f"python={PYTHON_VERSION}" in str(info.value)
