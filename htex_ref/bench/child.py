@@ -54,8 +54,7 @@ def main() -> None:
         result = workloads.measure(ex, t0, args.workers, args.tasks)
     finally:
         stop()
-    result["impl"] = args.impl  # type: ignore[assignment]
-    print("BENCH " + json.dumps(result), flush=True)
+    print("BENCH " + json.dumps({**result, "impl": args.impl}), flush=True)
 
 
 if __name__ == "__main__":

@@ -106,8 +106,8 @@ def owned_processes(executor):
 # executor lifecycle
 # --------------------------------------------------------------------------
 
-def make_executor(workers: int = 2, encrypted: bool = False, run_dir: str = None, *,
-                  label: str = None, worker_debug: bool = False,
+def make_executor(workers: int = 2, encrypted: bool = False, run_dir: str | None = None, *,
+                  label: str | None = None, worker_debug: bool = False,
                   pythonpath=(), block_start_timeout: float = 30.0):
     """Build and start a standalone Parsl HighThroughputExecutor.
 

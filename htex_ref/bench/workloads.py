@@ -32,7 +32,7 @@ def one_mib(x: Any) -> bytes:
 def _all(ex: Any, fn: Callable[[Any], Any], n: int) -> float:
     t0 = time.perf_counter()
     futures = [ex.submit(fn, {}, i) for i in range(n)]
-    done, not_done = wait(futures, timeout=600)
+    _done, not_done = wait(futures, timeout=600)
     elapsed = time.perf_counter() - t0
     if not_done:
         raise RuntimeError(f"{len(not_done)} of {n} tasks did not finish in 600 s")

@@ -7,9 +7,12 @@ its instructions.
 
 Rules it keeps:
 
-1. A worker runs at most one task; a task runs on at most one worker.
+1. A worker runs at most one task and holds at most one more, handed over in advance; a task runs on
+   at most one worker. Tasks are handed over in advance only while recent calls ran shorter than
+   ``advance_max_task_time`` and every worker is busy, so the next task is already waiting in the
+   worker's socket when the current one ends, and a long task never has another stuck behind it.
 2. A worker that dies while running a task produces exactly one ``WORKER_LOST`` result for that task,
-   and the slot is restarted.
+   and the slot is restarted; a task it held but had not started goes back to the front of the queue.
 3. A worker slot that dies ``max_startup_failures`` times in a row before it ever becomes ready stops
    the pool with an error naming the slot and exit code, instead of a restart loop.
 4. The pool exits when the interchange has been silent for ``heartbeat_threshold`` seconds, or when
@@ -33,19 +36,21 @@ from htex_ref.protocol import Outcome, ResultTuple
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class PoolTask:
+    task_id: int
+    frames: tuple[Any, ...]
+
+
 @dataclass(slots=True)
 class WorkerSlot:
     rank: int
     state: str = "starting"  # starting | idle | busy | stopped
     task_id: int | None = None
+    #: A task handed over in advance, which the worker starts as soon as ``task_id`` ends.
+    next_task: PoolTask | None = None
     startup_failures: int = 0
     starts: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class PoolTask:
-    task_id: int
-    frames: tuple[Any, ...]
 
 
 # events
@@ -156,7 +161,11 @@ class ManagerState:
         result_batch_delay: float = 0.002,
         result_batch_size: int = 256,
         reconnect_grace: float = 10.0,
+        advance_max_task_time: float = 0.1,
     ) -> None:
+        self.advance_max_task_time = advance_max_task_time
+        #: Moving average of how long calls ran here; None until the first result.
+        self.avg_task_time: float | None = None
         self.reconnect_grace = min(reconnect_grace, heartbeat_threshold)
         self.disconnected_since: float | None = None
         self.hostname = hostname
@@ -181,8 +190,8 @@ class ManagerState:
 
     @property
     def held(self) -> int:
-        """Tasks the pool holds: queued here or running on a worker."""
-        return len(self.queue) + self.busy
+        """Tasks the pool holds: queued here, running, or handed to a worker in advance."""
+        return len(self.queue) + self.busy + sum(1 for w in self.workers.values() if w.next_task is not None)
 
     def handle(self, *events: Event, now: float) -> list[Instruction]:
         for ev in events:
@@ -232,6 +241,13 @@ class ManagerState:
             logger.warning("Dropping result for task %d from worker %s that was not running it", ev.task_id, ev.rank)
             return
         self._results.append((ev.task_id, ev.outcome, ev.payload, ev.run_time))
+        avg = self.avg_task_time
+        self.avg_task_time = ev.run_time if avg is None else 0.9 * avg + 0.1 * ev.run_time
+        if slot.next_task is not None:
+            # The worker already has its next task and has started it.
+            slot.task_id = slot.next_task.task_id
+            slot.next_task = None
+            return
         slot.state = "idle"
         slot.task_id = None
         self._idle.append(ev.rank)
@@ -244,6 +260,9 @@ class ManagerState:
             detail = f"worker process exited with code {ev.exit_code} while running the task"
             payload = json.dumps({"worker": ev.rank, "host": self.hostname, "detail": detail}).encode()
             self._results.append((slot.task_id, Outcome.WORKER_LOST, payload, 0.0))
+            if slot.next_task is not None:
+                self.queue.appendleft(slot.next_task)
+                slot.next_task = None
         elif slot.state == "starting":
             slot.startup_failures += 1
             if slot.startup_failures >= self.max_startup_failures:
@@ -294,6 +313,14 @@ class ManagerState:
             slot.state = "busy"
             slot.task_id = task.task_id
             self._out.append(RunTask(rank, task))
+        avg = self.avg_task_time
+        if self.queue and avg is not None and avg <= self.advance_max_task_time:
+            for slot in self.workers.values():
+                if not self.queue:
+                    break
+                if slot.state == "busy" and slot.next_task is None:
+                    slot.next_task = self.queue.popleft()
+                    self._out.append(RunTask(slot.rank, slot.next_task))
 
     def _timers(self, now: float) -> None:
         if self.disconnected_since is not None and now - self.disconnected_since >= self.reconnect_grace:
@@ -317,6 +344,7 @@ class ManagerState:
     def _exit(self, reason: str, error: bool) -> None:
         unfinished = [t.task_id for t in self.queue]
         unfinished += [w.task_id for w in self.workers.values() if w.state == "busy" and w.task_id is not None]
+        unfinished += [w.next_task.task_id for w in self.workers.values() if w.next_task is not None]
         self.queue.clear()
         self.exiting = True
         self._out.append(Exit(reason, error, sorted(unfinished)))
