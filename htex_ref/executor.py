@@ -42,6 +42,7 @@ from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomMan
 from htex_ref.errors import (
     BadStateException,
     CommandTimeout,
+    DeserializationError,
     ExecutorShutdown,
     InterchangeError,
     InvalidResourceSpecification,
@@ -106,7 +107,8 @@ class HtexFuture(Future[Any]):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A real, finite number (not a bool): inf and NaN are never valid settings here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -483,7 +485,11 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                                 fut = tasks.pop(task_id, None)
                                 if fut is None or fut.done():
                                     continue
-                                ok, value = decode_outcome(outcome, payload)
+                                try:
+                                    ok, value = decode_outcome(outcome, payload)
+                                except Exception as e:  # never leave a popped future unresolved
+                                    ok, value = False, DeserializationError(
+                                        f"result of task {task_id} could not be decoded: {type(e).__name__}: {e}")
                                 try:
                                     if ok:
                                         fut.set_result(value)

@@ -111,6 +111,8 @@ def pack_result_header(task_id: int, outcome: Outcome, run_time: float = 0.0) ->
 def unpack_result_header(frame: bytes) -> tuple[int, Outcome, float]:
     try:
         task_id, code, run_time = _RESULT_HEADER.unpack(frame)
+        if not math.isfinite(run_time) or run_time < 0:
+            raise ValueError(f"run time {run_time}")
         return task_id, Outcome(code), run_time
     except (struct.error, ValueError) as e:
         raise ProtocolError(f"bad result header ({len(frame)} bytes): {e}") from None
@@ -134,8 +136,8 @@ def dump_json(obj: Any) -> bytes:
 def load_json_object(frame: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(frame)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"body is not JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ProtocolError(f"body is not JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"body is a JSON {type(obj).__name__}, expected an object")
     return obj
@@ -250,4 +252,6 @@ class Registration:
         )
         if reg.worker_count < 0 or reg.prefetch_capacity < 0:
             raise ProtocolError("negative worker_count or prefetch_capacity")
+        if reg.drain_in is not None and not (math.isfinite(reg.drain_in) and reg.drain_in >= 0):
+            raise ProtocolError(f"drain_in must be a finite number of seconds >= 0, got {reg.drain_in}")
         return reg

@@ -129,7 +129,9 @@ def decode_outcome(outcome: Outcome, payload: bytes) -> tuple[bool, Any]:
             )
     try:
         info = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
+        info = {}
+    if not isinstance(info, dict):
         info = {}
     if outcome is Outcome.WORKER_LOST:
         return False, WorkerLost(info.get("worker", "?"), info.get("host", "?"), info.get("detail", ""))

@@ -24,6 +24,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,8 @@ class ManagerRecord:
     tasks: set[int] = field(default_factory=set)
     #: Moving average of the time calls ran on this manager's workers; None until a result came back.
     avg_task_time: float | None = None
+    #: Distinguishes this registration from an earlier one with the same manager id (for timers).
+    generation: int = 0
     active: bool = True
     draining: bool = False
     drain_at: float | None = None
@@ -233,7 +236,8 @@ class InterchangeState:
         self._free: dict[bytes, ManagerRecord] = {}
         # Lazy timer queue: (when, seq, kind, manager id). An entry is checked against the record
         # when it comes due, so contacts never touch the heap.
-        self._timers: list[tuple[float, int, str, bytes]] = []
+        self._timers: list[tuple[float, int, str, bytes, int]] = []
+        self._generation = itertools.count(1)
         self._seq = itertools.count()
         self._out: list[Instruction] = []
         self._results: list[ResultTuple] = []
@@ -263,7 +267,14 @@ class InterchangeState:
         return out
 
     def next_deadline(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
+        timers = self._timers
+        while timers:
+            _, _, _, mid, generation = timers[0]
+            rec = self.managers.get(mid)
+            if rec is not None and rec.generation == generation:
+                return timers[0][0]
+            heapq.heappop(timers)  # left by a manager that is gone
+        return None
 
     def managers_snapshot(self, now: float) -> list[dict[str, Any]]:
         return [m.snapshot(now) for m in self.managers.values()]
@@ -296,14 +307,15 @@ class InterchangeState:
         if reg.worker_count <= 0:
             self._out.append(RejectRegistration(mid, "manager has no workers"))
             return
-        rec = ManagerRecord(manager_id=mid, registration=reg, registered_at=now, last_seen=now, idle_since=now)
+        rec = ManagerRecord(manager_id=mid, registration=reg, registered_at=now, last_seen=now, idle_since=now,
+                            generation=next(self._generation))
         self.managers[mid] = rec
         if reg.block_id is not None and reg.block_id not in self.block_history:
             self.block_history.append(reg.block_id)
-        self._push_timer(now + self.heartbeat_threshold, "expire", mid)
+        self._push_timer(now + self.heartbeat_threshold, "expire", rec)
         if reg.drain_in is not None:
             rec.drain_at = now + max(0.0, reg.drain_in)
-            self._push_timer(rec.drain_at, "drain", mid)
+            self._push_timer(rec.drain_at, "drain", rec)
         self._refresh_free(rec)
         logger.info(
             "Registered manager %s (block %s, host %s, %d workers, capacity %d)",
@@ -334,7 +346,10 @@ class InterchangeState:
             except KeyError:
                 logger.warning("Dropping result for task %d not held by manager %s", result[0], rec.registration.uid)
                 continue
-            avg = result[3] if avg is None else 0.9 * avg + 0.1 * result[3]
+            run_time = result[3]
+            # Only calls that ran count: a lost task says nothing about how long tasks take.
+            if result[1] <= Outcome.EXCEPTION and math.isfinite(run_time) and run_time >= 0:
+                avg = run_time if avg is None else 0.9 * avg + 0.1 * run_time
             accepted.append(result)
         rec.avg_task_time = avg
         if ev.raw is not None and len(accepted) == len(ev.results):
@@ -381,19 +396,19 @@ class InterchangeState:
 
     # ---------------------------------------------------------------------------------- timers
 
-    def _push_timer(self, when: float, kind: str, mid: bytes) -> None:
-        heapq.heappush(self._timers, (when, next(self._seq), kind, mid))
+    def _push_timer(self, when: float, kind: str, rec: ManagerRecord) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), kind, rec.manager_id, rec.generation))
 
     def _fire_timers(self, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
-            _, _, kind, mid = heapq.heappop(self._timers)
+            _, _, kind, mid, generation = heapq.heappop(self._timers)
             rec = self.managers.get(mid)
-            if rec is None:
-                continue
+            if rec is None or rec.generation != generation:
+                continue  # left by a manager that is gone (its id may have registered again)
             if kind == "expire":
                 due = rec.last_seen + self.heartbeat_threshold
                 if due > now:
-                    self._push_timer(due, "expire", mid)
+                    self._push_timer(due, "expire", rec)
                     continue
                 logger.warning(
                     "Manager %s on %s missed heartbeats for %.1f s; failing its %d tasks",
@@ -418,24 +433,26 @@ class InterchangeState:
 
     def _dispatch(self, now: float) -> None:
         pending = self._pending
+        batches: dict[bytes, list[QueuedTask]] = {}
         while pending and self._free:
             mid = self.selector.choose(self._free)
             rec = self._free[mid]
             n = min(rec.free, len(pending))
-            batch = [heapq.heappop(pending)[2] for _ in range(n)]
-            self._hand_over(rec, batch, now)
+            self._hand_over(rec, [heapq.heappop(pending)[2] for _ in range(n)], batches)
             if rec.free <= 0:
                 del self._free[mid]
         if pending and self.auto_prefetch:
-            self._prefetch(now)
+            self._prefetch(batches)
+        # One message per manager per pass, whatever mix of slots and prefetch filled it.
+        self._out.extend(SendTasks(mid, batch) for mid, batch in batches.items())
 
-    def _hand_over(self, rec: ManagerRecord, batch: list[QueuedTask], now: float) -> None:
+    def _hand_over(self, rec: ManagerRecord, batch: list[QueuedTask], batches: dict[bytes, list[QueuedTask]]) -> None:
         rec.tasks.update(t.task_id for t in batch)
         rec.idle_since = None
         self.tasks_dispatched += len(batch)
-        self._out.append(SendTasks(rec.manager_id, batch))
+        batches.setdefault(rec.manager_id, []).extend(batch)
 
-    def _prefetch(self, now: float) -> None:
+    def _prefetch(self, batches: dict[bytes, list[QueuedTask]]) -> None:
         """Automatic prefetch: reached only when every worker slot of every manager is taken and tasks
         still wait. Then a manager whose recent calls were short (where the round trip would leave its
         workers idle between tasks) may queue about ``AUTO_PREFETCH_BUFFER_S`` of work per worker: at
@@ -459,7 +476,7 @@ class InterchangeState:
             if room <= 0 or room < allowance // 2:
                 continue
             batch = [heapq.heappop(self._pending)[2] for _ in range(min(room, len(self._pending)))]
-            self._hand_over(rec, batch, now)
+            self._hand_over(rec, batch, batches)
 
     # ------------------------------------------------------------------------------- forgetting
 

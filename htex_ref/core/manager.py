@@ -205,7 +205,7 @@ class ManagerState:
             if self._results_since is None:
                 self._results_since = now
             if (self.exiting or not self.queue or len(self._results) >= self.result_batch_size
-                    or now - self._results_since >= self.result_batch_delay):
+                    or now >= self._results_since + self.result_batch_delay):
                 # Results come before an Exit so the runtime sends them before saying goodbye.
                 self._out.insert(0, SendResults(self._results))
                 self._results = []
@@ -314,7 +314,8 @@ class ManagerState:
             slot.task_id = task.task_id
             self._out.append(RunTask(rank, task))
         avg = self.avg_task_time
-        if self.queue and avg is not None and avg <= self.advance_max_task_time:
+        if (self.queue and avg is not None and avg <= self.advance_max_task_time
+                and all(slot.state == "busy" for slot in self.workers.values())):
             for slot in self.workers.values():
                 if not self.queue:
                     break
@@ -323,21 +324,23 @@ class ManagerState:
                     self._out.append(RunTask(slot.rank, slot.next_task))
 
     def _timers(self, now: float) -> None:
-        if self.disconnected_since is not None and now - self.disconnected_since >= self.reconnect_grace:
+        # Each test compares ``now`` with the same sum next_deadline() reports, so a call at the
+        # reported deadline always fires (no float rounding gap).
+        if self.disconnected_since is not None and now >= self.disconnected_since + self.reconnect_grace:
             self._exit(
                 f"the connection to the interchange has been down for {now - self.disconnected_since:.1f} s "
                 f"(reconnect grace {self.reconnect_grace} s); it has most likely exited",
                 error=True,
             )
             return
-        if now - self.last_contact >= self.heartbeat_threshold:
+        if now >= self.last_contact + self.heartbeat_threshold:
             self._exit(
                 f"no message from the interchange for {now - self.last_contact:.1f} s "
                 f"(heartbeat_threshold={self.heartbeat_threshold} s)",
                 error=True,
             )
             return
-        if now - self.last_heartbeat >= self.heartbeat_period:
+        if now >= self.last_heartbeat + self.heartbeat_period:
             self.last_heartbeat = now
             self._out.append(SendHeartbeat())
 

@@ -1,0 +1,193 @@
+"""Unit tests for worker-count planning (htex_ref.core.planning) and scale-in choice (htex_ref.core.scaling)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from htex_ref.core.planning import plan_workers
+from htex_ref.core.scaling import choose_blocks_to_scale_in
+
+
+def plan(**kw):
+    args = {
+        "max_workers_per_node": None,
+        "cores_per_worker": 1.0,
+        "mem_per_worker": None,
+        "cores": None,
+        "mem_gb": None,
+    }
+    args.update(kw)
+    return plan_workers(**args)
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+def test_count_is_min_of_bounds():
+    p = plan(max_workers_per_node=10, cores_per_worker=2, cores=16, mem_per_worker=4, mem_gb=20)
+    assert p.count == 5  # memory: 20 / 4
+    assert p.limits == {"max_workers_per_node": 10, "cores": 8, "memory": 5, "accelerators": math.inf}
+    assert plan(max_workers_per_node=3, cores=16, mem_per_worker=1, mem_gb=64).count == 3
+    assert plan(max_workers_per_node=50, cores_per_worker=4, cores=16, mem_per_worker=1, mem_gb=64).count == 4
+
+
+def test_fractional_bounds_round_down():
+    assert plan(cores=7, cores_per_worker=2).count == 3
+    assert plan(mem_gb=10, mem_per_worker=3).count == 3
+    assert plan(cores=8, cores_per_worker=0.5).count == 16
+    assert plan(max_workers_per_node=2.5, cores=64).count == 2
+
+
+@pytest.mark.parametrize("unbounded", [None, 0])
+def test_none_or_zero_max_workers_means_unbounded(unbounded):
+    p = plan(max_workers_per_node=unbounded, cores=12)
+    assert p.count == 12
+    assert p.limits["max_workers_per_node"] == math.inf
+
+
+def test_accelerators_cap_the_count():
+    p = plan(cores=64, accelerators=["0", "1", "2"])
+    assert p.count == 3
+    assert p.limits["accelerators"] == 3
+    assert plan(cores=2, accelerators=["0", "1", "2", "3"]).count == 2
+
+
+def test_count_zero_is_possible():
+    assert plan(cores=1, cores_per_worker=2).count == 0
+    assert plan(cores=64, mem_gb=0.5, mem_per_worker=1).count == 0
+
+
+@pytest.mark.parametrize("default", [1, 4])
+def test_default_when_unbounded(default):
+    assert plan(default_when_unbounded=default).count == default
+    # Unknown resources and an unbounded max: nothing bounds the count.
+    assert plan(max_workers_per_node=0, default_when_unbounded=default).count == default
+    assert plan(max_workers_per_node=math.inf, default_when_unbounded=default).count == default
+    # Any single bound replaces the default.
+    assert plan(max_workers_per_node=7, default_when_unbounded=default).count == 7
+    assert plan(accelerators=["a"], default_when_unbounded=default).count == 1
+
+
+def test_unknown_resources_put_no_bound():
+    p = plan(max_workers_per_node=6, cores=None, mem_gb=None, mem_per_worker=2)
+    assert p.count == 6
+    assert p.limits["cores"] == math.inf and p.limits["memory"] == math.inf
+
+
+def test_explain_names_each_bound():
+    text = plan(max_workers_per_node=10, cores=4, mem_gb=None).explain()
+    assert text.startswith("4 workers")
+    assert "max_workers_per_node allows 10" in text
+    assert "cores allows 4" in text
+    assert "memory allows no limit" in text
+
+
+@given(
+    max_workers=st.one_of(st.none(), st.integers(0, 200)),
+    cores_per_worker=st.floats(0.25, 8),
+    cores=st.one_of(st.none(), st.integers(0, 256)),
+    mem_per_worker=st.one_of(st.none(), st.floats(0.25, 16)),
+    mem_gb=st.one_of(st.none(), st.floats(0, 1024)),
+    n_acc=st.integers(0, 8),
+    default=st.integers(1, 8),
+)
+def test_plan_matches_reference(max_workers, cores_per_worker, cores, mem_per_worker, mem_gb, n_acc, default):
+    p = plan_workers(
+        max_workers_per_node=max_workers,
+        cores_per_worker=cores_per_worker,
+        mem_per_worker=mem_per_worker,
+        cores=cores,
+        mem_gb=mem_gb,
+        accelerators=[str(i) for i in range(n_acc)],
+        default_when_unbounded=default,
+    )
+    bounds = []
+    if max_workers:
+        bounds.append(max_workers)
+    if cores is not None:
+        bounds.append(math.floor(cores / cores_per_worker))
+    if mem_gb is not None and mem_per_worker:
+        bounds.append(math.floor(mem_gb / mem_per_worker))
+    if n_acc:
+        bounds.append(n_acc)
+    assert p.count == (min(bounds) if bounds else default)
+    assert p.count >= 0
+
+
+# ----------------------------------------------------------------------------------------- scaling
+
+
+def mgr(block, tasks=0, idle=0.0):
+    return {"block_id": block, "tasks": tasks, "idle_duration": idle}
+
+
+@pytest.mark.parametrize("n", [0, -1, -5])
+def test_scale_in_nothing_for_non_positive_n(n):
+    assert choose_blocks_to_scale_in(n, ["1", "2"], [mgr("1"), mgr("2")]) == []
+
+
+def test_idle_blocks_before_busy_ones():
+    managers = [mgr("1", tasks=3), mgr("2", idle=5.0), mgr("3", tasks=1)]
+    assert choose_blocks_to_scale_in(1, ["1", "2", "3"], managers) == ["2"]
+    assert choose_blocks_to_scale_in(3, ["1", "2", "3"], managers)[0] == "2"
+    # Among busy blocks, the one with fewer tasks goes first.
+    assert choose_blocks_to_scale_in(3, ["1", "2", "3"], managers) == ["2", "3", "1"]
+
+
+def test_never_registered_block_goes_first():
+    managers = [mgr("1", idle=1e6), mgr("2", tasks=1)]
+    assert choose_blocks_to_scale_in(1, ["1", "2", "3"], managers) == ["3"]
+    assert choose_blocks_to_scale_in(2, ["1", "2", "3"], managers) == ["3", "1"]
+
+
+def test_longest_idle_first():
+    managers = [mgr("a", idle=10.0), mgr("b", idle=300.0), mgr("c", idle=42.0)]
+    assert choose_blocks_to_scale_in(3, ["a", "b", "c"], managers) == ["b", "c", "a"]
+
+
+def test_block_idle_time_is_its_least_idle_manager():
+    # Block x has one long-idle and one busy manager: it is busy. Block y's managers idle 50 and 20 s.
+    managers = [mgr("x", idle=1000.0), mgr("x", tasks=2), mgr("y", idle=50.0), mgr("y", idle=20.0), mgr("z", idle=30.0)]
+    assert choose_blocks_to_scale_in(3, ["x", "y", "z"], managers) == ["z", "y", "x"]
+
+
+def test_managers_of_unknown_blocks_are_ignored():
+    managers = [mgr("gone", idle=1e9), mgr("1", idle=1.0), mgr(None, idle=5.0)]
+    assert choose_blocks_to_scale_in(5, ["1"], managers) == ["1"]
+
+
+def test_n_larger_than_blocks_returns_all_once():
+    out = choose_blocks_to_scale_in(10, ["1", "2", "3"], [mgr("2", tasks=1)])
+    assert sorted(out) == ["1", "2", "3"]
+    assert out[-1] == "2"
+
+
+@given(
+    blocks=st.lists(st.integers(0, 50).map(str), unique=True, max_size=8),
+    data=st.data(),
+    n=st.integers(-2, 10),
+)
+def test_scale_in_properties(blocks, data, n):
+    managers = data.draw(
+        st.lists(
+            st.builds(
+                mgr,
+                st.one_of(st.sampled_from(blocks) if blocks else st.nothing(), st.just("other")),
+                st.integers(0, 3),
+                st.floats(0, 1000),
+            ),
+            max_size=12,
+        )
+    )
+    out = choose_blocks_to_scale_in(n, blocks, managers)
+    assert len(out) == max(0, min(n, len(blocks)))
+    assert len(set(out)) == len(out)
+    assert set(out) <= set(blocks)
+    busy = {m["block_id"] for m in managers if m["tasks"]}
+    # No busy block is chosen while an idle one is left out.
+    if any(b in busy for b in out):
+        assert all(b in out for b in blocks if b not in busy)
