@@ -579,9 +579,11 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 invalid, f"resource_specification keys {sorted(invalid)} are not supported by "
                          f"HighThroughputExecutor; supported: {sorted(SUPPORTED_SPEC_KEYS)}"
             )
-        priority = spec.get("priority", math.inf)
-        if not _is_number(priority) or math.isnan(priority):
-            raise InvalidResourceSpecification({"priority"}, f"priority must be a real number, got {priority!r}")
+        if "priority" not in spec:
+            return math.inf
+        priority = spec["priority"]
+        if not _is_number(priority):
+            raise InvalidResourceSpecification({"priority"}, f"priority must be a finite real number, got {priority!r}")
         return float(priority)
 
     def _submit(self, fn: Callable[..., Any], spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> HtexFuture:
