@@ -1,8 +1,9 @@
 """Block choice for scale-in as a pure function (the full scaling policies come with their own issue).
 
-``choose_blocks_to_scale_in`` ranks live blocks so that the cheapest to lose go first: blocks with no
-tasks before busy ones, and among those the longest idle first; a block that never registered counts as
-idle forever. ``n <= 0`` chooses nothing (Parsl's ``scale_in(0)`` kills every idle block).
+``choose_blocks_to_scale_in`` ranks live blocks so that the cheapest to lose go first: blocks whose
+managers are all held (they get no work anyway), then blocks with no tasks before busy ones, and among
+those the longest idle first; a block that never registered counts as idle forever. ``n <= 0`` chooses
+nothing (Parsl's ``scale_in(0)`` kills every idle block).
 """
 
 from __future__ import annotations
@@ -21,17 +22,23 @@ def choose_blocks_to_scale_in(
         return []
     tasks: dict[str, int] = {}
     idle: dict[str, float] = {}
+    held: dict[str, bool] = {}
     for b in live_blocks:
         tasks[b] = 0
         idle[b] = math.inf
+        held[b] = False
+    seen: set[str] = set()
     for m in managers:
         block = m.get("block_id")
         if not isinstance(block, str) or block not in tasks:
             continue
         b = block
+        active = bool(m.get("active", True))
+        held[b] = (held[b] or b not in seen) and not active
+        seen.add(b)
         tasks[b] += int(m.get("tasks", 0))
         idle[b] = min(idle[b], float(m.get("idle_duration", 0.0)) if not m.get("tasks") else 0.0)
-    order = sorted(tasks, key=lambda b: (tasks[b] > 0, -idle[b], tasks[b], block_rank(b)))
+    order = sorted(tasks, key=lambda b: (not held[b], tasks[b] > 0, -idle[b], tasks[b], block_rank(b)))
     return order[:n]
 
 

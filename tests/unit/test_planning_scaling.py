@@ -191,3 +191,15 @@ def test_scale_in_properties(blocks, data, n):
     # No busy block is chosen while an idle one is left out.
     if any(b in busy for b in out):
         assert all(b in out for b in blocks if b not in busy)
+
+
+def test_scale_in_prefers_blocks_whose_managers_are_all_held() -> None:
+    managers = [
+        {"block_id": "0", "tasks": 0, "idle_duration": 1.0, "active": False},
+        {"block_id": "1", "tasks": 0, "idle_duration": 50.0, "active": True},
+        {"block_id": "2", "tasks": 0, "idle_duration": 99.0, "active": False},
+        {"block_id": "2", "tasks": 0, "idle_duration": 99.0, "active": True},
+    ]
+    assert choose_blocks_to_scale_in(1, ["0", "1", "2"], managers) == ["0"]
+    # A block with one held and one active manager still serves work: ranked by idleness.
+    assert choose_blocks_to_scale_in(2, ["0", "1", "2"], managers) == ["0", "2"]
