@@ -49,7 +49,7 @@ from htex_ref.errors import (
     ScalingFailed,
     VersionMismatch,
 )
-from htex_ref.framing import NonBlockingWriter, StreamReader, encode_parts
+from htex_ref.framing import Frame, NonBlockingWriter, StreamReader, encode_parts
 from htex_ref.netutil import all_addresses, check_address, create_certificates
 from htex_ref.protocol import (
     Kind,
@@ -515,12 +515,12 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             except BlockingIOError:
                 pass  # a wake-up is already queued
 
-    def _control_message(self, frames: list[bytes]) -> None:
+    def _control_message(self, frames: list[Frame]) -> None:
         kind = frames[0]
         if kind == Kind.REPLY:
             fut = self._replies.pop(unpack_request_id(frames[1]), None)
             if fut is not None and not fut.done():
-                fut.set_result(json.loads(frames[2]))
+                fut.set_result(json.loads(bytes(frames[2])))
         elif kind == Kind.READY:
             self._ix_ready_info = load_json_object(frames[1])
             self._ready.set()

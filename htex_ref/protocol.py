@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from htex_ref.errors import ProtocolError
-from htex_ref.framing import decode_body, encode_body
+from htex_ref.framing import Frame, decode_body, encode_body
 
 
 class Kind:
@@ -94,7 +94,7 @@ def pack_task_header(task_id: int, priority: float) -> bytes:
     return _TASK_HEADER.pack(task_id, priority)
 
 
-def unpack_task_header(frame: bytes) -> tuple[int, float]:
+def unpack_task_header(frame: Frame) -> tuple[int, float]:
     try:
         task_id, priority = _TASK_HEADER.unpack(frame)
     except struct.error as e:
@@ -108,7 +108,7 @@ def pack_result_header(task_id: int, outcome: Outcome, run_time: float = 0.0) ->
     return _RESULT_HEADER.pack(task_id, outcome, run_time)
 
 
-def unpack_result_header(frame: bytes) -> tuple[int, Outcome, float]:
+def unpack_result_header(frame: Frame) -> tuple[int, Outcome, float]:
     try:
         task_id, code, run_time = _RESULT_HEADER.unpack(frame)
         if not math.isfinite(run_time) or run_time < 0:
@@ -122,7 +122,7 @@ def pack_request_id(request_id: int) -> bytes:
     return _REQUEST_ID.pack(request_id)
 
 
-def unpack_request_id(frame: bytes) -> int:
+def unpack_request_id(frame: Frame) -> int:
     try:
         return int(_REQUEST_ID.unpack(frame)[0])
     except struct.error as e:
@@ -133,9 +133,9 @@ def dump_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def load_json_object(frame: bytes) -> dict[str, Any]:
+def load_json_object(frame: bytes | memoryview) -> dict[str, Any]:
     try:
-        obj = json.loads(frame)
+        obj = json.loads(bytes(frame) if isinstance(frame, memoryview) else frame)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ProtocolError(f"body is not JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
@@ -144,14 +144,14 @@ def load_json_object(frame: bytes) -> dict[str, Any]:
 
 
 #: (task id, outcome, payload, seconds the call ran)
-ResultTuple = tuple[int, Outcome, bytes, float]
+ResultTuple = tuple[int, Outcome, Frame, float]
 
 
-def split_results(frames: list[bytes], start: int = 1) -> list[ResultTuple]:
+def split_results(frames: list[bytes] | list[Frame], start: int = 1) -> list[ResultTuple]:
     """Decode the batch of ``header, payload`` pairs in ``frames[start]``; all or nothing."""
     if len(frames) != start + 1:
         raise ProtocolError(f"results message has {len(frames)} frames, expected {start + 1}")
-    body = decode_body(frames[start])
+    body = decode_body(frames[start], share=True)
     if not body or len(body) % RESULT_FRAMES:
         raise ProtocolError(f"results message has {len(body)} body frames, expected pairs")
     out = []
@@ -162,7 +162,7 @@ def split_results(frames: list[bytes], start: int = 1) -> list[ResultTuple]:
 
 
 def join_results(results: list[ResultTuple]) -> list[bytes]:
-    frames = []
+    frames: list[Frame] = []
     for task_id, outcome, payload, run_time in results:
         frames.append(pack_result_header(task_id, outcome, run_time))
         frames.append(payload)
@@ -177,11 +177,11 @@ def join_tasks(tasks: list[tuple[bytes, ...]]) -> list[bytes]:
     return [Kind.TASKS, encode_body(frames)]
 
 
-def split_tasks(frames: list[bytes]) -> list[tuple[int, tuple[bytes, bytes, bytes]]]:
+def split_tasks(frames: list[bytes]) -> list[tuple[int, tuple[Frame, Frame, Frame]]]:
     """Decode a ``tasks`` message into (task id, (header, function, arguments)); all or nothing."""
     if len(frames) != 2:
         raise ProtocolError(f"tasks message has {len(frames)} frames, expected 2")
-    body = decode_body(frames[1])
+    body = decode_body(frames[1], share=True)
     if not body or len(body) % TASK_FRAMES:
         raise ProtocolError(f"tasks batch has {len(body)} frames, expected triples")
     return [

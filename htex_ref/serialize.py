@@ -71,7 +71,9 @@ class FunctionCache:
         self._size = size
         self._cache: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
 
-    def load(self, data: bytes) -> Callable[..., Any]:
+    def load(self, data: bytes | memoryview) -> Callable[..., Any]:
+        if not isinstance(data, bytes):
+            data = bytes(data)  # a large function arrives as a view; the cache needs a hashable key
         fn = self._cache.get(data)
         if fn is None:
             fn = cloudpickle.loads(data)
@@ -110,7 +112,7 @@ def dumps_exception(exc: BaseException) -> bytes:
         return cloudpickle.dumps(ExceptionPackage(stand_in, tb), protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
 
 
-def decode_outcome(outcome: Outcome, payload: bytes) -> tuple[bool, Any]:
+def decode_outcome(outcome: Outcome, payload: bytes | memoryview) -> tuple[bool, Any]:
     """Return ``(True, value)`` or ``(False, exception)`` for a result that came back."""
     if outcome is Outcome.OK:
         try:
@@ -128,7 +130,7 @@ def decode_outcome(outcome: Outcome, payload: bytes) -> tuple[bool, Any]:
                 f"task raised an exception that could not be deserialized: {type(e).__name__}: {e}"
             )
     try:
-        info = json.loads(payload)
+        info = json.loads(bytes(payload))
     except (ValueError, RecursionError):
         info = {}
     if not isinstance(info, dict):

@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from htex_ref.framing import Frame
 from htex_ref.protocol import Outcome, ResultTuple
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class WorkerResult:
     rank: int
     task_id: int
     outcome: Outcome
-    payload: bytes
+    payload: Frame
     run_time: float = 0.0
 
 

@@ -234,3 +234,65 @@ def test_done_callback_may_submit(make_executor: Any) -> None:
         ex.submit(square, i).add_done_callback(then)
     assert done.wait(60)
     assert sorted(f.result(30) for f in chained) == sorted(i**4 for i in range(50))
+
+
+def block_of_worker() -> str:
+    return os.environ["PARSL_WORKER_BLOCK_ID"]
+
+
+def test_block_id_selector_fills_the_highest_numbered_block(make_executor: Any) -> None:
+    from htex_ref import BlockIdManagerSelector
+    from tests.conftest import wait_until
+
+    ex = make_executor(max_workers_per_node=1, manager_selector=BlockIdManagerSelector(),
+                       provider=LocalProvider(init_blocks=0, max_blocks=11), prefetch_capacity=0)
+    # Keep blocks "2" and "10": as strings "2" sorts last, as numbers 10 is the highest.
+    ex.scale_out(11)
+    ex._cancel_blocks([b for b in ex.status() if b not in ("2", "10")])
+    assert wait_until(lambda: len(ex.connected_managers()) == 2, 60)
+    assert {ex.submit(block_of_worker).result(30) for _ in range(10)} == {"10"}
+
+
+def test_command_times_out_when_the_interchange_is_frozen(make_executor: Any) -> None:
+    from htex_ref import CommandTimeout
+
+    ex = make_executor(max_workers_per_node=1)
+    assert ex.submit(square, 3).result(30) == 9  # the pool has registered
+    pid = ex._ix_proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(CommandTimeout, match=r"'managers' within 0\.5 s"):
+            ex._command("managers", timeout=0.5)
+        assert time.monotonic() - t0 < 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ex.connected_managers()[0]["worker_count"] == 1
+
+
+def test_node_resource_overrides(make_executor: Any) -> None:
+    ex = make_executor(provider=LocalProvider(worker_init="export PARSL_CORES=3"))
+    assert ex.submit(whoami).result(30)["PARSL_WORKER_COUNT"] == "3"
+    ex2 = make_executor(mem_per_worker=2, provider=LocalProvider(worker_init="export PARSL_MEMORY_GB=5"))
+    assert ex2.submit(whoami).result(30)["PARSL_WORKER_COUNT"] == "2"
+
+
+def test_pool_that_cannot_plan_a_worker_fails_the_executor(make_executor: Any) -> None:
+    ex = make_executor(mem_per_worker=4, provider=LocalProvider(worker_init="export PARSL_MEMORY_GB=1"))
+    with pytest.raises(BadStateException, match="cannot start any worker") as info:
+        ex.submit(square, 2).result(60)
+    assert "memory allows 0" in str(info.value)
+
+
+def test_pools_exit_when_the_interchange_dies(make_executor: Any, tmp_path: Any) -> None:
+    from tests.conftest import processes_mentioning, wait_until
+
+    ex = make_executor(max_workers_per_node=1, provider=LocalProvider(init_blocks=2, max_blocks=2))
+    assert wait_until(lambda: len(ex.connected_managers()) == 2, 30)
+    os.kill(ex._ix_proc.pid, signal.SIGKILL)
+
+    def pools() -> list[Any]:
+        return [p for p in processes_mentioning(str(tmp_path)) if "worker_pool" in " ".join(p.cmdline())
+                or "htex-worker-pool" in " ".join(p.cmdline())]
+
+    assert wait_until(lambda: not pools(), 30), "worker pools outlived their interchange"

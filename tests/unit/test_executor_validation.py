@@ -1,0 +1,100 @@
+"""Every bad constructor value fails at construction, naming the parameter (no process is started)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from htex_ref import BlockIdManagerSelector, HighThroughputExecutor, LocalProvider
+
+BAD: list[tuple[str, Any, type[Exception]]] = [
+    ("label", "", ValueError),
+    ("label", "a/b", ValueError),
+    ("provider", object(), TypeError),
+    ("launch_cmd", "htex-worker-pool {no_such_field}", ValueError),
+    ("launch_cmd", "htex-worker-pool {", ValueError),
+    ("launch_cmd", "", TypeError),
+    ("address", "550.0.0.0.0.bad host name", ValueError),
+    ("loopback_address", "*", ValueError),
+    ("worker_port", 0, ValueError),
+    ("worker_port", 70000, ValueError),
+    ("worker_port", "54000", ValueError),
+    ("worker_port_range", (55000, 54000), ValueError),
+    ("worker_port_range", (1, 2, 3), ValueError),
+    ("interchange_port_range", (0, 10), ValueError),
+    ("worker_debug", "yes", TypeError),
+    ("cores_per_worker", 0, ValueError),
+    ("cores_per_worker", "2", ValueError),
+    ("cores_per_worker", math.nan, ValueError),
+    ("mem_per_worker", -1, ValueError),
+    ("max_workers_per_node", 2.5, ValueError),
+    ("max_workers_per_node", -1, ValueError),
+    ("cpu_affinity", "sideways", ValueError),
+    ("available_accelerators", -1, ValueError),
+    ("available_accelerators", ["0", ""], TypeError),
+    ("available_accelerators", "0,1", TypeError),
+    ("prefetch_capacity", -1, ValueError),
+    ("prefetch_capacity", 1.5, ValueError),
+    ("heartbeat_threshold", 0, ValueError),
+    ("heartbeat_threshold", math.inf, ValueError),
+    ("heartbeat_period", -1, ValueError),
+    ("heartbeat_period", 200, ValueError),  # above the default threshold of 120
+    ("drain_period", 0, ValueError),
+    ("drain_period", math.inf, ValueError),
+    ("poll_period", 0, ValueError),
+    ("poll_period", 1.5, ValueError),
+    ("address_probe_timeout", 0, ValueError),
+    ("worker_logdir_root", 5, TypeError),
+    ("manager_selector", "fastest", ValueError),
+    ("manager_selector", object(), ValueError),
+    ("block_error_handler", "simple", TypeError),
+    ("encrypted", 1, TypeError),
+    ("run_dir", 5, TypeError),
+    ("strategy", "aggressive", ValueError),
+    ("strategy_period", 0, ValueError),
+    ("max_idletime", -1, ValueError),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "error"), BAD, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD)])
+def test_bad_value_names_the_parameter(name: str, value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error) as info:
+        HighThroughputExecutor(**{name: value})
+    assert name in str(info.value)
+
+
+def test_accepted_forms() -> None:
+    ex = HighThroughputExecutor(
+        label="ok", provider=LocalProvider(init_blocks=0), address="127.0.0.1", loopback_address="::1",
+        worker_port=54321, max_workers_per_node=0, cpu_affinity="LIST:0-1:2", available_accelerators=2,
+        prefetch_capacity=0, heartbeat_period=10, heartbeat_threshold=10, drain_period=3600,
+        manager_selector=BlockIdManagerSelector(), block_error_handler=lambda ex, st: None,
+        launch_cmd="htex-worker-pool --block-id={{block_id}} --port={worker_port}",
+    )
+    assert ex.available_accelerators == ["0", "1"]
+    assert ex.cpu_affinity == "LIST:0-1:2"
+    assert "{block_id}" in ex.launch_cmd and "{{" not in ex.launch_cmd
+    assert ex.workers_per_node == 2  # capped by the accelerators
+    assert HighThroughputExecutor(manager_selector="block_id")._selector_name == "block_id"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "provider", "expected"),
+    [
+        ({"max_workers_per_node": 3}, {}, 3),
+        ({"cores_per_worker": 4}, {"cores_per_node": 8}, 2),
+        ({"mem_per_worker": 16}, {"mem_per_node": 16}, 1),
+        ({"available_accelerators": 3}, {"cores_per_node": 64}, 3),
+        ({}, {}, 1),
+    ],
+)
+def test_workers_per_node_for_scaling(kwargs: dict[str, Any], provider: dict[str, Any], expected: int) -> None:
+    assert HighThroughputExecutor(provider=LocalProvider(**provider), **kwargs).workers_per_node == expected
+
+
+def test_submit_before_start_is_a_clear_error() -> None:
+    ex = HighThroughputExecutor(provider=LocalProvider(init_blocks=0))
+    with pytest.raises(RuntimeError, match="not started"):
+        ex.submit(abs, -1)
