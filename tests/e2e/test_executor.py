@@ -296,3 +296,25 @@ def test_pools_exit_when_the_interchange_dies(make_executor: Any, tmp_path: Any)
                 or "htex-worker-pool" in " ".join(p.cmdline())]
 
     assert wait_until(lambda: not pools(), 30), "worker pools outlived their interchange"
+
+
+def test_drain_period_retires_the_manager_after_its_work(make_executor: Any) -> None:
+    from tests.conftest import wait_until
+
+    ex = make_executor(max_workers_per_node=1, drain_period=2)
+    running = ex.submit(sleep_then, 3, "finished")
+    assert wait_until(lambda: bool(ex.connected_managers()), 30)
+    assert wait_until(lambda: all(m["draining"] for m in ex.connected_managers()), 10)
+    assert running.result(30) == "finished"  # the task it had runs to the end
+    assert wait_until(lambda: ex.connected_managers() == [], 10)
+
+
+def test_set_bad_state_fails_everything(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1)
+    slow = ex.submit(sleep_then, 30, None)
+    ex.set_bad_state_and_fail_all(RuntimeError("operator says stop"))
+    with pytest.raises(BadStateException, match="operator says stop"):
+        slow.result(5)
+    assert isinstance(ex.executor_exception, RuntimeError)
+    with pytest.raises(BadStateException):
+        ex.submit(square, 1)
