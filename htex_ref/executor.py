@@ -676,7 +676,13 @@ class HighThroughputExecutor(concurrent.futures.Executor):
 
     def _launch_command(self, block_id: str) -> str:
         assert self.interchange_worker_port is not None
-        addresses = self.address or ",".join(all_addresses())
+        if self.address:
+            addresses = self.address
+        elif isinstance(self.provider, LocalProvider):
+            # Every block of a LocalProvider runs on this host: the loopback address reaches it.
+            addresses = self.loopback_address
+        else:
+            addresses = ",".join(all_addresses())
 
         def q(value: Any) -> str:
             return shlex.quote(str(value))

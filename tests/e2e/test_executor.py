@@ -318,3 +318,9 @@ def test_set_bad_state_fails_everything(make_executor: Any) -> None:
     assert isinstance(ex.executor_exception, RuntimeError)
     with pytest.raises(BadStateException):
         ex.submit(square, 1)
+
+
+def test_local_blocks_probe_only_loopback(make_executor: Any) -> None:
+    ex = make_executor(address=None, loopback_address="127.0.0.1")
+    assert "--addresses=127.0.0.1 " in ex._launch_command("7")
+    assert ex.submit(square, 4).result(30) == 16
