@@ -475,9 +475,12 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             if flags & zmq.POLLIN:
                 try:
                     messages = reader.read_available()
-                except Exception:
-                    logger.exception("Corrupt stream from the interchange")
-                    messages = []
+                except Exception as e:
+                    # Our own child wrote something we cannot parse: nothing after it can be trusted.
+                    self.set_bad_state_and_fail_all(InterchangeError(
+                        f"corrupt message stream from the interchange ({type(e).__name__}: {e}); "
+                        f"see {self.logdir}/interchange.log"))
+                    return
                 for frames in messages:
                     try:
                         if frames[0] == Kind.RESULTS:
@@ -499,8 +502,13 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                                     pass  # cancelled by the caller meanwhile
                         else:
                             self._control_message(frames)
-                    except Exception:
-                        logger.exception("Dropped a malformed message from the interchange")
+                    except Exception as e:
+                        # Results in it would never resolve: fail loudly rather than leave them waiting.
+                        logger.exception("Undecodable message from the interchange")
+                        self.set_bad_state_and_fail_all(InterchangeError(
+                            f"undecodable message from the interchange ({type(e).__name__}: {e}); "
+                            f"see {self.logdir}/interchange.log"))
+                        return
             if self._ix_pidfd in socks:
                 self._interchange_exited()
                 return

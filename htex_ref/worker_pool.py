@@ -45,7 +45,7 @@ from htex_ref.core.manager import (
 )
 from htex_ref.core.planning import plan_workers
 from htex_ref.errors import ProtocolError
-from htex_ref.framing import StreamReader, encode
+from htex_ref.framing import NonBlockingWriter, StreamReader, encode_parts
 from htex_ref.netutil import Contexts, tcp_url
 from htex_ref.protocol import (
     Kind,
@@ -160,6 +160,10 @@ class WorkerPool:
         self.pidfds: dict[int, int] = {}  # pidfd -> rank
         self.channels: dict[int, socket.socket] = {}  # rank -> manager end of the socketpair
         self.readers: dict[int, tuple[int, StreamReader]] = {}  # socket fd -> (rank, reader)
+        # Writes to workers never block: a task handed over in advance goes to a busy worker, which
+        # reads it only when its current call ends.
+        self.writers: dict[int, NonBlockingWriter] = {}  # rank -> writer
+        self._writing: set[int] = set()  # socket fds polled for POLLOUT
         self.poller = zmq.Poller()
         self.stop_reason = ""
         self.worker_count = 0
@@ -210,7 +214,9 @@ class WorkerPool:
 
     def _drop_channel(self, rank: int) -> None:
         old = self.channels.pop(rank, None)
+        self.writers.pop(rank, None)
         if old is not None:
+            self._writing.discard(old.fileno())
             if self.readers.pop(old.fileno(), None) is not None:
                 self.poller.unregister(old.fileno())
             old.close()
@@ -236,6 +242,7 @@ class WorkerPool:
             theirs.close()
         self.procs[rank] = proc
         self.channels[rank] = ours
+        self.writers[rank] = NonBlockingWriter(ours)
         self.readers[ours.fileno()] = (rank, StreamReader(ours))
         self.poller.register(ours.fileno(), zmq.POLLIN)
         fd = os.pidfd_open(proc.pid)
@@ -253,6 +260,7 @@ class WorkerPool:
         self.poller.register(monitor, zmq.POLLIN)
         clock = time.monotonic
         while True:
+            self._update_write_interest()
             timeout = max(0, int((state.next_deadline() - clock()) * 1000) + 1)
             socks = dict(self.poller.poll(min(timeout, 1000)))
             events: list[Any] = []
@@ -263,15 +271,31 @@ class WorkerPool:
             if monitor in socks:
                 self._read_monitor(monitor, events)
             # The poller reports plain file descriptors as ints: worker channels and pidfds.
-            for key in socks:
+            for key, flags in socks.items():
                 if isinstance(key, int) and key in self.readers:
-                    self._read_worker(key, events)
+                    if flags & zmq.POLLOUT:
+                        self.writers[self.readers[key][0]].flush()
+                    if flags & zmq.POLLIN:
+                        self._read_worker(key, events)
             for fd in [fd for fd in socks if isinstance(fd, int) and fd in self.pidfds]:
                 events.append(self._reap(fd))
             for ins in state.handle(*events, now=clock()):
                 code = self._execute(ins)
                 if code is not None:
                     return code
+
+    def _update_write_interest(self) -> None:
+        for rank, writer in self.writers.items():
+            fd = self.channels[rank].fileno()
+            if fd not in self.readers:
+                continue  # the channel reached end of stream: the worker is exiting
+            want = writer.pending
+            if want != (fd in self._writing):
+                self.poller.modify(fd, zmq.POLLIN | (zmq.POLLOUT if want else 0))
+                if want:
+                    self._writing.add(fd)
+                else:
+                    self._writing.discard(fd)
 
     def _read_monitor(self, monitor: Any, events: list[Any]) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -346,8 +370,7 @@ class WorkerPool:
     def _execute(self, ins: Any) -> int | None:
         if isinstance(ins, RunTask):
             try:
-                # Blocking is safe: the worker asked for work and is reading.
-                self.channels[ins.rank].sendall(encode([Kind.TASK, *ins.task.frames]))
+                self.writers[ins.rank].write_parts(encode_parts([Kind.TASK, *ins.task.frames]))
             except OSError as e:
                 # The worker is dying; its pidfd turns this into WorkerLost for the task.
                 logger.warning("Could not send task %d to worker %d: %s", ins.task.task_id, ins.rank, e)

@@ -324,3 +324,20 @@ def test_local_blocks_probe_only_loopback(make_executor: Any) -> None:
     ex = make_executor(address=None, loopback_address="127.0.0.1")
     assert "--addresses=127.0.0.1 " in ex._launch_command("7")
     assert ex.submit(square, 4).result(30) == 16
+
+
+def long_then(seconds: float, value: Any) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def test_large_arguments_with_short_tasks_do_not_stall_the_pool(make_executor: Any) -> None:
+    """Tasks go to busy workers in advance when calls are short; a big one must not block the manager
+    (a blocked manager stops heartbeating and is declared lost while its workers run long calls)."""
+    ex = make_executor(max_workers_per_node=2, heartbeat_period=0.5, heartbeat_threshold=2)
+    assert [ex.submit(square, i).result(30) for i in range(20)] == [i * i for i in range(20)]  # calls are short
+    big = b"x" * (8 << 20)
+    futures = [ex.submit(long_then, 4.0, "slow") for _ in range(2)] + [ex.submit(len, big) for _ in range(6)]
+    results = [f.result(60) for f in futures]
+    assert results == ["slow", "slow"] + [8 << 20] * 6
+    assert ex.connected_managers()[0]["active"]
