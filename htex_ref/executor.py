@@ -885,6 +885,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
 
     def _teardown(self) -> None:
         self._shutdown = True
+        for reply in list(self._replies.values()):
+            # A command in flight (the block watcher's, say) must not wait out its time-out.
+            if not reply.done():
+                reply.set_exception(ExecutorShutdown(f"executor {self.label} is shutting down"))
         proc = self._ix_proc
         if proc is not None and proc.poll() is None and self._writer is not None:
             try:
