@@ -320,9 +320,10 @@ def test_set_bad_state_fails_everything(make_executor: Any) -> None:
         ex.submit(square, 1)
 
 
-def test_local_blocks_probe_only_loopback(make_executor: Any) -> None:
-    ex = make_executor(address=None, loopback_address="127.0.0.1")
-    assert "--addresses=127.0.0.1 " in ex._launch_command("7")
+@pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"])
+def test_local_blocks_probe_only_loopback(make_executor: Any, loopback: str) -> None:
+    ex = make_executor(address=None, loopback_address=loopback, encrypted=loopback == "::1")
+    assert f"--addresses={loopback} " in ex._launch_command("7")
     assert ex.submit(square, 4).result(30) == 16
 
 
