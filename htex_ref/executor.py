@@ -420,8 +420,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         }
         stderr_path = os.path.join(self.logdir, "interchange.stderr")
         with open(stderr_path, "wb") as err:
-            # A session of its own keeps terminal signals (Ctrl-C) away from it; it dies with us
-            # through the parent-death signal instead.
+            # A session of its own keeps terminal signals (Ctrl-C) away from it; it stops when our end
+            # of the socketpair closes, that is when this process exits however it exits.
             try:
                 self._ix_proc = subprocess.Popen(
                     [sys.executable, "-m", "htex_ref.interchange"],

@@ -62,7 +62,7 @@ from htex_ref.core.interchange import (
 from htex_ref.core.selectors import selector_from_name
 from htex_ref.errors import ProtocolError
 from htex_ref.framing import NonBlockingWriter, StreamReader, encode_parts
-from htex_ref.netutil import Contexts, set_parent_death_signal, tcp_url
+from htex_ref.netutil import Contexts, tcp_url
 from htex_ref.protocol import (
     Kind,
     Registration,
@@ -299,7 +299,9 @@ class Interchange:
 
 def main() -> None:
     cfg = json.loads(sys.stdin.read())
-    set_parent_death_signal(cfg.get("parent_pid"))
+    # No parent-death signal here: Linux sends it when the *thread* that started us exits, and the
+    # executor may be started from a short-lived thread. The end of the executor's socketpair (its
+    # process exited) is what stops us.
     logdir = cfg["logdir"]
     os.makedirs(logdir, exist_ok=True)
     logging.basicConfig(

@@ -342,3 +342,46 @@ def test_large_arguments_with_short_tasks_do_not_stall_the_pool(make_executor: A
     results = [f.result(60) for f in futures]
     assert results == ["slow", "slow"] + [8 << 20] * 6
     assert ex.connected_managers()[0]["active"]
+
+
+def test_executor_started_from_a_thread_that_ends(make_executor: Any) -> None:
+    """Linux's parent-death signal follows the forking thread; the interchange must outlive it."""
+    box: list[Any] = []
+    t = threading.Thread(target=lambda: box.append(make_executor(max_workers_per_node=1)))
+    t.start()
+    t.join()
+    ex = box[0]
+    time.sleep(0.5)  # give a wrongly delivered death signal time to land
+    assert ex._ix_proc.poll() is None
+    assert ex.submit(square, 11).result(30) == 121
+
+
+def test_interchange_exits_when_the_executor_process_dies(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import processes_mentioning, wait_until
+
+    script = f"""
+import os, sys
+from htex_ref import HighThroughputExecutor
+ex = HighThroughputExecutor(max_workers_per_node=1, encrypted=False, run_dir={str(tmp_path / "r")!r},
+                            heartbeat_period=1, heartbeat_threshold=4)
+ex.start()
+assert ex.submit(pow, 2, 3).result(30) == 8
+print(ex._ix_proc.pid, flush=True)
+os._exit(0)  # no shutdown, no atexit: as if killed
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    ix_pid = int(out.stdout.split()[0])
+    import psutil
+
+    def ix_gone() -> bool:
+        try:
+            return psutil.Process(ix_pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_until(ix_gone, 10), "the interchange outlived its executor"
+    # Its pools follow once the connection to it is gone.
+    assert wait_until(lambda: not processes_mentioning(str(tmp_path)), 30)
