@@ -287,7 +287,9 @@ def test_pool_that_cannot_plan_a_worker_fails_the_executor(make_executor: Any) -
 def test_pools_exit_when_the_interchange_dies(make_executor: Any, tmp_path: Any) -> None:
     from tests.conftest import processes_mentioning, wait_until
 
-    ex = make_executor(max_workers_per_node=1, provider=LocalProvider(init_blocks=2, max_blocks=2))
+    # The pools' reconnect grace is min(10 s, heartbeat_threshold).
+    ex = make_executor(max_workers_per_node=1, provider=LocalProvider(init_blocks=2, max_blocks=2),
+                       heartbeat_period=1, heartbeat_threshold=3)
     assert wait_until(lambda: len(ex.connected_managers()) == 2, 30)
     os.kill(ex._ix_proc.pid, signal.SIGKILL)
 
