@@ -4,26 +4,75 @@
 
     with HighThroughputExecutor(max_workers_per_node=2) as ex:
         print(ex.submit(pow, 2, 10).result())
+
+Names are imported on first use, so the interchange, worker-pool and worker processes (which import
+submodules of this package) do not pay for importing the executor: it keeps their start-up short.
 """
 
-from htex_ref.core.selectors import BlockIdManagerSelector, RandomManagerSelector
-from htex_ref.errors import (
-    BadStateException,
-    CommandTimeout,
-    DeserializationError,
-    ExecutorShutdown,
-    InterchangeError,
-    InvalidResourceSpecification,
-    ManagerLost,
-    RemoteError,
-    SerializationError,
-    VersionMismatch,
-    WorkerLost,
-)
-from htex_ref.executor import HighThroughputExecutor, HtexFuture
-from htex_ref.launchers import Launcher, SimpleLauncher, SingleNodeLauncher
-from htex_ref.providers import ExecutionProvider, JobState, JobStatus, LocalProvider
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from htex_ref.version import PROTOCOL_VERSION, __version__
+
+_LAZY = {
+    "BlockIdManagerSelector": "htex_ref.core.selectors",
+    "RandomManagerSelector": "htex_ref.core.selectors",
+    "BadStateException": "htex_ref.errors",
+    "CommandTimeout": "htex_ref.errors",
+    "DeserializationError": "htex_ref.errors",
+    "ExecutorShutdown": "htex_ref.errors",
+    "InterchangeError": "htex_ref.errors",
+    "InvalidResourceSpecification": "htex_ref.errors",
+    "ManagerLost": "htex_ref.errors",
+    "RemoteError": "htex_ref.errors",
+    "SerializationError": "htex_ref.errors",
+    "VersionMismatch": "htex_ref.errors",
+    "WorkerLost": "htex_ref.errors",
+    "HighThroughputExecutor": "htex_ref.executor",
+    "HtexFuture": "htex_ref.executor",
+    "Launcher": "htex_ref.launchers",
+    "SimpleLauncher": "htex_ref.launchers",
+    "SingleNodeLauncher": "htex_ref.launchers",
+    "ExecutionProvider": "htex_ref.providers",
+    "JobState": "htex_ref.providers",
+    "JobStatus": "htex_ref.providers",
+    "LocalProvider": "htex_ref.providers",
+}
+
+if TYPE_CHECKING:
+    from htex_ref.core.selectors import BlockIdManagerSelector, RandomManagerSelector
+    from htex_ref.errors import (
+        BadStateException,
+        CommandTimeout,
+        DeserializationError,
+        ExecutorShutdown,
+        InterchangeError,
+        InvalidResourceSpecification,
+        ManagerLost,
+        RemoteError,
+        SerializationError,
+        VersionMismatch,
+        WorkerLost,
+    )
+    from htex_ref.executor import HighThroughputExecutor, HtexFuture
+    from htex_ref.launchers import Launcher, SimpleLauncher, SingleNodeLauncher
+    from htex_ref.providers import ExecutionProvider, JobState, JobStatus, LocalProvider
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'htex_ref' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "PROTOCOL_VERSION",

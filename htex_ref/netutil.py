@@ -12,11 +12,12 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 
 def tcp_url(address: str, port: int | str) -> str:
@@ -60,6 +61,7 @@ def all_addresses() -> list[str]:
 
 def create_certificates(base_dir: str | os.PathLike[str]) -> str:
     """Create ``base_dir/certificates`` (mode 0700) with fresh server and client key pairs."""
+    import zmq.auth
     cert_dir = Path(base_dir) / "certificates"
     cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(cert_dir, 0o700)
@@ -71,6 +73,8 @@ def create_certificates(base_dir: str | os.PathLike[str]) -> str:
 
 
 def _load(cert_dir: str, name: str) -> tuple[bytes, bytes]:
+    import zmq.auth
+
     st = os.stat(cert_dir)
     if st.st_mode & 0o077:
         raise OSError(f"The certificates directory must be private (mode 0700): {cert_dir}")
@@ -101,6 +105,8 @@ class Contexts:
         if self.cert_dir is not None:
             if server:
                 if self._auth is None:
+                    from zmq.auth.thread import ThreadAuthenticator
+
                     self._auth = ThreadAuthenticator(self.ctx)
                     self._auth.start()
                     self._auth.configure_curve(domain="*", location=self.cert_dir)
@@ -112,7 +118,9 @@ class Contexts:
             else:
                 if self._client is None:
                     self._client = _load(self.cert_dir, "client")
-                    server_public, _ = zmq.auth.load_certificate(os.path.join(self.cert_dir, "server.key"))
+                    from zmq.auth import load_certificate
+
+                    server_public, _ = load_certificate(os.path.join(self.cert_dir, "server.key"))
                     self._server_public = server_public
                 sock.curve_secretkey = self._client[1]
                 sock.curve_publickey = self._client[0]

@@ -441,6 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     code = EXIT_ERROR
     try:
         signal.signal(signal.SIGTERM, lambda s, f: setattr(pool, "stop_reason", "received SIGTERM"))
+        # Workers start while we probe and register: their interpreter start-up overlaps ours.
+        pool.start_workers(plan.count)
         try:
             pool.connect_and_register(plan.count)
         except ConnectionError as e:
@@ -453,7 +455,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"htex-worker-pool: {e}", file=sys.stderr, flush=True)
             code = EXIT_REJECTED
             return
-        pool.start_workers(plan.count)
         state = ManagerState(plan.count, args.hb_period, args.hb_threshold, time.monotonic(), pool.hostname)
         code = pool.run(state)
     except Exception:
