@@ -18,7 +18,7 @@ import time
 import cloudpickle
 
 from htex_ref.framing import BlockingChannel
-from htex_ref.netutil import set_parent_death_signal
+from htex_ref.procutil import set_parent_death_signal
 from htex_ref.protocol import Kind, Outcome, pack_result_header, unpack_task_header
 from htex_ref.serialize import FunctionCache, dumps_exception, dumps_result
 
