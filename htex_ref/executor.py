@@ -765,8 +765,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                     JobState.MISSING,
                     f"block {block_id} ended ({st.state.name}"
                     + (f", exit code {st.exit_code}" if st.exit_code is not None else "")
+                    + (f": {st.message}" if st.message else "")
                     + ") before any worker pool registered; "
-                    + (f"see {st.stdout_path} and {st.stderr_path}" if st.stdout_path else "see the submit scripts"),
+                    + (f"see {st.stdout_path} and {st.stderr_path}" if st.stdout_path
+                       else f"see {self.provider.script_dir}"),
                     st.exit_code, st.stdout_path, st.stderr_path,
                 )
         return result

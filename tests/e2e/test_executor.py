@@ -387,3 +387,15 @@ os._exit(0)  # no shutdown, no atexit: as if killed
     assert wait_until(ix_gone, 10), "the interchange outlived its executor"
     # Its pools follow once the connection to it is gone.
     assert wait_until(lambda: not processes_mentioning(str(tmp_path)), 30)
+
+
+class RefusingProvider(LocalProvider):
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "x") -> str:
+        raise RuntimeError("queue is closed for maintenance")
+
+
+def test_provider_submit_failure_fails_the_executor_with_its_message(make_executor: Any) -> None:
+    ex = make_executor(provider=RefusingProvider())
+    with pytest.raises(BadStateException, match="queue is closed for maintenance"):
+        ex.submit(square, 2).result(30)
+    assert ex.block_statuses()["0"].state.name == "MISSING"
