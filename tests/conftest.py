@@ -9,8 +9,14 @@ from typing import Any
 
 import psutil
 import pytest
+from hypothesis import settings
 
 from htex_ref import HighThroughputExecutor
+
+# Property tests judge behaviour, not speed: on a loaded 2-core CI machine an example may take longer
+# than hypothesis' default 200 ms deadline without anything being wrong.
+settings.register_profile("htex_ref", deadline=None)
+settings.load_profile("htex_ref")
 
 
 def processes_mentioning(text: str) -> list[psutil.Process]:
