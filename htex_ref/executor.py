@@ -36,6 +36,7 @@ from typing import Any
 
 import zmq
 
+from htex_ref.core.affinity import parse_cpu_affinity
 from htex_ref.core.planning import plan_workers
 from htex_ref.core.scaling import blocks_all_failed, choose_blocks_to_scale_in
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
@@ -74,7 +75,6 @@ KNOWN_SPEC_KEYS = frozenset(
     {"priority", "num_nodes", "ranks_per_node", "num_ranks", "launcher_options", "cores", "memory", "disk",
      "gpus", "running_time_min"}
 )
-CPU_AFFINITY_STRATEGIES = ("none", "block", "block-reverse", "alternating")
 STRATEGIES = ("none",)
 
 DEFAULT_LAUNCH_CMD = (
@@ -225,12 +225,13 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         if max_workers_per_node is not None and (not _is_int(max_workers_per_node) or max_workers_per_node < 0):
             raise ValueError(f"max_workers_per_node must be None or an int >= 0, got {max_workers_per_node!r}")
         self.max_workers_per_node = max_workers_per_node
-        if not isinstance(cpu_affinity, str) or not (
-            cpu_affinity.lower() in CPU_AFFINITY_STRATEGIES or cpu_affinity.lower().startswith("list:")
-        ):
-            raise ValueError(f"cpu_affinity must be one of {list(CPU_AFFINITY_STRATEGIES)} or 'list:...', "
-                             f"got {cpu_affinity!r}")
-        self.cpu_affinity = cpu_affinity.lower() if not cpu_affinity.lower().startswith("list:") else cpu_affinity
+        # The syntax is checked here; whether a node can satisfy it is checked on the node.
+        affinity = parse_cpu_affinity(cpu_affinity)
+        if affinity.strategy == "list" and max_workers_per_node and max_workers_per_node != len(affinity.lists):
+            raise ValueError(f"cpu_affinity lists threads for {len(affinity.lists)} workers but "
+                             f"max_workers_per_node={max_workers_per_node}")
+        self.cpu_affinity = cpu_affinity.strip() if affinity.strategy == "list" else affinity.strategy
+        self._affinity_workers = len(affinity.lists) if affinity.strategy == "list" else None
         if _is_int(available_accelerators):
             assert isinstance(available_accelerators, int)
             if available_accelerators < 0:
@@ -341,7 +342,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     def workers_per_node(self) -> int:
         """Workers per node for scaling arithmetic (the pool decides the real count on its node)."""
         plan = plan_workers(
-            max_workers_per_node=self.max_workers_per_node,
+            max_workers_per_node=self.max_workers_per_node or self._affinity_workers,
             cores_per_worker=self.cores_per_worker,
             mem_per_worker=self.mem_per_worker,
             cores=self.provider.cores_per_node,

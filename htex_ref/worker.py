@@ -61,8 +61,12 @@ def main() -> None:
     parser.add_argument("--manager-pid", type=int, required=True)
     parser.add_argument("--logfile", default=None)
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--cpus", default=None, help="comma-separated hardware threads to pin to")
     args = parser.parse_args()
     set_parent_death_signal(args.manager_pid)
+    if args.cpus:
+        # Before anything runs: every task, and every process it starts, inherits this.
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     if args.logfile:
         logging.basicConfig(
             filename=args.logfile,

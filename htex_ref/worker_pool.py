@@ -22,10 +22,19 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import zmq
 
+from htex_ref.core.affinity import (
+    accelerator_environment,
+    affinity_environment,
+    count_gpus,
+    format_cpu_affinity,
+    parse_cpu_affinity,
+    plan_accelerators,
+    plan_cpu_affinity,
+)
 from htex_ref.core.manager import (
     Exit,
     InterchangeConnected,
@@ -148,9 +157,28 @@ def node_resources() -> tuple[float, float]:
     return cores, mem
 
 
+def _fail(message: str) -> NoReturn:
+    logger.error("%s", message)
+    print(f"htex-worker-pool: {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    sys.exit(EXIT_BAD_PLAN)
+
+
+def physical_gpus() -> int | None:
+    """GPUs on this node according to ``nvidia-smi -L``, or None when it is missing or fails."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return count_gpus(out.stdout) if out.returncode == 0 else None
+
+
 class WorkerPool:
-    def __init__(self, args: argparse.Namespace, uid: str, logdir: str) -> None:
+    def __init__(self, args: argparse.Namespace, uid: str, logdir: str,
+                 cpu_plan: list[tuple[int, ...]] | None = None, devices: list[str] | None = None) -> None:
         self.args = args
+        self.cpu_plan = cpu_plan
+        self.devices = devices or []
         self.uid = uid
         self.logdir = logdir
         self.hostname = socket.gethostname()
@@ -231,8 +259,14 @@ class WorkerPool:
             "PARSL_WORKER_POOL_ID": self.uid,
             "PARSL_WORKER_BLOCK_ID": str(self.args.block_id),
         })
+        if self.cpu_plan is not None:
+            env.update(affinity_environment(self.cpu_plan[rank]))
+        if self.devices:
+            env.update(accelerator_environment(self.devices[rank]))
         cmd = [sys.executable, "-m", "htex_ref.worker", "--fd", str(theirs.fileno()), "--rank", str(rank),
                "--manager-pid", str(os.getpid()), "--logfile", os.path.join(self.logdir, f"worker_{rank}.log")]
+        if self.cpu_plan is not None:
+            cmd += ["--cpus", ",".join(map(str, self.cpu_plan[rank]))]
         if self.args.debug:
             cmd.append("--debug")
         try:
@@ -422,8 +456,15 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("htex-worker-pool %s uid %s block %s on %s: %s", __version__, uid, args.block_id,
                 socket.gethostname(), " ".join(sys.argv))
     cores, mem = node_resources()
+    try:
+        affinity = parse_cpu_affinity(args.cpu_affinity)
+    except ValueError as e:
+        _fail(f"cannot start any worker on {socket.gethostname()}: {e}")
+    max_workers = None if math.isinf(args.max_workers_per_node) else int(args.max_workers_per_node)
+    if affinity.strategy == "list" and max_workers is None:
+        max_workers = len(affinity.lists)  # one worker per listed thread set, unless told otherwise
     plan = plan_workers(
-        max_workers_per_node=args.max_workers_per_node if not math.isinf(args.max_workers_per_node) else None,
+        max_workers_per_node=max_workers,
         cores_per_worker=args.cores_per_worker,
         mem_per_worker=args.mem_per_worker,
         cores=cores,
@@ -432,12 +473,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     logger.info("Node has %s cores and %s GB available; planned %s", cores, mem, plan.explain())
     if plan.count < 1:
-        msg = f"htex-worker-pool: cannot start any worker on {socket.gethostname()}: {plan.explain()}"
-        logger.error(msg)
-        print(msg, file=sys.stderr, flush=True)
-        sys.exit(EXIT_BAD_PLAN)
+        _fail(f"cannot start any worker on {socket.gethostname()}: {plan.explain()}")
+    # Pinning is planned before any worker starts: a plan the node cannot satisfy stops the pool here,
+    # with the reason in the block's stderr, instead of failing inside each worker again and again.
+    available = sorted(os.sched_getaffinity(0))
+    try:
+        cpu_plan = plan_cpu_affinity(affinity, available, plan.count)
+    except ValueError as e:
+        _fail(f"cannot pin {plan.count} workers on {socket.gethostname()}: {e}")
+    devices: list[str] = []
+    if args.available_accelerators:
+        physical = physical_gpus()
+        devices = plan_accelerators(args.available_accelerators, plan.count, physical)
+        logger.info("Accelerators %s on %s physical GPUs: %s", args.available_accelerators, physical, devices)
+    if cpu_plan is not None:
+        logger.info("CPU affinity %s: %s", args.cpu_affinity, format_cpu_affinity(cpu_plan))
 
-    pool = WorkerPool(args, uid, logdir)
+    pool = WorkerPool(args, uid, logdir, cpu_plan, devices)
     code = EXIT_ERROR
     try:
         signal.signal(signal.SIGTERM, lambda s, f: setattr(pool, "stop_reason", "received SIGTERM"))
