@@ -31,3 +31,11 @@ def bench(session: nox.Session) -> None:
     """Benchmark htex_ref against Parsl's HTEx in the same run (Parsl gets its own environment)."""
     session.install("-e", ".")
     session.run("htex-ref", "bench", "--compare", "parsl", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Long property-test run of the affinity planner (hypothesis examples raised through HTEX_FUZZ_EXAMPLES)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "tests/unit/test_affinity.py", "-q", "-p", "no:cacheprovider", *session.posargs,
+                env={"HTEX_FUZZ_EXAMPLES": "20000"})
