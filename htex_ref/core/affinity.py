@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 STRATEGIES = ("none", "block", "block-reverse", "alternating")
+#: Above any Linux machine's CPU ids; a bound keeps a typo such as ``0-10230000000`` from expanding forever.
+MAX_THREAD_ID = 65535
 _TOKEN = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -62,6 +64,9 @@ def parse_cpu_affinity(text: str) -> AffinitySpec:
             hi = int(m.group(2)) if m.group(2) is not None else lo
             if hi < lo:
                 raise ValueError(f"cpu_affinity {text!r}: worker {rank}: range {token!r} is reversed")
+            if hi > MAX_THREAD_ID:
+                raise ValueError(f"cpu_affinity {text!r}: worker {rank}: {token!r} names thread {hi}, above the "
+                                 f"largest possible thread id {MAX_THREAD_ID}")
             for t in range(lo, hi + 1):
                 if t in owner:
                     who = "twice" if owner[t] == rank else f"for workers {owner[t]} and {rank}"
