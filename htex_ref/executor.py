@@ -40,6 +40,7 @@ from htex_ref.core.affinity import parse_cpu_affinity
 from htex_ref.core.planning import plan_workers
 from htex_ref.core.scaling import blocks_all_failed, choose_blocks_to_scale_in
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
+from htex_ref.core.strategy import STRATEGY_NAMES, BlockView, ScaleOut, Snapshot, StrategyMemory, decide
 from htex_ref.errors import (
     BadStateException,
     CommandTimeout,
@@ -75,7 +76,6 @@ KNOWN_SPEC_KEYS = frozenset(
     {"priority", "num_nodes", "ranks_per_node", "num_ranks", "launcher_options", "cores", "memory", "disk",
      "gpus", "running_time_min"}
 )
-STRATEGIES = ("none",)
 
 DEFAULT_LAUNCH_CMD = (
     "{worker_pool}{debug} --addresses={addresses} --port={worker_port} --cert-dir={cert_dir} "
@@ -285,8 +285,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         if run_dir is not None and not isinstance(run_dir, str | os.PathLike):
             raise TypeError(f"run_dir must be a path or None, got {run_dir!r}")
         self._run_dir_arg = run_dir
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {list(STRATEGIES)} in this release, got {strategy!r}")
+        if strategy not in STRATEGY_NAMES:
+            raise ValueError(f"strategy must be one of {list(STRATEGY_NAMES)}, got {strategy!r}")
         self.strategy = strategy
         for name, value in (("strategy_period", strategy_period), ("interchange_start_timeout",
                                                                      interchange_start_timeout)):
@@ -326,6 +326,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self._simulated_status: dict[str, JobStatus] = {}
         self._registered_blocks: set[str] = set()
         self._watch_thread: threading.Thread | None = None
+        self._strategy_memory = StrategyMemory()
+        self._block_submitted: dict[str, float] = {}
+        self._last_status: tuple[float, dict[str, JobStatus]] | None = None
 
     # ------------------------------------------------------------------------------ properties
 
@@ -391,9 +394,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 self._teardown()
                 raise
             _live_executors.add(self)
-            if self.strategy == "none" and self.provider.init_blocks:
-                self.scale_out(self.provider.init_blocks)
-            self._watch_thread = threading.Thread(target=self._watch_blocks, name=f"htex-{self.label}-blocks",
+            # The strategy's first pass launches init_blocks now, not one strategy_period later.
+            self._strategy_pass(first=True)
+            self._watch_thread = threading.Thread(target=self._control_loop, name=f"htex-{self.label}-scaling",
                                                   daemon=True)
             self._watch_thread.start()
 
@@ -739,6 +742,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 continue
             self.blocks_to_job_id[block_id] = job_id
             self.job_ids_to_block[job_id] = block_id
+            self._block_submitted[block_id] = time.monotonic()
             launched.append(block_id)
         return launched
 
@@ -797,15 +801,74 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         if blocks_all_failed({b: s.state.name for b, s in statuses.items()}, threshold):
             self.set_bad_state_and_fail_all(ScalingFailed(self._block_failure_message(statuses)))
 
-    def _watch_blocks(self) -> None:
-        interval = max(0.2, min(float(self.provider.status_polling_interval), 30.0))
+    def _control_loop(self) -> None:
+        """Every pass: refresh block status (at the provider's polling interval), apply the block error
+        handler, then the scaling strategy. Nothing scales once the executor is in bad state."""
+        status_interval = max(0.2, float(self.provider.status_polling_interval))
+        interval = max(0.1, min(status_interval, self.strategy_period))
         while not self._io_stop.wait(interval):
             if self._shutdown or self._bad_state is not None:
                 return
             try:
-                self.handle_block_errors(self.block_statuses())
+                now = time.monotonic()
+                if self._last_status is None or now - self._last_status[0] >= status_interval:
+                    self._last_status = (now, self.block_statuses())
+                    self.handle_block_errors(self._last_status[1])
+                if self.strategy != "none" and self._bad_state is None and not self._shutdown:
+                    self._strategy_pass()
             except Exception:
-                logger.exception("Block status check failed")
+                logger.exception("Scaling pass failed")
+
+    def _strategy_pass(self, first: bool = False) -> None:
+        if first:
+            statuses: dict[str, JobStatus] = {}
+            managers: list[dict[str, Any]] = []
+        else:
+            statuses = self._last_status[1] if self._last_status is not None else self.block_statuses()
+            managers = self.connected_managers()
+        now = time.monotonic()
+        views = []
+        for block_id, st in statuses.items():
+            mine = [m for m in managers if m["block_id"] == block_id]
+            busy = [m for m in mine if m["tasks"]]
+            views.append(BlockView(
+                block_id=block_id,
+                # A block scaled in or cancelled since the last status refresh is no longer live.
+                state="SCALED_IN" if block_id in self._simulated_status else st.state.name,
+                submitted_at=self._block_submitted.get(block_id, now),
+                registered=bool(mine) or block_id in self._registered_blocks,
+                tasks=sum(int(m["tasks"]) for m in mine),
+                idle_for=None if busy or not mine else min(float(m["idle_duration"]) for m in mine),
+                held=bool(mine) and not any(m["active"] for m in mine),
+            ))
+        p = self.provider
+        snap = Snapshot(
+            now=now, strategy=self.strategy, outstanding=self.outstanding, workers_per_node=self.workers_per_node,
+            nodes_per_block=p.nodes_per_block, parallelism=float(p.parallelism), init_blocks=p.init_blocks,
+            min_blocks=p.min_blocks, max_blocks=p.max_blocks, max_idletime=self.max_idletime, blocks=tuple(views),
+        )
+        decisions = decide(snap, self._strategy_memory)
+        for decision in decisions:
+            if isinstance(decision, ScaleOut):
+                logger.info("Strategy %s: scaling out by %d blocks", self.strategy, decision.blocks)
+                self.scale_out(decision.blocks)
+            else:
+                logger.info("Strategy %s: scaling in blocks %s", self.strategy, list(decision.block_ids))
+                for m in managers:
+                    if m["block_id"] in decision.block_ids and m["active"]:
+                        self.hold_manager(m["manager"])
+                self._cancel_blocks(list(decision.block_ids))
+        if decisions and not first and self._last_status is not None:
+            # Launches and cancels change what the next pass must see (a cheap, local refresh).
+            self._last_status = (self._last_status[0], self._with_changes(self._last_status[1]))
+
+    def _with_changes(self, statuses: dict[str, JobStatus]) -> dict[str, JobStatus]:
+        """Cached statuses plus blocks launched or scaled in since, without asking the provider."""
+        fresh = dict(statuses)
+        for block_id in self.blocks_to_job_id:
+            fresh.setdefault(block_id, JobStatus(JobState.PENDING, "submitted"))
+        fresh.update(self._simulated_status)
+        return fresh
 
     def scale_in(self, blocks: int) -> list[str]:
         """Cancel ``blocks`` blocks, idle ones first; returns the ids cancelled. ``scale_in(0)`` does nothing."""
