@@ -891,6 +891,12 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         done = [b for b, ok in zip(block_ids, oks, strict=True) if ok]
         for b in done:
             self._simulated_status[b] = JobStatus(JobState.SCALED_IN, "scaled in by the executor")
+            if not self._shutdown and self._bad_state is None:
+                try:
+                    # Its managers are gone now; the interchange need not wait heartbeat_threshold to know.
+                    self._command("block_cancelled", b)
+                except Exception:
+                    logger.exception("Could not tell the interchange that block %s was cancelled", b)
         return done
 
     # ----------------------------------------------------------------------------- failure

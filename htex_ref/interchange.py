@@ -44,6 +44,7 @@ import zmq
 
 from htex_ref.core.interchange import (
     AcceptRegistration,
+    BlockCancelled,
     ForwardResults,
     HoldManager,
     InterchangeState,
@@ -189,6 +190,8 @@ class Interchange:
                     args = body.get("args") or []
                     if body.get("op") == "hold_manager" and args and isinstance(args[0], str):
                         events.append(HoldManager(args[0].encode()))
+                    elif body.get("op") == "block_cancelled" and args and isinstance(args[0], str):
+                        events.append(BlockCancelled(args[0]))
                     self._commands.append((unpack_request_id(frames[1]), body))
                 elif kind == Kind.STOP:
                     events.append(ShutdownAll("the executor shut down"))
@@ -254,6 +257,8 @@ class Interchange:
             }
         elif op == "ping":
             reply = "pong"
+        elif op == "block_cancelled":
+            reply = True
         else:
             reply = {"error": f"unknown command {op!r}"}
         self.to_exec([Kind.REPLY, pack_request_id(request_id), dump_json(reply)])

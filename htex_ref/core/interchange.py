@@ -147,6 +147,13 @@ class ShutdownAll:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class BlockCancelled:
+    """The executor cancelled this block's job: its managers are gone, whether or not they said so."""
+
+    block_id: str
+
+
 Event = (
     TaskSubmitted
     | ManagerRegistered
@@ -155,6 +162,7 @@ Event = (
     | ManagerGoodbye
     | HoldManager
     | ShutdownAll
+    | BlockCancelled
 )
 
 
@@ -384,6 +392,11 @@ class InterchangeState:
             self._fail_tasks(rec, f"the interchange is shutting down: {ev.reason}")
             self._forget(rec, stop_reason=ev.reason)
 
+    def _on_block_cancelled(self, ev: BlockCancelled, now: float) -> None:
+        for rec in [r for r in self.managers.values() if r.block_id == ev.block_id]:
+            self._fail_tasks(rec, f"its block {ev.block_id} was cancelled by the executor")
+            self._forget(rec, stop_reason=f"block {ev.block_id} was cancelled")
+
     _handlers: dict[type, Any] = {
         TaskSubmitted: _on_task,
         ManagerRegistered: _on_register,
@@ -392,6 +405,7 @@ class InterchangeState:
         ManagerGoodbye: _on_goodbye,
         HoldManager: _on_hold,
         ShutdownAll: _on_shutdown,
+        BlockCancelled: _on_block_cancelled,
     }
 
     # ---------------------------------------------------------------------------------- timers

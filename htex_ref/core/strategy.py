@@ -118,6 +118,11 @@ def decide(snap: Snapshot, memory: StrategyMemory) -> list[Decision]:
     per_block = max(1, snap.nodes_per_block * snap.workers_per_node)
     room = max(0, snap.max_blocks - n_live)
     out: list[Decision] = []
+    # The idle timer follows the work on every pass, whatever else the pass decides.
+    if snap.outstanding > 0:
+        memory.no_work_since = None
+    elif memory.no_work_since is None:
+        memory.no_work_since = snap.now
 
     if not memory.first_pass_done:
         memory.first_pass_done = True
@@ -131,7 +136,6 @@ def decide(snap: Snapshot, memory: StrategyMemory) -> list[Decision]:
         return [ScaleOut(min(snap.min_blocks - n_live, room))]
 
     if snap.outstanding > 0:
-        memory.no_work_since = None
         slots = n_live * per_block
         demand = snap.outstanding * snap.parallelism
         if (slots == 0 or slots < demand) and room:
@@ -148,8 +152,7 @@ def decide(snap: Snapshot, memory: StrategyMemory) -> list[Decision]:
         return out
 
     # No outstanding task.
-    if memory.no_work_since is None:
-        memory.no_work_since = snap.now
+    assert memory.no_work_since is not None
     if n_live > snap.min_blocks and snap.now - memory.no_work_since >= snap.max_idletime:
         chosen = tuple(b.block_id for b in _scale_in_order(live, snap.now)[: n_live - snap.min_blocks])
         if chosen:

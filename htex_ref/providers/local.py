@@ -28,6 +28,22 @@ class _Job:
     final: JobStatus | None = None
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running (zombies waiting to be reaped do not count)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
 def render_script(worker_init: str, job_name: str, launcher_text: str) -> str:
     return f"#!/bin/bash\n{worker_init}\nexport JOBNAME={job_name}\n{launcher_text}\n"
 
@@ -143,12 +159,11 @@ class LocalProvider(ExecutionProvider):
                 job.cancelled = True
                 self._signal(job, signal.SIGTERM)
                 live.append(job)
+        # Give the whole group (the worker pool, not only the script) the grace period to exit cleanly.
         deadline = time.monotonic() + self.cancel_grace
         for job in live:
-            try:
-                job.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+            while time.monotonic() < deadline and _group_running(job.proc.pid):
+                time.sleep(0.02)
         for job in live:
             # Anything left in the job's process group (pool, workers) gets SIGKILL.
             self._signal(job, signal.SIGKILL)

@@ -1,0 +1,62 @@
+"""The executor's own scaling loop with LocalProvider blocks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from htex_ref import LocalProvider
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def live_blocks(ex: Any) -> list[str]:
+    return [b for b, s in ex.status().items() if not s.terminal]
+
+
+@pytest.mark.parametrize("strategy", ["simple", "htex_auto_scale"])
+def test_scale_out_to_max_then_in_to_min(make_executor: Any, strategy: str) -> None:
+    ex = make_executor(strategy=strategy, strategy_period=0.2, max_idletime=1.0, max_workers_per_node=1,
+                       prefetch_capacity=0,
+                       provider=LocalProvider(init_blocks=0, min_blocks=1, max_blocks=3))
+    # min_blocks applies at once, even with no work.
+    assert wait_until(lambda: len(live_blocks(ex)) == 1, 15)
+    futures = [ex.submit(nap, 0.4) for _ in range(18)]
+    assert wait_until(lambda: len(ex.connected_managers()) == 3, 30), "did not scale out to max_blocks"
+    assert [f.result(60) for f in futures] == [0.4] * 18
+    assert len(ex.blocks_to_job_id) <= 3  # never more blocks launched than max_blocks
+    # Idle for max_idletime: back to min_blocks, and it stays there.
+    assert wait_until(lambda: len(live_blocks(ex)) == 1, 20), "did not scale in to min_blocks"
+    assert wait_until(lambda: len(ex.connected_managers()) == 1, 10)
+    time.sleep(1.5)
+    assert len(live_blocks(ex)) == 1
+    assert not ex.bad_state_is_set
+    assert ex.submit(nap, 0).result(30) == 0
+
+
+def test_block_that_never_registers_is_scaled_in_without_bad_state(make_executor: Any) -> None:
+    ex = make_executor(strategy="htex_auto_scale", strategy_period=0.2, max_idletime=1.0,
+                       launch_cmd="sleep 600 # {block_id}",
+                       provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1))
+    assert ex.status()["0"].state.name == "RUNNING"
+    assert wait_until(lambda: ex.status()["0"].state.name == "SCALED_IN", 15)
+    assert ex.connected_blocks() == []
+    time.sleep(1.5)  # several more passes: neither a new block nor a block failure
+    assert not ex.bad_state_is_set
+    assert list(ex.status()) == ["0"]
+
+
+def test_none_strategy_launches_init_blocks_only(make_executor: Any) -> None:
+    ex = make_executor(strategy="none", strategy_period=0.2, max_workers_per_node=1,
+                       provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=3))
+    futures = [ex.submit(nap, 0.2) for _ in range(6)]
+    assert [f.result(60) for f in futures] == [0.2] * 6
+    assert list(ex.blocks_to_job_id) == ["0"]
