@@ -27,7 +27,8 @@ from dataclasses import dataclass
 STRATEGIES = ("none", "block", "block-reverse", "alternating")
 #: Above any Linux machine's CPU ids; a bound keeps a typo such as ``0-10230000000`` from expanding forever.
 MAX_THREAD_ID = 65535
-_TOKEN = re.compile(r"^(\d+)(?:-(\d+))?$")
+_TOKEN = re.compile(r"^([0-9]+)(?:-([0-9]+))?$")  # ASCII digits only: "٣" is not thread 3
+_DEVICE_INDEX = re.compile(r"^[0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def plan_accelerators(entries: Sequence[str], workers: int, physical: int | None
         raise ValueError(f"{workers} workers but only {len(entries)} accelerator entries")
     chosen = list(entries[:workers])
     n = len(entries)
-    if physical and 0 < physical < n and all(e.isdigit() for e in entries):
+    if physical and 0 < physical < n and all(_DEVICE_INDEX.match(e) for e in entries):
         return [str(i * physical // n) for i in range(workers)]
     return chosen
 
