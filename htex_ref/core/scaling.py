@@ -1,4 +1,8 @@
-"""Block choice for scale-in as a pure function (the full scaling policies come with their own issue).
+"""Block choice for the executor's explicit ``scale_in(n)`` (Parsl's API), and the block-failure rule.
+
+The automatic scaling policy has its own, stricter order in ``htex_ref.core.strategy`` (it never
+cancels a block with tasks and prefers idle registered blocks to pending ones); this one serves a user
+who asks for n blocks to go, so it may take busy blocks last, as Parsl does.
 
 ``choose_blocks_to_scale_in`` ranks live blocks so that the cheapest to lose go first: blocks whose
 managers are all held (they get no work anyway), then blocks with no tasks before busy ones, and among
