@@ -806,6 +806,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         handler, then the scaling strategy. Nothing scales once the executor is in bad state."""
         status_interval = max(0.2, float(self.provider.status_polling_interval))
         interval = max(0.1, min(status_interval, self.strategy_period))
+        last_pass = time.monotonic()
         while not self._io_stop.wait(interval):
             if self._shutdown or self._bad_state is not None:
                 return
@@ -814,7 +815,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 if self._last_status is None or now - self._last_status[0] >= status_interval:
                     self._last_status = (now, self.block_statuses())
                     self.handle_block_errors(self._last_status[1])
-                if self.strategy != "none" and self._bad_state is None and not self._shutdown:
+                if (self.strategy != "none" and self._bad_state is None and not self._shutdown
+                        and now - last_pass >= self.strategy_period - 1e-3):
+                    last_pass = now
                     self._strategy_pass()
             except Exception:
                 logger.exception("Scaling pass failed")

@@ -16,14 +16,15 @@ Terms, per pass:
 Rules (``none`` does only the first):
 
 1. First pass: scale out to ``init_blocks`` (counting blocks already live).
-2. Below ``min_blocks`` live: scale out to ``min_blocks``.
+2. Below ``min_blocks`` live: scale out to ``min_blocks`` (in the same pass as rule 3, taking the larger).
 3. Outstanding tasks and ``slots < demand`` (or no slots at all): scale out
    ``ceil((demand - slots) / (nodes_per_block x workers_per_node))`` blocks, never above ``max_blocks``
    counting live ones. Rounding up: 49 tasks on 48-worker blocks need 2 blocks.
 4. No outstanding task for ``max_idletime`` seconds: scale in down to ``min_blocks``.
 5. ``htex_auto_scale`` only, with outstanding tasks: scale in
    ``floor((slots - demand) / (nodes_per_block x workers_per_node))`` blocks, but only registered blocks
-   with no task that have been idle ``max_idletime``, and never below ``min_blocks``. Rounding down:
+   with no task that are held (they get no work anyway) or have been idle ``max_idletime``, and never
+   below ``min_blocks``. Rounding down:
    14 tasks on one 48-worker block frees nothing, so the block Parsl would cancel stays.
 
 Scale-in picks, in order: blocks whose managers are all held, idle registered blocks (longest idle
@@ -132,15 +133,14 @@ def decide(snap: Snapshot, memory: StrategyMemory) -> list[Decision]:
     if snap.strategy == "none":
         return out
 
-    if n_live < snap.min_blocks and room:
-        return [ScaleOut(min(snap.min_blocks - n_live, room))]
-
+    below_min = max(0, snap.min_blocks - n_live)
     if snap.outstanding > 0:
         slots = n_live * per_block
         demand = snap.outstanding * snap.parallelism
-        if (slots == 0 or slots < demand) and room:
-            need = max(1, math.ceil((demand - slots) / per_block))
-            return [ScaleOut(min(need, room))]
+        need = max(1, math.ceil((demand - slots) / per_block)) if slots == 0 or slots < demand else 0
+        # One scale-out covers both min_blocks and the demand, in the same pass.
+        if max(need, below_min) and room:
+            return [ScaleOut(min(max(need, below_min), room))]
         if snap.strategy == "htex_auto_scale" and slots > demand and n_live > snap.min_blocks:
             excess = math.floor((slots - demand) / per_block)
             excess = min(excess, n_live - snap.min_blocks)
@@ -152,6 +152,8 @@ def decide(snap: Snapshot, memory: StrategyMemory) -> list[Decision]:
         return out
 
     # No outstanding task.
+    if below_min and room:
+        return [ScaleOut(min(below_min, room))]
     assert memory.no_work_since is not None
     if n_live > snap.min_blocks and snap.now - memory.no_work_since >= snap.max_idletime:
         chosen = tuple(b.block_id for b in _scale_in_order(live, snap.now)[: n_live - snap.min_blocks])
