@@ -843,6 +843,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 tasks=sum(int(m["tasks"]) for m in mine),
                 idle_for=None if busy or not mine else min(float(m["idle_duration"]) for m in mine),
                 held=bool(mine) and not any(m["active"] for m in mine),
+                workers=sum(int(m["worker_count"]) for m in mine) if mine else None,
             ))
         p = self.provider
         snap = Snapshot(

@@ -10,7 +10,8 @@ Terms, per pass:
 - *live* blocks: every block whose job is not in a terminal state: pending, running, held or unknown.
   Held and unknown jobs count as live for ``max_blocks`` and for capacity, so an unclear state never
   makes the policy submit more.
-- *slots* = live blocks x ``nodes_per_block`` x ``workers_per_node``.
+- *slots* = for each live block, the workers its managers actually run once one has registered, else
+  ``nodes_per_block`` x ``workers_per_node`` (the executor's estimate).
 - *demand* = outstanding tasks x ``parallelism``.
 
 Rules (``none`` does only the first):
@@ -56,6 +57,8 @@ class BlockView:
     idle_for: float | None = None
     #: True when every registered manager of the block is held.
     held: bool = False
+    #: Workers its registered managers actually run; None until one registers (then the estimate counts).
+    workers: int | None = None
 
     @property
     def live(self) -> bool:
@@ -135,7 +138,7 @@ def decide(snap: Snapshot, memory: StrategyMemory) -> list[Decision]:
 
     below_min = max(0, snap.min_blocks - n_live)
     if snap.outstanding > 0:
-        slots = n_live * per_block
+        slots = sum(b.workers if b.workers is not None else per_block for b in live)
         demand = snap.outstanding * snap.parallelism
         need = max(1, math.ceil((demand - slots) / per_block)) if slots == 0 or slots < demand else 0
         # One scale-out covers both min_blocks and the demand, in the same pass.

@@ -460,3 +460,16 @@ def test_min_blocks_and_demand_are_met_in_one_pass() -> None:
     idle = Snapshot(now=0.0, strategy="simple", outstanding=0, workers_per_node=1, nodes_per_block=1,
                     parallelism=1.0, init_blocks=0, min_blocks=2, max_blocks=20, max_idletime=60.0)
     assert decide(idle, StrategyMemory(first_pass_done=True)) == [ScaleOut(2)]
+
+
+def test_slots_count_the_workers_managers_actually_run() -> None:
+    # Estimated 48 workers per block, but the registered block's node runs only 8: 20 tasks need more.
+    small = BlockView("0", "RUNNING", submitted_at=0.0, registered=True, idle_for=None, tasks=8, workers=8)
+    s = Snapshot(now=10.0, strategy="simple", outstanding=20, workers_per_node=48, nodes_per_block=1,
+                 parallelism=1.0, init_blocks=1, min_blocks=0, max_blocks=5, max_idletime=60.0, blocks=(small,))
+    assert decide(s, StrategyMemory(first_pass_done=True)) == [ScaleOut(1)]
+    # The estimate alone would have been enough capacity.
+    estimated = BlockView("0", "RUNNING", submitted_at=0.0, registered=True, tasks=8)
+    s2 = Snapshot(now=10.0, strategy="simple", outstanding=20, workers_per_node=48, nodes_per_block=1,
+                  parallelism=1.0, init_blocks=1, min_blocks=0, max_blocks=5, max_idletime=60.0, blocks=(estimated,))
+    assert decide(s2, StrategyMemory(first_pass_done=True)) == []
