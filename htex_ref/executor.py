@@ -452,6 +452,17 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     # ----------------------------------------------------------------------------- result thread
 
     def _io_loop(self) -> None:
+        try:
+            self._io_loop_body()
+        except BaseException as e:
+            # The thread that resolves futures must not die silently: nobody else would resolve them.
+            logger.exception("The result thread failed")
+            if not self._shutdown:
+                self.set_bad_state_and_fail_all(InterchangeError(
+                    f"the executor's result thread failed ({type(e).__name__}: {e}); see the log of {__name__}"))
+                self._ready.set()
+
+    def _io_loop_body(self) -> None:
         assert self._sock is not None and self._writer is not None and self._ix_pidfd is not None
         sock_fd = self._sock.fileno()
         reader = StreamReader(self._sock)
@@ -494,7 +505,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                                     continue
                                 try:
                                     ok, value = decode_outcome(outcome, payload)
-                                except Exception as e:  # never leave a popped future unresolved
+                                except BaseException as e:  # never leave a popped future unresolved
                                     ok, value = False, DeserializationError(
                                         f"result of task {task_id} could not be decoded: {type(e).__name__}: {e}")
                                 try:

@@ -399,3 +399,33 @@ def test_provider_submit_failure_fails_the_executor_with_its_message(make_execut
     with pytest.raises(BadStateException, match="queue is closed for maintenance"):
         ex.submit(square, 2).result(30)
     assert ex.block_statuses()["0"].state.name == "MISSING"
+
+
+def test_result_thread_failure_fails_outstanding_futures(make_executor: Any, monkeypatch: Any) -> None:
+    import htex_ref.executor as executor_module
+
+    ex = make_executor(max_workers_per_node=1)
+    assert ex.submit(square, 2).result(30) == 4
+    slow = ex.submit(sleep_then, 1.0, "late")
+
+    def broken(frames: Any, start: int = 1) -> Any:
+        raise SystemExit("simulated internal failure")  # escapes the per-message handler
+
+    monkeypatch.setattr(executor_module, "split_results", broken)
+    with pytest.raises(BadStateException, match="result thread failed"):
+        slow.result(30)
+
+
+def test_a_popped_future_always_resolves(make_executor: Any, monkeypatch: Any) -> None:
+    import htex_ref.executor as executor_module
+    from htex_ref import DeserializationError
+
+    ex = make_executor(max_workers_per_node=1)
+    assert ex.submit(square, 2).result(30) == 4
+
+    def broken(outcome: Any, payload: Any) -> Any:
+        raise SystemExit("simulated failure while decoding")
+
+    monkeypatch.setattr(executor_module, "decode_outcome", broken)
+    with pytest.raises(DeserializationError, match="SystemExit"):
+        ex.submit(square, 3).result(30)
