@@ -8,14 +8,18 @@ when it next needs to be called even if nothing arrives.
 
 Rules it keeps:
 
-1. A task is in exactly one place: the pending queue, or the task set of one manager.
-2. A manager's task set never exceeds its capacity (workers + prefetch), or, with automatic
+1. Tasks leave the queue lowest priority value first, and in arrival order within a priority (the
+   executor hands out task ids in submit order, so that is also task-id order).
+2. A task is in exactly one place: the pending queue, or the task set of one manager.
+3. A manager's task set never exceeds its capacity (workers + prefetch), or, with automatic
    prefetch, that plus ``AUTO_PREFETCH_MAX_PER_WORKER`` per worker (see ``_prefetch``).
-3. Held, draining or expired managers receive no tasks.
-4. Every task handed to a manager ends in exactly one forwarded result: the manager's, or a
+4. Held, draining or expired managers receive no tasks.
+5. Every task handed to a manager ends in exactly one forwarded result: the manager's, or a
    ``MANAGER_LOST`` result made here when the manager expires or says goodbye. Late messages from a
    forgotten manager are ignored, never fatal.
-5. Time comes only from ``now`` arguments.
+6. Time comes only from ``now`` arguments.
+7. Dispatch never scans the manager table: managers that can take work are kept in candidate pools
+   (``htex_ref.core.selectors``) updated by events, so a task costs the same with 1 or 1,000 managers.
 """
 
 from __future__ import annotations
@@ -102,6 +106,60 @@ class ManagerRecord:
             "last_heartbeat_age": now - self.last_seen,
             "avg_task_time": self.avg_task_time,
         }
+
+
+class PendingQueue:
+    """Tasks waiting for a manager: lowest priority value first, in arrival order within a priority.
+
+    One list per distinct priority, with a read position, and a heap of the priorities present. Taking
+    n tasks is a slice of one or a few lists, not n heap operations: most runs use one priority (none),
+    and this is the interchange's hottest structure.
+    """
+
+    __slots__ = ("_count", "_heads", "_levels", "_priorities")
+
+    #: A level's list is compacted when this many taken tasks lie before its read position.
+    COMPACT_AT = 4096
+
+    def __init__(self) -> None:
+        self._levels: dict[float, list[QueuedTask]] = {}
+        self._heads: dict[float, int] = {}
+        self._priorities: list[float] = []
+        self._count = 0
+
+    def push(self, task: QueuedTask) -> None:
+        level = self._levels.get(task.priority)
+        if level is None:
+            level = self._levels[task.priority] = []
+            self._heads[task.priority] = 0
+            heapq.heappush(self._priorities, task.priority)
+        level.append(task)
+        self._count += 1
+
+    def take(self, n: int) -> list[QueuedTask]:
+        """Remove and return up to ``n`` tasks in order."""
+        out: list[QueuedTask] = []
+        while n > 0 and self._priorities:
+            priority = self._priorities[0]
+            level = self._levels[priority]
+            head = self._heads[priority]
+            chunk = level[head : head + n]
+            out.extend(chunk)
+            head += len(chunk)
+            n -= len(chunk)
+            if head >= len(level):
+                del self._levels[priority], self._heads[priority]
+                heapq.heappop(self._priorities)
+            elif head >= self.COMPACT_AT and 2 * head >= len(level):
+                del level[:head]
+                self._heads[priority] = 0
+            else:
+                self._heads[priority] = head
+        self._count -= len(out)
+        return out
+
+    def __len__(self) -> int:
+        return self._count
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -238,10 +296,17 @@ class InterchangeState:
         self.protocol_version = protocol_version
         self.managers: dict[bytes, ManagerRecord] = {}
         self.block_history: list[str] = []
+        self._blocks_seen: set[str] = set()
         self.tasks_dispatched = 0
-        self._pending: list[tuple[float, int, QueuedTask]] = []
-        # Managers that could take work now: registered, active, not draining, free > 0.
-        self._free: dict[bytes, ManagerRecord] = {}
+        #: ``now`` of the last pass that dispatched a task (for load measurements); None before.
+        self.last_dispatch_at: float | None = None
+        self._pending = PendingQueue()
+        # Managers that could take work now (registered, active, not draining, free > 0), and, with
+        # automatic prefetch, those full ones that may queue more. Both are kept up to date by events
+        # (``_refresh_free``), so choosing a manager never scans the table.
+        self._free = self.selector.new_pool()
+        self._prefetchable = self.selector.new_pool()
+        self._in_flight = 0
         # Lazy timer queue: (when, seq, kind, manager id). An entry is checked against the record
         # when it comes due, so contacts never touch the heap.
         self._timers: list[tuple[float, int, str, bytes, int]] = []
@@ -259,7 +324,7 @@ class InterchangeState:
 
     @property
     def in_flight_count(self) -> int:
-        return sum(len(m.tasks) for m in self.managers.values())
+        return self._in_flight
 
     def handle(self, *events: Event, now: float) -> list[Instruction]:
         """Apply ``events`` in order, fire due timers, dispatch; return what the runtime must do."""
@@ -293,8 +358,7 @@ class InterchangeState:
     # ---------------------------------------------------------------------------------- events
 
     def _on_task(self, ev: TaskSubmitted, now: float) -> None:
-        t = ev.task
-        heapq.heappush(self._pending, (t.priority, t.task_id, t))
+        self._pending.push(ev.task)
 
     def _on_register(self, ev: ManagerRegistered, now: float) -> None:
         reg = ev.registration
@@ -318,7 +382,8 @@ class InterchangeState:
         rec = ManagerRecord(manager_id=mid, registration=reg, registered_at=now, last_seen=now, idle_since=now,
                             generation=next(self._generation))
         self.managers[mid] = rec
-        if reg.block_id is not None and reg.block_id not in self.block_history:
+        if reg.block_id is not None and reg.block_id not in self._blocks_seen:
+            self._blocks_seen.add(reg.block_id)
             self.block_history.append(reg.block_id)
         self._push_timer(now + self.heartbeat_threshold, "expire", rec)
         if reg.drain_in is not None:
@@ -359,6 +424,7 @@ class InterchangeState:
             if result[1] <= Outcome.EXCEPTION and math.isfinite(run_time) and run_time >= 0:
                 avg = run_time if avg is None else 0.9 * avg + 0.1 * run_time
             accepted.append(result)
+        self._in_flight -= len(accepted)
         rec.avg_task_time = avg
         if ev.raw is not None and len(accepted) == len(ev.results):
             self._raw_results.append(ev.raw)
@@ -385,7 +451,7 @@ class InterchangeState:
             logger.warning("Cannot hold unknown manager %r", ev.manager_id)
             return
         rec.active = False
-        self._free.pop(rec.manager_id, None)
+        self._refresh_free(rec)
 
     def _on_shutdown(self, ev: ShutdownAll, now: float) -> None:
         for rec in list(self.managers.values()):
@@ -433,64 +499,82 @@ class InterchangeState:
                 self._forget(rec)
             elif kind == "drain" and not rec.draining:
                 rec.draining = True
-                self._free.pop(mid, None)
+                self._refresh_free(rec)
                 if not rec.tasks:
                     self._forget(rec, stop_reason="drained")
 
     # -------------------------------------------------------------------------------- dispatch
 
     def _refresh_free(self, rec: ManagerRecord) -> None:
-        if rec.active and not rec.draining and rec.free > 0 and rec.manager_id in self.managers:
-            self._free[rec.manager_id] = rec
+        """Put ``rec`` in the candidate pool its state calls for; called whenever that state changes."""
+        mid = rec.manager_id
+        eligible = rec.active and not rec.draining and mid in self.managers
+        if eligible and rec.free > 0:
+            self._free.add(mid, rec.block_id)
+            self._prefetchable.discard(mid)
+            return
+        self._free.discard(mid)
+        if eligible and self.auto_prefetch and self._prefetch_room(rec) > 0:
+            self._prefetchable.add(mid, rec.block_id)
         else:
-            self._free.pop(rec.manager_id, None)
+            self._prefetchable.discard(mid)
 
     def _dispatch(self, now: float) -> None:
         pending = self._pending
+        if not pending:
+            return
         batches: dict[bytes, list[QueuedTask]] = {}
-        while pending and self._free:
-            mid = self.selector.choose(self._free)
-            rec = self._free[mid]
+        free = self._free
+        while pending and free:
+            rec = self.managers[free.choose()]
             n = min(rec.free, len(pending))
-            self._hand_over(rec, [heapq.heappop(pending)[2] for _ in range(n)], batches)
-            if rec.free <= 0:
-                del self._free[mid]
+            self._hand_over(rec, pending.take(n), batches)
+            self._refresh_free(rec)
         if pending and self.auto_prefetch:
             self._prefetch(batches)
         # One message per manager per pass, whatever mix of slots and prefetch filled it.
-        self._out.extend(SendTasks(mid, batch) for mid, batch in batches.items())
+        if batches:
+            self.last_dispatch_at = now
+            self._out.extend(SendTasks(mid, batch) for mid, batch in batches.items())
 
     def _hand_over(self, rec: ManagerRecord, batch: list[QueuedTask], batches: dict[bytes, list[QueuedTask]]) -> None:
         rec.tasks.update(t.task_id for t in batch)
         rec.idle_since = None
         self.tasks_dispatched += len(batch)
+        self._in_flight += len(batch)
         batches.setdefault(rec.manager_id, []).extend(batch)
+
+    def _prefetch_room(self, rec: ManagerRecord) -> int:
+        """How many tasks automatic prefetch would queue on ``rec`` now (0: none).
+
+        A manager whose recent calls were short (where the round trip would leave its workers idle
+        between tasks) may queue about ``AUTO_PREFETCH_BUFFER_S`` of work per worker: at least one task
+        and at most ``AUTO_PREFETCH_MAX_PER_WORKER`` per worker. Calls longer than
+        ``auto_prefetch_max_task_time`` never prefetch, so a long task never waits behind another on a
+        node while a worker elsewhere is free, and at the end of a run no worker is left with more than
+        about ``AUTO_PREFETCH_BUFFER_S`` of queued work while others idle. It tops up in batches of at
+        least half the allowance: fewer, larger messages.
+        """
+        avg = rec.avg_task_time
+        if avg is None or avg > self.auto_prefetch_max_task_time:
+            return 0
+        per_worker = AUTO_PREFETCH_MAX_PER_WORKER if avg <= 0 else int(AUTO_PREFETCH_BUFFER_S / avg)
+        per_worker = max(1, min(AUTO_PREFETCH_MAX_PER_WORKER, per_worker))
+        allowance = rec.worker_count * per_worker
+        room = rec.capacity + allowance - len(rec.tasks)
+        return room if room > 0 and room >= allowance // 2 else 0
 
     def _prefetch(self, batches: dict[bytes, list[QueuedTask]]) -> None:
         """Automatic prefetch: reached only when every worker slot of every manager is taken and tasks
-        still wait. Then a manager whose recent calls were short (where the round trip would leave its
-        workers idle between tasks) may queue about ``AUTO_PREFETCH_BUFFER_S`` of work per worker: at
-        least one task and at most ``AUTO_PREFETCH_MAX_PER_WORKER`` per worker. Calls longer than
-        ``auto_prefetch_max_task_time`` never prefetch, so a long task never waits behind another on a
-        node while a worker elsewhere is free, and at the end of a run no worker is left with more than
-        about ``AUTO_PREFETCH_BUFFER_S`` of queued work while others idle.
-        """
-        limit = self.auto_prefetch_max_task_time
-        for rec in self.managers.values():
-            if not self._pending:
-                return
-            avg = rec.avg_task_time
-            if not rec.active or rec.draining or avg is None or avg > limit:
-                continue
-            per_worker = AUTO_PREFETCH_MAX_PER_WORKER if avg <= 0 else int(AUTO_PREFETCH_BUFFER_S / avg)
-            per_worker = max(1, min(AUTO_PREFETCH_MAX_PER_WORKER, per_worker))
-            allowance = rec.worker_count * per_worker
-            room = rec.capacity + allowance - len(rec.tasks)
-            # Top up in batches of at least half the allowance: fewer, larger messages.
-            if room <= 0 or room < allowance // 2:
-                continue
-            batch = [heapq.heappop(self._pending)[2] for _ in range(min(room, len(self._pending)))]
+        still wait; see ``_prefetch_room``."""
+        pending = self._pending
+        pool = self._prefetchable
+        while pending and pool:
+            rec = self.managers[pool.choose()]
+            room = self._prefetch_room(rec)
+            batch = pending.take(room)
             self._hand_over(rec, batch, batches)
+            self._refresh_free(rec)
 
     # ------------------------------------------------------------------------------- forgetting
 
@@ -499,11 +583,13 @@ class InterchangeState:
             return
         payload = lost_payload(rec.registration.uid, rec.registration.hostname, detail)
         self._results.extend((tid, Outcome.MANAGER_LOST, payload, 0.0) for tid in sorted(rec.tasks))
+        self._in_flight -= len(rec.tasks)
         rec.tasks.clear()
 
     def _forget(self, rec: ManagerRecord, stop_reason: str | None = None) -> None:
         self.managers.pop(rec.manager_id, None)
-        self._free.pop(rec.manager_id, None)
+        self._free.discard(rec.manager_id)
+        self._prefetchable.discard(rec.manager_id)
         if stop_reason is not None:
             self._out.append(StopManager(rec.manager_id, stop_reason))
 
