@@ -55,21 +55,27 @@ def encode(frames: list[Frame] | list[bytes]) -> bytes:
 SHARE_THRESHOLD = 1 << 16
 
 
+def frame_table(body: bytes | bytearray | memoryview) -> tuple[tuple[int, ...], int]:
+    """The frame lengths of a message body and the offset of its first frame, checked against its size."""
+    if len(body) < 4:
+        raise ProtocolError("message body too short")
+    (n,) = _U32.unpack_from(body, 0)
+    if n > MAX_FRAMES or 4 + 8 * n > len(body):
+        raise ProtocolError(f"bad frame count {n}")
+    lengths: tuple[int, ...] = _lengths_struct(n).unpack_from(body, 0)[1:]
+    offset = 4 + 8 * n
+    if offset + sum(lengths) != len(body):
+        raise ProtocolError("frame lengths do not add up to the body length")
+    return lengths, offset
+
+
 def decode_body(body: bytes | bytearray | memoryview, share: bool = False) -> list[Frame]:
     """Split a message body into frames.
 
     With ``share``, frames of ``SHARE_THRESHOLD`` bytes or more are memoryviews into ``body`` (which must
     not be reused afterwards); smaller frames, and all frames without ``share``, are ``bytes`` copies.
     """
-    if len(body) < 4:
-        raise ProtocolError("message body too short")
-    (n,) = _U32.unpack_from(body, 0)
-    if n > MAX_FRAMES or 4 + 8 * n > len(body):
-        raise ProtocolError(f"bad frame count {n}")
-    lengths = struct.unpack_from(f"<{n}Q", body, 4)
-    offset = 4 + 8 * n
-    if offset + sum(lengths) != len(body):
-        raise ProtocolError("frame lengths do not add up to the body length")
+    lengths, offset = frame_table(body)
     view = memoryview(body)
     frames: list[Frame] = []
     for length in lengths:

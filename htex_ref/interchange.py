@@ -80,6 +80,8 @@ from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 logger = logging.getLogger("htex_ref.interchange")
 
+_REGISTERED_BODY = dump_json({"interchange_version": __version__})
+
 #: Messages drained from one socket per loop pass, so one busy peer cannot starve the others.
 DRAIN_LIMIT = 2000
 
@@ -254,6 +256,8 @@ class Interchange:
                 "dispatched": self.state.tasks_dispatched,
                 "managers": len(self.state.managers),
                 "bad_frames": self.bad_frames,
+                # CLOCK_MONOTONIC is shared by the processes of one host, so the executor can compare.
+                "last_dispatch_at": self.state.last_dispatch_at,
             }
         elif op == "ping":
             reply = "pong"
@@ -278,8 +282,7 @@ class Interchange:
             elif isinstance(ins, ReplyHeartbeat):
                 router.send_multipart([ins.manager_id, Kind.HEARTBEAT])
             elif isinstance(ins, AcceptRegistration):
-                body = dump_json({"interchange_version": __version__})
-                router.send_multipart([ins.manager_id, Kind.REGISTERED, body])
+                router.send_multipart([ins.manager_id, Kind.REGISTERED, _REGISTERED_BODY])
             elif isinstance(ins, RejectRegistration):
                 router.send_multipart([ins.manager_id, Kind.REJECTED, dump_json({"reason": ins.reason})])
                 if ins.mismatch is not None:

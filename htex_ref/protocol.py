@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from htex_ref.errors import ProtocolError
-from htex_ref.framing import Frame, decode_body, encode_body
+from htex_ref.framing import Frame, decode_body, encode_body, frame_table
 
 
 class Kind:
@@ -147,17 +147,38 @@ def load_json_object(frame: bytes | memoryview) -> dict[str, Any]:
 ResultTuple = tuple[int, Outcome, Frame, float]
 
 
+_OUTCOMES = tuple(Outcome)
+_RESULT_HEADER_SIZE = _RESULT_HEADER.size
+
+
 def split_results(frames: list[bytes] | list[Frame], start: int = 1) -> list[ResultTuple]:
-    """Decode the batch of ``header, payload`` pairs in ``frames[start]``; all or nothing."""
+    """Decode the batch of ``header, payload`` pairs in ``frames[start]``; all or nothing.
+
+    This runs for every result in the interchange and the executor, so it reads the headers straight
+    out of the batch and hands payloads on as views into it, without copying them.
+    """
     if len(frames) != start + 1:
         raise ProtocolError(f"results message has {len(frames)} frames, expected {start + 1}")
-    body = decode_body(frames[start], share=True)
-    if not body or len(body) % RESULT_FRAMES:
-        raise ProtocolError(f"results message has {len(body)} body frames, expected pairs")
-    out = []
-    for i in range(0, len(body), RESULT_FRAMES):
-        task_id, outcome, run_time = unpack_result_header(body[i])
-        out.append((task_id, outcome, body[i + 1], run_time))
+    body = frames[start]
+    lengths, offset = frame_table(body)
+    if not lengths or len(lengths) % RESULT_FRAMES:
+        raise ProtocolError(f"results message has {len(lengths)} body frames, expected pairs")
+    view = memoryview(body)
+    unpack_from = _RESULT_HEADER.unpack_from
+    outcomes = _OUTCOMES
+    n_outcomes = len(outcomes)
+    out: list[ResultTuple] = []
+    for i in range(0, len(lengths), RESULT_FRAMES):
+        if lengths[i] != _RESULT_HEADER_SIZE:
+            raise ProtocolError(f"bad result header ({lengths[i]} bytes)")
+        task_id, code, run_time = unpack_from(body, offset)
+        # The chained comparison is False for NaN and for infinity.
+        if code >= n_outcomes or not 0.0 <= run_time < math.inf:
+            raise ProtocolError(f"bad result header: outcome {code}, run time {run_time}")
+        offset += _RESULT_HEADER_SIZE
+        end = offset + lengths[i + 1]
+        out.append((task_id, outcomes[code], view[offset:end], run_time))
+        offset = end
     return out
 
 
