@@ -452,8 +452,8 @@ def _parser() -> argparse.ArgumentParser:
                     "every implementation once, interleaved, each in a fresh process.",
     )
     p.add_argument("--rounds", type=int, default=3, help="rounds per implementation (default 3)")
-    p.add_argument("--tasks", type=int, default=10000,
-                   help="no-op tasks in the throughput test (default 10000)")
+    p.add_argument("--tasks", type=int, default=None,
+                   help="no-op tasks in the throughput test (default 10000; 50000 with --fake-managers)")
     p.add_argument("--workers", type=int, default=2, help="workers per node (default 2)")
     p.add_argument("--encrypted", action="store_true", help="run both executors with CurveZMQ encryption")
     p.add_argument("--compare", choices=[IMPL_PARSL], help="also run Parsl's HighThroughputExecutor")
@@ -465,15 +465,58 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write all raw results to PATH")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds per child before it and its process groups are killed (default 300)")
+    g = p.add_argument_group(
+        "interchange load generator",
+        "With --fake-managers, measure the interchange alone: M fake managers whose workers take zero time "
+        "register with a real interchange; tasks are queued first, then the managers are released. Reports "
+        "dispatches/s, completions/s and the interchange's CPU per 1,000 tasks for each M.")
+    g.add_argument("--fake-managers", metavar="M[,M...]",
+                   help="comma-separated manager counts to sweep, e.g. 1,10,100,1000")
+    g.add_argument("--workers-per-manager", type=int, default=64, help="worker slots per fake manager (default 64)")
+    g.add_argument("--fake-prefetch", default="0",
+                   help="prefetch_capacity for the sweep: an int, or 'auto' (default 0: slots only)")
+    g.add_argument("--fake-processes", type=int, default=None,
+                   help="processes holding the fake managers (default min(4, M))")
     return p
+
+
+def _fake_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from htex_ref.bench import fakemanagers
+
+    try:
+        managers = [int(x) for x in args.fake_managers.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--fake-managers must be comma-separated integers, got {args.fake_managers!r}")
+    if not managers or min(managers) < 1:
+        parser.error("--fake-managers needs at least one count, each at least 1")
+    if args.workers_per_manager < 1:
+        parser.error("--workers-per-manager must be at least 1")
+    prefetch: int | None
+    if args.fake_prefetch == "auto":
+        prefetch = None
+    else:
+        try:
+            prefetch = int(args.fake_prefetch)
+        except ValueError:
+            parser.error(f"--fake-prefetch must be an int or 'auto', got {args.fake_prefetch!r}")
+        if prefetch < 0:
+            parser.error("--fake-prefetch must be at least 0")
+    if args.fake_processes is not None and args.fake_processes < 1:
+        parser.error("--fake-processes must be at least 1")
+    return fakemanagers.sweep_main(managers, args.workers_per_manager, args.tasks or 50_000, args.rounds,
+                                   args.json, processes=args.fake_processes, prefetch_capacity=prefetch)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     for name in ("rounds", "tasks", "workers"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.fake_managers is not None:
+        return _fake_main(args, parser)
+    if args.tasks is None:
+        args.tasks = 10000
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
     compare = args.compare == IMPL_PARSL
