@@ -36,9 +36,10 @@ from typing import Any
 
 import zmq
 
+from htex_ref.block_errors import resolve_block_error_handler
 from htex_ref.core.affinity import parse_cpu_affinity
 from htex_ref.core.planning import plan_workers
-from htex_ref.core.scaling import blocks_all_failed, choose_blocks_to_scale_in
+from htex_ref.core.scaling import choose_blocks_to_scale_in
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
 from htex_ref.core.strategy import STRATEGY_NAMES, BlockView, ScaleOut, Snapshot, StrategyMemory, decide
 from htex_ref.errors import (
@@ -48,7 +49,6 @@ from htex_ref.errors import (
     ExecutorShutdown,
     InterchangeError,
     InvalidResourceSpecification,
-    ScalingFailed,
     VersionMismatch,
 )
 from htex_ref.framing import Frame, NonBlockingWriter, StreamReader, encode_parts
@@ -169,7 +169,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         address_probe_timeout: float | None = None,
         worker_logdir_root: str | None = None,
         manager_selector: Any = None,
-        block_error_handler: bool | Callable[..., Any] = True,
+        block_error_handler: bool | str | Callable[..., Any] = True,
         encrypted: bool = True,
         run_dir: str | os.PathLike[str] | None = None,
         strategy: str = "none",
@@ -276,9 +276,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                              f"got {manager_selector!r}")
         self.manager_selector = manager_selector
         self._selector_name: str = name
-        if not isinstance(block_error_handler, bool) and not callable(block_error_handler):
-            raise TypeError(f"block_error_handler must be True, False or a callable, got {block_error_handler!r}")
-        self.block_error_handler = block_error_handler
+        #: The handler itself (True and "simple" give ``simple_error_handler``, and so on).
+        self.block_error_handler: Callable[..., Any] = resolve_block_error_handler(block_error_handler)
         if not isinstance(encrypted, bool):
             raise TypeError(f"encrypted must be a bool, got {encrypted!r}")
         self.encrypted = encrypted
@@ -789,28 +788,11 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 )
         return result
 
-    def _block_failure_message(self, statuses: dict[str, JobStatus]) -> str:
-        lines = [f"all {len(statuses)} blocks of executor {self.label} failed:"]
-        for block_id, st in sorted(statuses.items()):
-            lines.append(f"  block {block_id}: {st.state.name}: {st.message or ''}")
-            if st.exit_code is not None:
-                lines.append(f"    EXIT CODE: {st.exit_code}")
-            for name, text in (("STDOUT", st.stdout_summary), ("STDERR", st.stderr_summary)):
-                if text and text.strip():
-                    lines.append(f"    {name}: " + text.strip().replace("\n", "\n      "))
-        return "\n".join(lines)
-
     def handle_block_errors(self, statuses: dict[str, JobStatus]) -> None:
-        """Apply ``block_error_handler`` to the current block statuses."""
-        handler = self.block_error_handler
-        if handler is False or self._bad_state is not None:
+        """Apply ``block_error_handler`` to the current block statuses (nothing once in bad state)."""
+        if self._bad_state is not None:
             return
-        if not isinstance(handler, bool):
-            handler(self, statuses)
-            return
-        threshold = max(1, self.provider.init_blocks)
-        if blocks_all_failed({b: s.state.name for b, s in statuses.items()}, threshold):
-            self.set_bad_state_and_fail_all(ScalingFailed(self._block_failure_message(statuses)))
+        self.block_error_handler(self, statuses)
 
     def _control_loop(self) -> None:
         """Every pass: refresh block status (at the provider's polling interval), apply the block error
