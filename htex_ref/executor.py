@@ -39,7 +39,7 @@ import zmq
 from htex_ref.block_errors import resolve_block_error_handler
 from htex_ref.core.affinity import parse_cpu_affinity
 from htex_ref.core.planning import plan_workers
-from htex_ref.core.scaling import choose_blocks_to_scale_in
+from htex_ref.core.scaling import BlockRegistration, blocks_registration_timed_out, choose_blocks_to_scale_in
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
 from htex_ref.core.strategy import STRATEGY_NAMES, BlockView, ScaleOut, Snapshot, StrategyMemory, decide
 from htex_ref.errors import (
@@ -176,6 +176,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         strategy_period: float = 5.0,
         max_idletime: float = 120.0,
         interchange_start_timeout: float = 30.0,
+        block_registration_timeout: float | None = 120.0,
     ) -> None:
         if not isinstance(label, str) or not label or "/" in label:
             raise ValueError(f"label must be a non-empty string without '/', got {label!r}")
@@ -296,6 +297,12 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self.strategy_period = float(strategy_period)
         self.max_idletime = float(max_idletime)
         self.interchange_start_timeout = float(interchange_start_timeout)
+        if block_registration_timeout is not None and (
+                not _is_number(block_registration_timeout) or block_registration_timeout <= 0):
+            raise ValueError("block_registration_timeout must be None (no time-out) or a number of seconds > 0, "
+                             f"got {block_registration_timeout!r}")
+        self.block_registration_timeout = (None if block_registration_timeout is None
+                                           else float(block_registration_timeout))
 
         self._tasks: dict[int, HtexFuture] = {}
         self._task_ids = itertools.count(1)
@@ -324,6 +331,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self.job_ids_to_block: dict[str, str] = {}
         self._simulated_status: dict[str, JobStatus] = {}
         self._registered_blocks: set[str] = set()
+        #: When the control loop first saw each block RUNNING (monotonic clock).
+        self._block_running_since: dict[str, float] = {}
+        #: Blocks cancelled because no worker pool of them registered in time, as block_statuses() reports them.
+        self._registration_failures: dict[str, JobStatus] = {}
         self._watch_thread: threading.Thread | None = None
         self._strategy_memory = StrategyMemory()
         self._block_submitted: dict[str, float] = {}
@@ -766,7 +777,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
 
     def block_statuses(self) -> dict[str, JobStatus]:
         """``status()`` where a block that ended without any manager registering is MISSING, with a
-        message that points at its output files."""
+        message that points at its output files, and so is a block cancelled because no manager of it
+        registered within ``block_registration_timeout``."""
         result = self.status()
         if any(s.terminal for s in result.values()):
             try:
@@ -786,7 +798,61 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                        else f"see {self.provider.script_dir}"),
                     st.exit_code, st.stdout_path, st.stderr_path,
                 )
+        result.update((b, failure) for b, failure in self._registration_failures.items() if b in result)
         return result
+
+    def _time_out_unregistered_blocks(self, statuses: dict[str, JobStatus], now: float) -> None:
+        """Note when blocks are first seen RUNNING. Cancel each block that has been running for
+        ``block_registration_timeout`` seconds without a worker pool of it registering, and report it in
+        ``statuses`` (and from now on in ``block_statuses()``) as MISSING, for the block error handler."""
+        for block_id, st in statuses.items():
+            if st.state == JobState.RUNNING:
+                self._block_running_since.setdefault(block_id, now)
+        timeout = self.block_registration_timeout
+        if timeout is None:
+            return
+
+        def due() -> list[str]:
+            return blocks_registration_timed_out(
+                {b: BlockRegistration(st.state.name, self._block_running_since.get(b), b in self._registered_blocks)
+                 for b, st in statuses.items()},
+                timeout, now)
+
+        if not due():
+            return
+        try:
+            # Ask only now: the interchange may know of a registration that we have not seen yet.
+            self._registered_blocks.update(self.connected_blocks())
+        except Exception:
+            logger.warning("Could not ask the interchange which blocks registered; the registration time-out "
+                           "waits for the next status refresh", exc_info=True)
+            return
+        timed_out = due()
+        if not timed_out:
+            return
+        for block_id in timed_out:
+            st = statuses[block_id]
+            where = (f"see {st.stdout_path} and {st.stderr_path}" if st.stdout_path
+                     else f"see {self.provider.script_dir}")
+            failure = JobStatus(
+                JobState.MISSING,
+                f"block {block_id} has been running for {now - self._block_running_since[block_id]:.0f} s but no "
+                f"worker pool of it registered (block_registration_timeout={timeout:g} s), so the executor "
+                f"cancelled it (a worker_init that does not finish, or a node that cannot reach the "
+                f"interchange?); {where}",
+                None, st.stdout_path, st.stderr_path,
+            )
+            logger.error("%s", failure.message)
+            self._registration_failures[block_id] = failure
+            statuses[block_id] = failure
+        try:
+            cancelled = self._cancel_blocks(timed_out, scaled_in=False)
+        except Exception:
+            logger.exception("Could not cancel blocks %s; shutdown() tries again", timed_out)
+            return
+        if len(cancelled) < len(timed_out):
+            logger.error("The provider did not cancel blocks %s; shutdown() tries again",
+                         sorted(set(timed_out) - set(cancelled)))
 
     def handle_block_errors(self, statuses: dict[str, JobStatus]) -> None:
         """Apply ``block_error_handler`` to the current block statuses (nothing once in bad state)."""
@@ -795,8 +861,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self.block_error_handler(self, statuses)
 
     def _control_loop(self) -> None:
-        """Every pass: refresh block status (at the provider's polling interval), apply the block error
-        handler, then the scaling strategy. Nothing scales once the executor is in bad state."""
+        """Every pass: refresh block status (at the provider's polling interval), time out blocks whose
+        worker pool never registered, apply the block error handler, then the scaling strategy. Nothing
+        scales once the executor is in bad state: the loop ends."""
         status_interval = max(0.2, float(self.provider.status_polling_interval))
         interval = max(0.1, min(status_interval, self.strategy_period))
         last_pass = time.monotonic()
@@ -806,8 +873,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             try:
                 now = time.monotonic()
                 if self._last_status is None or now - self._last_status[0] >= status_interval:
-                    self._last_status = (now, self.block_statuses())
-                    self.handle_block_errors(self._last_status[1])
+                    statuses = self.block_statuses()
+                    self._time_out_unregistered_blocks(statuses, now)
+                    self._last_status = (now, statuses)
+                    self.handle_block_errors(statuses)
                 if (self.strategy != "none" and self._bad_state is None and not self._shutdown
                         and now - last_pass >= self.strategy_period - 1e-3):
                     last_pass = now
@@ -881,13 +950,17 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 self.hold_manager(m["manager"])
         return self._cancel_blocks(chosen)
 
-    def _cancel_blocks(self, block_ids: list[str]) -> list[str]:
+    def _cancel_blocks(self, block_ids: list[str], scaled_in: bool = True) -> list[str]:
+        """Cancel the jobs of blocks through the provider, mark them SCALED_IN (unless ``scaled_in`` is
+        False: then ``status()`` shows what the provider says) and tell the interchange; returns the ids
+        cancelled."""
         if not block_ids:
             return []
         oks = self.provider.cancel([self.blocks_to_job_id[b] for b in block_ids])
         done = [b for b, ok in zip(block_ids, oks, strict=True) if ok]
         for b in done:
-            self._simulated_status[b] = JobStatus(JobState.SCALED_IN, "scaled in by the executor")
+            if scaled_in:
+                self._simulated_status[b] = JobStatus(JobState.SCALED_IN, "scaled in by the executor")
             if not self._shutdown and self._bad_state is None:
                 try:
                     # Its managers are gone now; the interchange need not wait heartbeat_threshold to know.

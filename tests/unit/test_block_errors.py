@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 import htex_ref
-from htex_ref import HighThroughputExecutor, JobState, JobStatus, LocalProvider
+from htex_ref import (
+    ExecutionProvider,
+    HighThroughputExecutor,
+    JobState,
+    JobStatus,
+    LocalProvider,
+    SingleNodeLauncher,
+)
 from htex_ref.block_errors import (
     noop_error_handler,
     resolve_block_error_handler,
@@ -119,3 +126,93 @@ def test_bad_state_fails_outstanding_futures_with_the_report(tmp_path: Path) -> 
     ex.handle_block_errors({"0": failed("0", tmp_path, code=7)})
     with pytest.raises(htex_ref.BadStateException, match="EXIT CODE: 7"):
         fut.result(0)
+
+
+# ------------------------------------------------------------------------ registration time-out glue
+
+
+class FakeProvider(ExecutionProvider):
+    """Jobs whose state the test sets; cancel records the ids and makes the jobs CANCELLED."""
+
+    def __init__(self) -> None:
+        self.init_blocks = 1
+        self.states: dict[str, JobState] = {}
+        self.cancelled: list[str] = []
+        self.launcher = SingleNodeLauncher()
+
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "x") -> str:
+        raise AssertionError("not used")
+
+    def status(self, job_ids: list[str]) -> list[JobStatus]:
+        return [JobStatus(self.states[j], stdout_path=f"/jobs/{j}.out", stderr_path=f"/jobs/{j}.err")
+                for j in job_ids]
+
+    def cancel(self, job_ids: list[str]) -> list[bool]:
+        self.cancelled += job_ids
+        for j in job_ids:
+            self.states[j] = JobState.CANCELLED
+        return [True] * len(job_ids)
+
+
+def timed_executor(timeout: float | None, monkeypatch: pytest.MonkeyPatch,
+                   registered: list[str]) -> tuple[HighThroughputExecutor, FakeProvider, list[int]]:
+    provider = FakeProvider()
+    ex = HighThroughputExecutor(provider=provider, block_registration_timeout=timeout)
+    for block, job in (("0", "j0"), ("1", "j1")):
+        ex.blocks_to_job_id[block] = job
+        ex.job_ids_to_block[job] = block
+        provider.states[job] = JobState.PENDING
+    asked: list[int] = []
+
+    def connected_blocks() -> list[str]:
+        asked.append(1)
+        return list(registered)
+
+    monkeypatch.setattr(ex, "connected_blocks", connected_blocks)
+    monkeypatch.setattr(ex, "_command", lambda *a, **k: None)
+    return ex, provider, asked
+
+
+def refresh(ex: HighThroughputExecutor, now: float) -> dict[str, JobStatus]:
+    """What one pass of the control loop does, at time ``now``."""
+    statuses = ex.block_statuses()
+    ex._time_out_unregistered_blocks(statuses, now)
+    ex.handle_block_errors(statuses)
+    return statuses
+
+
+def test_time_out_counts_from_first_seen_running_then_cancels_and_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    ex, provider, asked = timed_executor(120.0, monkeypatch, registered=[])
+    provider.init_blocks = 2
+    refresh(ex, 0.0)  # both pending: the queue wait does not count
+    provider.states["j0"] = provider.states["j1"] = JobState.RUNNING
+    refresh(ex, 500.0)  # first seen running at 500
+    assert refresh(ex, 619.0)["0"].state == RUNNING
+    assert asked == [] and provider.cancelled == []  # nothing due: the interchange is not even asked
+    statuses = refresh(ex, 620.0)
+    assert provider.cancelled == ["j0", "j1"] and len(asked) == 1
+    assert statuses["0"].state == MISSING and "has been running for 120 s" in str(statuses["0"].message)
+    assert "/jobs/j0.out" in str(statuses["0"].message)
+    assert ex.status()["0"].state == JobState.CANCELLED  # the provider's view
+    assert ex.block_statuses()["1"].state == MISSING  # what the handler keeps seeing
+    assert "block_registration_timeout=120 s" in str(ex.executor_exception)  # both failed: simple handler
+    refresh(ex, 1000.0)
+    assert provider.cancelled == ["j0", "j1"]  # once
+
+
+def test_registered_block_is_not_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    ex, provider, _ = timed_executor(10.0, monkeypatch, registered=["1"])
+    provider.states["j0"] = provider.states["j1"] = JobState.RUNNING
+    refresh(ex, 0.0)
+    refresh(ex, 10.0)
+    assert provider.cancelled == ["j0"]
+    assert ex.block_statuses()["1"].state == RUNNING
+    assert not ex.bad_state_is_set  # simple handler: block 1 still runs
+
+
+def test_no_time_out_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    ex, provider, asked = timed_executor(None, monkeypatch, registered=[])
+    provider.states["j0"] = JobState.RUNNING
+    refresh(ex, 0.0)
+    refresh(ex, 1e9)
+    assert provider.cancelled == [] and asked == []

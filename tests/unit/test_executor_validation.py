@@ -66,6 +66,10 @@ BAD: list[tuple[str, Any, type[Exception]]] = [
     ("strategy", "aggressive", ValueError),
     ("strategy_period", 0, ValueError),
     ("max_idletime", -1, ValueError),
+    ("block_registration_timeout", 0, ValueError),
+    ("block_registration_timeout", -5, ValueError),
+    ("block_registration_timeout", math.inf, ValueError),
+    ("block_registration_timeout", "120", ValueError),
 ]
 
 
@@ -92,6 +96,9 @@ def test_accepted_forms() -> None:
     for handler in (True, False, "simple", "windowed", "none", functools.partial(windowed_error_handler, threshold=2),
                     functools.partial(simple_error_handler, threshold=None)):
         HighThroughputExecutor(block_error_handler=handler)
+    assert HighThroughputExecutor(block_registration_timeout=None).block_registration_timeout is None
+    assert HighThroughputExecutor(block_registration_timeout=2).block_registration_timeout == 2.0
+    assert HighThroughputExecutor().block_registration_timeout == 120.0
 
 
 @pytest.mark.parametrize(
