@@ -143,6 +143,22 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     ``concurrent.futures``' form ``submit(func, *args, **kwargs)``: the second positional argument is a
     resource specification when it is ``None`` or a dict whose keys are all resource-specification keys
     (``{}`` included). Pass ``resource_specification=...`` by keyword to be explicit.
+
+    Failed blocks. After each block-status refresh the executor calls ``block_error_handler`` with the
+    status of every block; FAILED blocks and MISSING ones (ended, or timed out, before a worker pool of
+    theirs registered) count as failed. ``True`` or ``"simple"`` (the default) puts the executor in bad
+    state once every block failed and there are at least ``max(1, provider.init_blocks)`` of them;
+    ``"windowed"`` once the last 3 blocks by block id failed; ``False`` or ``"none"`` never. Any
+    callable ``(executor, statuses)`` works too, e.g. ``functools.partial(windowed_error_handler,
+    threshold=2)`` (see ``htex_ref.block_errors``). In bad state every outstanding future fails with
+    ``BadStateException``, whose message gives each failed block's state, exit code and output tails,
+    and scaling stops.
+
+    ``block_registration_timeout`` (seconds, default 120; ``None`` disables it; not in Parsl): a block
+    that the provider has reported RUNNING for that long, counted from the first status refresh that saw
+    it running (time in the batch queue does not count), without any manager of it registering, is
+    cancelled through the provider and reported to the handler as MISSING. Set it above the time your
+    ``worker_init`` and pool start-up can take.
     """
 
     def __init__(
