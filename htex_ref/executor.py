@@ -814,7 +814,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                        else f"see {self.provider.script_dir}"),
                     st.exit_code, st.stdout_path, st.stderr_path,
                 )
-        result.update((b, failure) for b, failure in self._registration_failures.items() if b in result)
+        # A copy: the control thread may add to it while a user thread is here.
+        result.update((b, failure) for b, failure in list(self._registration_failures.items()) if b in result)
         return result
 
     def _time_out_unregistered_blocks(self, statuses: dict[str, JobStatus], now: float) -> None:
