@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 from htex_ref.version import PROTOCOL_VERSION, __version__
 
 _LAZY = {
+    "noop_error_handler": "htex_ref.block_errors",
+    "simple_error_handler": "htex_ref.block_errors",
+    "windowed_error_handler": "htex_ref.block_errors",
     "BlockIdManagerSelector": "htex_ref.core.selectors",
     "RandomManagerSelector": "htex_ref.core.selectors",
     "BadStateException": "htex_ref.errors",
@@ -42,6 +45,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from htex_ref.block_errors import noop_error_handler, simple_error_handler, windowed_error_handler
     from htex_ref.core.selectors import BlockIdManagerSelector, RandomManagerSelector
     from htex_ref.errors import (
         BadStateException,
@@ -99,4 +103,7 @@ __all__ = [
     "VersionMismatch",
     "WorkerLost",
     "__version__",
+    "noop_error_handler",
+    "simple_error_handler",
+    "windowed_error_handler",
 ]

@@ -36,9 +36,10 @@ from typing import Any
 
 import zmq
 
+from htex_ref.block_errors import resolve_block_error_handler
 from htex_ref.core.affinity import parse_cpu_affinity
 from htex_ref.core.planning import plan_workers
-from htex_ref.core.scaling import blocks_all_failed, choose_blocks_to_scale_in
+from htex_ref.core.scaling import BlockRegistration, blocks_registration_timed_out, choose_blocks_to_scale_in
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
 from htex_ref.core.strategy import STRATEGY_NAMES, BlockView, ScaleOut, Snapshot, StrategyMemory, decide
 from htex_ref.errors import (
@@ -48,7 +49,6 @@ from htex_ref.errors import (
     ExecutorShutdown,
     InterchangeError,
     InvalidResourceSpecification,
-    ScalingFailed,
     VersionMismatch,
 )
 from htex_ref.framing import Frame, NonBlockingWriter, StreamReader, encode_parts
@@ -143,6 +143,22 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     ``concurrent.futures``' form ``submit(func, *args, **kwargs)``: the second positional argument is a
     resource specification when it is ``None`` or a dict whose keys are all resource-specification keys
     (``{}`` included). Pass ``resource_specification=...`` by keyword to be explicit.
+
+    Failed blocks. After each block-status refresh the executor calls ``block_error_handler`` with the
+    status of every block; FAILED blocks and MISSING ones (ended, or timed out, before a worker pool of
+    theirs registered) count as failed. ``True`` or ``"simple"`` (the default) puts the executor in bad
+    state once every block failed and there are at least ``max(1, provider.init_blocks)`` of them;
+    ``"windowed"`` once the last 3 blocks by block id failed; ``False`` or ``"none"`` never. Any
+    callable ``(executor, statuses)`` works too, e.g. ``functools.partial(windowed_error_handler,
+    threshold=2)`` (see ``htex_ref.block_errors``). In bad state every outstanding future fails with
+    ``BadStateException``, whose message gives each failed block's state, exit code and output tails,
+    and scaling stops.
+
+    ``block_registration_timeout`` (seconds, default 120; ``None`` disables it; not in Parsl): a block
+    that the provider has reported RUNNING for that long, counted from the first status refresh that saw
+    it running (time in the batch queue does not count), without any manager of it registering, is
+    cancelled through the provider and reported to the handler as MISSING. Set it above the time your
+    ``worker_init`` and pool start-up can take.
     """
 
     def __init__(
@@ -169,13 +185,14 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         address_probe_timeout: float | None = None,
         worker_logdir_root: str | None = None,
         manager_selector: Any = None,
-        block_error_handler: bool | Callable[..., Any] = True,
+        block_error_handler: bool | str | Callable[..., Any] = True,
         encrypted: bool = True,
         run_dir: str | os.PathLike[str] | None = None,
         strategy: str = "none",
         strategy_period: float = 5.0,
         max_idletime: float = 120.0,
         interchange_start_timeout: float = 30.0,
+        block_registration_timeout: float | None = 120.0,
     ) -> None:
         if not isinstance(label, str) or not label or "/" in label:
             raise ValueError(f"label must be a non-empty string without '/', got {label!r}")
@@ -276,9 +293,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                              f"got {manager_selector!r}")
         self.manager_selector = manager_selector
         self._selector_name: str = name
-        if not isinstance(block_error_handler, bool) and not callable(block_error_handler):
-            raise TypeError(f"block_error_handler must be True, False or a callable, got {block_error_handler!r}")
-        self.block_error_handler = block_error_handler
+        #: The handler itself (True and "simple" give ``simple_error_handler``, and so on).
+        self.block_error_handler: Callable[..., Any] = resolve_block_error_handler(block_error_handler)
         if not isinstance(encrypted, bool):
             raise TypeError(f"encrypted must be a bool, got {encrypted!r}")
         self.encrypted = encrypted
@@ -297,6 +313,12 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self.strategy_period = float(strategy_period)
         self.max_idletime = float(max_idletime)
         self.interchange_start_timeout = float(interchange_start_timeout)
+        if block_registration_timeout is not None and (
+                not _is_number(block_registration_timeout) or block_registration_timeout <= 0):
+            raise ValueError("block_registration_timeout must be None (no time-out) or a number of seconds > 0, "
+                             f"got {block_registration_timeout!r}")
+        self.block_registration_timeout = (None if block_registration_timeout is None
+                                           else float(block_registration_timeout))
 
         self._tasks: dict[int, HtexFuture] = {}
         self._task_ids = itertools.count(1)
@@ -325,6 +347,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self.job_ids_to_block: dict[str, str] = {}
         self._simulated_status: dict[str, JobStatus] = {}
         self._registered_blocks: set[str] = set()
+        #: When the control loop first saw each block RUNNING (monotonic clock).
+        self._block_running_since: dict[str, float] = {}
+        #: Blocks cancelled because no worker pool of them registered in time, as block_statuses() reports them.
+        self._registration_failures: dict[str, JobStatus] = {}
         self._watch_thread: threading.Thread | None = None
         self._strategy_memory = StrategyMemory()
         self._block_submitted: dict[str, float] = {}
@@ -767,7 +793,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
 
     def block_statuses(self) -> dict[str, JobStatus]:
         """``status()`` where a block that ended without any manager registering is MISSING, with a
-        message that points at its output files."""
+        message that points at its output files, and so is a block cancelled because no manager of it
+        registered within ``block_registration_timeout``."""
         result = self.status()
         if any(s.terminal for s in result.values()):
             try:
@@ -787,34 +814,73 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                        else f"see {self.provider.script_dir}"),
                     st.exit_code, st.stdout_path, st.stderr_path,
                 )
+        # A copy: the control thread may add to it while a user thread is here.
+        result.update((b, failure) for b, failure in list(self._registration_failures.items()) if b in result)
         return result
 
-    def _block_failure_message(self, statuses: dict[str, JobStatus]) -> str:
-        lines = [f"all {len(statuses)} blocks of executor {self.label} failed:"]
-        for block_id, st in sorted(statuses.items()):
-            lines.append(f"  block {block_id}: {st.state.name}: {st.message or ''}")
-            if st.exit_code is not None:
-                lines.append(f"    EXIT CODE: {st.exit_code}")
-            for name, text in (("STDOUT", st.stdout_summary), ("STDERR", st.stderr_summary)):
-                if text and text.strip():
-                    lines.append(f"    {name}: " + text.strip().replace("\n", "\n      "))
-        return "\n".join(lines)
+    def _time_out_unregistered_blocks(self, statuses: dict[str, JobStatus], now: float) -> None:
+        """Note when blocks are first seen RUNNING. Cancel each block that has been running for
+        ``block_registration_timeout`` seconds without a worker pool of it registering, and report it in
+        ``statuses`` (and from now on in ``block_statuses()``) as MISSING, for the block error handler."""
+        for block_id, st in statuses.items():
+            if st.state == JobState.RUNNING:
+                self._block_running_since.setdefault(block_id, now)
+        timeout = self.block_registration_timeout
+        if timeout is None:
+            return
+
+        def due() -> list[str]:
+            return blocks_registration_timed_out(
+                {b: BlockRegistration(st.state.name, self._block_running_since.get(b), b in self._registered_blocks)
+                 for b, st in statuses.items()},
+                timeout, now)
+
+        if not due():
+            return
+        try:
+            # Ask only now: the interchange may know of a registration that we have not seen yet.
+            self._registered_blocks.update(self.connected_blocks())
+        except Exception:
+            logger.warning("Could not ask the interchange which blocks registered; the registration time-out "
+                           "waits for the next status refresh", exc_info=True)
+            return
+        timed_out = due()
+        if not timed_out:
+            return
+        for block_id in timed_out:
+            st = statuses[block_id]
+            where = (f"see {st.stdout_path} and {st.stderr_path}" if st.stdout_path
+                     else f"see {self.provider.script_dir}")
+            failure = JobStatus(
+                JobState.MISSING,
+                f"block {block_id} has been running for {now - self._block_running_since[block_id]:.0f} s but no "
+                f"worker pool of it registered (block_registration_timeout={timeout:g} s), so the executor "
+                f"cancelled it (a worker_init that does not finish, or a node that cannot reach the "
+                f"interchange?); {where}",
+                None, st.stdout_path, st.stderr_path,
+            )
+            logger.error("%s", failure.message)
+            self._registration_failures[block_id] = failure
+            statuses[block_id] = failure
+        try:
+            cancelled = self._cancel_blocks(timed_out, scaled_in=False)
+        except Exception:
+            logger.exception("Could not cancel blocks %s; shutdown() tries again", timed_out)
+            return
+        if len(cancelled) < len(timed_out):
+            logger.error("The provider did not cancel blocks %s; shutdown() tries again",
+                         sorted(set(timed_out) - set(cancelled)))
 
     def handle_block_errors(self, statuses: dict[str, JobStatus]) -> None:
-        """Apply ``block_error_handler`` to the current block statuses."""
-        handler = self.block_error_handler
-        if handler is False or self._bad_state is not None:
+        """Apply ``block_error_handler`` to the current block statuses (nothing once in bad state)."""
+        if self._bad_state is not None:
             return
-        if not isinstance(handler, bool):
-            handler(self, statuses)
-            return
-        threshold = max(1, self.provider.init_blocks)
-        if blocks_all_failed({b: s.state.name for b, s in statuses.items()}, threshold):
-            self.set_bad_state_and_fail_all(ScalingFailed(self._block_failure_message(statuses)))
+        self.block_error_handler(self, statuses)
 
     def _control_loop(self) -> None:
-        """Every pass: refresh block status (at the provider's polling interval), apply the block error
-        handler, then the scaling strategy. Nothing scales once the executor is in bad state."""
+        """Every pass: refresh block status (at the provider's polling interval), time out blocks whose
+        worker pool never registered, apply the block error handler, then the scaling strategy. Nothing
+        scales once the executor is in bad state: the loop ends."""
         status_interval = max(0.2, float(self.provider.status_polling_interval))
         interval = max(0.1, min(status_interval, self.strategy_period))
         last_pass = time.monotonic()
@@ -824,8 +890,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             try:
                 now = time.monotonic()
                 if self._last_status is None or now - self._last_status[0] >= status_interval:
-                    self._last_status = (now, self.block_statuses())
-                    self.handle_block_errors(self._last_status[1])
+                    statuses = self.block_statuses()
+                    self._time_out_unregistered_blocks(statuses, now)
+                    self._last_status = (now, statuses)
+                    self.handle_block_errors(statuses)
                 if (self.strategy != "none" and self._bad_state is None and not self._shutdown
                         and now - last_pass >= self.strategy_period - 1e-3):
                     last_pass = now
@@ -899,13 +967,17 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 self.hold_manager(m["manager"])
         return self._cancel_blocks(chosen)
 
-    def _cancel_blocks(self, block_ids: list[str]) -> list[str]:
+    def _cancel_blocks(self, block_ids: list[str], scaled_in: bool = True) -> list[str]:
+        """Cancel the jobs of blocks through the provider, mark them SCALED_IN (unless ``scaled_in`` is
+        False: then ``status()`` shows what the provider says) and tell the interchange; returns the ids
+        cancelled."""
         if not block_ids:
             return []
         oks = self.provider.cancel([self.blocks_to_job_id[b] for b in block_ids])
         done = [b for b, ok in zip(block_ids, oks, strict=True) if ok]
         for b in done:
-            self._simulated_status[b] = JobStatus(JobState.SCALED_IN, "scaled in by the executor")
+            if scaled_in:
+                self._simulated_status[b] = JobStatus(JobState.SCALED_IN, "scaled in by the executor")
             if not self._shutdown and self._bad_state is None:
                 try:
                     # Its managers are gone now; the interchange need not wait heartbeat_threshold to know.

@@ -1,4 +1,4 @@
-"""Block choice for the executor's explicit ``scale_in(n)`` (Parsl's API), and the block-failure rule.
+"""Block choice for the executor's explicit ``scale_in(n)`` (Parsl's API), and the block-failure rules.
 
 The automatic scaling policy has its own, stricter order in ``htex_ref.core.strategy`` (it never
 cancels a block with tasks and prefers idle registered blocks to pending ones); this one serves a user
@@ -8,12 +8,17 @@ who asks for n blocks to go, so it may take busy blocks last, as Parsl does.
 managers are all held (they get no work anyway), then blocks with no tasks before busy ones, and among
 those the longest idle first; a block that never registered counts as idle forever. ``n <= 0`` chooses
 nothing (Parsl's ``scale_in(0)`` kills every idle block).
+
+The block-failure rules decide when failed blocks put the executor in bad state: ``blocks_all_failed``
+(Parsl's "simple" handler) and ``blocks_last_failed`` (its "windowed" handler).
+``blocks_registration_timed_out`` finds blocks that run but whose worker pool never registered.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from htex_ref.core.selectors import block_rank
@@ -59,3 +64,53 @@ def blocks_all_failed(states: Mapping[str, str], threshold: int) -> bool:
     if not states or len(states) < max(1, threshold):
         return False
     return all(state in FAILED_NAMES for state in states.values())
+
+
+def last_blocks(block_ids: Iterable[str], window: int) -> list[str]:
+    """The last ``window`` block ids in block-id order (numeric: '10' comes after '9')."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window!r}")
+    return sorted(block_ids, key=block_rank)[-window:]
+
+
+def blocks_last_failed(states: Mapping[str, str], window: int) -> bool:
+    """Parsl's "windowed" block error rule: at least ``window`` blocks, and the last ``window`` of them in
+    block-id order all failed (FAILED or MISSING).
+
+    Any other state among the last ``window`` blocks (a block pending, running, completed or scaled in)
+    keeps the executor alive, so a block that works after failures starts the count again.
+    """
+    if len(states) < window:
+        return False
+    return all(states[b] in FAILED_NAMES for b in last_blocks(states, window))
+
+
+@dataclass(frozen=True)
+class BlockRegistration:
+    """What the registration time-out rule knows about one block."""
+
+    #: The provider's state for the block (a JobState name).
+    state: str
+    #: When the executor first saw the block RUNNING (its clock), or None if it has not yet.
+    running_since: float | None
+    #: Whether a manager of the block has ever registered.
+    registered: bool
+
+
+def blocks_registration_timed_out(
+    blocks: Mapping[str, BlockRegistration], timeout: float | None, now: float
+) -> list[str]:
+    """Blocks the provider says are RUNNING, first seen running at least ``timeout`` seconds before
+    ``now``, of which no manager ever registered; in block-id order. ``timeout=None`` finds none.
+
+    Time in the batch queue (PENDING) does not count; a block that ended, or is held, is left to the
+    other rules.
+    """
+    if timeout is None:
+        return []
+    return sorted(
+        (b for b, v in blocks.items()
+         if v.state == "RUNNING" and not v.registered and v.running_since is not None
+         and now - v.running_since >= timeout),
+        key=block_rank,
+    )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import pytest
 
-from htex_ref import BlockIdManagerSelector, HighThroughputExecutor, LocalProvider
+from htex_ref import (
+    BlockIdManagerSelector,
+    HighThroughputExecutor,
+    LocalProvider,
+    simple_error_handler,
+    windowed_error_handler,
+)
 
 BAD: list[tuple[str, Any, type[Exception]]] = [
     ("label", "", ValueError),
@@ -49,12 +56,20 @@ BAD: list[tuple[str, Any, type[Exception]]] = [
     ("worker_logdir_root", 5, TypeError),
     ("manager_selector", "fastest", ValueError),
     ("manager_selector", object(), ValueError),
-    ("block_error_handler", "simple", TypeError),
+    ("block_error_handler", "sometimes", ValueError),
+    ("block_error_handler", 3, TypeError),
+    ("block_error_handler", functools.partial(windowed_error_handler, threshold=0), ValueError),
+    ("block_error_handler", functools.partial(windowed_error_handler, threshold=2.5), ValueError),
+    ("block_error_handler", functools.partial(simple_error_handler, threshold=-1), ValueError),
     ("encrypted", 1, TypeError),
     ("run_dir", 5, TypeError),
     ("strategy", "aggressive", ValueError),
     ("strategy_period", 0, ValueError),
     ("max_idletime", -1, ValueError),
+    ("block_registration_timeout", 0, ValueError),
+    ("block_registration_timeout", -5, ValueError),
+    ("block_registration_timeout", math.inf, ValueError),
+    ("block_registration_timeout", "120", ValueError),
 ]
 
 
@@ -78,6 +93,12 @@ def test_accepted_forms() -> None:
     assert "{block_id}" in ex.launch_cmd and "{{" not in ex.launch_cmd
     assert ex.workers_per_node == 2  # capped by the accelerators
     assert HighThroughputExecutor(manager_selector="block_id")._selector_name == "block_id"
+    for handler in (True, False, "simple", "windowed", "none", functools.partial(windowed_error_handler, threshold=2),
+                    functools.partial(simple_error_handler, threshold=None)):
+        HighThroughputExecutor(block_error_handler=handler)
+    assert HighThroughputExecutor(block_registration_timeout=None).block_registration_timeout is None
+    assert HighThroughputExecutor(block_registration_timeout=2).block_registration_timeout == 2.0
+    assert HighThroughputExecutor().block_registration_timeout == 120.0
 
 
 @pytest.mark.parametrize(

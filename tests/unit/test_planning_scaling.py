@@ -1,4 +1,5 @@
-"""Unit tests for worker-count planning (htex_ref.core.planning) and scale-in choice (htex_ref.core.scaling)."""
+"""Unit tests for worker-count planning (htex_ref.core.planning), scale-in choice and the block-failure
+rules (htex_ref.core.scaling)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from htex_ref.core.planning import plan_workers
-from htex_ref.core.scaling import choose_blocks_to_scale_in
+from htex_ref.core.scaling import (
+    BlockRegistration,
+    blocks_all_failed,
+    blocks_last_failed,
+    blocks_registration_timed_out,
+    choose_blocks_to_scale_in,
+    last_blocks,
+)
 
 
 def plan(**kw):
@@ -203,3 +211,113 @@ def test_scale_in_prefers_blocks_whose_managers_are_all_held() -> None:
     assert choose_blocks_to_scale_in(1, ["0", "1", "2"], managers) == ["0"]
     # A block with one held and one active manager still serves work: ranked by idleness.
     assert choose_blocks_to_scale_in(2, ["0", "1", "2"], managers) == ["0", "2"]
+
+
+# ------------------------------------------------------------------------------- block failure rules
+
+F, M, R, P, C, S = "FAILED", "MISSING", "RUNNING", "PENDING", "COMPLETED", "SCALED_IN"
+
+
+@pytest.mark.parametrize(
+    ("blocks", "threshold", "bad"),
+    [
+        ({}, 1, False),  # no block: nothing failed
+        ({"0": F}, 1, True),
+        ({"0": M}, 1, True),  # MISSING (ended before registering) is a failure
+        ({"0": F, "1": F}, 3, False),  # all failed, but fewer than threshold (init_blocks=3 in Parsl's test)
+        ({"0": C, "1": F, "2": F, "3": F}, 3, False),  # one completed block keeps the executor alive
+        ({"0": F, "1": F, "2": F, "3": F}, 3, True),
+        ({"0": F, "1": R}, 1, False),
+        ({"0": F, "1": P}, 1, False),
+        ({"0": F, "1": S}, 1, False),  # scaled in before registering is not a failure
+        ({"0": F, "1": "TIMEOUT"}, 1, False),  # walltime reached is not a failure
+        ({"0": F}, 0, True),  # threshold below 1 counts as 1
+    ],
+)
+def test_blocks_all_failed(blocks: dict[str, str], threshold: int, bad: bool) -> None:
+    assert blocks_all_failed(blocks, threshold) is bad
+
+
+@pytest.mark.parametrize(
+    ("blocks", "window", "bad"),
+    [
+        # Parsl's own case: ids in numeric order 8, 9, 10, 21, 22.
+        ({"8": F, "9": R, "10": F, "21": F, "22": F}, 3, True),
+        ({"8": F, "9": F, "10": R, "21": F, "22": F}, 3, False),
+        ({"8": F, "9": F, "10": R, "21": F, "22": F}, 2, True),  # functools.partial(..., threshold=2)
+        # Fewer blocks than the window: not yet.
+        ({"0": F, "1": F}, 3, False),
+        ({"0": F, "1": F, "2": F}, 3, True),
+        # A success between failures resets the window.
+        ({"0": F, "1": C, "2": F, "3": F}, 3, False),
+        ({"0": F, "1": C, "2": F, "3": F, "4": F}, 3, True),
+        # Pending or running blocks in the window break it; older failures do not matter.
+        ({"0": F, "1": F, "2": F, "3": P}, 3, False),
+        ({"0": F, "1": F, "2": F, "3": R}, 3, False),
+        ({"0": R, "1": F, "2": F, "3": F}, 3, True),  # an older running block is outside the window
+        # MISSING counts as failure; SCALED_IN does not.
+        ({"0": M, "1": F, "2": M}, 3, True),
+        ({"0": F, "1": S, "2": F}, 3, False),
+        # Numeric order: '10' comes after '9' (as strings '10' < '9' and the window would be 2, 9).
+        ({"2": R, "9": F, "10": F}, 2, True),
+        ({"2": F, "9": F, "10": R}, 2, False),
+        ({"0": F}, 1, True),
+    ],
+)
+def test_blocks_last_failed(blocks: dict[str, str], window: int, bad: bool) -> None:
+    assert blocks_last_failed(blocks, window) is bad
+
+
+def test_last_blocks_is_numeric_order() -> None:
+    assert last_blocks(["10", "9", "2", "100"], 3) == ["9", "10", "100"]
+    assert last_blocks(["1"], 3) == ["1"]
+    with pytest.raises(ValueError, match="window"):
+        last_blocks(["1"], 0)
+
+
+@given(blocks=st.dictionaries(st.integers(0, 30).map(str), st.sampled_from([F, M, R, P, C, S]), max_size=10),
+       window=st.integers(1, 12))
+def test_windowed_rule_properties(blocks: dict[str, str], window: int) -> None:
+    bad = blocks_last_failed(blocks, window)
+    # Whenever every block failed, the windowed rule agrees with the simple rule at the same threshold.
+    if all(v in (F, M) for v in blocks.values()):
+        assert bad == blocks_all_failed(blocks, window)
+    # The simple rule at the same threshold is the stricter one.
+    if blocks_all_failed(blocks, window):
+        assert bad
+    # A new block that has not failed (yet) always clears it.
+    newest = str(max((int(b) for b in blocks), default=-1) + 1)
+    assert not blocks_last_failed({**blocks, newest: P}, window)
+
+
+def reg(state: str, since: float | None = 0.0, registered: bool = False) -> BlockRegistration:
+    return BlockRegistration(state=state, running_since=since, registered=registered)
+
+
+@pytest.mark.parametrize(
+    ("block", "now", "timed_out"),
+    [
+        (reg(R, since=0.0), 120.0, True),  # exactly the time-out
+        (reg(R, since=0.0), 119.9, False),
+        (reg(R, since=10.0), 200.0, True),
+        (reg(R, since=0.0, registered=True), 1e6, False),  # a pool registered: not this rule's business
+        (reg(R, since=None), 1e6, False),  # not yet seen running
+        (reg(P, since=None), 1e6, False),  # waiting in the batch queue does not count
+        (reg(P, since=0.0), 1e6, False),
+        (reg("HELD", since=0.0), 1e6, False),
+        (reg("UNKNOWN", since=0.0), 1e6, False),
+        (reg(F, since=0.0), 1e6, False),  # ended blocks are left to the block error handler
+        (reg(M, since=0.0), 1e6, False),
+        (reg("CANCELLED", since=0.0), 1e6, False),
+        (reg(S, since=0.0), 1e6, False),
+    ],
+)
+def test_registration_time_out(block: BlockRegistration, now: float, timed_out: bool) -> None:
+    assert blocks_registration_timed_out({"0": block}, 120.0, now) == (["0"] if timed_out else [])
+
+
+def test_registration_time_out_disabled_and_ordered() -> None:
+    blocks = {"10": reg(R), "9": reg(R), "2": reg(R, registered=True), "3": reg(R, since=50.0)}
+    assert blocks_registration_timed_out(blocks, None, 1e9) == []
+    assert blocks_registration_timed_out(blocks, 60.0, 100.0) == ["9", "10"]
+    assert blocks_registration_timed_out(blocks, 50.0, 100.0) == ["3", "9", "10"]
