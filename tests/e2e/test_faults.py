@@ -223,9 +223,11 @@ def test_stopped_manager_is_lost_and_ignored_when_it_resumes(make_executor: Any,
         assert wait_until(lambda: (tmp_path / "task0.done").exists(), 10)
     finally:
         os.kill(victim["manager_pid"], signal.SIGCONT)
+        resumed = time.monotonic()
     # Resumed, it finds the interchange silent past the threshold and exits; the result and goodbye it
     # sends on the way out come from a manager the interchange has forgotten and are dropped.
     assert wait_until(lambda: not alive(victim["manager_pid"]), 15), "resumed manager did not exit"
+    print(f"resumed manager exited {time.monotonic() - resumed:.2f} s after SIGCONT")
     assert wait_until(lambda: not alive(victim["worker_pid"]), 10)
     log = Path(ex.logdir, "interchange.log")
     assert wait_until(lambda: f"results from unknown manager b'{victim['pool_id']}'" in log.read_text(), 10)
