@@ -60,7 +60,7 @@ def all_addresses() -> list[str]:
 
 
 def create_certificates(base_dir: str | os.PathLike[str]) -> str:
-    """Create ``base_dir/certificates`` (mode 0700) with fresh server and client key pairs."""
+    """Create ``base_dir/certificates`` (mode 0700) with fresh server and client key pairs (secret keys 0600)."""
     import zmq.auth
     cert_dir = Path(base_dir) / "certificates"
     cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -68,7 +68,10 @@ def create_certificates(base_dir: str | os.PathLike[str]) -> str:
     for name in ("server", "client"):
         for suffix in (".key", ".key_secret"):
             (cert_dir / f"{name}{suffix}").unlink(missing_ok=True)
-        zmq.auth.create_certificates(str(cert_dir), name)
+        _, secret_file = zmq.auth.create_certificates(str(cert_dir), name)
+        # pyzmq writes the secret key with the umask's mode (0644 as a rule): only the owner may read it,
+        # whatever happens to the directory's mode or wherever a copy of it goes.
+        os.chmod(secret_file, 0o600)
     return str(cert_dir)
 
 

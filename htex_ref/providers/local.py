@@ -3,7 +3,9 @@
 The script is ``worker_init``, ``export JOBNAME=...`` and the launcher's text. Its stdout and stderr go
 to ``{script_dir}/{job_name}.out`` / ``.err`` beside the script, and its exit code to ``.ec``, so the
 state of a job survives a restart of the executor. Cancel signals the job's whole process group (the
-script, the worker pool and its workers): SIGTERM, then SIGKILL after ``cancel_grace`` seconds.
+script, the worker pool and its workers): SIGTERM, then SIGKILL after ``cancel_grace`` seconds. When a
+job ends by itself, whatever is left in its group (processes that its tasks started) gets SIGKILL the
+first time its status is read, as a batch system ends a job's processes.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class LocalProvider(ExecutionProvider):
         rc = job.proc.poll()
         if rc is None:
             return JobStatus(JobState.RUNNING, stdout_path=out, stderr_path=err)
+        self._end_leftovers(job)
         try:
             text = Path(ec).read_text().strip()
             code = int(text) if text != "-" else rc
@@ -159,6 +162,8 @@ class LocalProvider(ExecutionProvider):
                 job.cancelled = True
                 self._signal(job, signal.SIGTERM)
                 live.append(job)
+            else:
+                self._end_leftovers(job)
         # Give the whole group (the worker pool, not only the script) the grace period to exit cleanly.
         deadline = time.monotonic() + self.cancel_grace
         for job in live:
@@ -169,6 +174,13 @@ class LocalProvider(ExecutionProvider):
             self._signal(job, signal.SIGKILL)
             job.proc.wait()
         return results
+
+    def _end_leftovers(self, job: _Job) -> None:
+        """The job has ended: like a batch system at the end of a job, SIGKILL what it left in its
+        process group (processes its tasks started, say, once its pool was killed or drained). A group
+        with members keeps its id from being reused, so the signal cannot reach another job."""
+        if _group_running(job.proc.pid):
+            self._signal(job, signal.SIGKILL)
 
     @staticmethod
     def _signal(job: _Job, sig: int) -> None:
