@@ -94,6 +94,9 @@ LAUNCH_CMD_FIELDS = frozenset(
 _run_counter = itertools.count()
 
 
+_PING = dump_json({"op": "ping", "args": []})
+
+
 class HtexFuture(Future[Any]):
     """A Future that knows its executor task id."""
 
@@ -336,6 +339,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self._writer: NonBlockingWriter | None = None
         self._wake_r, self._wake_w = -1, -1
         self._ix_proc: subprocess.Popen[bytes] | None = None
+        self._ended_reported: set[str] = set()
         self._ix_pidfd: int | None = None
         self._ix_ready_info: dict[str, Any] = {}
         self.run_dir = ""
@@ -499,7 +503,29 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         poller.register(self._wake_r, zmq.POLLIN)
         tasks = self._tasks
         writing = False
+        # A live interchange answers a ping every ``ping_every`` seconds; one that is stopped or stuck
+        # (its process still exists, so the pidfd says nothing) is an error after heartbeat_threshold.
+        silent_limit = float(self.heartbeat_threshold)
+        ping_every = max(0.2, min(float(self.heartbeat_period), silent_limit / 4))
+        last_heard = time.monotonic()
+        next_ping = last_heard + ping_every
         while not self._io_stop.is_set():
+            now = time.monotonic()
+            if self._ix_ready_info is None or self._bad_state is not None:
+                last_heard = now
+            elif now - last_heard > silent_limit:
+                assert self._ix_proc is not None
+                self.set_bad_state_and_fail_all(InterchangeError(
+                    f"the interchange process (pid {self._ix_proc.pid}) has not answered for {now - last_heard:.1f} s "
+                    f"(heartbeat_threshold={self.heartbeat_threshold} s): it is stopped or stuck; "
+                    f"see {self.logdir}/interchange.log"))
+                last_heard = now
+            elif now >= next_ping:
+                next_ping = now + ping_every
+                with self._send_lock:
+                    if not self._shutdown:
+                        # No one waits for this reply: any message from the interchange counts.
+                        self._send([Kind.CMD, pack_request_id(next(self._request_ids)), _PING])
             if writer.pending != writing:
                 writing = writer.pending
                 poller.modify(sock_fd, zmq.POLLIN | (zmq.POLLOUT if writing else 0))
@@ -514,6 +540,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 with self._send_lock:
                     writer.flush()
             if flags & zmq.POLLIN:
+                last_heard = time.monotonic()
                 try:
                     messages = reader.read_available()
                 except Exception as e:
@@ -894,12 +921,27 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                     self._time_out_unregistered_blocks(statuses, now)
                     self._last_status = (now, statuses)
                     self.handle_block_errors(statuses)
+                    self._report_ended_blocks(statuses)
                 if (self.strategy != "none" and self._bad_state is None and not self._shutdown
                         and now - last_pass >= self.strategy_period - 1e-3):
                     last_pass = now
                     self._strategy_pass()
             except Exception:
                 logger.exception("Scaling pass failed")
+
+    def _report_ended_blocks(self, statuses: dict[str, JobStatus]) -> None:
+        """Tell the interchange once about each block whose job ended: its managers are gone with it,
+        so their tasks fail with ManagerLost now rather than after heartbeat_threshold."""
+        for block_id, st in statuses.items():
+            if not st.terminal or block_id in self._ended_reported or self._bad_state is not None:
+                continue
+            self._ended_reported.add(block_id)
+            reason = f"ended ({st.state.name}" + (
+                f", exit code {st.exit_code})" if st.exit_code is not None else ")")
+            try:
+                self._command("block_cancelled", block_id, reason)
+            except Exception:
+                logger.exception("Could not tell the interchange that block %s ended", block_id)
 
     def _strategy_pass(self, first: bool = False) -> None:
         if first:
@@ -981,6 +1023,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             if not self._shutdown and self._bad_state is None:
                 try:
                     # Its managers are gone now; the interchange need not wait heartbeat_threshold to know.
+                    self._ended_reported.add(b)
                     self._command("block_cancelled", b)
                 except Exception:
                     logger.exception("Could not tell the interchange that block %s was cancelled", b)

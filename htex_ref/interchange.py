@@ -193,7 +193,8 @@ class Interchange:
                     if body.get("op") == "hold_manager" and args and isinstance(args[0], str):
                         events.append(HoldManager(args[0].encode()))
                     elif body.get("op") == "block_cancelled" and args and isinstance(args[0], str):
-                        events.append(BlockCancelled(args[0]))
+                        reason = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+                        events.append(BlockCancelled(args[0], reason[:500]))
                     self._commands.append((unpack_request_id(frames[1]), body))
                 elif kind == Kind.STOP:
                     events.append(ShutdownAll("the executor shut down"))

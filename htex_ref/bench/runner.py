@@ -39,6 +39,9 @@ LEFTOVER_GRACE_S = 10.0
 
 IMPL_HTEX = "htex_ref"
 IMPL_HTEX_P0 = "htex_ref prefetch=0"
+IMPL_HTEX_ENC = "htex_ref encrypted"
+#: Encryption may cost at most this fraction of throughput or round trip.
+ENCRYPTION_BUDGET = 0.10
 IMPL_PARSL = "parsl"
 
 
@@ -424,6 +427,19 @@ def _summary(medians: dict[str, dict[str, float]], impls: list[str], compare: bo
     return _table(rows, 2 if compare else 0), verdicts
 
 
+def _encryption_cost(medians: dict[str, dict[str, float]]) -> dict[str, Any] | None:
+    """Encrypted vs plain htex_ref from the same rounds: throughput and round-trip ratios."""
+    plain, enc = medians.get(IMPL_HTEX, {}), medians.get(IMPL_HTEX_ENC, {})
+    tput = _ratio(enc.get("noop_tasks_per_s"), plain.get("noop_tasks_per_s"))
+    rtt = _ratio(enc.get("rtt_median_ms"), plain.get("rtt_median_ms"))
+    if tput is None or rtt is None:
+        return None
+    met = tput >= 1 - ENCRYPTION_BUDGET and rtt <= 1 + ENCRYPTION_BUDGET
+    text = (f"encryption cost (encrypted/plain, same rounds): throughput {tput:.3f}x, RTT median {rtt:.3f}x "
+            f"(target within {ENCRYPTION_BUDGET:.0%} of plain: {'met' if met else 'NOT MET'})")
+    return {"throughput_ratio": tput, "rtt_ratio": rtt, "met": met, "text": text}
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -462,6 +478,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_PARSL_PYTHON}, relative to the current directory)")
     p.add_argument("--also-prefetch0", action="store_true",
                    help="also run htex_ref with --prefetch 0 as a separate row")
+    p.add_argument("--also-encrypted", action="store_true",
+                   help="also run htex_ref with CurveZMQ encryption as a separate row, and report its cost")
     p.add_argument("--json", metavar="PATH", help="write all raw results to PATH")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds per child before it and its process groups are killed (default 300)")
@@ -477,7 +495,30 @@ def _parser() -> argparse.ArgumentParser:
                    help="prefetch_capacity for the sweep: an int, or 'auto' (default 0: slots only)")
     g.add_argument("--fake-processes", type=int, default=None,
                    help="processes holding the fake managers (default min(4, M))")
+    r = p.add_argument_group("reliability")
+    r.add_argument("--soak", type=int, metavar="N",
+                   help="run N echo tasks while killing a worker mid-task every --kill-every seconds and one "
+                        "worker pool half-way; check that every future resolves correctly")
+    r.add_argument("--kill-every", type=float, default=2.0, help="seconds between worker kills (default 2)")
+    r.add_argument("--memory", type=int, metavar="N",
+                   help="run N no-op tasks and report the executor's and the interchange's RSS as they go")
     return p
+
+
+def _reliability_main(args: argparse.Namespace) -> int:
+    from htex_ref.bench import soak
+
+    rc = 0
+    if args.soak:
+        print(f"soak: {args.soak} echo tasks, 2 blocks x {args.workers} workers, encrypted, a worker killed "
+              f"mid-task every {args.kill_every} s, one pool killed half-way", flush=True)
+        report = soak.soak(args.soak, workers=args.workers, kill_every=args.kill_every, progress=True)
+        print(report.text())
+        rc |= 0 if report.ok else 1
+    if args.memory:
+        print(f"memory: {args.memory} no-op tasks, {args.workers} workers", flush=True)
+        print(soak.memory_text(soak.memory(args.memory, workers=args.workers, progress=True)))
+    return rc
 
 
 def _fake_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -515,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be at least 1")
     if args.fake_managers is not None:
         return _fake_main(args, parser)
+    if args.soak is not None or args.memory is not None:
+        if (args.soak or 1) < 1 or (args.memory or 1) < 1 or args.kill_every <= 0:
+            parser.error("--soak and --memory need at least 1 task, --kill-every a positive time")
+        return _reliability_main(args)
     if args.tasks is None:
         args.tasks = 10000
     if args.timeout <= 0:
@@ -535,7 +580,12 @@ def main(argv: list[str] | None = None) -> int:
         plan.append((IMPL_PARSL, [str(parsl_python), str(CHILD), "--impl", "parsl", *common]))
     if args.also_prefetch0:
         plan.append((IMPL_HTEX_P0, [*htex_cmd, "--prefetch", "0"]))
-    impls = [IMPL_HTEX] + ([IMPL_HTEX_P0] if args.also_prefetch0 else []) + ([IMPL_PARSL] if compare else [])
+    also_enc = args.also_encrypted and not args.encrypted
+    if also_enc:
+        # Right after the plain run in every round, so both see the same machine state.
+        plan.insert(1, (IMPL_HTEX_ENC, [*htex_cmd, "--encrypted"]))
+    impls = ([IMPL_HTEX] + ([IMPL_HTEX_ENC] if also_enc else []) + ([IMPL_HTEX_P0] if args.also_prefetch0 else [])
+             + ([IMPL_PARSL] if compare else []))
 
     base_env = dict(os.environ, PYTHONUNBUFFERED="1")
     htex_env = dict(base_env)
@@ -607,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
         met = sum(1 for v in verdicts if v["met"])
         unknown = sum(1 for v in verdicts if v["met"] is None)
         print(f"targets met: {met}/{len(verdicts)}" + (f" ({unknown} without results)" if unknown else ""))
+    encryption = _encryption_cost(medians) if also_enc else None
+    if encryption is not None:
+        print(encryption["text"])
     print(f"load average at end: {' '.join(map(str, load_end))}")
     failed = [r for r in runs if not r.ok]
     leftovers = sum(len(r.leftovers) for r in runs)
@@ -628,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": [r.as_json() for r in runs],
             "medians": medians,
             "targets": verdicts,
+            "encryption": encryption,
         }
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -207,9 +207,11 @@ class ShutdownAll:
 
 @dataclass(frozen=True, slots=True)
 class BlockCancelled:
-    """The executor cancelled this block's job: its managers are gone, whether or not they said so."""
+    """The executor cancelled this block's job, or saw it end: its managers are gone, whether or not they
+    said so. ``reason`` says which; empty means cancelled by the executor."""
 
     block_id: str
+    reason: str = ""
 
 
 Event = (
@@ -459,9 +461,10 @@ class InterchangeState:
             self._forget(rec, stop_reason=ev.reason)
 
     def _on_block_cancelled(self, ev: BlockCancelled, now: float) -> None:
+        why = ev.reason or "was cancelled by the executor"
         for rec in [r for r in self.managers.values() if r.block_id == ev.block_id]:
-            self._fail_tasks(rec, f"its block {ev.block_id} was cancelled by the executor")
-            self._forget(rec, stop_reason=f"block {ev.block_id} was cancelled")
+            self._fail_tasks(rec, f"its block {ev.block_id} {why}")
+            self._forget(rec, stop_reason=f"block {ev.block_id} {why}")
 
     _handlers: dict[type, Any] = {
         TaskSubmitted: _on_task,

@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from htex_ref.core.interchange import (
     AUTO_PREFETCH_MAX_PER_WORKER,
     AcceptRegistration,
+    BlockCancelled,
     ForwardResults,
     HoldManager,
     InterchangeState,
@@ -412,6 +413,21 @@ def test_goodbye_fails_in_flight_tasks_immediately():
     out = s.handle(ResultsReceived(b"b", [ok(held_b[0])]), now=2.0)
     assert [r[0] for r in forwarded(out)] == held_b
     assert sent(out, b"b") == [4]
+
+
+@pytest.mark.parametrize("reason, shown", [("", "was cancelled by the executor"),
+                                           ("ended (FAILED, exit code -9)", "ended (FAILED, exit code -9)")])
+def test_block_end_fails_its_managers_tasks_at_once_with_the_reason(reason, shown):
+    s = new_state()
+    s.handle(registered(b"a", workers=2, block="3"), registered(b"b", workers=2, block="4"), now=0.0)
+    s.handle(task(1), task(2), task(3), task(4), now=0.0)
+    held_a = sorted(s.managers[b"a"].tasks)
+    out = s.handle(BlockCancelled("3", reason), now=0.5)  # long before heartbeat_threshold
+    lost = _lost_results(out)
+    assert sorted(r[0] for r in lost) == held_a
+    assert f"its block 3 {shown}" in json.loads(lost[0][2])["detail"]
+    assert [ins.manager_id for ins in of_type(out, StopManager)] == [b"a"]
+    assert b"a" not in s.managers and b"b" in s.managers
 
 
 def test_hold_stops_dispatch_but_results_still_forwarded():

@@ -1,0 +1,307 @@
+"""Soak and memory runs: many tasks through a real executor while faults are injected.
+
+``soak``: ``tasks`` echo calls flow through local blocks while, every ``kill_every`` seconds, a worker is
+SIGKILLed in the middle of a task, and once (at ``manager_kill_at`` of the run) a whole worker pool
+(manager) is SIGKILLed. Worker kills hit "victim" tasks that report their pid and then sleep, so every
+kill lands on a busy worker and the expected count of ``WorkerLost`` is exact. The run checks that every
+future resolves, that each successful echo returns its input, that only victims fail with
+``WorkerLost``, that every ``ManagerLost`` names the pool that was killed, and reports how long each
+fault took to surface.
+
+``memory``: ``tasks`` no-op calls in windows; the RSS of the executor's process and of the interchange
+is sampled as it goes, to show that neither grows with the number of tasks run.
+
+Both are reached from ``htex-ref bench --soak N`` and ``htex-ref bench --memory N``; a small soak also
+runs in the test suite.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Futures kept outstanding at once, so that memory does not grow with the run's length.
+WINDOW = 5000
+
+
+def echo(x: int, pause: float) -> int:
+    if pause:
+        time.sleep(pause)
+    return x
+
+
+def victim(path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(tmp, path)
+    time.sleep(600)
+
+
+def noop() -> None:
+    return None
+
+
+@dataclass
+class SoakReport:
+    tasks: int
+    succeeded: int = 0
+    wrong_results: int = 0
+    worker_kills: int = 0
+    worker_lost: int = 0
+    manager_kills: int = 0
+    manager_lost: int = 0
+    other_errors: Counter[str] = field(default_factory=Counter)
+    unresolved: int = 0
+    worker_detect_s: list[float] = field(default_factory=list)
+    manager_detect_s: float | None = None
+    wall_s: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        """Echo tasks that neither returned their input nor failed for an injected fault."""
+        return self.tasks - self.succeeded - self.manager_lost_echo
+
+    manager_lost_echo: int = 0
+    first_manager_lost_seen: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        det = sorted(self.worker_detect_s)
+        med = det[len(det) // 2] if det else float("nan")
+        lines = [
+            f"soak: {self.tasks} echo tasks in {self.wall_s:.1f} s",
+            f"  succeeded with the right result: {self.succeeded}; wrong results: {self.wrong_results}",
+            f"  worker kills {self.worker_kills} -> WorkerLost {self.worker_lost} "
+            f"(detected in median {med * 1000:.0f} ms, max {max(det, default=float('nan')) * 1000:.0f} ms)",
+            f"  manager kills {self.manager_kills} -> ManagerLost {self.manager_lost} "
+            f"({self.manager_lost_echo} echo tasks; detected after "
+            + ("n/a" if self.manager_detect_s is None else f"{self.manager_detect_s:.2f} s") + ")",
+            f"  other errors: {dict(self.other_errors) or 'none'}; unresolved futures: {self.unresolved}",
+            f"  tasks lost without an injected cause: {self.lost}",
+            "  verdict: " + ("OK" if self.ok else "PROBLEMS: " + "; ".join(self.problems)),
+        ]
+        return "\n".join(lines)
+
+
+def _pool_pids(run_dir: str) -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if run_dir in cmd and ("htex-worker-pool" in cmd or "htex_ref.worker_pool" in cmd):
+            pids.append(p.pid)
+    return pids
+
+
+def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: float = 2.0,
+         manager_kill_at: float = 0.5, pause: float = 0.0005, seed: int = 1, run_dir: str | None = None,
+         heartbeat_threshold: float = 5.0, encrypted: bool = True, timeout: float = 3600.0,
+         progress: bool = False) -> SoakReport:
+    from htex_ref import HighThroughputExecutor, LocalProvider, ManagerLost, WorkerLost
+
+    own_dir = run_dir is None
+    run_dir = run_dir or tempfile.mkdtemp(prefix="htex-soak-")
+    rng = random.Random(seed)
+    report = SoakReport(tasks=tasks)
+    ex = HighThroughputExecutor(
+        label="soak", provider=LocalProvider(init_blocks=blocks, min_blocks=blocks, max_blocks=blocks),
+        max_workers_per_node=workers, address="127.0.0.1", encrypted=encrypted, run_dir=run_dir,
+        heartbeat_period=max(0.5, heartbeat_threshold / 5), heartbeat_threshold=heartbeat_threshold,
+        strategy="simple", strategy_period=1.0,
+    )
+    t_start = time.monotonic()
+    deadline = t_start + timeout
+    victims: list[tuple[Future[Any], float]] = []
+    killed_pool: int | None = None
+    manager_kill_time: float | None = None
+    outstanding: dict[Future[Any], int] = {}
+    ex.start()
+    try:
+        next_kill = time.monotonic() + kill_every
+        submitted = 0
+        done_echo = 0
+
+        def settle(fut: Future[Any], x: int) -> None:
+            nonlocal done_echo
+            done_echo += 1
+            exc = fut.exception(0)
+            if exc is None:
+                if fut.result() == x:
+                    report.succeeded += 1
+                else:
+                    report.wrong_results += 1
+            elif isinstance(exc, ManagerLost):
+                report.manager_lost += 1
+                report.manager_lost_echo += 1
+                if report.first_manager_lost_seen is None:
+                    report.first_manager_lost_seen = time.monotonic()
+            else:
+                report.other_errors[type(exc).__name__] += 1
+
+        while done_echo < tasks:
+            if time.monotonic() > deadline:
+                report.problems.append(f"gave up after {timeout:.0f} s")
+                break
+            while submitted < tasks and len(outstanding) < WINDOW:
+                outstanding[ex.submit(echo, submitted, pause)] = submitted
+                submitted += 1
+            for fut in [f for f in outstanding if f.done()]:
+                settle(fut, outstanding.pop(fut))
+            now = time.monotonic()
+            if killed_pool is None and done_echo >= manager_kill_at * tasks:
+                pools = _pool_pids(run_dir)
+                if pools:
+                    killed_pool = rng.choice(pools)
+                    os.kill(killed_pool, signal.SIGKILL)
+                    manager_kill_time = time.monotonic()
+                    report.manager_kills += 1
+            elif now >= next_kill and done_echo < 0.9 * tasks:
+                marker = os.path.join(run_dir, f"victim-{report.worker_kills}")
+                vf = ex.submit(victim, {"priority": -1}, marker)
+                vf.add_done_callback(_stamp)
+                t0 = time.monotonic()
+                while not os.path.exists(marker) and not vf.done() and time.monotonic() - t0 < 60:
+                    for fut in [f for f in outstanding if f.done()]:
+                        settle(fut, outstanding.pop(fut))
+                    time.sleep(0.002)
+                if os.path.exists(marker):
+                    os.kill(int(Path(marker).read_text()), signal.SIGKILL)
+                    report.worker_kills += 1
+                    victims.append((vf, time.monotonic()))
+                else:
+                    victims.append((vf, float("nan")))
+                next_kill = time.monotonic() + kill_every
+            if progress and rng.random() < 0.001:
+                print(f"  {done_echo}/{tasks} done, {report.worker_kills} worker kills", flush=True)
+            time.sleep(0.001)
+        for rest, x in list(outstanding.items()):
+            try:
+                rest.exception(max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                report.unresolved += 1
+                continue
+            settle(rest, x)
+        for vfut, killed_at in victims:
+            try:
+                exc = vfut.exception(max(1.0, deadline - time.monotonic()))
+            except TimeoutError:
+                report.unresolved += 1
+                continue
+            if isinstance(exc, WorkerLost):
+                report.worker_lost += 1
+                report.worker_detect_s.append(_resolved_at(vfut) - killed_at)
+            elif isinstance(exc, ManagerLost):
+                report.manager_lost += 1  # a victim that was running on the pool killed as a whole
+            else:
+                report.problems.append(f"a victim ended with {exc!r}")
+        if manager_kill_time is not None and report.first_manager_lost_seen is not None:
+            report.manager_detect_s = report.first_manager_lost_seen - manager_kill_time
+    finally:
+        report.wall_s = time.monotonic() - t_start
+        ex.shutdown(wait=False, cancel_futures=True)
+        if own_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    _judge(report, len(victims))
+    return report
+
+
+_RESOLVED_AT: dict[int, float] = {}
+
+
+def _stamp(fut: Future[Any]) -> None:
+    _RESOLVED_AT[id(fut)] = time.monotonic()
+
+
+def _resolved_at(fut: Future[Any]) -> float:
+    return _RESOLVED_AT.pop(id(fut), time.monotonic())
+
+
+def _judge(report: SoakReport, victims: int) -> None:
+    if report.unresolved:
+        report.problems.append(f"{report.unresolved} futures never resolved")
+    if report.wrong_results:
+        report.problems.append(f"{report.wrong_results} wrong results")
+    if report.other_errors:
+        report.problems.append(f"unexpected errors {dict(report.other_errors)}")
+    if report.worker_lost + (report.manager_lost - report.manager_lost_echo) != report.worker_kills:
+        report.problems.append(f"{report.worker_kills} worker kills but {report.worker_lost} WorkerLost")
+    if report.manager_kills and not report.manager_lost:
+        # A pool killed while idle has no tasks to lose; with this load that would be surprising.
+        report.problems.append("a pool was killed but no task reported ManagerLost")
+    if report.lost:
+        report.problems.append(f"{report.lost} echo tasks lost without an injected cause")
+
+
+@dataclass
+class MemorySample:
+    tasks_done: int
+    executor_rss_mib: float
+    interchange_rss_mib: float
+
+
+def memory(tasks: int = 1_000_000, workers: int = 2, samples: int = 10, run_dir: str | None = None,
+           encrypted: bool = False, progress: bool = False) -> list[MemorySample]:
+    """Run ``tasks`` no-op calls in windows of ``WINDOW``; sample both processes' RSS ``samples`` times."""
+    import psutil
+
+    from htex_ref import HighThroughputExecutor, LocalProvider
+
+    own_dir = run_dir is None
+    run_dir = run_dir or tempfile.mkdtemp(prefix="htex-memory-")
+    ex = HighThroughputExecutor(label="memory", provider=LocalProvider(), max_workers_per_node=workers,
+                                address="127.0.0.1", encrypted=encrypted, run_dir=run_dir)
+    ex.start()
+    out: list[MemorySample] = []
+    try:
+        assert ex._ix_proc is not None
+        me, ix = psutil.Process(), psutil.Process(ex._ix_proc.pid)
+
+        def sample(done: int) -> None:
+            s = MemorySample(done, me.memory_info().rss / 2**20, ix.memory_info().rss / 2**20)
+            out.append(s)
+            if progress:
+                print(f"  {done:>9} tasks: executor {s.executor_rss_mib:.1f} MiB, "
+                      f"interchange {s.interchange_rss_mib:.1f} MiB", flush=True)
+
+        every = max(WINDOW, tasks // samples)
+        done = 0
+        sample(0)
+        while done < tasks:
+            n = min(WINDOW, tasks - done)
+            for f in [ex.submit(noop) for _ in range(n)]:
+                f.result(600)
+            done += n
+            if done % every < WINDOW or done == tasks:
+                sample(done)
+    finally:
+        ex.shutdown()
+        if own_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return out
+
+
+def memory_text(samples: list[MemorySample]) -> str:
+    lines = ["| tasks done | executor RSS MiB | interchange RSS MiB |", "|---:|---:|---:|"]
+    lines += [f"| {s.tasks_done:,} | {s.executor_rss_mib:.1f} | {s.interchange_rss_mib:.1f} |" for s in samples]
+    if len(samples) > 2:
+        # Growth after the first window (imports and warm-up buffers are not per-task cost).
+        first, last = samples[1], samples[-1]
+        lines.append(f"\ngrowth from {first.tasks_done:,} to {last.tasks_done:,} tasks: executor "
+                     f"{last.executor_rss_mib - first.executor_rss_mib:+.1f} MiB, interchange "
+                     f"{last.interchange_rss_mib - first.interchange_rss_mib:+.1f} MiB")
+    return "\n".join(lines)
