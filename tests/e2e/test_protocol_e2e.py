@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -83,3 +84,47 @@ def test_version_mismatch_is_refused_and_fatal(make_executor: Any, protocol: int
             ex.submit(add, 1, 1).result(30)
     assert isinstance(info.value.reason, VersionMismatch)
     assert shown in str(info.value) and f"python={PYTHON_VERSION}" in str(info.value)
+
+
+def test_fuzzed_messages_never_stop_the_interchange(make_executor: Any) -> None:
+    """Hypothesis sends random and near-valid messages from raw clients with random identities; after
+    each one the interchange must still answer a probe, and at the end it still runs tasks."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from htex_ref.framing import encode_body
+
+    ex = make_executor(max_workers_per_node=1)
+    assert ex.submit(add, 1, 2).result(30) == 3
+    kinds = st.sampled_from([Kind.RESULTS, Kind.HEARTBEAT, Kind.REGISTER, Kind.BYE, Kind.PROBE, Kind.TASKS,
+                             Kind.SHUTDOWN, b"", b"\xff" * 3])
+    json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8))
+    body = st.one_of(
+        st.binary(max_size=200),
+        st.lists(st.binary(max_size=30), max_size=6).map(encode_body),
+        st.dictionaries(st.text(max_size=12), json_scalar, max_size=6).map(lambda d: json.dumps(d).encode()),
+    )
+    message = st.tuples(kinds, st.lists(body, max_size=3)).map(lambda kb: [kb[0], *kb[1]])
+    ctx = zmq.Context()
+    probe = dealer(ctx, ex.interchange_worker_port, b"prober")
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(identity=st.binary(min_size=1, max_size=16).filter(lambda b: b[0] != 0), msg=message)
+    def send(identity: bytes, msg: list[bytes]) -> None:
+        s = dealer(ctx, ex.interchange_worker_port, b"fz" + identity)
+        try:
+            s.send_multipart(msg)
+        finally:
+            s.close()
+        probe.send_multipart([Kind.PROBE, b"1"])
+        assert probe.poll(10_000), f"no answer after {msg!r}"
+        assert probe.recv_multipart()[0] == Kind.PROBE_OK
+
+    try:
+        send()
+    finally:
+        probe.close()
+        ctx.destroy(linger=0)
+    assert ex.submit(add, 2, 3).result(30) == 5
+    assert not ex.bad_state_is_set
+    assert ex.interchange_stats()["bad_frames"] > 0
