@@ -401,7 +401,10 @@ class InterchangeState:
     def _on_heartbeat(self, ev: ManagerHeartbeat, now: float) -> None:
         rec = self.managers.get(ev.manager_id)
         if rec is None:
-            logger.debug("Ignoring heartbeat from unknown manager %r", ev.manager_id)
+            # Forgotten (expired, cancelled) or never registered: its tasks were already failed here,
+            # so tell it to stop rather than let it run on until its own silence timer fires.
+            logger.debug("Heartbeat from unknown manager %r; telling it to stop", ev.manager_id)
+            self._out.append(StopManager(ev.manager_id, "this manager is not registered (it was forgotten)"))
             return
         rec.last_seen = now
         self._out.append(ReplyHeartbeat(ev.manager_id))
@@ -411,6 +414,7 @@ class InterchangeState:
         if rec is None:
             # Its tasks were already failed with MANAGER_LOST when it was forgotten.
             logger.warning("Ignoring %d results from unknown manager %r", len(ev.results), ev.manager_id)
+            self._out.append(StopManager(ev.manager_id, "this manager is not registered (it was forgotten)"))
             return
         rec.last_seen = now
         avg = rec.avg_task_time

@@ -363,7 +363,7 @@ def test_results_count_as_contact():
     assert [r[0] for r in _lost_results(s.handle(now=19.0))] == [2]
 
 
-def test_late_messages_from_expired_manager_are_ignored():
+def test_late_messages_from_expired_manager_are_ignored_and_it_is_told_to_stop():
     s = new_state()
     s.handle(registered(b"a", workers=2), task(1), task(2), task(3), now=0.0)
     out = s.handle(now=THRESHOLD + 1)
@@ -376,7 +376,9 @@ def test_late_messages_from_expired_manager_are_ignored():
         ManagerGoodbye(b"a", "late"),
         now=THRESHOLD + 2,
     )
-    assert out == []
+    # Nothing is forwarded or dispatched; the forgotten pool is only told to stop.
+    assert not of_type(out, ForwardResults) and not of_type(out, SendTasks)
+    assert {type(i) for i in out} == {StopManager} and {i.manager_id for i in out} == {b"a"}
     assert b"a" not in s.managers
     assert s.pending_count == 1
 
