@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import logging
@@ -22,6 +23,7 @@ import numbers
 import os
 import shlex
 import shutil
+import signal
 import socket
 import string
 import subprocess
@@ -1105,6 +1107,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 except subprocess.TimeoutExpired:
                     if sig_wait == 2.0:
                         proc.terminate()
+                        # A stopped interchange would leave SIGTERM pending until SIGKILL.
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(proc.pid, signal.SIGCONT)
                     else:
                         proc.kill()
                         proc.wait()
