@@ -513,7 +513,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         next_ping = last_heard + ping_every
         while not self._io_stop.is_set():
             now = time.monotonic()
-            if self._ix_ready_info is None or self._bad_state is not None:
+            if not self._ix_ready_info or self._bad_state is not None:
+                # Before READY the start-up time-out applies; in bad state everything has failed.
                 last_heard = now
             elif now - last_heard > silent_limit:
                 assert self._ix_proc is not None

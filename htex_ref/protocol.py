@@ -104,6 +104,11 @@ def unpack_task_header(frame: Frame) -> tuple[int, float]:
     return task_id, priority
 
 
+def task_id_at(buf: bytes | memoryview, offset: int) -> int:
+    """The task id of the task header that starts at ``offset`` in ``buf`` (no copy, no other checks)."""
+    return int(_TASK_HEADER.unpack_from(buf, offset)[0])
+
+
 def pack_result_header(task_id: int, outcome: Outcome, run_time: float = 0.0) -> bytes:
     return _RESULT_HEADER.pack(task_id, outcome, run_time)
 

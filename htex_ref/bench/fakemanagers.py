@@ -30,7 +30,6 @@ import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -42,14 +41,9 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from htex_ref.framing import _lengths_struct as _lengths
-from htex_ref.framing import frame_table
-from htex_ref.protocol import Kind, Outcome, Registration
+from htex_ref.framing import encode_body, frame_table
+from htex_ref.protocol import Kind, Outcome, Registration, pack_result_header, task_id_at
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
-
-_TASK_ID = struct.Struct("<q")
-_RESULT_HEADER = struct.Struct("<qBd")
-
 
 # ------------------------------------------------------------------------------ one fake process
 
@@ -98,9 +92,6 @@ def serve(url: str, first: int, count: int, workers: int, heartbeat_period: floa
     for s, reg in regs.items():
         s.send_multipart([Kind.REGISTER, reg])
     payload = cloudpickle.dumps(None)
-    ok = int(Outcome.OK)
-    pack = _RESULT_HEADER.pack
-    unpack_id = _TASK_ID.unpack_from
     received: list[int] = []
     # epoll over the sockets' notification descriptors instead of zmq_poll, which costs O(sockets)
     # per call. Such a descriptor only says "look again": a socket is drained until EAGAIN, and after
@@ -130,16 +121,14 @@ def serve(url: str, first: int, count: int, workers: int, heartbeat_period: floa
                     lengths, offset = frame_table(body)
                     ids = []
                     for j in range(0, len(lengths), 3):
-                        ids.append(unpack_id(body, offset)[0])
+                        ids.append(task_id_at(body, offset))
                         offset += lengths[j] + lengths[j + 1] + lengths[j + 2]
                     received.extend(ids)
-                    n = len(ids)
-                    table = _lengths(2 * n).pack(2 * n, *([_RESULT_HEADER.size, len(payload)] * n))
-                    parts = [table]
+                    parts: list[bytes] = []
                     for tid in ids:
-                        parts.append(pack(tid, ok, 0.0))
+                        parts.append(pack_result_header(tid, Outcome.OK))
                         parts.append(payload)
-                    s.send_multipart([Kind.RESULTS, b"".join(parts)], copy=False)
+                    s.send_multipart([Kind.RESULTS, encode_body(parts)], copy=False)
                 elif kind in (Kind.SHUTDOWN, Kind.REJECTED):
                     if kind == Kind.REJECTED:
                         print(f"fake manager {socks[s]!r} rejected: {frames[1:]!r}", file=sys.stderr)
@@ -349,7 +338,8 @@ def measure(managers: int, workers: int = 64, tasks: int = 50_000, processes: in
             submit_per_s=tasks / (t_sub - t_sub0), wall_s=t1 - t0, received_ids=ids,
         )
     finally:
-        ex.shutdown()
+        # On an error path tasks may be left with no manager to run them: do not wait for them.
+        ex.shutdown(wait=False, cancel_futures=True)
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -66,14 +66,14 @@ class SoakReport:
     manager_detect_s: float | None = None
     wall_s: float = 0.0
     problems: list[str] = field(default_factory=list)
+    #: ManagerLost results among the echo tasks (the rest were victims on the killed pool).
+    manager_lost_echo: int = 0
+    first_manager_lost_seen: float | None = None
 
     @property
     def lost(self) -> int:
         """Echo tasks that neither returned their input nor failed for an injected fault."""
         return self.tasks - self.succeeded - self.manager_lost_echo
-
-    manager_lost_echo: int = 0
-    first_manager_lost_seen: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -127,12 +127,15 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
     t_start = time.monotonic()
     deadline = t_start + timeout
     victims: list[tuple[Future[Any], float]] = []
+    #: When each victim's future resolved, stamped by a done-callback on the result thread.
+    resolved_at: dict[Future[Any], float] = {}
     killed_pool: int | None = None
     manager_kill_time: float | None = None
     outstanding: dict[Future[Any], int] = {}
     ex.start()
     try:
         next_kill = time.monotonic() + kill_every
+        next_report = time.monotonic() + 5.0
         submitted = 0
         done_echo = 0
 
@@ -173,7 +176,7 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
             elif now >= next_kill and done_echo < 0.9 * tasks:
                 marker = os.path.join(run_dir, f"victim-{report.worker_kills}")
                 vf = ex.submit(victim, {"priority": -1}, marker)
-                vf.add_done_callback(_stamp)
+                vf.add_done_callback(lambda f: resolved_at.setdefault(f, time.monotonic()))
                 t0 = time.monotonic()
                 while not os.path.exists(marker) and not vf.done() and time.monotonic() - t0 < 60:
                     for fut in [f for f in outstanding if f.done()]:
@@ -186,7 +189,8 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
                 else:
                     victims.append((vf, float("nan")))
                 next_kill = time.monotonic() + kill_every
-            if progress and rng.random() < 0.001:
+            if progress and now >= next_report:
+                next_report = now + 5.0
                 print(f"  {done_echo}/{tasks} done, {report.worker_kills} worker kills", flush=True)
             time.sleep(0.001)
         for rest, x in list(outstanding.items()):
@@ -197,6 +201,9 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
                 continue
             settle(rest, x)
         for vfut, killed_at in victims:
+            if killed_at != killed_at:  # NaN: it never started, so it was never killed; do not wait 600 s
+                report.problems.append("a victim task did not start within 60 s")
+                continue
             try:
                 exc = vfut.exception(max(1.0, deadline - time.monotonic()))
             except TimeoutError:
@@ -204,7 +211,7 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
                 continue
             if isinstance(exc, WorkerLost):
                 report.worker_lost += 1
-                report.worker_detect_s.append(_resolved_at(vfut) - killed_at)
+                report.worker_detect_s.append(resolved_at[vfut] - killed_at)
             elif isinstance(exc, ManagerLost):
                 report.manager_lost += 1  # a victim that was running on the pool killed as a whole
             else:
@@ -218,17 +225,6 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
             shutil.rmtree(run_dir, ignore_errors=True)
     _judge(report, len(victims))
     return report
-
-
-_RESOLVED_AT: dict[int, float] = {}
-
-
-def _stamp(fut: Future[Any]) -> None:
-    _RESOLVED_AT[id(fut)] = time.monotonic()
-
-
-def _resolved_at(fut: Future[Any]) -> float:
-    return _RESOLVED_AT.pop(id(fut), time.monotonic())
 
 
 def _judge(report: SoakReport, victims: int) -> None:
@@ -289,7 +285,7 @@ def memory(tasks: int = 1_000_000, workers: int = 2, samples: int = 10, run_dir:
             if done % every < WINDOW or done == tasks:
                 sample(done)
     finally:
-        ex.shutdown()
+        ex.shutdown(wait=False, cancel_futures=True)
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
     return out

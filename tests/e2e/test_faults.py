@@ -112,6 +112,19 @@ def two_single_worker_blocks(make_executor: Any, **kwargs: Any) -> Any:
     return ex
 
 
+def one_held_task_per_manager(make_executor: Any, tmp_path: Path, threshold: float) -> tuple[Any, ...]:
+    """Two single-worker blocks, each running one held task (released by touching ``release``).
+
+    Returns (executor, release path, the two futures, where the first runs, where the second runs).
+    """
+    ex = two_single_worker_blocks(make_executor, heartbeat_period=1, heartbeat_threshold=threshold)
+    release = tmp_path / "release"
+    markers = [tmp_path / f"task{i}" for i in range(2)]
+    futures = [ex.submit(held, str(m), str(release), i) for i, m in enumerate(markers)]
+    victim, survivor = where_tasks_run(markers)
+    return ex, release, futures, victim, survivor
+
+
 # ------------------------------------------------------------------------------------ worker deaths
 
 
@@ -168,11 +181,7 @@ def test_worker_death_fails_only_its_task_and_the_worker_is_replaced(
 
 def test_killed_manager_fails_its_tasks_with_manager_lost(make_executor: Any, tmp_path: Path) -> None:
     threshold = 3.0
-    ex = two_single_worker_blocks(make_executor, heartbeat_period=1, heartbeat_threshold=threshold)
-    release = tmp_path / "release"
-    markers = [tmp_path / f"task{i}" for i in range(2)]
-    futures = [ex.submit(held, str(m), str(release), i) for i, m in enumerate(markers)]
-    victim, survivor = where_tasks_run(markers)
+    ex, release, futures, victim, survivor = one_held_task_per_manager(make_executor, tmp_path, threshold)
     assert victim["manager_pid"] != survivor["manager_pid"]
 
     t0 = time.monotonic()
@@ -202,11 +211,7 @@ def test_killed_manager_fails_its_tasks_with_manager_lost(make_executor: Any, tm
 
 def test_stopped_manager_is_lost_and_ignored_when_it_resumes(make_executor: Any, tmp_path: Path) -> None:
     threshold = 3.0
-    ex = two_single_worker_blocks(make_executor, heartbeat_period=1, heartbeat_threshold=threshold)
-    release = tmp_path / "release"
-    markers = [tmp_path / f"task{i}" for i in range(2)]
-    futures = [ex.submit(held, str(m), str(release), i) for i, m in enumerate(markers)]
-    victim, survivor = where_tasks_run(markers)
+    ex, release, futures, victim, survivor = one_held_task_per_manager(make_executor, tmp_path, threshold)
     calls = [0, 0]
     for i, f in enumerate(futures):
         f.add_done_callback(lambda _f, i=i: calls.__setitem__(i, calls[i] + 1))
