@@ -164,6 +164,82 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     it running (time in the batch queue does not count), without any manager of it registering, is
     cancelled through the provider and reported to the handler as MISSING. Set it above the time your
     ``worker_init`` and pool start-up can take.
+
+    Parameters
+    ----------
+    label : str
+        Name of the executor; logs go to ``{run_dir}/{label}``. Non-empty, without ``/``.
+    provider : ExecutionProvider | None
+        Turns blocks into jobs (``LocalProvider``, ``SlurmProvider``, ``PBSProProvider``...). ``None``
+        gives a ``LocalProvider()`` with one block.
+    launch_cmd : str | None
+        Template of the command that starts a worker pool on a node. Placeholders: ``{worker_pool}``,
+        ``{python}``, ``{block_id}`` and the pool options of the default command. Formatted once, so
+        ``{block_id}`` works as written (Parsl's ``{{block_id}}`` is accepted too).
+    address : str | None
+        Address of this host that the worker pools connect to; the interchange listens only there.
+        ``None``: it listens on every interface and the pools try each address of this host until one
+        answers (with ``LocalProvider``, the loopback address).
+    loopback_address : str
+        Address of this host that the interchange uses to talk to the executor.
+    worker_port : int | None
+        Fixed port for the pools' connection; ``None`` picks a free one in ``worker_port_range``.
+    worker_port_range : tuple[int, int]
+        Range of ports tried for the pools' connection.
+    interchange_port_range : tuple[int, int]
+        Range of ports kept for Parsl compatibility (the executor and the interchange talk over a
+        local socketpair, not TCP).
+    worker_debug : bool
+        Debug-level logs in the worker pools.
+    cores_per_worker : float
+        Cores each worker needs; the pool starts ``floor(cores / cores_per_worker)`` workers at most.
+    mem_per_worker : float | None
+        GB of memory each worker needs; caps the worker count by the node's available memory.
+    max_workers_per_node : int | None
+        Cap on workers per node; ``None`` (or 0) means no cap beyond cores, memory and accelerators.
+    cpu_affinity : str
+        ``none``, ``block``, ``block-reverse``, ``alternating`` or ``list:0-7,32-39:8-15,...``. The syntax
+        is checked here; whether the node has the threads is checked on the node, where a bad plan
+        fails the block with a clear error.
+    available_accelerators : int | Sequence[str]
+        Accelerators on a node: a count or their names. Each worker gets one (``CUDA_VISIBLE_DEVICES``
+        and friends); the worker count is capped by their number.
+    prefetch_capacity : int | None
+        Tasks a manager may hold beyond its idle workers. ``None``: automatic (prefetch only short
+        tasks, about 50 ms of work per worker); an int keeps Parsl's meaning.
+    heartbeat_threshold : float
+        Seconds of silence after which the interchange declares a manager lost (its tasks fail with
+        ``ManagerLost``), a pool gives up on the interchange, and the executor on a silent interchange.
+    heartbeat_period : float
+        Seconds between heartbeats; at most ``heartbeat_threshold``.
+    drain_period : float | None
+        Seconds after a pool starts at which it stops taking tasks, finishes its work and exits.
+    poll_period : int
+        Milliseconds the interchange waits in one poll when idle.
+    address_probe_timeout : float | None
+        Seconds a pool spends finding which of ``address`` answers (``None``: 30).
+    worker_logdir_root : str | None
+        Directory for worker-pool logs on the nodes (``{root}/{label}``); ``None`` uses the run dir.
+    manager_selector : RandomManagerSelector | BlockIdManagerSelector | str | None
+        Which manager gets the next tasks: ``random`` (the default) or ``block_id`` (fill the newest
+        block first, so older blocks go idle and can be scaled in).
+    block_error_handler : bool | str | Callable
+        What to do with failed blocks: ``True``/``"simple"``, ``"windowed"``, ``False``/``"none"`` or a
+        callable ``(executor, statuses)``; see above.
+    encrypted : bool
+        CurveZMQ on the interchange-to-pool connection (the only TCP hop).
+    run_dir : str | os.PathLike | None
+        Directory for logs, submit scripts and certificates; ``None`` makes ``./runinfo/NNN``.
+    strategy : str
+        Block scaling: ``none`` (keep ``init_blocks``), ``simple`` or ``htex_auto_scale``.
+    strategy_period : float
+        Seconds between scaling decisions (and block-status refreshes).
+    max_idletime : float
+        Seconds a block may stay idle before the strategy scales it in.
+    interchange_start_timeout : float
+        Seconds ``start()`` waits for the interchange to report ready before failing.
+    block_registration_timeout : float | None
+        See above.
     """
 
     def __init__(
