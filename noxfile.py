@@ -1,4 +1,4 @@
-"""nox sessions: lint, typecheck, tests, bench (against Parsl). The Slurm cluster sessions come later."""
+"""nox sessions: lint, typecheck, tests, docs, fuzz, bench (against Parsl), and the Slurm cluster sessions."""
 
 from __future__ import annotations
 
@@ -39,3 +39,10 @@ def fuzz(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("pytest", "tests/unit/test_affinity.py", "-q", "-p", "no:cacheprovider", *session.posargs,
                 env={"HTEX_FUZZ_EXAMPLES": "20000"})
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ (strict: any warning fails the build)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)

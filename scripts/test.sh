@@ -30,6 +30,9 @@ echo "== ruff"
 .venv/bin/ruff check htex_ref simcluster tests
 echo "== mypy"
 .venv/bin/mypy
+echo "== docs"
+.venv/bin/mkdocs build --strict --quiet --site-dir "$root/.pytest-site"
+rm -rf "$root/.pytest-site"
 echo "== pytest"
 rm -rf "$basetemp"
 .venv/bin/python -m pytest -n 2 --basetemp="$basetemp" -p no:cacheprovider "$@"

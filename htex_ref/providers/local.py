@@ -51,6 +51,36 @@ def render_script(worker_init: str, job_name: str, launcher_text: str) -> str:
 
 
 class LocalProvider(ExecutionProvider):
+    """Blocks as bash scripts on this machine (see the module docstring for what a job is).
+
+    Parameters
+    ----------
+    nodes_per_block : int
+        Nodes a block stands for; the launcher starts ``tasks_per_node * nodes_per_block`` pools here.
+    launcher : Launcher | None
+        How the script starts the worker pool; ``None`` gives ``SingleNodeLauncher()``.
+    init_blocks : int
+        Blocks started with the executor.
+    min_blocks : int
+        Blocks the scaling strategy keeps at least.
+    max_blocks : int
+        Blocks the scaling strategy keeps at most.
+    worker_init : str
+        Shell lines run at the top of each block's script (activate an environment, load modules).
+    cmd_timeout : float
+        Seconds allowed for a provider command (kept for interface parity; local jobs start directly).
+    parallelism : float
+        Share of waiting tasks that gets slots when scaling (0 to 1); see the scaling guide.
+    label : str
+        Name used in logs.
+    cores_per_node : int | None
+        Cores a block may use, for the scaling arithmetic; ``None``: unknown.
+    mem_per_node : float | None
+        GB of memory a block may use, for the scaling arithmetic; ``None``: unknown.
+    cancel_grace : float
+        Seconds between SIGTERM and SIGKILL when a job is cancelled.
+    """
+
     def __init__(
         self,
         nodes_per_block: int = 1,
