@@ -1,4 +1,4 @@
-"""nox sessions: lint, typecheck, tests, bench (against Parsl). The Slurm cluster sessions come later."""
+"""nox sessions: lint, typecheck, tests, bench (against Parsl), parsl_adapter. The Slurm cluster sessions come later."""
 
 from __future__ import annotations
 
@@ -39,3 +39,10 @@ def fuzz(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("pytest", "tests/unit/test_affinity.py", "-q", "-p", "no:cacheprovider", *session.posargs,
                 env={"HTEX_FUZZ_EXAMPLES": "20000"})
+
+
+@nox.session
+def parsl_adapter(session: nox.Session) -> None:
+    """Parsl's own python_app workflows on htex_ref through htex_ref.parsl_adapter (installs Parsl)."""
+    session.install("-e", ".[dev]", "parsl")
+    session.run("pytest", "tests/e2e/test_parsl_adapter.py", "-q", "-p", "no:cacheprovider", *session.posargs)

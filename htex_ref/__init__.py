@@ -17,6 +17,19 @@ from typing import TYPE_CHECKING, Any
 from htex_ref.version import PROTOCOL_VERSION, __version__
 
 _LAZY = {
+    "AppFuture": "htex_ref.apps",
+    "BashExitFailure": "htex_ref.apps",
+    "DependencyError": "htex_ref.apps",
+    "JoinError": "htex_ref.apps",
+    "NoConfigLoaded": "htex_ref.apps",
+    "bash_app": "htex_ref.apps",
+    "join_app": "htex_ref.apps",
+    "python_app": "htex_ref.apps",
+    "Config": "htex_ref.config",
+    "Session": "htex_ref.config",
+    "clear": "htex_ref.config",
+    "load": "htex_ref.config",
+    "local_config": "htex_ref.config",
     "noop_error_handler": "htex_ref.block_errors",
     "simple_error_handler": "htex_ref.block_errors",
     "windowed_error_handler": "htex_ref.block_errors",
@@ -45,7 +58,18 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from htex_ref.apps import (
+        AppFuture,
+        BashExitFailure,
+        DependencyError,
+        JoinError,
+        NoConfigLoaded,
+        bash_app,
+        join_app,
+        python_app,
+    )
     from htex_ref.block_errors import noop_error_handler, simple_error_handler, windowed_error_handler
+    from htex_ref.config import Config, Session, clear, load, local_config
     from htex_ref.core.selectors import BlockIdManagerSelector, RandomManagerSelector
     from htex_ref.errors import (
         BadStateException,
@@ -80,9 +104,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AppFuture",
     "BadStateException",
+    "BashExitFailure",
     "BlockIdManagerSelector",
     "CommandTimeout",
+    "Config",
+    "DependencyError",
     "DeserializationError",
     "ExecutionProvider",
     "ExecutorShutdown",
@@ -92,18 +120,27 @@ __all__ = [
     "InvalidResourceSpecification",
     "JobState",
     "JobStatus",
+    "JoinError",
     "Launcher",
     "LocalProvider",
     "ManagerLost",
+    "NoConfigLoaded",
     "RandomManagerSelector",
     "RemoteError",
     "SerializationError",
+    "Session",
     "SimpleLauncher",
     "SingleNodeLauncher",
     "VersionMismatch",
     "WorkerLost",
     "__version__",
+    "bash_app",
+    "clear",
+    "join_app",
+    "load",
+    "local_config",
     "noop_error_handler",
+    "python_app",
     "simple_error_handler",
     "windowed_error_handler",
 ]
