@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -102,4 +104,23 @@ def test_a_config_whose_executor_cannot_start_leaves_nothing_loaded(tmp_path: Pa
         assert config_module._current is None
     finally:
         bad.shutdown(wait=False)
+    no_leftovers(tmp_path)
+
+
+def test_a_script_that_never_closes_its_config_exits_cleanly(tmp_path: Path) -> None:
+    script = tmp_path / "forgetful.py"
+    script.write_text(
+        "import htex_ref\n"
+        "from concurrent.futures import Future\n"
+        "@htex_ref.python_app\n"
+        "def inc(x):\n"
+        "    return x + 1\n"
+        "htex_ref.load(htex_ref.local_config(encrypted=False, max_workers_per_node=1))\n"
+        "print(inc(1).result(timeout=60), flush=True)\n"
+        "pending = inc(Future())  # waits forever for a future nobody resolves\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "2\n"
+    assert "Python is exiting with a configuration still loaded" in proc.stderr
     no_leftovers(tmp_path)
