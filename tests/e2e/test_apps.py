@@ -20,6 +20,7 @@ from htex_ref import (
     Config,
     DependencyError,
     HighThroughputExecutor,
+    InvalidResourceSpecification,
     LocalProvider,
     bash_app,
     join_app,
@@ -246,3 +247,19 @@ def test_ten_thousand_apps_with_random_dependencies(session: Session) -> None:
     assert [f.result(timeout=300) for f in futures] == expected
     assert session.wait_for_current_tasks(timeout=WAIT)
     assert session.outstanding == []
+
+
+@python_app
+def takes_spec(resource_specification: Any) -> Any:
+    return resource_specification
+
+
+def test_resource_specifications(session: Session) -> None:
+    # Parsl's keyword for per-call resource specifications reaches the executor, not the function.
+    assert echo(1, parsl_resource_specification={"priority": 5}).result(timeout=WAIT) == 1
+    err = echo(1, parsl_resource_specification={"cores": 2}).exception(timeout=WAIT)
+    assert isinstance(err, InvalidResourceSpecification) and "cores" in str(err)
+    with pytest.raises(TypeError, match="parsl_resource_specification must be a dict"):
+        echo(1, parsl_resource_specification=5)
+    # A function's own parameter of the executor's keyword name still gets its value.
+    assert takes_spec(resource_specification={"mine": 1}).result(timeout=WAIT) == {"mine": 1}
