@@ -346,6 +346,8 @@ class _Call:
             self._drop()
             self.app._finish(self, inner.result())
             return
+        if self.session.closed and isinstance(exc, CancelledError):
+            exc = self.session.closed_error(self.future.name)  # a join body dropped from the join threads
         if self.tries_left > 0 and not self.session.closed and not isinstance(exc, JoinError | DependencyError):
             self.tries_left -= 1
             logger.info("%s failed on attempt %d (%s); retrying", self.future.name, self.future.attempts,
@@ -424,11 +426,12 @@ class _App:
                 kwargs: dict[str, Any]) -> Future[Any]:
         executor: HighThroughputExecutor = call.session.choose_executor(self.executors, self.__name__)
         call.future.executor_label = executor.label
+        # By keyword: a positional specification would be taken for an argument unless its keys are known.
         if "resource_specification" in kwargs:
             # The executor reads that keyword itself, so the function's own keyword of that name travels
             # inside the arguments.
-            return executor.submit(_call_with, call.spec, target, args, kwargs)
-        return executor.submit(target, call.spec, *args, **kwargs)
+            return executor.submit(_call_with, target, args, kwargs, resource_specification=call.spec)
+        return executor.submit(target, *args, resource_specification=call.spec, **kwargs)
 
 
 def _call_with(target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
