@@ -55,6 +55,7 @@ _LAZY = {
     "JobStatus": "htex_ref.providers",
     "LocalProvider": "htex_ref.providers",
     "ClusterProvider": "htex_ref.providers",
+    "PBSProProvider": "htex_ref.providers",
 }
 
 if TYPE_CHECKING:
@@ -91,7 +92,14 @@ if TYPE_CHECKING:
         SrunMPILauncher,
         WrappedLauncher,
     )
-    from htex_ref.providers import ClusterProvider, ExecutionProvider, JobState, JobStatus, LocalProvider
+    from htex_ref.providers import (
+        ClusterProvider,
+        ExecutionProvider,
+        JobState,
+        JobStatus,
+        LocalProvider,
+        PBSProProvider,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -131,6 +139,7 @@ __all__ = [
     "ManagerLost",
     "MpiExecLauncher",
     "MpiRunLauncher",
+    "PBSProProvider",
     "RandomManagerSelector",
     "RemoteError",
     "SchedulerCommandTimeout",

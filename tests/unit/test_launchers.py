@@ -195,14 +195,14 @@ def test_reprs_show_parameters() -> None:
 
 
 @pytest.mark.parametrize(("make", "name"), [
-    (lambda: SrunLauncher(overrides=3), "overrides"),
-    (lambda: SrunMPILauncher(overrides=None), "overrides"),
-    (lambda: MpiExecLauncher(bind_cmd=["--bind-to"]), "bind_cmd"),
+    (lambda: SrunLauncher(overrides=3), "overrides"),  # type: ignore[arg-type]
+    (lambda: SrunMPILauncher(overrides=None), "overrides"),  # type: ignore[arg-type]
+    (lambda: MpiExecLauncher(bind_cmd=["--bind-to"]), "bind_cmd"),  # type: ignore[arg-type]
     (lambda: MpiRunLauncher(bash_location=""), "bash_location"),
     (lambda: AprunLauncher(overrides="-cc none\nrm -rf /"), "overrides"),
-    (lambda: JsrunLauncher(overrides=b"-a 1"), "overrides"),
-    (lambda: WrappedLauncher(prepend=1), "prepend"),
-    (lambda: SingleNodeLauncher(fail_on_any="yes"), "fail_on_any"),
+    (lambda: JsrunLauncher(overrides=b"-a 1"), "overrides"),  # type: ignore[arg-type]
+    (lambda: WrappedLauncher(prepend=1), "prepend"),  # type: ignore[arg-type]
+    (lambda: SingleNodeLauncher(fail_on_any="yes"), "fail_on_any"),  # type: ignore[arg-type]
 ])
 def test_bad_constructor_arguments_are_named(make: Callable[[], Launcher], name: str) -> None:
     with pytest.raises(ConfigurationError, match=name):
