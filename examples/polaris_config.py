@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from htex_ref import Config, HighThroughputExecutor, LocalProvider
+from htex_ref import Config, HighThroughputExecutor, LocalProvider, MpiExecLauncher, PBSProProvider
 from htex_ref.config import machine_workers
 
 #: Each Polaris node has 4 A100 GPUs and 64 hardware threads (32 cores).
@@ -49,10 +49,6 @@ def polaris_config(
     ``worker_init`` runs in the job before the worker pools start: activate the environment that has
     htex_ref installed there (``source /path/to/venv/bin/activate``). Call this on a Polaris login node.
     """
-    # Imported here: only this function needs them, and the local stand-in runs without them.
-    from htex_ref.launchers import MpiExecLauncher
-    from htex_ref.providers import PBSProProvider
-
     provider = PBSProProvider(
         account=account,
         queue=queue,
