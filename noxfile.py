@@ -1,4 +1,5 @@
-"""nox sessions: lint, typecheck, tests, docs, fuzz, bench (against Parsl), and the Slurm cluster sessions."""
+"""nox sessions: lint, typecheck, tests, docs, fuzz, bench (against Parsl), parsl_adapter, and the Slurm cluster
+sessions."""
 
 from __future__ import annotations
 
@@ -46,3 +47,10 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site into site/ (strict: any warning fails the build)."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
+def parsl_adapter(session: nox.Session) -> None:
+    """Parsl's own python_app workflows on htex_ref through htex_ref.parsl_adapter (installs Parsl)."""
+    session.install("-e", ".[dev]", "parsl")
+    session.run("pytest", "tests/e2e/test_parsl_adapter.py", "-q", "-p", "no:cacheprovider", *session.posargs)
