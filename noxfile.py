@@ -12,7 +12,7 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "htex_ref", "simcluster", "tests", "noxfile.py")
+    session.run("ruff", "check", "htex_ref", "simcluster", "tests", "noxfile.py", "scripts", "examples", "clusters")
 
 
 @nox.session

@@ -23,6 +23,7 @@ import shlex
 
 import htex_ref
 from htex_ref import bash_app
+
 from polaris_config import GPUS_PER_NODE, local_config, polaris_config
 
 STAND_IN = (

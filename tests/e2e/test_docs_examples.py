@@ -24,7 +24,7 @@ def examples() -> list[tuple[str, str]]:
         for n, match in enumerate(FENCE.finditer(text)):
             if match.group("before").strip().startswith("<!-- no-run"):
                 continue
-            found.append((f"{path.relative_to(ROOT)}#{n}", match.group("code")))
+            found.append((f"{path.relative_to(ROOT)}-{n}", match.group("code")))
     return found
 
 
