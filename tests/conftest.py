@@ -67,5 +67,5 @@ def make_executor(tmp_path: Path) -> Iterator[Any]:
         if ex._ix_proc is not None:
             assert ex._ix_proc.poll() is not None, "interchange still running after shutdown"
     assert wait_until(lambda: not processes_mentioning(str(tmp_path)), 10), (
-        f"processes left behind: {[p.cmdline() for p in processes_mentioning(str(tmp_path))]}"
+        f"processes left behind: {[p.info['cmdline'] for p in processes_mentioning(str(tmp_path))]}"
     )

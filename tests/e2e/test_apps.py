@@ -48,7 +48,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Session, 
     with htex_ref.load(Config(executors=executors)) as session:
         yield session, run
     assert wait_until(lambda: not processes_mentioning(str(run)), 10), (
-        f"processes left behind: {[p.cmdline() for p in processes_mentioning(str(run))]}")
+        f"processes left behind: {[p.info['cmdline'] for p in processes_mentioning(str(run))]}")
 
 
 @pytest.fixture

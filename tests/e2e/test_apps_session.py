@@ -46,7 +46,7 @@ def small_config(run_dir: Path, **options: Any) -> Config:
 
 def no_leftovers(path: Path) -> None:
     assert wait_until(lambda: not processes_mentioning(str(path)), 10), (
-        f"processes left behind: {[p.cmdline() for p in processes_mentioning(str(path))]}")
+        f"processes left behind: {[p.info['cmdline'] for p in processes_mentioning(str(path))]}")
 
 
 def test_leaving_the_block_waits_for_launched_apps(tmp_path: Path) -> None:

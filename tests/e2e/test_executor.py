@@ -294,8 +294,10 @@ def test_pools_exit_when_the_interchange_dies(make_executor: Any, tmp_path: Any)
     os.kill(ex._ix_proc.pid, signal.SIGKILL)
 
     def pools() -> list[Any]:
-        return [p for p in processes_mentioning(str(tmp_path)) if "worker_pool" in " ".join(p.cmdline())
-                or "htex-worker-pool" in " ".join(p.cmdline())]
+        # The command line read by processes_mentioning: calling p.cmdline() again races the pool's exit
+        # (a zombie by then raises ZombieProcess), which made this test flaky.
+        return [p for p in processes_mentioning(str(tmp_path))
+                if "worker_pool" in " ".join(p.info["cmdline"]) or "htex-worker-pool" in " ".join(p.info["cmdline"])]
 
     assert wait_until(lambda: not pools(), 30), "worker pools outlived their interchange"
 
