@@ -55,6 +55,7 @@ _LAZY = {
     "JobStatus": "htex_ref.providers",
     "LocalProvider": "htex_ref.providers",
     "ClusterProvider": "htex_ref.providers",
+    "SlurmProvider": "htex_ref.providers.slurm",
 }
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ if TYPE_CHECKING:
         WrappedLauncher,
     )
     from htex_ref.providers import ClusterProvider, ExecutionProvider, JobState, JobStatus, LocalProvider
+    from htex_ref.providers.slurm import SlurmProvider
 
 
 def __getattr__(name: str) -> Any:
@@ -138,6 +140,7 @@ __all__ = [
     "SerializationError",
     "SimpleLauncher",
     "SingleNodeLauncher",
+    "SlurmProvider",
     "SrunLauncher",
     "SrunMPILauncher",
     "SubmitException",

@@ -3,6 +3,7 @@
 from htex_ref.providers.base import TERMINAL_STATES, ExecutionProvider, JobState, JobStatus
 from htex_ref.providers.cluster import ClusterProvider, CommandResult, merge_status, run_command
 from htex_ref.providers.local import LocalProvider
+from htex_ref.providers.slurm import SlurmProvider
 
 __all__ = [
     "TERMINAL_STATES",
@@ -12,6 +13,7 @@ __all__ = [
     "JobState",
     "JobStatus",
     "LocalProvider",
+    "SlurmProvider",
     "merge_status",
     "run_command",
 ]
