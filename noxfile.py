@@ -1,6 +1,8 @@
-"""nox sessions: lint, typecheck, tests, bench (against Parsl). The Slurm cluster sessions come later."""
+"""nox sessions: lint, typecheck, tests, bench (against Parsl), fuzz, slurm (a local multi-node Slurm)."""
 
 from __future__ import annotations
+
+import os
 
 import nox
 
@@ -39,3 +41,12 @@ def fuzz(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("pytest", "tests/unit/test_affinity.py", "-q", "-p", "no:cacheprovider", *session.posargs,
                 env={"HTEX_FUZZ_EXAMPLES": "20000"})
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """Cluster tests on a local multi-node Slurm that the session starts and stops (root; installs Slurm with
+    apt when missing). The nodes share this file system, so their worker pools run this session's Python."""
+    session.install("-e", ".[dev]")
+    python = os.path.join(session.bin, "python")
+    session.run("bash", "scripts/test-slurm-local.sh", *session.posargs, env={"PYTHON": python}, external=True)
