@@ -154,8 +154,9 @@ def test_blocks_scale_out_and_in_and_leave_the_queue(executors: ClusterExecutors
     assert ex.submit(where).result(90)["job"] == ex.blocks_to_job_id[new]
 
 
-def test_scancel_from_outside_is_noticed(executors: ClusterExecutors) -> None:
-    p = executors.provider()
+@pytest.mark.parametrize("source", ["auto", "squeue"])
+def test_scancel_from_outside_is_noticed(executors: ClusterExecutors, source: str) -> None:
+    p = executors.provider(status_source=source)
     ex = executors(p)
     marker = Path(ex.run_dir) / "started"
     fut = ex.submit(where, 600, str(marker))
@@ -167,7 +168,7 @@ def test_scancel_from_outside_is_noticed(executors: ClusterExecutors) -> None:
         fut.result(30)
     record_timing("scancel -> ManagerLost", time.monotonic() - t0)
     assert wait_for(lambda: block_state(ex, "0") is JobState.CANCELLED, 15), ex.status()
-    record_timing("scancel -> block CANCELLED", time.monotonic() - t0)
+    record_timing(f"scancel -> block CANCELLED ({source})", time.monotonic() - t0)
     st = ex.status()["0"]
     assert st.stdout_path and Path(st.stdout_path).parent == Path(p.script_dir or "")
 
