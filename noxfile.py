@@ -1,7 +1,9 @@
 """nox sessions: lint, typecheck, tests, docs, fuzz, bench (against Parsl), parsl_adapter, and the Slurm cluster
-sessions."""
+sessions: slurm (a local multi-node Slurm) and docker_slurm (a Docker Compose cluster)."""
 
 from __future__ import annotations
+
+import os
 
 import nox
 
@@ -54,3 +56,12 @@ def parsl_adapter(session: nox.Session) -> None:
     """Parsl's own python_app workflows on htex_ref through htex_ref.parsl_adapter (installs Parsl)."""
     session.install("-e", ".[dev]", "parsl")
     session.run("pytest", "tests/e2e/test_parsl_adapter.py", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """Cluster tests on a local multi-node Slurm that the session starts and stops (root; installs Slurm with
+    apt when missing). The nodes share this file system, so their worker pools run this session's Python."""
+    session.install("-e", ".[dev]")
+    python = os.path.join(session.bin, "python")
+    session.run("bash", "scripts/test-slurm-local.sh", *session.posargs, env={"PYTHON": python}, external=True)

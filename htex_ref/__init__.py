@@ -68,6 +68,7 @@ _LAZY = {
     "LocalProvider": "htex_ref.providers",
     "ClusterProvider": "htex_ref.providers",
     "PBSProProvider": "htex_ref.providers",
+    "SlurmProvider": "htex_ref.providers",
 }
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ if TYPE_CHECKING:
         JobStatus,
         LocalProvider,
         PBSProProvider,
+        SlurmProvider,
     )
 
 
@@ -175,6 +177,7 @@ __all__ = [
     "Session",
     "SimpleLauncher",
     "SingleNodeLauncher",
+    "SlurmProvider",
     "SrunLauncher",
     "SrunMPILauncher",
     "SubmitException",

@@ -4,6 +4,7 @@ from htex_ref.providers.base import TERMINAL_STATES, ExecutionProvider, JobState
 from htex_ref.providers.cluster import ClusterProvider, CommandResult, merge_status, run_command
 from htex_ref.providers.local import LocalProvider
 from htex_ref.providers.pbspro import PBSProProvider
+from htex_ref.providers.slurm import SlurmProvider
 
 __all__ = [
     "TERMINAL_STATES",
@@ -14,6 +15,7 @@ __all__ = [
     "JobStatus",
     "LocalProvider",
     "PBSProProvider",
+    "SlurmProvider",
     "merge_status",
     "run_command",
 ]
