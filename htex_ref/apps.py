@@ -580,9 +580,18 @@ def python_app(function: Callable[..., Any] | None = None, *, executors: str | S
                retries: int | None = None) -> Any:
     """Make ``function`` an app that runs on a worker: ``@python_app`` or ``@python_app(executors=[...])``.
 
-    ``executors``: labels the app may run on (``"all"``: any loaded executor, chosen at random per call,
-    as Parsl does). ``retries``: how many times a failed call is run again (default: the loaded
-    ``Config.retries``); a call that failed because of a dependency is never retried.
+    Calling the app returns an ``AppFuture`` at once; futures among its arguments are waited for first.
+
+    Parameters
+    ----------
+    function : Callable | None
+        The function; ``None`` when the decorator is used with options (``@python_app(retries=2)``).
+    executors : str | Sequence[str]
+        ``"all"``: any loaded executor, chosen at random for each call (as Parsl does); or a list of
+        executor labels. Labels are checked against the loaded configuration when the app is called.
+    retries : int | None
+        How many times a failed call is run again; ``None``: the loaded ``Config.retries``. A call whose
+        dependency failed is never retried, nor one the executor refused.
     """
     return _decorator(PythonApp, function, executors=executors, retries=retries)
 
@@ -598,6 +607,19 @@ def bash_app(function: Callable[..., Any] | None = None, *, executors: str | Seq
     """Make ``function`` (which returns a command line) an app that runs the command with bash on a worker.
 
     Its future's result is 0; a non-zero exit raises ``BashExitFailure`` with the exit code and command.
+    ``stdout=`` and ``stderr=`` of a call (or the function's defaults for them) are files that the
+    command's output is appended to, or ``(path, mode)`` pairs.
+
+    Parameters
+    ----------
+    function : Callable | None
+        The function; ``None`` when the decorator is used with options (``@bash_app(retries=2)``).
+    executors : str | Sequence[str]
+        ``"all"``: any loaded executor, chosen at random for each call (as Parsl does); or a list of
+        executor labels. Labels are checked against the loaded configuration when the app is called.
+    retries : int | None
+        How many times a failed call is run again; ``None``: the loaded ``Config.retries``. A call whose
+        dependency failed is never retried, nor one the executor refused.
     """
     return _decorator(BashApp, function, executors=executors, retries=retries)
 
@@ -610,8 +632,15 @@ def join_app(function: Callable[..., Any] | None = None, *, retries: int | None 
     """Make ``function`` an app that runs in this process and returns futures of other apps.
 
     Its future resolves with the value (or list of values) of the future (list of futures) the function
-    returned, once they resolve; a failed one gives ``JoinError``. ``retries`` re-runs the function
-    when it raises.
+    returned, once they resolve; a failed one gives ``JoinError``.
+
+    Parameters
+    ----------
+    function : Callable | None
+        The function; ``None`` when the decorator is used with options (``@join_app(retries=2)``).
+    retries : int | None
+        How many times the function is run again when it raises (not when a future it returned fails);
+        ``None``: the loaded ``Config.retries``. A call whose dependency failed is never retried.
     """
     return _decorator(JoinApp, function, retries=retries)
 

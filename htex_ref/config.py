@@ -43,13 +43,23 @@ LOCAL_LABEL = "htex_local"
 class Config:
     """What ``load`` starts: executors (each with a unique label) and workflow-wide settings.
 
-    - ``executors``: ``HighThroughputExecutor`` objects, not started; ``None`` means the local default
-      (see ``local_config``).
-    - ``retries``: how many times a failed app call is run again, for apps that do not set their own.
-    - ``join_threads``: threads that run join-app bodies in this process (a body that blocks on
-      ``.result()`` holds one of them; returning futures holds none).
-    - ``exit_mode``: ``"wait"`` (leaving a ``with`` block normally waits for every app launched) or
-      ``"cleanup"`` (stop at once; unfinished apps fail with ``ExecutorShutdown``).
+    Bad values raise ``ValueError`` or ``TypeError`` here, naming the parameter.
+
+    Parameters
+    ----------
+    executors : Sequence[HighThroughputExecutor] | None
+        The executors to start, not yet started, with distinct labels. ``None``: the local default, one
+        executor labelled ``htex_local`` with one block on this machine (see ``local_config``).
+    retries : int
+        How many times a failed app call is run again, for apps that do not set their own ``retries``.
+        A call that failed because one of its dependencies failed is not retried.
+    join_threads : int
+        Threads in this process that run join-app bodies. A body that blocks on ``.result()`` holds one
+        of them while it waits; a body that returns futures holds none.
+    exit_mode : str
+        ``"wait"``: leaving a ``with htex_ref.load(...)`` block normally waits for every app launched in
+        it. ``"cleanup"``: stop at once; unfinished apps fail with ``ExecutorShutdown``. After an
+        exception in the block it never waits.
     """
 
     def __init__(self, executors: Sequence[HighThroughputExecutor] | None = None, retries: int = 0,

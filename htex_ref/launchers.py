@@ -107,7 +107,14 @@ class SimpleLauncher(Launcher):
 
 
 class WrappedLauncher(Launcher):
-    """Run the command once, prefixed by ``prepend`` (a container runtime, ``time``, a wrapper script)."""
+    """Run the command once, prefixed by ``prepend`` (a container runtime, ``time``, a wrapper script).
+
+    Parameters
+    ----------
+    prepend : str
+        Words put before the command, as written (``"apptainer exec image.sif"``); one line. ``""`` runs
+        the command as is.
+    """
 
     def __init__(self, prepend: str = "") -> None:
         self.prepend = _check_str("WrappedLauncher", "prepend", prepend)
@@ -127,6 +134,12 @@ class SingleNodeLauncher(Launcher):
     Each copy gets its number (1..N) as ``$1``. The job's exit code is the first non-zero exit code
     among the copies when ``fail_on_any`` is set, else non-zero only when every copy failed (then it
     is the last copy's code).
+
+    Parameters
+    ----------
+    fail_on_any : bool
+        Fail the job when any copy fails (with the first non-zero exit code); ``False``: only when every
+        copy failed.
     """
 
     def __init__(self, fail_on_any: bool = False) -> None:
@@ -170,8 +183,12 @@ exit 0
 class SrunLauncher(Launcher):
     """One ``srun`` job step with tasks_per_node * nodes_per_block tasks, each running the command.
 
-    ``-l`` labels every output line with its task number. ``overrides`` is added to the srun line
-    as is (``--cpu-bind=none``, ``--mpi=none``, ...).
+    ``-l`` labels every output line with its task number.
+
+    Parameters
+    ----------
+    overrides : str
+        Extra srun options, added to the srun line as written (``"--cpu-bind=none --mpi=none"``); one line.
     """
 
     def __init__(self, overrides: str = "") -> None:
@@ -197,6 +214,11 @@ class SrunMPILauncher(Launcher):
     step gets ``NODES / steps`` whole nodes (``--exclusive``) with one task per node. ``NODES`` and
     ``CORES`` come from ``SLURM_JOB_NUM_NODES`` and ``SLURM_CPUS_ON_NODE`` at run time. The job fails
     with the first non-zero exit code of a step.
+
+    Parameters
+    ----------
+    overrides : str
+        Extra srun options, added to every step's srun line as written (``"--mpi=pmi2"``); one line.
     """
 
     def __init__(self, overrides: str = "") -> None:
@@ -253,9 +275,16 @@ def _host_file_from_pbs() -> str:
 class MpiExecLauncher(Launcher):
     """One MPICH-style ``mpiexec`` (Cray PALS, Intel MPI, Hydra) with tasks_per_node ranks per host.
 
-    The host file is the distinct hosts of ``$PBS_NODEFILE`` (or this host). ``bind_cmd`` names the
-    option that turns CPU binding off (``--bind-to`` for Hydra, ``--cpu-bind`` for PALS) so that each
-    worker pool can pin its own workers; an empty ``bind_cmd`` leaves binding to ``mpiexec``.
+    The host file is the distinct hosts of ``$PBS_NODEFILE`` (or this host).
+
+    Parameters
+    ----------
+    bind_cmd : str
+        The mpiexec option that, followed by ``none``, turns CPU binding off (``--bind-to`` for Hydra
+        and Intel MPI, ``--cpu-bind`` for PALS), so that each worker pool can pin its own workers.
+        ``""`` leaves binding to mpiexec.
+    overrides : str
+        Extra mpiexec options, added to the mpiexec line as written (``"--envall"``); one line.
     """
 
     def __init__(self, bind_cmd: str = "--bind-to", overrides: str = "") -> None:
@@ -273,8 +302,13 @@ class MpiExecLauncher(Launcher):
 class MpiRunLauncher(Launcher):
     """One Open MPI-style ``mpirun -np N`` that runs the command with ``bash_location``.
 
-    ``bash_location`` goes into the command line as written, so it may carry words
-    (``/usr/bin/env bash``); quote a path with spaces yourself.
+    Parameters
+    ----------
+    bash_location : str
+        The shell that runs the command file on each rank. It goes into the mpirun line as written, so
+        it may carry words (``"/usr/bin/env bash"``); quote a path with spaces yourself. Not empty.
+    overrides : str
+        Extra mpirun options, added to the mpirun line as written (``"--map-by node"``); one line.
     """
 
     def __init__(self, bash_location: str = "/bin/bash", overrides: str = "") -> None:
@@ -290,7 +324,13 @@ class MpiRunLauncher(Launcher):
 
 
 class AprunLauncher(Launcher):
-    """One Cray ALPS ``aprun -n N -N tasks_per_node``."""
+    """One Cray ALPS ``aprun -n N -N tasks_per_node``.
+
+    Parameters
+    ----------
+    overrides : str
+        Extra aprun options, added to the aprun line as written (``"-cc none"``); one line.
+    """
 
     def __init__(self, overrides: str = "") -> None:
         self.overrides = _check_str("AprunLauncher", "overrides", overrides)
@@ -302,7 +342,13 @@ class AprunLauncher(Launcher):
 
 
 class JsrunLauncher(Launcher):
-    """One IBM LSF ``jsrun`` with N resource sets, tasks_per_node of them per host (one task each)."""
+    """One IBM LSF ``jsrun`` with N resource sets, tasks_per_node of them per host (one task each).
+
+    Parameters
+    ----------
+    overrides : str
+        Extra jsrun options, added to the jsrun line as written (``"-c 7 -g 1"``); one line.
+    """
 
     def __init__(self, overrides: str = "") -> None:
         self.overrides = _check_str("JsrunLauncher", "overrides", overrides)

@@ -258,9 +258,59 @@ def _optional_word(owner: str, name: str, value: object) -> str | None:
 class PBSProProvider(ClusterProvider):
     """Blocks as PBS Pro jobs of ``nodes_per_block`` chunks with ``cpus_per_node`` cpus each.
 
-    ``select_options`` is appended to the select statement (``ngpus=4``, with or without the leading
-    colon); ``scheduler_options`` holds extra ``#PBS`` lines; ``worker_init`` runs before the launcher.
-    Scripts, job output and submit logs go to the executor's ``{run_dir}/submit_scripts``.
+    Scripts, job output and submit logs go to the executor's ``{run_dir}/submit_scripts``. Parameters
+    keep the names and meanings of Parsl's PBSProProvider; bad values raise ``ConfigurationError`` (a
+    ``ValueError``) or ``TypeError`` here, naming the parameter.
+
+    Parameters
+    ----------
+    account : str | None
+        Account the jobs are charged to (``#PBS -A``), one word; ``None``: none given.
+    queue : str | None
+        Queue the jobs go to (``#PBS -q``), one word; ``None``: the server's default queue.
+    scheduler_options : str
+        Extra ``#PBS`` lines, placed after the generated ones so that they win. They are not checked:
+        a line that is not a comment would run as a command at the top of the job.
+    worker_init : str
+        Shell lines run in the job before the launcher. PBS jobs start in the home directory, so change
+        directory or set paths here if tasks need them.
+    nodes_per_block : int
+        Chunks (nodes) in each job: ``select={nodes_per_block}``.
+    cpus_per_node : int
+        ``ncpus`` of each chunk. Only the request: the worker pool sizes itself by the cores it may run
+        on (cap it with the executor's ``max_workers_per_node``).
+    select_options : str
+        Appended to the select statement, with or without a leading colon (``"ngpus=4:mem=100gb"``); no
+        spaces.
+    init_blocks : int
+        Blocks (jobs) submitted when the executor starts; at most ``max_blocks`` of them.
+    min_blocks : int
+        Fewest blocks the scaling strategy keeps; not more than ``max_blocks``.
+    max_blocks : int
+        Most blocks at a time, queued jobs included.
+    parallelism : float
+        Share (0 to 1) of waiting tasks that the scaling strategy finds worker slots for: 1 asks for
+        enough blocks for every waiting task, smaller values ask for fewer.
+    launcher : Launcher | None
+        How the job starts the worker pools; ``None`` gives ``SingleNodeLauncher()``, which starts them
+        all on the job's first node, so use ``MpiExecLauncher`` (or similar) when ``nodes_per_block > 1``.
+    walltime : str
+        Time limit of each job, ``HH:MM:SS`` or ``D-HH:MM:SS`` (written to ``#PBS -l walltime`` as
+        ``HH:MM:SS``); PBS then kills the job: the block is TIMEOUT and its running tasks fail.
+    cmd_timeout : float
+        Seconds a ``qsub``, ``qstat`` or ``qdel`` call may take before it is killed. A submit that times
+        out raises ``SubmitException``; a status query that times out changes nothing.
+    label : str
+        Name of the provider in logs.
+    status_polling_interval : float
+        Seconds between the executor's ``qstat`` queries; shorter notices ended jobs sooner and adds
+        load on the PBS server.
+    absent_grace : float
+        Seconds after submission during which a job that ``qstat`` does not list counts as pending; a
+        job not listed after that (no job history on the server) is MISSING.
+    query_failure_limit : float
+        Seconds of status queries failing without a break after which live jobs are reported UNKNOWN
+        (until a query works again); until then they keep their last known states.
     """
 
     _repr_params = (

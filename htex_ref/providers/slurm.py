@@ -268,11 +268,75 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 
 
 class SlurmProvider(ClusterProvider):
-    """Blocks as Slurm batch jobs. Parameters as in Parsl's SlurmProvider, plus:
+    """Blocks as Slurm batch jobs (see the module docstring for where job states come from).
 
-    ``status_source``: "auto" (sacct when accounting works, else squeue), "sacct" or "squeue".
-    ``status_polling_interval``: seconds between status queries the executor makes (Parsl: 60).
-    ``absent_grace``: seconds after submission during which a job Slurm does not list is still pending.
+    Parameters keep the names and meanings of Parsl's SlurmProvider; ``status_source`` and
+    ``absent_grace`` are additions. Bad values raise ``ConfigurationError`` (a ``ValueError``) or
+    ``TypeError`` here, naming the parameter.
+
+    Parameters
+    ----------
+    partition : str | None
+        Partition the jobs go to (``--partition``); ``None``: the cluster's default partition.
+    account : str | None
+        Account the jobs are charged to (``--account``); ``None``: your default account.
+    qos : str | None
+        Quality of service of the jobs (``--qos``); ``None``: the default one.
+    constraint : str | None
+        Node features the jobs need (``--constraint``, e.g. ``"haswell"``); ``None``: any node.
+    clusters : str | None
+        One cluster of a multi-cluster Slurm, passed as ``--clusters`` to sbatch, squeue, sacct and
+        scancel; ``None``: the local cluster. A comma-separated list is refused: job ids are per cluster.
+    nodes_per_block : int
+        Nodes in each job (``--nodes``); the default launcher starts one worker pool on each.
+    cores_per_node : int | None
+        Cores the job may use on each node: ``--cpus-per-task`` (one task per node) and ``PARSL_CORES``,
+        which the worker pool sizes itself by; also used in the scaling arithmetic. ``None``: no request,
+        and the pool counts the cores it may run on.
+    mem_per_node : float | None
+        GB of memory per node: ``--mem`` (rounded up to whole MB) and ``PARSL_MEMORY_GB`` for the worker
+        pool; also used in the scaling arithmetic. ``None``: Slurm's default, and the pool measures what
+        is available.
+    gpus_per_node : int | str | None
+        ``--gpus-per-node``: a count, or ``"type:count"`` such as ``"a100:2"``; ``None``: no GPUs
+        requested. Which GPU a worker uses is set by the executor's ``available_accelerators``.
+    gres : str | None
+        Generic resources (``--gres``, e.g. ``"gpu:2"``); ``None``: none requested.
+    init_blocks : int
+        Blocks (jobs) submitted when the executor starts; at most ``max_blocks`` of them.
+    min_blocks : int
+        Fewest blocks the scaling strategy keeps; not more than ``max_blocks``.
+    max_blocks : int
+        Most blocks at a time, pending jobs included.
+    parallelism : float
+        Share (0 to 1) of waiting tasks that the scaling strategy finds worker slots for: 1 asks for
+        enough blocks for every waiting task, smaller values ask for fewer.
+    walltime : str
+        Time limit of each job, ``HH:MM:SS`` or ``D-HH:MM:SS`` (``--time``). Slurm counts whole minutes
+        (seconds are rounded up) and then ends the job: the block is TIMEOUT and its running tasks fail.
+    scheduler_options : str
+        Extra ``#SBATCH`` lines, placed after the generated ones so that they override them. Every line
+        must be a comment: any other line would end sbatch's directives and run as a command.
+    worker_init : str
+        Shell lines run in the job before the worker pools start (load modules, activate an environment).
+    cmd_timeout : float
+        Seconds an ``sbatch``, ``squeue``, ``sacct`` or ``scancel`` call may take before it is killed. A
+        submit that times out raises ``SubmitException``; a status query that times out changes nothing.
+    exclusive : bool
+        Ask for whole nodes (``--exclusive``), so that no other job shares them.
+    launcher : Launcher | None
+        How the job starts a worker pool on each node; ``None`` gives ``SrunLauncher()``.
+    label : str
+        Name of the provider in logs.
+    status_source : str
+        Where job states come from: ``"auto"`` (``sacct`` when Slurm accounting works, else ``squeue``),
+        ``"sacct"`` or ``"squeue"``.
+    status_polling_interval : float
+        Seconds between the executor's status queries (Parsl: 60); shorter notices ended jobs sooner
+        and adds load on the Slurm controller.
+    absent_grace : float
+        Seconds after submission during which a job that Slurm does not list yet counts as pending
+        (accounting lags sbatch); a job still not listed after that is MISSING.
     """
 
     _repr_params = (
