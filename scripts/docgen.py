@@ -2,8 +2,10 @@
 
 For every public configurable class: each constructor parameter with its default (from the signature),
 its description (from the ``Parameters`` section of the class docstring) and, for a sample of bad values,
-the exact error the constructor raises (by calling it). Used by the MkDocs hook (``scripts/mkdocs_hooks.py``)
-and by ``tests/unit/test_docs.py``, which fails when a parameter is undocumented or a documented one is gone.
+the exact error the constructor raises (by calling it). Functions (the app decorators) are subjects too:
+their parameters come from the function's signature and docstring, and their bad values are tried by
+calling the function. Used by the MkDocs hook (``scripts/mkdocs_hooks.py``) and by
+``tests/unit/test_docs.py``, which fails when a parameter is undocumented or a documented one is gone.
 """
 
 from __future__ import annotations
@@ -18,18 +20,23 @@ from typing import Any
 
 @dataclass
 class Subject:
-    path: str  # "module:Class"
+    path: str  # "module:Class" or "module:function"
     title: str
     intro: str
-    #: Bad values to try, per parameter; each must make the constructor raise.
+    #: Bad values to try, per parameter; each must make the constructor (or function) raise.
     bad: dict[str, list[Any]] = field(default_factory=dict)
-    #: Keyword arguments every call needs (required parameters).
+    #: Keyword arguments every call needs (required parameters, or what makes a function check the rest).
     required: dict[str, Any] = field(default_factory=dict)
 
     def load(self) -> Callable[..., Any]:
         module, _, name = self.path.partition(":")
         obj: Callable[..., Any] = getattr(importlib.import_module(module), name)
         return obj
+
+
+def _example_function(x: int) -> int:
+    """What the decorator subjects decorate, so that their options are checked."""
+    return x
 
 
 SUBJECTS: list[Subject] = [
@@ -67,6 +74,135 @@ SUBJECTS: list[Subject] = [
         "Blocks are bash scripts run on this machine, each in its own session.",
         bad={"init_blocks": [-1], "max_blocks": [-1], "nodes_per_block": [0], "parallelism": [2],
              "launcher": ["srun"]},
+    ),
+    Subject(
+        "htex_ref.providers.slurm:SlurmProvider", "SlurmProvider",
+        "Each block is one Slurm batch job submitted with `sbatch`; its state comes from `sacct` or `squeue`. "
+        "Construction runs no Slurm command.",
+        bad={
+            "partition": ["debug ", ""],
+            "account": [""],
+            "qos": ["normal\n"],
+            "constraint": [" haswell"],
+            "clusters": ["c1,c2"],
+            "nodes_per_block": [0, "2"],
+            "cores_per_node": [-1, 0, 2.5],
+            "mem_per_node": [0, "4G"],
+            "gpus_per_node": [0, ""],
+            "gres": ["gpu:2 "],
+            "init_blocks": [-1],
+            "min_blocks": [2],
+            "max_blocks": [-1],
+            "parallelism": [2, -0.5],
+            "walltime": ["1 hour", "00:61:00", 3600],
+            "scheduler_options": ["--exclusive", "#SBATCH --mem=0\nmodule load gcc"],
+            "worker_init": [["module load gcc"]],
+            "cmd_timeout": [0],
+            "exclusive": ["yes"],
+            "launcher": ["srun"],
+            "label": [""],
+            "status_source": ["scontrol"],
+            "status_polling_interval": [0],
+            "absent_grace": [-1],
+        },
+    ),
+    Subject(
+        "htex_ref.providers.pbspro:PBSProProvider", "PBSProProvider",
+        "Each block is one PBS Pro (OpenPBS) job submitted with `qsub`; its state comes from `qstat -f -F json` "
+        "(and the job history, `qstat -x`). Construction runs no PBS command.",
+        bad={
+            "account": ["my project", ""],
+            "queue": ["debug queue"],
+            "scheduler_options": [["#PBS -l mem=4gb"]],
+            "worker_init": [None],
+            "nodes_per_block": [0],
+            "cpus_per_node": [0, "64"],
+            "select_options": ["ngpus=4 mem=100gb"],
+            "init_blocks": [-1],
+            "min_blocks": [2],
+            "max_blocks": [-1],
+            "parallelism": [1.5],
+            "launcher": ["mpiexec"],
+            "walltime": ["20 minutes", "00:00:00"],
+            "cmd_timeout": [0],
+            "label": [""],
+            "status_polling_interval": [0],
+            "absent_grace": [-1],
+            "query_failure_limit": [0],
+        },
+    ),
+    Subject(
+        "htex_ref.launchers:SingleNodeLauncher", "SingleNodeLauncher",
+        "Starts every worker pool of the block on the node that runs the job script (the `LocalProvider` and "
+        "`PBSProProvider` default).",
+        bad={"fail_on_any": ["yes", 1]},
+    ),
+    Subject(
+        "htex_ref.launchers:SrunLauncher", "SrunLauncher",
+        "One `srun` job step with one task per worker pool (the `SlurmProvider` default).",
+        bad={"overrides": [3, "--mpi=none\nhostname"]},
+    ),
+    Subject(
+        "htex_ref.launchers:SrunMPILauncher", "SrunMPILauncher",
+        "Concurrent `srun` job steps that share the allocation, each an MPI-style launch (as in Parsl).",
+        bad={"overrides": [["--mpi=pmi2"]]},
+    ),
+    Subject(
+        "htex_ref.launchers:MpiExecLauncher", "MpiExecLauncher",
+        "One MPICH-style `mpiexec` (Hydra, Intel MPI, Cray PALS) over the job's hosts.",
+        bad={"bind_cmd": [None, "--bind-to\nnone"], "overrides": [3]},
+    ),
+    Subject(
+        "htex_ref.launchers:MpiRunLauncher", "MpiRunLauncher",
+        "One Open MPI-style `mpirun -np N`.",
+        bad={"bash_location": ["", None], "overrides": ["--map-by node\n"]},
+    ),
+    Subject(
+        "htex_ref.launchers:AprunLauncher", "AprunLauncher",
+        "One Cray ALPS `aprun`.",
+        bad={"overrides": [3]},
+    ),
+    Subject(
+        "htex_ref.launchers:JsrunLauncher", "JsrunLauncher",
+        "One IBM LSF `jsrun`.",
+        bad={"overrides": [3]},
+    ),
+    Subject(
+        "htex_ref.launchers:WrappedLauncher", "WrappedLauncher",
+        "Runs the worker-pool command once, behind a prefix (a container runtime, a wrapper script).",
+        bad={"prepend": [None, "module load apptainer\napptainer exec image.sif"]},
+    ),
+    Subject(
+        "htex_ref.config:Config", "Config",
+        "What `htex_ref.load(config)` starts for apps. Construction only checks and stores; `load` starts "
+        "the executors.",
+        bad={
+            "executors": [[], ["htex_local"]],
+            "retries": [-1, "3"],
+            "join_threads": [0],
+            "exit_mode": ["kill"],
+        },
+    ),
+    Subject(
+        "htex_ref.apps:python_app", "python_app",
+        "Decorator: `@python_app` or `@python_app(executors=[...], retries=...)`. Bad options are refused "
+        "when the decorator is applied to the function.",
+        bad={"function": [3], "executors": ["gpu", []], "retries": [-1, 1.5]},
+        required={"function": _example_function},
+    ),
+    Subject(
+        "htex_ref.apps:bash_app", "bash_app",
+        "Decorator for functions that return a command line: `@bash_app` or `@bash_app(executors=[...], "
+        "retries=...)`. Bad options are refused when the decorator is applied to the function.",
+        bad={"function": [3], "executors": ["gpu", []], "retries": [-1]},
+        required={"function": _example_function},
+    ),
+    Subject(
+        "htex_ref.apps:join_app", "join_app",
+        "Decorator for functions that run in this process and return futures: `@join_app` or "
+        "`@join_app(retries=...)`. Bad options are refused when the decorator is applied to the function.",
+        bad={"function": [3], "retries": [-1]},
+        required={"function": _example_function},
     ),
 ]
 
@@ -126,15 +262,16 @@ def render(subject: Subject) -> str:
         default = "required" if param.default is inspect.Parameter.empty else f"`{param.default!r}`"
         kind, text = documented.get(name, ("", "(undocumented)"))
         rows.append(f"| `{name}` | {_cell(kind)} | {_cell(default)} | {_cell(text)} |")
-    errors = ["| parameter | bad value | error raised at construction |", "|---|---|---|"]
-    for name, values in subject.bad.items():
-        for value in values:
-            errors.append(f"| `{name}` | `{value!r}` | `{_cell(error_for(subject, name, value))}` |")
-    return "\n".join([
-        f"## {subject.title}", "", f"`{subject.path.replace(':', '.')}`. {subject.intro}", "",
-        *rows, "", "Bad values, and the error each one gets (produced by calling the constructor when these "
-        "docs were built):", "", *errors, "",
-    ])
+    parts = [f"## {subject.title}", "", f"`{subject.path.replace(':', '.')}`. {subject.intro}", "", *rows, ""]
+    if subject.bad:
+        called = "the constructor" if inspect.isclass(cls) else f"`{subject.title}`"
+        errors = ["| parameter | bad value | error raised |", "|---|---|---|"]
+        for name, values in subject.bad.items():
+            for value in values:
+                errors.append(f"| `{name}` | `{value!r}` | `{_cell(error_for(subject, name, value))}` |")
+        parts += [f"Bad values, and the error each one gets (produced by calling {called} when these docs "
+                  "were built):", "", *errors, ""]
+    return "\n".join(parts)
 
 
 def render_all() -> str:
