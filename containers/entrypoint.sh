@@ -1,0 +1,77 @@
+#!/bin/bash
+# Start one node of the Compose Slurm cluster: munged, then slurmctld ("controller") or slurmd ("slurmd")
+# in the foreground, so the container lives exactly as long as the Slurm daemon.
+#
+# slurm.conf is written here from the environment (docker-compose.yml sets it), so the compose file is
+# the one place that names the nodes and their addresses:
+#   SLURM_CONTROLLER  name=address of the slurmctld host, e.g. controller=10.100.0.10
+#   SLURM_NODES       space-separated name=address of the compute nodes, e.g. "c1=10.100.0.11 c2=10.100.0.12"
+#   SLURM_CPUS        CPUs each compute node offers (may exceed the real count; config_overrides)
+#   SLURM_MEMORY      RealMemory of each compute node in MB
+# A slurm.conf bind-mounted at /etc/slurm/slurm.conf is used as it is.
+set -euo pipefail
+
+role=${1:-slurmd}
+conf=/etc/slurm/slurm.conf
+
+write_conf() {
+    local ctl_name=${SLURM_CONTROLLER%%=*} ctl_addr=${SLURM_CONTROLLER#*=}
+    local names=() entry
+    mkdir -p /etc/slurm
+    {
+        cat <<CONF
+# Written by htex-slurm-entrypoint from the container environment.
+ClusterName=${SLURM_CLUSTER_NAME:-compose}
+SlurmctldHost=${ctl_name}(${ctl_addr})
+AuthType=auth/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+# Without these, back-to-back jobs start seconds apart.
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+ReturnToService=2
+MinJobAge=300
+KillWait=5
+SlurmdTimeout=30
+# Containers share the host's cores; let each node claim SLURM_CPUS regardless.
+SlurmdParameters=config_overrides
+CONF
+        for entry in ${SLURM_NODES}; do
+            names+=("${entry%%=*}")
+            echo "NodeName=${entry%%=*} NodeAddr=${entry#*=} CPUs=${SLURM_CPUS:-2} RealMemory=${SLURM_MEMORY:-2000} State=UNKNOWN"
+        done
+        local IFS=,
+        echo "PartitionName=${SLURM_PARTITION:-debug} Nodes=${names[*]} Default=YES MaxTime=INFINITE State=UP"
+    } > "$conf"
+}
+
+if [ ! -s "$conf" ] || grep -q '^# Written by htex-slurm-entrypoint' "$conf"; then
+    : "${SLURM_CONTROLLER:?SLURM_CONTROLLER (name=address) must be set}"
+    : "${SLURM_NODES:?SLURM_NODES (name=address ...) must be set}"
+    write_conf
+fi
+
+mkdir -p /var/log/slurm /var/spool/slurmctld /var/spool/slurmd /run/munge
+chown munge:munge /run/munge
+chmod 0755 /run/munge
+runuser -u munge -- /usr/sbin/munged
+
+case "$role" in
+    controller|slurmctld) exec /usr/sbin/slurmctld -D -f "$conf" ;;
+    slurmd|node) exec /usr/sbin/slurmd -D -f "$conf" -N "$(hostname)" ;;
+    *) exec "$@" ;;
+esac
