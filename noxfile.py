@@ -39,3 +39,11 @@ def fuzz(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("pytest", "tests/unit/test_affinity.py", "-q", "-p", "no:cacheprovider", *session.posargs,
                 env={"HTEX_FUZZ_EXAMPLES": "20000"})
+
+
+@nox.session
+def docker_slurm(session: nox.Session) -> None:
+    """Cluster tests against the Docker Compose Slurm cluster (containers/); root. Installs Docker and Slurm."""
+    session.install("-e", ".[dev]")
+    session.run("scripts/test-slurm-compose.sh", *session.posargs, external=True,
+                env={"PYTHON": f"{session.bin}/python"})
