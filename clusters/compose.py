@@ -645,8 +645,9 @@ def up(info_path: Path, state_dir: Path, cache_dir: Path, base_image: str | None
     if project_containers(state) or run([docker_cli(), "network", "inspect", f"{PROJECT}_cluster"], check=False,
                                         env=docker_env(docker_host)).returncode == 0:
         compose(state, "down", "-v", "--remove-orphans", "--timeout", "5", timeout=120)
-    compose(state, "up", "-d", "--no-build", timeout=180)
+    # Rules first (iptables takes an interface name before it exists): the containers never run unisolated.
     add_isolation(state)
+    compose(state, "up", "-d", "--no-build", timeout=180)
     bridge_addrs = run(["ip", "-4", "-o", "addr", "show", "dev", BRIDGE]).stdout
     if f"inet {address}/" not in bridge_addrs:
         raise ClusterError(f"bridge {BRIDGE} does not have the gateway address {address}: {bridge_addrs.strip()}")
