@@ -138,7 +138,30 @@ class ScalingFailed(HtexError):
     """A provider could not start a block."""
 
 
-class SubmitException(HtexError):
+class ExecutionProviderException(HtexError):
+    """A provider could not do what was asked of the batch system (submit, query or cancel jobs)."""
+
+
+class SchedulerCommandTimeout(ExecutionProviderException, TimeoutError):
+    """A scheduler command (sbatch, qstat, ...) did not finish within its time-out and was killed."""
+
+    def __init__(self, command_line: str, timeout: float, advice: str = "") -> None:
+        super().__init__(command_line, timeout, advice)
+        self.command_line = command_line
+        self.timeout = timeout
+        self.advice = advice
+
+    def __str__(self) -> str:
+        msg = (f"Scheduler command `{self.command_line}` did not finish within {self.timeout:g} s and was killed "
+               f"(with its process group)")
+        return f"{msg}; {self.advice}" if self.advice else msg
+
+
+class SchedulerQueryFailed(ExecutionProviderException):
+    """The scheduler's status command has kept failing for longer than the provider's limit."""
+
+
+class SubmitException(ExecutionProviderException):
     """A provider's submit command failed; carries the command's output."""
 
     def __init__(

@@ -1,0 +1,483 @@
+"""The shared part of batch-scheduler providers: the one command runner, the job table and status merging.
+
+``run_command`` is the only code in the cluster providers that starts a process: it runs an argv
+list (no shell) in a new session with a time-out, kills the whole process group when the time-out
+passes and raises ``SchedulerCommandTimeout``; any exit code is returned to the caller, who decides.
+
+``ClusterProvider`` keeps a table of the jobs it submitted and does everything that does not depend
+on the scheduler: it writes each submit script to ``{script_dir}/{job_name}.submit`` (the job's
+output goes to ``.stdout`` / ``.stderr`` beside it, and the exact submit command with its output to
+``.submit.log``), runs the submit command, queries only jobs that have not ended, and merges what the
+scheduler says with what it knew through the pure ``merge_status``:
+
+- an ended job (terminal state) never changes state again;
+- a job this provider cancelled is CANCELLED, whatever the scheduler says about it afterwards;
+- a job the scheduler does not list yet, within ``absent_grace`` seconds of its submission, keeps its
+  state (accounting lags the submission by seconds); absent later, it is MISSING, with a message;
+- a status query that fails or times out changes nothing: jobs keep their last known state (a
+  failed ``qstat`` must not end a workflow). Only once the query has failed without a break for
+  ``query_failure_limit`` seconds does ``status()`` raise ``SchedulerQueryFailed``, on every call
+  until a query works again; jobs keep their states through this, so that blocks are not given up
+  for dead while the scheduler may only be unreachable. The executor logs the error at every
+  status refresh and does not scale while it lasts.
+
+Subclasses supply the scheduler-specific parts as pure methods (``render_script``, ``submit_command``,
+``parse_submit_output``, ``cancel_command``) plus ``_query``, which runs the status command(s) through
+``_run`` and parses their output with pure functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from htex_ref.errors import ConfigurationError, SchedulerCommandTimeout, SchedulerQueryFailed, SubmitException
+from htex_ref.launchers import Launcher
+from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------- runner
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a scheduler command did: its argv, exit code, output and how long it took."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def command_line(self) -> str:
+        """The command as one shell-quoted line, as a user would type it."""
+        return shlex.join(self.argv)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe(self) -> str:
+        """Multi-line record of the command, for logs kept next to submit scripts."""
+        return (f"$ {self.command_line}\nexit code: {self.returncode} ({self.duration:.2f} s)\n"
+                f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}\n")
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> CommandResult:
+    """Run ``argv`` (no shell) and return its result; never waits longer than ``timeout`` seconds.
+
+    The command runs in a session of its own. When the time-out passes, its whole process group gets
+    SIGKILL and ``SchedulerCommandTimeout`` is raised. A command that cannot be started (not on PATH,
+    not executable) gives exit code 127 with the reason in ``stderr``, like a shell would. ``env``
+    adds to (and overrides) this process's environment.
+    """
+    args = tuple(str(a) for a in argv)
+    if not args:
+        raise ValueError("run_command needs a command, got an empty argv")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    full_env = None if env is None else {**os.environ, **env}
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            encoding="utf-8",
+            errors="replace",
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as e:
+        where = f" (PATH={(full_env or os.environ).get('PATH', '')})" if isinstance(e, FileNotFoundError) else ""
+        return CommandResult(args, 127, "", f"{args[0]}: cannot run: {e}{where}", time.monotonic() - start)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        try:
+            # Collect what it wrote; bounded, in case something outside its group still holds the pipes.
+            proc.communicate(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            proc.kill()
+            proc.wait()
+        raise SchedulerCommandTimeout(
+            shlex.join(args), timeout,
+            f"the scheduler may be overloaded or down: check it with `{args[0]}` by hand, "
+            f"or raise cmd_timeout if it is only slow",
+        ) from None
+    return CommandResult(args, proc.returncode, out, err, time.monotonic() - start)
+
+
+# ------------------------------------------------------------------------------------------ walltime
+
+_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
+
+
+def parse_walltime(value: object, name: str = "walltime") -> int:
+    """Seconds in a ``[D-]HH:MM:SS`` walltime (hours may exceed 24); ConfigurationError naming ``name``."""
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string 'HH:MM:SS', got {type(value).__name__} {value!r}")
+    m = _WALLTIME.match(value.strip())
+    if m is None:
+        raise ConfigurationError(f"{name} must look like 'HH:MM:SS' (or 'D-HH:MM:SS'), got {value!r}")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    if minutes > 59 or seconds > 59:
+        raise ConfigurationError(f"{name} has minutes or seconds above 59: {value!r}")
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise ConfigurationError(f"{name} must be longer than zero, got {value!r}")
+    return total
+
+
+def format_walltime(seconds: int) -> str:
+    """``HH:MM:SS`` for a number of seconds (hours may exceed 24, as PBS and Slurm accept)."""
+    if seconds < 0:
+        raise ValueError(f"walltime cannot be negative, got {seconds}")
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+# ------------------------------------------------------------------------------------- status merge
+
+
+def merge_status(
+    previous: JobStatus,
+    polled: JobStatus | None,
+    submitted_at: float,
+    now: float,
+    absent_grace: float,
+    cancel_requested: bool = False,
+) -> JobStatus:
+    """What a job's state is, given what we knew and what the scheduler just said (None: not listed).
+
+    Pure. Terminal states are kept; a job we asked to cancel ends as CANCELLED; a job not listed is
+    given ``absent_grace`` seconds from submission before it is MISSING. The job's stdout/stderr
+    paths are carried over so that every status points at the job's output.
+    """
+    if previous.terminal:
+        return previous
+    out, err = previous.stdout_path, previous.stderr_path
+    if polled is None:
+        age = now - submitted_at
+        if age < absent_grace:
+            return previous
+        new = JobStatus(
+            JobState.MISSING,
+            f"the scheduler no longer lists this job ({age:.0f} s after submission; absent_grace={absent_grace:g} s)"
+            f", so how it ended is unknown; see {out} and {err}",
+            None, out, err,
+        )
+    else:
+        new = dataclasses.replace(polled, stdout_path=polled.stdout_path or out, stderr_path=polled.stderr_path or err)
+    if cancel_requested and new.terminal and new.state is not JobState.CANCELLED:
+        said = new.state.name + (f": {new.message}" if new.message else "")
+        new = JobStatus(JobState.CANCELLED, f"cancelled by htex_ref (the scheduler then reported {said})",
+                        new.exit_code, new.stdout_path, new.stderr_path)
+    return new
+
+
+# ---------------------------------------------------------------------------------------- the base
+
+
+@dataclass
+class ClusterJob:
+    """One submitted job, as the provider knows it."""
+
+    job_id: str
+    job_name: str
+    submitted_at: float
+    script_path: str
+    stdout_path: str
+    stderr_path: str
+    submit_log_path: str
+    status: JobStatus
+    cancel_requested: bool = False
+    history: list[JobState] = field(default_factory=list)
+
+
+def _positive(owner: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{owner}.{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _safe_filename(job_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", job_name) or "job"
+
+
+class ClusterProvider(ExecutionProvider):
+    """Base of the batch-scheduler providers (Slurm, PBS Pro); see the module docstring."""
+
+    #: Constructor parameters shown by ``repr``.
+    _repr_params: tuple[str, ...] = (
+        "label", "nodes_per_block", "init_blocks", "min_blocks", "max_blocks", "parallelism", "walltime",
+        "launcher", "cmd_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        nodes_per_block: int,
+        init_blocks: int,
+        min_blocks: int,
+        max_blocks: int,
+        parallelism: float,
+        walltime: str,
+        launcher: Launcher,
+        worker_init: str,
+        cmd_timeout: float,
+        status_polling_interval: float,
+        absent_grace: float = 30.0,
+        query_failure_limit: float = 600.0,
+        cores_per_node: int | None = None,
+        mem_per_node: float | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        if not isinstance(label, str) or not label:
+            raise ConfigurationError(f"{owner}.label must be a non-empty string, got {label!r}")
+        if not isinstance(launcher, Launcher):
+            raise TypeError(f"{owner}.launcher must be an htex_ref Launcher, got {type(launcher).__name__}")
+        if not isinstance(worker_init, str):
+            raise ConfigurationError(f"{owner}.worker_init must be a string, got {type(worker_init).__name__}")
+        self.label = label
+        self.nodes_per_block = nodes_per_block
+        self.init_blocks = init_blocks
+        self.min_blocks = min_blocks
+        self.max_blocks = max_blocks
+        self.parallelism = parallelism
+        self.walltime = walltime
+        self.walltime_seconds = parse_walltime(walltime, f"{owner}.walltime")
+        self.launcher = launcher
+        self.worker_init = worker_init
+        self.cmd_timeout = _positive(owner, "cmd_timeout", cmd_timeout)
+        self._status_polling_interval = _positive(owner, "status_polling_interval", status_polling_interval)
+        if isinstance(absent_grace, bool) or not isinstance(absent_grace, int | float) or absent_grace < 0:
+            raise ConfigurationError(f"{owner}.absent_grace must be a number >= 0, got {absent_grace!r}")
+        self.absent_grace = float(absent_grace)
+        self.query_failure_limit = _positive(owner, "query_failure_limit", query_failure_limit)
+        self.cores_per_node = cores_per_node
+        self.mem_per_node = mem_per_node
+        self.script_dir: str | None = None
+        self.jobs: dict[str, ClusterJob] = {}
+        #: Monotonic clock; tests replace it to step through time-outs without waiting.
+        self.clock: Callable[[], float] = time.monotonic
+        self._query_failing_since: float | None = None
+        self._lock = threading.RLock()
+        self.check_block_shape()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._repr_params)
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def status_polling_interval(self) -> float:
+        return self._status_polling_interval
+
+    # ------------------------------------------------------------------ scheduler-specific, pure
+
+    @abstractmethod
+    def render_script(
+        self, *, job_name: str, launcher_text: str, stdout_path: str, stderr_path: str, tasks_per_node: int,
+    ) -> str:
+        """The complete submit script for one block (pure: a function of the settings and arguments)."""
+
+    @abstractmethod
+    def submit_command(self, script_path: str) -> list[str]:
+        """The argv that submits ``script_path``."""
+
+    @abstractmethod
+    def parse_submit_output(self, stdout: str) -> str | None:
+        """The job id in the submit command's output, or None if there is none."""
+
+    @abstractmethod
+    def cancel_command(self, job_ids: list[str]) -> list[str]:
+        """The argv that cancels ``job_ids``."""
+
+    @abstractmethod
+    def _query(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        """Ask the scheduler about ``job_ids`` (through ``_run``); jobs it does not list are left out.
+
+        Raise (any exception, with a message that names the command and its error) when the answer
+        cannot be had: the provider then keeps the jobs' previous states.
+        """
+
+    # ------------------------------------------------------------------------------ shared parts
+
+    def _run(self, argv: Sequence[str], *, timeout: float | None = None,
+             cwd: str | os.PathLike[str] | None = None) -> CommandResult:
+        """Every scheduler command goes through here (tests put fake commands on PATH)."""
+        return run_command(argv, timeout=timeout or self.cmd_timeout, cwd=cwd)
+
+    def job_environment(self, job_name: str) -> str:
+        """Lines every job script runs before the launcher: its name and where launchers write files."""
+        script_dir = self._script_dir()
+        return f"export JOBNAME={shlex.quote(job_name)}\nexport HTEX_SCRIPT_DIR={shlex.quote(str(script_dir))}\n"
+
+    def _script_dir(self) -> Path:
+        return Path(self.script_dir or ".").absolute()
+
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "htex_ref.auto") -> str:
+        if not isinstance(job_name, str) or not job_name:
+            raise ConfigurationError(f"job_name must be a non-empty string, got {job_name!r}")
+        script_dir = self._script_dir()
+        script_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            base = _safe_filename(job_name)
+            name, n = base, 0
+            while (script_dir / f"{name}.submit").exists():
+                n += 1
+                name = f"{base}.{n}"
+            script = script_dir / f"{name}.submit"
+            stdout_path, stderr_path = str(script_dir / f"{name}.stdout"), str(script_dir / f"{name}.stderr")
+            log = script_dir / f"{name}.submit.log"
+            text = self.render_script(
+                job_name=name,
+                launcher_text=self.launcher(command, tasks_per_node, self.nodes_per_block),
+                stdout_path=stdout_path,
+                stderr_path=stderr_path,
+                tasks_per_node=tasks_per_node,
+            )
+            script.write_text(text)
+            script.chmod(0o755)
+            argv = self.submit_command(str(script))
+            try:
+                result = self._run(argv, cwd=script_dir)
+            except SchedulerCommandTimeout as e:
+                log.write_text(f"$ {e.command_line}\ntimed out after {e.timeout:g} s and was killed\n")
+                raise SubmitException(
+                    name, f"{e}; the job may have been submitted anyway (look for job name {name!r}); "
+                          f"script {script}, command log {log}") from e
+            log.write_text(f"cwd: {script_dir}\n{result.describe()}")
+            if not result.ok:
+                raise SubmitException(
+                    name, f"submit command `{result.command_line}` exited with code {result.returncode}; "
+                          f"script {script}, command log {log}",
+                    result.stdout, result.stderr, result.returncode)
+            job_id = self.parse_submit_output(result.stdout)
+            if not job_id:
+                raise SubmitException(
+                    name, f"no job id in the output of `{result.command_line}`; script {script}, command log {log}",
+                    result.stdout, result.stderr, result.returncode)
+            status = JobStatus(JobState.PENDING, "submitted", None, stdout_path, stderr_path)
+            self.jobs[job_id] = ClusterJob(job_id, name, self.clock(), str(script), stdout_path, stderr_path,
+                                           str(log), status, history=[JobState.PENDING])
+            logger.info("%s: submitted job %s (%s) with `%s`", self.label, job_id, script, result.command_line)
+            return job_id
+
+    def status(self, job_ids: list[str]) -> list[JobStatus]:
+        with self._lock:
+            live = [j for j in dict.fromkeys(job_ids) if j in self.jobs and not self.jobs[j].status.terminal]
+            if live:
+                self._refresh(live)
+            return [self.jobs[j].status if j in self.jobs
+                    else JobStatus(JobState.MISSING, f"job {j} was not submitted by this provider")
+                    for j in job_ids]
+
+    def _refresh(self, job_ids: list[str]) -> None:
+        now = self.clock()
+        try:
+            polled = self._query(job_ids)
+        except Exception as e:
+            if self._query_failing_since is None:
+                self._query_failing_since = now
+            failing_for = now - self._query_failing_since
+            logger.warning("%s: the status query for jobs %s failed (failing for %.0f s; query_failure_limit=%g s); "
+                           "they keep their last known states: %s",
+                           self.label, job_ids, failing_for, self.query_failure_limit, e)
+            if failing_for >= self.query_failure_limit:
+                raise SchedulerQueryFailed(
+                    f"{self.label}: the scheduler's status query has failed for {failing_for:.0f} s "
+                    f"(query_failure_limit={self.query_failure_limit:g} s), so the state of jobs {job_ids} is "
+                    f"unknown; they keep their last known states until a query works again. Last error: {e}"
+                ) from e
+            return
+        self._query_failing_since = None
+        for job_id in job_ids:
+            job = self.jobs[job_id]
+            new = merge_status(job.status, polled.get(job_id), job.submitted_at, now, self.absent_grace,
+                               job.cancel_requested)
+            if new.state is not job.status.state:
+                job.history.append(new.state)
+                log = logger.warning if new.state in (JobState.FAILED, JobState.MISSING, JobState.TIMEOUT) \
+                    else logger.info
+                log("%s: job %s is now %s%s", self.label, job_id, new.state.name,
+                    f" ({new.message})" if new.message else "")
+            job.status = new
+
+    def cancel(self, job_ids: list[str]) -> list[bool]:
+        with self._lock:
+            results: dict[str, bool] = {}
+            to_cancel: list[str] = []
+            for job_id in dict.fromkeys(job_ids):
+                job = self.jobs.get(job_id)
+                if job is None:
+                    logger.warning("%s: cannot cancel job %s: this provider did not submit it", self.label, job_id)
+                    results[job_id] = False
+                elif job.status.terminal:
+                    results[job_id] = True
+                else:
+                    to_cancel.append(job_id)
+            if to_cancel:
+                for job_id in to_cancel:
+                    self.jobs[job_id].cancel_requested = True
+                argv = self.cancel_command(to_cancel)
+                try:
+                    result = self._run(argv)
+                    failure = None if result.ok else (
+                        f"`{result.command_line}` exited with code {result.returncode}: {result.stderr.strip()}")
+                except SchedulerCommandTimeout as e:
+                    failure = str(e)
+                if failure is None:
+                    for job_id in to_cancel:
+                        job = self.jobs[job_id]
+                        job.status = JobStatus(JobState.CANCELLED, "cancelled by htex_ref", None,
+                                               job.stdout_path, job.stderr_path)
+                        job.history.append(JobState.CANCELLED)
+                        results[job_id] = True
+                else:
+                    logger.error("%s: cancelling jobs %s failed: %s; asking the scheduler whether they ended anyway",
+                                 self.label, to_cancel, failure)
+                    try:
+                        self._refresh(to_cancel)
+                    except SchedulerQueryFailed:
+                        logger.exception("%s: could not learn the state of jobs %s", self.label, to_cancel)
+                    for job_id in to_cancel:
+                        results[job_id] = self.jobs[job_id].status.terminal
+            return [results[j] for j in job_ids]
