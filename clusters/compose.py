@@ -499,7 +499,8 @@ def remove_isolation(state: State) -> None:
 
 def compose_env(state: State) -> dict[str, str]:
     return {**docker_env(state.get("docker_host", "")), "HTEX_IMAGE": IMAGE, "HTEX_NET": state.get("net_prefix", ""),
-            "HTEX_SHARED": str(state.shared), "HTEX_BRIDGE": BRIDGE}
+            "HTEX_SHARED": str(state.shared), "HTEX_BRIDGE": BRIDGE,
+            "HTEX_ACCOUNTING": "1" if state.get("accounting", True) else "0"}
 
 
 def compose(state: State, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -566,8 +567,11 @@ def start_host_munged(state: State) -> None:
 def write_host_conf(state: State) -> None:
     """The cluster's own slurm.conf, plus the host munged's socket: what sbatch here needs to reach slurmctld."""
     conf = controller_exec(state, "cat", "/etc/slurm/slurm.conf").stdout
-    lines = [ln for ln in conf.splitlines() if not ln.startswith("AuthInfo=")]
+    lines = [ln for ln in conf.splitlines() if not ln.startswith(("AuthInfo=", "AccountingStoragePass="))]
     lines.append(f"AuthInfo=socket={state.munge_socket}")
+    # The connection to slurmdbd (sacct) authenticates through this setting, not AuthInfo.
+    if "AccountingStorageType=accounting_storage/slurmdbd" in lines:
+        lines.append(f"AccountingStoragePass={state.munge_socket}")
     state.host_conf.write_text("\n".join(lines) + "\n")
 
 
@@ -609,7 +613,23 @@ def wait_controller_ready(state: State, timeout: float = 60) -> None:
 # ------------------------------------------------------------------------------------------------- up
 
 
-def up(info_path: Path, state_dir: Path, cache_dir: Path, base_image: str | None, rebuild: bool) -> ClusterInfo:
+def wait_accounted(state: State, job_id: str, timeout: float = 20) -> None:
+    """sacct answers from this host and knows ``job_id`` (it can lag a few seconds behind the job)."""
+    deadline = time.monotonic() + timeout
+    proc = None
+    while time.monotonic() < deadline:
+        proc = run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "JobID,State"], check=False,
+                   env=state.slurm_env(), timeout=15)
+        if proc.returncode == 0 and proc.stdout.startswith(f"{job_id}|"):
+            return
+        time.sleep(0.3)
+    detail = f"exit {proc.returncode}: {(proc.stdout + proc.stderr).strip()!r}" if proc else "no answer"
+    raise ClusterError(f"sacct does not show the smoke job {job_id} within {timeout:.0f} s ({detail}); "
+                       f"slurmdbd and MariaDB logs in the controller under /var/log/slurm/")
+
+
+def up(info_path: Path, state_dir: Path, cache_dir: Path, base_image: str | None, rebuild: bool,
+       accounting: bool = True) -> ClusterInfo:
     started = time.monotonic()
     if os.geteuid() != 0:
         raise ClusterError("clusters.compose must run as root (dockerd, iptables, a munged as the munge user)")
@@ -622,6 +642,7 @@ def up(info_path: Path, state_dir: Path, cache_dir: Path, base_image: str | None
     shutil.rmtree(state_dir, ignore_errors=True)
     state = State(state_dir)
     state.set("started", time.time())
+    state.set("accounting", accounting)
     for d in (state.shared, state.logs, state.host_dir):
         d.mkdir(parents=True, exist_ok=True)
     state.shared.chmod(0o1777)
@@ -660,11 +681,18 @@ def up(info_path: Path, state_dir: Path, cache_dir: Path, base_image: str | None
     # Also proves the image's htex_ref imports on every node and that the nodes' host names are as listed.
     probe = "import socket, htex_ref.worker_pool; print(socket.gethostname())"
     smoke = run(["srun", f"--nodes={len(NODES)}", "--ntasks-per-node=1", "--time=1", f"--chdir={state.shared}",
-                 "/opt/htex_ref/bin/python", "-c", probe], check=False, env=state.slurm_env(), timeout=60)
+                 "--job-name=compose-smoke", "/opt/htex_ref/bin/python", "-c", probe], check=False,
+                env=state.slurm_env(), timeout=60)
     seen = sorted(smoke.stdout.split())
     if smoke.returncode != 0 or seen != sorted(NODES):
         raise ClusterError(f"smoke test `srun -N{len(NODES)}` gave exit {smoke.returncode}, output {seen}, "
                            f"stderr {smoke.stderr.strip()!r}; {slurm_logs_hint(state)}")
+    if accounting:
+        last = run(["squeue", "-h", "-t", "all", "-n", "compose-smoke", "-o", "%A"],
+                   env=state.slurm_env()).stdout.split()
+        if not last:
+            raise ClusterError("the smoke job is not in `squeue -t all` right after it ran")
+        wait_accounted(state, last[-1])
     timings["smoke"] = time.monotonic() - started
 
     info = ClusterInfo(
@@ -676,7 +704,7 @@ def up(info_path: Path, state_dir: Path, cache_dir: Path, base_image: str | None
         partition=PARTITION,
         shared_dir=str(state.shared),
         worker_pool_cmd=WORKER_POOL_CMD,
-        accounting=False,
+        accounting=accounting,
         worker_init="",
         extra={"state_dir": str(state.dir), "docker_host": docker_host, "project": PROJECT,
                "compose_file": str(COMPOSE_FILE), "munge_socket": str(state.munge_socket),
@@ -822,11 +850,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="base image for the build (e.g. debian:bookworm where a registry is reachable); "
                         f"default: {LOCAL_BASE_IMAGE}, bootstrapped here if missing")
     p.add_argument("--rebuild", action="store_true", help="build the image even if it matches the source tree")
+    p.add_argument("--no-accounting", dest="accounting", action="store_false",
+                   help="no slurmdbd/MariaDB on the controller: sacct does not work, status comes from squeue")
     args = p.parse_args(argv)
     try:
         if args.action == "up":
             try:
-                up(args.info, args.state_dir, args.cache_dir, args.base_image, args.rebuild)
+                up(args.info, args.state_dir, args.cache_dir, args.base_image, args.rebuild, args.accounting)
             except BaseException:
                 log("up failed; the cluster stays as it is for inspection until `down` is run")
                 raise
