@@ -1,6 +1,9 @@
-"""nox sessions: lint, typecheck, tests, bench (against Parsl). The Slurm cluster sessions come later."""
+"""nox sessions: lint, typecheck, tests, bench (against Parsl), fuzz, slurm (a local multi-node Slurm),
+docker_slurm (a Docker Compose Slurm cluster)."""
 
 from __future__ import annotations
+
+import os
 
 import nox
 
@@ -42,8 +45,17 @@ def fuzz(session: nox.Session) -> None:
 
 
 @nox.session
+def slurm(session: nox.Session) -> None:
+    """Cluster tests on a local multi-node Slurm that the session starts and stops (root; installs Slurm with
+    apt when missing). The nodes share this file system, so their worker pools run this session's Python."""
+    session.install("-e", ".[dev]")
+    python = os.path.join(session.bin, "python")
+    session.run("bash", "scripts/test-slurm-local.sh", *session.posargs, env={"PYTHON": python}, external=True)
+
+
+@nox.session
 def docker_slurm(session: nox.Session) -> None:
     """Cluster tests against the Docker Compose Slurm cluster (containers/); root. Installs Docker and Slurm."""
     session.install("-e", ".[dev]")
-    session.run("scripts/test-slurm-compose.sh", *session.posargs, external=True,
-                env={"PYTHON": f"{session.bin}/python"})
+    python = os.path.join(session.bin, "python")
+    session.run("bash", "scripts/test-slurm-compose.sh", *session.posargs, env={"PYTHON": python}, external=True)

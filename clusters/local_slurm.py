@@ -27,6 +27,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -242,9 +243,15 @@ def pick_subnet() -> ipaddress.IPv4Network:
             dest = line.split()[1] if len(line.split()) > 1 else ""
         with contextlib.suppress(ValueError):
             used.append(ipaddress.IPv4Network(dest, strict=False))
+    return choose_subnet(used)
+
+
+def choose_subnet(used: Iterable[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+    """The first candidate that overlaps none of ``used`` (default routes, 0.0.0.0/0, do not count)."""
+    taken = [u for u in used if u.prefixlen > 0]
     for cand in SUBNET_CANDIDATES:
         net = ipaddress.IPv4Network(cand)
-        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
+        if not any(net.overlaps(u) for u in taken):
             return net
     raise ClusterError(f"every candidate subnet {SUBNET_CANDIDATES} is in use on this host (see `ip -4 addr`)")
 
@@ -558,13 +565,13 @@ def start_slurmctld(lay: Layout, state: dict[str, object]) -> None:
         raise daemon_failed("slurmctld", proc, [lay.logs / "slurmctld.out", lay.logs / "slurmctld.log"])
 
 
-def start_slurmd(lay: Layout, state: dict[str, object], node: str) -> None:
+def start_slurmd(lay: Layout, state: dict[str, object], node: str) -> subprocess.Popen[bytes]:
     inner = (f"hostname {node} && mount --bind {lay.hosts} /etc/hosts && "
              f"exec slurmd -D -f {lay.conf} -N {node}")
     # `ip netns exec` would remount /sys and hide /sys/fs/cgroup, which slurmd needs (cluster-facts.md).
     args = ["nsenter", f"--net=/run/netns/{lay.netns(node)}", "unshare", "--uts", "--mount",
             "--propagation", "private", "--", "sh", "-c", inner]
-    spawn(lay, state, f"slurmd-{node}", args, env=lay.slurm_env())
+    return spawn(lay, state, f"slurmd-{node}", args, env=lay.slurm_env())
 
 
 def node_states(lay: Layout) -> dict[str, str]:
@@ -615,13 +622,19 @@ def up(lay: Layout, info_path: Path, nodes: list[str], accounting: bool) -> Clus
         start_mariadb(lay, state)
         start_slurmdbd(lay, state, host, dbd_port)
     start_slurmctld(lay, state)
-    for node in nodes:
-        start_slurmd(lay, state, node)
+    slurmds = {node: start_slurmd(lay, state, node) for node in nodes}
 
-    if not wait_for(lambda: all(node_states(lay).get(n) == "idle" for n in nodes), 60, 0.2):
+    def nodes_idle() -> bool:
+        # A slurmd that exited will never make its node idle: stop waiting at once.
+        return any(p.poll() is not None for p in slurmds.values()) or \
+            all(node_states(lay).get(n) == "idle" for n in nodes)
+
+    if not wait_for(nodes_idle, 60, 0.2) or any(p.poll() is not None for p in slurmds.values()):
+        dead = {n: p.poll() for n, p in slurmds.items() if p.poll() is not None}
         logs = [lay.logs / "slurmctld.log"] + [lay.logs / f"slurmd-{n}.log" for n in nodes] + \
                [lay.logs / f"slurmd-{n}.out" for n in nodes]
-        raise ClusterError(f"nodes did not become idle within 60 s: {node_states(lay)}; logs:\n"
+        raise ClusterError(f"nodes did not become idle (waited up to 60 s): {node_states(lay)}"
+                           + (f"; slurmd exited on {dead} (node: exit code)" if dead else "") + "; logs:\n"
                            + "\n".join(f"  {p}:\n{tail(p)}" for p in logs))
     smoke = run(["srun", f"--nodes={len(nodes)}", "--ntasks-per-node=1", "--time=1", "hostname"],
                 check=False, env=lay.slurm_env(), timeout=60)
@@ -742,6 +755,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "down":
             p.add_argument("--keep-dir", action="store_true", help="keep the cluster directory (logs)")
     args = parser.parse_args(argv)
+    if args.prefix is not None and not re.fullmatch(r"[a-z][a-z0-9]{0,7}", args.prefix):
+        # Interface names are at most 15 characters: prefix, "-c", node number and "h".
+        parser.error(f"--prefix must be 1-8 lower-case letters or digits, starting with a letter: {args.prefix!r}")
     lay, info_path = layout_from(args)
     try:
         if args.command == "up":

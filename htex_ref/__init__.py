@@ -35,7 +35,6 @@ _LAZY = {
     "WorkerLost": "htex_ref.errors",
     "ExecutionProviderException": "htex_ref.errors",
     "SchedulerCommandTimeout": "htex_ref.errors",
-    "SchedulerQueryFailed": "htex_ref.errors",
     "SubmitException": "htex_ref.errors",
     "HighThroughputExecutor": "htex_ref.executor",
     "HtexFuture": "htex_ref.executor",
@@ -55,7 +54,8 @@ _LAZY = {
     "JobStatus": "htex_ref.providers",
     "LocalProvider": "htex_ref.providers",
     "ClusterProvider": "htex_ref.providers",
-    "SlurmProvider": "htex_ref.providers.slurm",
+    "PBSProProvider": "htex_ref.providers",
+    "SlurmProvider": "htex_ref.providers",
 }
 
 if TYPE_CHECKING:
@@ -72,7 +72,6 @@ if TYPE_CHECKING:
         ManagerLost,
         RemoteError,
         SchedulerCommandTimeout,
-        SchedulerQueryFailed,
         SerializationError,
         SubmitException,
         VersionMismatch,
@@ -92,8 +91,15 @@ if TYPE_CHECKING:
         SrunMPILauncher,
         WrappedLauncher,
     )
-    from htex_ref.providers import ClusterProvider, ExecutionProvider, JobState, JobStatus, LocalProvider
-    from htex_ref.providers.slurm import SlurmProvider
+    from htex_ref.providers import (
+        ClusterProvider,
+        ExecutionProvider,
+        JobState,
+        JobStatus,
+        LocalProvider,
+        PBSProProvider,
+        SlurmProvider,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -133,10 +139,10 @@ __all__ = [
     "ManagerLost",
     "MpiExecLauncher",
     "MpiRunLauncher",
+    "PBSProProvider",
     "RandomManagerSelector",
     "RemoteError",
     "SchedulerCommandTimeout",
-    "SchedulerQueryFailed",
     "SerializationError",
     "SimpleLauncher",
     "SingleNodeLauncher",

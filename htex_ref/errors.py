@@ -157,10 +157,6 @@ class SchedulerCommandTimeout(ExecutionProviderException, TimeoutError):
         return f"{msg}; {self.advice}" if self.advice else msg
 
 
-class SchedulerQueryFailed(ExecutionProviderException):
-    """The scheduler's status command has kept failing for longer than the provider's limit."""
-
-
 class SubmitException(ExecutionProviderException):
     """A provider's submit command failed; carries the command's output."""
 

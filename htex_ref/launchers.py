@@ -318,7 +318,10 @@ class GnuParallelLauncher(Launcher):
 
     Hosts are the distinct entries of ``$PBS_NODEFILE`` (reached with ssh) or, without one, only this
     host (``:`` in parallel's terms: no ssh). A job log goes next to the command file. The exit code is
-    parallel's: the number of copies that failed (at most 101).
+    parallel's: the number of copies that failed (at most 101). Copies on other hosts get the job's
+    environment (``--env _``) only if ``parallel --record-env`` has been run once, as GNU parallel
+    requires; without it they get their login environment (Parsl always passes ``--env _``, which
+    makes parallel refuse to run at all until then).
     """
 
     def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
@@ -331,9 +334,13 @@ if [ -n "${{PBS_NODEFILE:-}}" ] && [ -f "$PBS_NODEFILE" ]; then
 else
     echo ":" > "$HTEX_HOSTFILE"
 fi
+# GNU parallel copies the environment to other hosts (--env _) only once `parallel --record-env` was run.
+HTEX_PARALLEL_ENV=""
+[ -f "$HOME/.parallel/ignored_vars" ] && HTEX_PARALLEL_ENV="--env _"
 for HTEX_I in $(seq 1 {count}); do
     echo "bash $HTEX_CMD_FILE"
-done | parallel --env _ --joblog "$HTEX_CMD_FILE.parallel.log" --sshloginfile "$HTEX_HOSTFILE" --jobs {tasks_per_node}
+done | parallel $HTEX_PARALLEL_ENV --joblog "$HTEX_CMD_FILE.parallel.log" --sshloginfile "$HTEX_HOSTFILE" \
+    --jobs {tasks_per_node}
 """
 
 

@@ -3,6 +3,7 @@
 from htex_ref.providers.base import TERMINAL_STATES, ExecutionProvider, JobState, JobStatus
 from htex_ref.providers.cluster import ClusterProvider, CommandResult, merge_status, run_command
 from htex_ref.providers.local import LocalProvider
+from htex_ref.providers.pbspro import PBSProProvider
 from htex_ref.providers.slurm import SlurmProvider
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "JobState",
     "JobStatus",
     "LocalProvider",
+    "PBSProProvider",
     "SlurmProvider",
     "merge_status",
     "run_command",

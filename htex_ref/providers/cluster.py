@@ -15,11 +15,13 @@ scheduler says with what it knew through the pure ``merge_status``:
 - a job the scheduler does not list yet, within ``absent_grace`` seconds of its submission, keeps its
   state (accounting lags the submission by seconds); absent later, it is MISSING, with a message;
 - a status query that fails or times out changes nothing: jobs keep their last known state (a
-  failed ``qstat`` must not end a workflow). Only once the query has failed without a break for
-  ``query_failure_limit`` seconds does ``status()`` raise ``SchedulerQueryFailed``, on every call
-  until a query works again; jobs keep their states through this, so that blocks are not given up
-  for dead while the scheduler may only be unreachable. The executor logs the error at every
-  status refresh and does not scale while it lasts.
+  failed ``qstat`` must not end a workflow). Once the query has failed without a break for
+  ``query_failure_limit`` seconds, the live jobs are reported UNKNOWN, with the query's error and
+  their last known state in the message, and every failed refresh logs an ERROR, until a query
+  works again. UNKNOWN is not terminal: blocks are not given up for dead (their tasks go on; a pool
+  that dies is still noticed by its missed heartbeats), they still count against ``max_blocks`` so
+  no blocks are added blindly, and ``status()`` keeps answering, so that shutdown can still cancel
+  every block (raising from ``status()`` would leave blocks running after shutdown).
 
 Subclasses supply the scheduler-specific parts as pure methods (``render_script``, ``submit_command``,
 ``parse_submit_output``, ``cancel_command``) plus ``_query``, which runs the status command(s) through
@@ -42,7 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from htex_ref.errors import ConfigurationError, SchedulerCommandTimeout, SchedulerQueryFailed, SubmitException
+from htex_ref.errors import ConfigurationError, SchedulerCommandTimeout, SubmitException
 from htex_ref.launchers import Launcher
 from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus
 
@@ -229,6 +231,8 @@ class ClusterJob:
     status: JobStatus
     cancel_requested: bool = False
     history: list[JobState] = field(default_factory=list)
+    #: The last state the scheduler gave (``status`` may say UNKNOWN while the scheduler cannot be asked).
+    last_known: JobState = JobState.PENDING
 
 
 def _positive(owner: str, name: str, value: object) -> float:
@@ -418,15 +422,21 @@ class ClusterProvider(ExecutionProvider):
             if self._query_failing_since is None:
                 self._query_failing_since = now
             failing_for = now - self._query_failing_since
-            logger.warning("%s: the status query for jobs %s failed (failing for %.0f s; query_failure_limit=%g s); "
-                           "they keep their last known states: %s",
-                           self.label, job_ids, failing_for, self.query_failure_limit, e)
-            if failing_for >= self.query_failure_limit:
-                raise SchedulerQueryFailed(
-                    f"{self.label}: the scheduler's status query has failed for {failing_for:.0f} s "
-                    f"(query_failure_limit={self.query_failure_limit:g} s), so the state of jobs {job_ids} is "
-                    f"unknown; they keep their last known states until a query works again. Last error: {e}"
-                ) from e
+            if failing_for < self.query_failure_limit:
+                logger.warning("%s: the status query for jobs %s failed (failing for %.0f s; query_failure_limit=%g s);"
+                               " they keep their last known states: %s",
+                               self.label, job_ids, failing_for, self.query_failure_limit, e)
+                return
+            logger.error("%s: the scheduler's status query has failed for %.0f s (query_failure_limit=%g s); the "
+                         "state of jobs %s is UNKNOWN until it works again: %s",
+                         self.label, failing_for, self.query_failure_limit, job_ids, e)
+            for job_id in job_ids:
+                job = self.jobs[job_id]
+                last = job.last_known.name
+                job.status = JobStatus(
+                    JobState.UNKNOWN,
+                    f"state unknown (last known: {last}): the scheduler's status query has failed for "
+                    f"{failing_for:.0f} s: {e}", None, job.stdout_path, job.stderr_path)
             return
         self._query_failing_since = None
         for job_id in job_ids:
@@ -435,6 +445,7 @@ class ClusterProvider(ExecutionProvider):
                                job.cancel_requested)
             if new.state is not job.status.state:
                 job.history.append(new.state)
+                job.last_known = new.state
                 log = logger.warning if new.state in (JobState.FAILED, JobState.MISSING, JobState.TIMEOUT) \
                     else logger.info
                 log("%s: job %s is now %s%s", self.label, job_id, new.state.name,
@@ -474,10 +485,7 @@ class ClusterProvider(ExecutionProvider):
                 else:
                     logger.error("%s: cancelling jobs %s failed: %s; asking the scheduler whether they ended anyway",
                                  self.label, to_cancel, failure)
-                    try:
-                        self._refresh(to_cancel)
-                    except SchedulerQueryFailed:
-                        logger.exception("%s: could not learn the state of jobs %s", self.label, to_cancel)
+                    self._refresh(to_cancel)
                     for job_id in to_cancel:
                         results[job_id] = self.jobs[job_id].status.terminal
             return [results[j] for j in job_ids]

@@ -157,6 +157,9 @@ def parallel(args: list[str]) -> int:
         opts[key] = value
     if len(args) % 2:
         sys.exit(f"stub: option {args[-1]} needs a value (parallel here reads its commands from stdin)")
+    if opts.get("--env") == "_" and not os.path.exists(os.path.expanduser("~/.parallel/ignored_vars")):
+        print("parallel: Error: Run 'parallel --record-env' in a clean environment first.", file=sys.stderr)
+        return 255
     logins = read_hosts(opts.get("--sshloginfile"))
     slots = int(first(opts, "--jobs", "-j", default="1") or 1) * len(logins)
     lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]

@@ -16,7 +16,6 @@ from htex_ref.errors import (
     ConfigurationError,
     ExecutionProviderException,
     SchedulerCommandTimeout,
-    SchedulerQueryFailed,
     SubmitException,
 )
 from htex_ref.launchers import SimpleLauncher, SrunLauncher
@@ -300,8 +299,8 @@ def test_status_queries_only_live_jobs_and_applies_the_grace(tmp_path: Path) -> 
     assert p.status(["999"])[0].state is JobState.MISSING
 
 
-def test_failed_queries_keep_states_until_the_limit_then_raise(tmp_path: Path,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_queries_keep_states_until_the_limit_then_say_unknown(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     p, clock = toy(tmp_path, query_failure_limit=100.0)
     job = p.submit("a", 1, "a")
     p.queue = {job: JobStatus(JobState.RUNNING)}
@@ -312,12 +311,19 @@ def test_failed_queries_keep_states_until_the_limit_then_raise(tmp_path: Path,
             clock.now += 19  # the first failure, then 95 s of failures from it: under the limit
             assert p.status([job])[0].state is JobState.RUNNING
     assert "cannot connect to server" in caplog.text and "keep their last known states" in caplog.text
+    caplog.clear()
     clock.now += 5
-    with pytest.raises(SchedulerQueryFailed, match="cannot connect to server") as info:
-        p.status([job])
-    assert "query_failure_limit=100" in str(info.value)
-    assert p.jobs[job].status.state is JobState.RUNNING
-    # The query works again: no error, and the jobs' states move on.
+    with caplog.at_level(logging.ERROR):
+        st = p.status([job])[0]
+    assert st.state is JobState.UNKNOWN and not st.terminal
+    assert st.message is not None and "last known: RUNNING" in st.message and "cannot connect to server" in st.message
+    assert st.stdout_path == p.jobs[job].stdout_path
+    assert "query_failure_limit=100" in caplog.text and caplog.records[-1].levelno == logging.ERROR
+    # Cancelling still works while the scheduler cannot be asked about jobs.
+    p.submit_shell = "echo 'job 18'"
+    other = p.submit("b", 1, "b")
+    assert p.cancel([other]) == [True]
+    # The query works again: the jobs' states move on.
     p.query_error = None
     p.queue = {job: JobStatus(JobState.COMPLETED, None, 0)}
     clock.now += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -172,6 +174,45 @@ def test_command_file_keeps_the_command_verbatim(launcher: Launcher, tmp_path: P
     assert cmd_file.read_text() == AWKWARD
 
 
+@pytest.mark.skipif(shutil.which("parallel") is None, reason="GNU parallel is not installed")
+@pytest.mark.parametrize("home_has_recorded_env", [False, True])
+def test_gnu_parallel_launcher_with_the_real_parallel(tmp_path: Path, home_has_recorded_env: bool) -> None:
+    home = tmp_path / "home"
+    (home / ".parallel").mkdir(parents=True)
+    if home_has_recorded_env:
+        (home / ".parallel" / "ignored_vars").write_text("HOME\n")
+    env = {**os.environ, "HOME": str(home), "HTEX_SCRIPT_DIR": str(tmp_path), "JOBNAME": "gp",
+           "OUT": str(tmp_path / "out.txt")}
+    env.pop("PBS_NODEFILE", None)
+    text = GnuParallelLauncher()('echo "$PARALLEL_SEQ" >> "$OUT"; exit "${RC:-0}"', 3, 2)
+    r = run_job(text, env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(int(x) for x in (tmp_path / "out.txt").read_text().split()) == list(range(1, 7))
+    assert run_job(text, {**env, "RC": "1"}).returncode == 6  # parallel exits with the number of failures
+
+
+def _hydra() -> bool:
+    """Whether the mpiexec on PATH is MPICH's Hydra (the one MpiExecLauncher's options are for)."""
+    if shutil.which("mpiexec") is None:
+        return False
+    out = subprocess.run(["mpiexec", "--version"], capture_output=True, text=True, timeout=30).stdout
+    return "HYDRA" in out
+
+
+@pytest.mark.skipif(not _hydra(), reason="MPICH (Hydra mpiexec) is not installed")
+@pytest.mark.parametrize("launcher", [MpiExecLauncher(), MpiRunLauncher()], ids=repr)
+def test_mpi_launchers_with_the_real_mpich(tmp_path: Path, launcher: Launcher) -> None:
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text(f"{socket.gethostname()}\n" * 4)
+    env = {**os.environ, "HTEX_SCRIPT_DIR": str(tmp_path), "JOBNAME": "mpi", "OUT": str(tmp_path / "out.txt"),
+           "PBS_NODEFILE": str(nodefile)}
+    text = launcher('echo "$PMI_RANK" >> "$OUT"; exit "${RC:-0}"', 3, 1)
+    r = run_job(text, env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(int(x) for x in (tmp_path / "out.txt").read_text().split()) == [0, 1, 2]
+    assert run_job(text, {**env, "RC": "4"}).returncode == 4
+
+
 def test_wrapped_launcher_runs_the_command_under_its_prefix(tmp_path: Path, stub_path: str) -> None:
     text = WrappedLauncher("env HTEX_WRAPPED=yes")("bash -c 'echo \"$HTEX_WRAPPED\" >> \"$OUT\"'", 1, 1)
     assert run_job(text, job_env(tmp_path, stub_path, 1)).returncode == 0
@@ -195,14 +236,14 @@ def test_reprs_show_parameters() -> None:
 
 
 @pytest.mark.parametrize(("make", "name"), [
-    (lambda: SrunLauncher(overrides=3), "overrides"),
-    (lambda: SrunMPILauncher(overrides=None), "overrides"),
-    (lambda: MpiExecLauncher(bind_cmd=["--bind-to"]), "bind_cmd"),
+    (lambda: SrunLauncher(overrides=3), "overrides"),  # type: ignore[arg-type]
+    (lambda: SrunMPILauncher(overrides=None), "overrides"),  # type: ignore[arg-type]
+    (lambda: MpiExecLauncher(bind_cmd=["--bind-to"]), "bind_cmd"),  # type: ignore[arg-type]
     (lambda: MpiRunLauncher(bash_location=""), "bash_location"),
     (lambda: AprunLauncher(overrides="-cc none\nrm -rf /"), "overrides"),
-    (lambda: JsrunLauncher(overrides=b"-a 1"), "overrides"),
-    (lambda: WrappedLauncher(prepend=1), "prepend"),
-    (lambda: SingleNodeLauncher(fail_on_any="yes"), "fail_on_any"),
+    (lambda: JsrunLauncher(overrides=b"-a 1"), "overrides"),  # type: ignore[arg-type]
+    (lambda: WrappedLauncher(prepend=1), "prepend"),  # type: ignore[arg-type]
+    (lambda: SingleNodeLauncher(fail_on_any="yes"), "fail_on_any"),  # type: ignore[arg-type]
 ])
 def test_bad_constructor_arguments_are_named(make: Callable[[], Launcher], name: str) -> None:
     with pytest.raises(ConfigurationError, match=name):
