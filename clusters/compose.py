@@ -535,7 +535,7 @@ def compose_logs(state: State) -> str:
 
 def slurm_logs_hint(state: State) -> str:
     return (f"container logs: `DOCKER_HOST={state.get('docker_host')} docker-compose -p {PROJECT} -f {COMPOSE_FILE} "
-            f"logs`; Slurm logs in the containers under /var/log/slurm/")
+            f"logs`; Slurm logs in the containers under /var/log/slurm/, copied to {state.logs}/<service>/ by down")
 
 
 def start_host_munged(state: State) -> None:
@@ -729,6 +729,16 @@ def live_jobs(state: State) -> list[str] | None:
     return proc.stdout.split()
 
 
+def save_container_logs(state: State) -> None:
+    """Copy /var/log/slurm out of every container before they go: the logs to read after a failed test."""
+    for service in [CONTROLLER, *NODES]:
+        for cid in project_containers(state, service):
+            dest = state.logs / service
+            shutil.rmtree(dest, ignore_errors=True)
+            run([docker_cli(), "cp", f"{cid}:/var/log/slurm", str(dest)], check=False,
+                env=docker_env(state.get("docker_host", "")), timeout=30)
+
+
 def cancel_jobs(state: State) -> None:
     """Cancel every job and wait for the queue to empty: stopping slurmd alone leaves jobs running."""
     if not state.host_conf.exists() or not pid_alive(state.get("munged_pid", -1), str(state.munge_socket)):
@@ -770,6 +780,8 @@ def down(info_path: Path | None, state_dir: Path) -> None:
         cancel_jobs(state)
     docker_host = state.get("docker_host")
     if docker_host and state.get("compose_up") and docker_answers(docker_host):
+        with step(errors, "saving the containers' Slurm logs"):
+            save_container_logs(state)
         with step(errors, "docker-compose down"):
             compose(state, "down", "-v", "--remove-orphans", "--timeout", "10", timeout=120)
             state.set("compose_up", False)

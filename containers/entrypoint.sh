@@ -79,13 +79,13 @@ chmod 0755 /run/munge
 runuser -u munge -- /usr/sbin/munged
 
 start_slurmdbd() {
-    mkdir -p /run/mysqld /var/log/slurm
-    chown mysql:mysql /run/mysqld
+    mkdir -p /run/mysqld /var/log/slurm/mariadb
+    chown mysql:mysql /run/mysqld /var/log/slurm/mariadb
     if [ ! -d /var/lib/mysql/mysql ]; then
         mariadb-install-db --user=mysql --skip-test-db >/var/log/slurm/mariadb-install.log 2>&1
     fi
     runuser -u mysql -- mariadbd --skip-networking --socket=/run/mysqld/mysqld.sock \
-        --log-error=/var/log/slurm/mariadbd.log &
+        --log-error=/var/log/slurm/mariadb/mariadbd.log &
     local i
     for i in $(seq 100); do
         mariadb -e 'select 1' >/dev/null 2>&1 && break

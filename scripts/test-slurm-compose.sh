@@ -2,6 +2,7 @@
 # The cluster tests against the Docker Compose Slurm cluster: install Docker and the Slurm client, start
 # the cluster (clusters/compose.py), run tests/cluster from this host, and always stop the cluster again.
 # Exits with pytest's status (or the cluster's, if it could not start or stop). Must run as root.
+# The Slurm logs of the containers are copied to /tmp/htex-compose/logs/<service>/ when the cluster stops.
 #
 #   scripts/test-slurm-compose.sh [pytest args...]
 # Environment: PYTHON (interpreter with htex_ref and the test dependencies; default .venv/bin/python,
@@ -37,6 +38,9 @@ stop_cluster() {
     exit "$rc"
 }
 trap stop_cluster EXIT
+# So that an interrupted run still stops the cluster (through the EXIT trap).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 start=$(date +%s)
 "$python" -m clusters.compose up --info "$info"
@@ -44,4 +48,4 @@ echo "test-slurm-compose: cluster up in $(( $(date +%s) - start )) s"
 
 export HTEX_CLUSTER_INFO=$info
 rm -rf "$basetemp"
-"$python" -m pytest tests/cluster -m cluster -p no:cacheprovider --basetemp="$basetemp" "$@"
+"$python" -m pytest tests/cluster -p no:cacheprovider --basetemp="$basetemp" "$@"
