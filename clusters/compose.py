@@ -436,6 +436,9 @@ def ensure_image(docker_host: str, state: State, base_image: str, force: bool) -
                               env={**os.environ, **docker_env(docker_host)})
     if proc.returncode != 0:
         raise ClusterError(f"`docker build` exited {proc.returncode}; see {build_log}:\n{tail(build_log)}")
+    # Each source change leaves the previous image untagged; only ours (by label) are removed.
+    run([docker_cli(), "image", "prune", "-f", "--filter", f"label={SOURCE_LABEL}"], check=False,
+        env=docker_env(docker_host), timeout=120)
 
 
 # --------------------------------------------------------------------------------------------- network
