@@ -310,28 +310,33 @@ def ensure_dockerd(state: State, cache_dir: Path) -> str:
                        f"{tail(log_path)}")
 
 
+def mirror_from_sources(files: Sequence[tuple[str, str]]) -> str | None:
+    """The first bookworm ``deb`` URI in apt source files given as (name, text): deb822 or one-line format."""
+    for name, text in files:
+        if name.endswith(".sources"):
+            for stanza in re.split(r"\n\s*\n", text):
+                fields = dict(re.findall(r"^(\w[\w-]*):[ \t]*(.*)$", stanza, re.MULTILINE))
+                if "bookworm" in fields.get("Suites", "").split() and "deb" in fields.get("Types", "").split():
+                    uris = fields.get("URIs", "").split()
+                    if uris:
+                        return str(uris[0])
+        elif name.endswith(".list"):
+            for line in text.splitlines():
+                parts = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+                if parts[:1] == ["deb"] and len(parts) >= 3 and "://" in parts[1] and parts[2] == "bookworm":
+                    return parts[1]
+    return None
+
+
 def debian_mirror() -> str:
     """The Debian mirror this host's apt uses (so debootstrap goes where apt is allowed to go)."""
     if os.environ.get("HTEX_DEBIAN_MIRROR"):
         return os.environ["HTEX_DEBIAN_MIRROR"]
-    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for path in sources:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        if path.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                fields = dict(re.findall(r"^(\w[\w-]*):\s*(.*)$", stanza, re.MULTILINE))
-                if "bookworm" in fields.get("Suites", "").split() and "deb" in fields.get("Types", "").split():
-                    return str(fields["URIs"].split()[0])
-        else:
-            for line in text.splitlines():
-                parts = line.split("#", 1)[0].split()
-                uris = [p for p in parts if "://" in p]
-                if parts[:1] == ["deb"] and uris and "bookworm" in parts:
-                    return uris[0]
-    return "http://deb.debian.org/debian"
+    files = []
+    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        with contextlib.suppress(OSError):
+            files.append((path.name, path.read_text()))
+    return mirror_from_sources(files) or "http://deb.debian.org/debian"
 
 
 def image_exists(docker_host: str, image: str) -> bool:
@@ -444,27 +449,36 @@ def ensure_image(docker_host: str, state: State, base_image: str, force: bool) -
 # --------------------------------------------------------------------------------------------- network
 
 
-def pick_subnet() -> ipaddress.IPv4Network:
-    """The first candidate /24 that no interface or route on this host overlaps."""
+def choose_subnet(addr_output: str, route_output: str, candidates: Sequence[str] = SUBNET_CANDIDATES) -> str | None:
+    """The first candidate network that overlaps no address (``ip -4 -o addr``) or route (``ip -4 route show
+    table all``) of this host."""
     used: list[ipaddress.IPv4Network] = []
-    for line in run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines():
+    for line in addr_output.splitlines():
         parts = line.split()
         if "inet" in parts:
             used.append(ipaddress.IPv4Interface(parts[parts.index("inet") + 1]).network)
-    for line in run(["ip", "-4", "route", "show", "table", "all"]).stdout.splitlines():
+    for line in route_output.splitlines():
         parts = line.split()
         dest = parts[0] if parts else ""
-        if dest in ("broadcast", "local") and len(parts) > 1:
+        if dest in ("broadcast", "local", "unicast", "blackhole", "unreachable", "prohibit") and len(parts) > 1:
             dest = parts[1]
         with contextlib.suppress(ValueError):
             net = ipaddress.IPv4Network(dest, strict=False)
+            # The default route (0/0) overlaps everything and says nothing about what is in use.
             if net.prefixlen > 0:
                 used.append(net)
-    for candidate in SUBNET_CANDIDATES:
-        net = ipaddress.IPv4Network(candidate)
-        if not any(net.overlaps(u) for u in used):
-            return net
-    raise ClusterError(f"every candidate subnet {SUBNET_CANDIDATES} is in use on this host")
+    for candidate in candidates:
+        if not any(ipaddress.IPv4Network(candidate).overlaps(u) for u in used):
+            return candidate
+    return None
+
+
+def pick_subnet() -> ipaddress.IPv4Network:
+    found = choose_subnet(run(["ip", "-4", "-o", "addr", "show"]).stdout,
+                          run(["ip", "-4", "route", "show", "table", "all"]).stdout)
+    if found is None:
+        raise ClusterError(f"every candidate subnet {SUBNET_CANDIDATES} is in use on this host")
+    return ipaddress.IPv4Network(found)
 
 
 def isolation_rules() -> list[list[str]]:
@@ -567,15 +581,19 @@ def start_host_munged(state: State) -> None:
     state.set("munged_pid", int(pidfile.read_text().strip()))
 
 
-def write_host_conf(state: State) -> None:
-    """The cluster's own slurm.conf, plus the host munged's socket: what sbatch here needs to reach slurmctld."""
-    conf = controller_exec(state, "cat", "/etc/slurm/slurm.conf").stdout
-    lines = [ln for ln in conf.splitlines() if not ln.startswith(("AuthInfo=", "AccountingStoragePass="))]
-    lines.append(f"AuthInfo=socket={state.munge_socket}")
+def host_conf_text(cluster_conf: str, munge_socket: str) -> str:
+    """The cluster's slurm.conf for Slurm commands on this host: the same, but through the host's munged."""
+    lines = [ln for ln in cluster_conf.splitlines() if not ln.startswith(("AuthInfo=", "AccountingStoragePass="))]
+    lines.append(f"AuthInfo=socket={munge_socket}")
     # The connection to slurmdbd (sacct) authenticates through this setting, not AuthInfo.
     if "AccountingStorageType=accounting_storage/slurmdbd" in lines:
-        lines.append(f"AccountingStoragePass={state.munge_socket}")
-    state.host_conf.write_text("\n".join(lines) + "\n")
+        lines.append(f"AccountingStoragePass={munge_socket}")
+    return "\n".join(lines) + "\n"
+
+
+def write_host_conf(state: State) -> None:
+    conf = controller_exec(state, "cat", "/etc/slurm/slurm.conf").stdout
+    state.host_conf.write_text(host_conf_text(conf, str(state.munge_socket)))
 
 
 def node_states(state: State) -> dict[str, str]:

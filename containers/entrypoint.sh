@@ -10,16 +10,16 @@
 #   SLURM_MEMORY      RealMemory of each compute node in MB
 #   SLURM_ACCOUNTING  1: accounting through slurmdbd, which the controller runs with a private MariaDB
 #                     (socket only, no TCP), so that sacct works; it must be the same on every node
-# A slurm.conf bind-mounted at /etc/slurm/slurm.conf is used as it is.
+# A slurm.conf bind-mounted at /etc/slurm/slurm.conf is used as it is. `entrypoint.sh conf` only prints
+# the slurm.conf the environment gives.
 set -euo pipefail
 
 role=${1:-slurmd}
 conf=/etc/slurm/slurm.conf
 
-write_conf() {
+render_conf() {
     local ctl_name=${SLURM_CONTROLLER%%=*} ctl_addr=${SLURM_CONTROLLER#*=}
     local names=() entry
-    mkdir -p /etc/slurm
     {
         cat <<CONF
 # Written by htex-slurm-entrypoint from the container environment.
@@ -64,13 +64,20 @@ CONF
         done
         local IFS=,
         echo "PartitionName=${SLURM_PARTITION:-debug} Nodes=${names[*]} Default=YES MaxTime=INFINITE State=UP"
-    } > "$conf"
+    }
 }
+
+if [ "$role" = conf ]; then
+    # Print the slurm.conf this environment gives, touch nothing (for checks and for the curious).
+    render_conf
+    exit 0
+fi
 
 if [ ! -s "$conf" ] || grep -q '^# Written by htex-slurm-entrypoint' "$conf"; then
     : "${SLURM_CONTROLLER:?SLURM_CONTROLLER (name=address) must be set}"
     : "${SLURM_NODES:?SLURM_NODES (name=address ...) must be set}"
-    write_conf
+    mkdir -p /etc/slurm
+    render_conf > "$conf"
 fi
 
 mkdir -p /var/log/slurm /var/spool/slurmctld /var/spool/slurmd /run/munge
