@@ -47,6 +47,16 @@ def slurm(info: ClusterInfo, *args: str, timeout: float = 30) -> subprocess.Comp
                           env={**os.environ, **info.env}, check=False)
 
 
+def wait_left_queue(info: ClusterInfo, job_name: str) -> None:
+    """Jobs of this test must be gone from the queue (COMPLETING included) before the next test looks at it."""
+
+    def gone() -> bool:
+        out = slurm(info, "squeue", "-h", "-n", job_name, "-o", "%A")
+        return out.returncode == 0 and not out.stdout.strip()
+
+    assert wait_until(gone, 30), slurm(info, "squeue").stdout
+
+
 class Listener:
     """A TCP listener on the submit host that records the first line each connection sends."""
 
@@ -95,8 +105,10 @@ def test_batch_jobs_run_on_every_node_and_reach_the_submit_host(info: ClusterInf
     connect = (f"import socket; s = socket.create_connection(({info.address!r}, {listener.port}), 10); "
                "s.sendall((socket.gethostname() + '\\n').encode()); s.close()")
     jobs = {}
+    name = f"smoke-reach-{os.getpid()}"
     for node in info.nodes:
-        proc = slurm(info, "sbatch", "--parsable", f"--partition={info.partition}", f"--nodelist={node}",
+        proc = slurm(info, "sbatch", "--parsable", f"--job-name={name}", f"--partition={info.partition}",
+                     f"--nodelist={node}",
                      "--nodes=1", "--time=2", f"--chdir={job_dir}", f"--output={job_dir}/{node}-%j.out",
                      f"--wrap=python3 -c {shlex.quote(connect)}")
         assert proc.returncode == 0, f"sbatch for {node} failed: {proc.stderr}"
@@ -113,18 +125,15 @@ def test_batch_jobs_run_on_every_node_and_reach_the_submit_host(info: ClusterInf
     # The jobs ran in the containers, not on this host: their connections came over the cluster network.
     assert socket.gethostname() not in listener.lines
     assert all(peer != info.address for peer in listener.peers), listener.peers
-
-    def queue_empty() -> bool:
-        out = slurm(info, "squeue", "-h", "-j", ",".join(jobs.values()), "-t", "PENDING,RUNNING,COMPLETING")
-        return out.returncode == 0 and not out.stdout.strip()
-
-    assert wait_until(queue_empty, 30), slurm(info, "squeue").stdout
+    wait_left_queue(info, name)
 
 
 def test_worker_pool_command_starts_on_every_node(info: ClusterInfo, job_dir: Path) -> None:
     assert info.worker_pool_cmd, "a compose cluster must name the worker pool command installed in its image"
     script = f"{info.worker_pool_cmd} --help >/dev/null && hostname"
-    proc = slurm(info, "srun", f"--nodes={len(info.nodes)}", "--ntasks-per-node=1", "--time=2",
+    name = f"smoke-pool-{os.getpid()}"
+    proc = slurm(info, "srun", f"--job-name={name}", f"--nodes={len(info.nodes)}", "--ntasks-per-node=1", "--time=2",
                  f"--partition={info.partition}", f"--chdir={job_dir}", "sh", "-c", script, timeout=60)
     assert proc.returncode == 0, f"srun exited {proc.returncode}: {proc.stderr}"
     assert sorted(proc.stdout.split()) == sorted(info.nodes), proc.stdout
+    wait_left_queue(info, name)
