@@ -7,7 +7,8 @@
 #
 # PYTHON names the interpreter of an environment with htex_ref installed (nox passes its own). The
 # nodes share this machine's file system, so worker pools on the nodes run with that same interpreter.
-# Without PYTHON, .venv is created or updated here.
+# Without PYTHON, .venv is created or updated here. HTEX_SLURM_DIR and HTEX_SLURM_PREFIX choose the
+# cluster's directory and name prefix (defaults /tmp/htex-local-slurm and htexs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -21,7 +22,9 @@ fi
 
 bash scripts/install-slurm.sh
 
+# Two clusters can run side by side with different directories and name prefixes.
 cluster_dir=${HTEX_SLURM_DIR:-/tmp/htex-local-slurm}
+prefix=${HTEX_SLURM_PREFIX:-htexs}
 # Outside the cluster directory, which up clears and down removes.
 info="$cluster_dir.info.json"
 
@@ -30,7 +33,7 @@ stop_cluster() {
     # After a failure keep the cluster's logs (the daemons and network are removed all the same).
     [ "$rc" -ne 0 ] && keep=(--keep-dir)
     local t0=$SECONDS
-    if ! "$python" -m clusters.local_slurm down --info "$info" --dir "$cluster_dir" "${keep[@]}"; then
+    if ! "$python" -m clusters.local_slurm down --info "$info" --dir "$cluster_dir" --prefix "$prefix" "${keep[@]}"; then
         echo "test-slurm-local: the cluster did not stop cleanly (see above)" >&2
         rc=1
     fi
@@ -43,5 +46,5 @@ trap stop_cluster EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-"$python" -m clusters.local_slurm up --info "$info" --dir "$cluster_dir" --nodes 3 --accounting
+"$python" -m clusters.local_slurm up --info "$info" --dir "$cluster_dir" --prefix "$prefix" --nodes 3 --accounting
 HTEX_CLUSTER_INFO="$info" "$python" -m pytest tests/cluster -p no:cacheprovider "$@"
