@@ -65,3 +65,11 @@ def slurm(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     python = os.path.join(session.bin, "python")
     session.run("bash", "scripts/test-slurm-local.sh", *session.posargs, env={"PYTHON": python}, external=True)
+
+
+@nox.session
+def docker_slurm(session: nox.Session) -> None:
+    """Cluster tests against the Docker Compose Slurm cluster (containers/); root. Installs Docker and Slurm."""
+    session.install("-e", ".[dev]")
+    python = os.path.join(session.bin, "python")
+    session.run("bash", "scripts/test-slurm-compose.sh", *session.posargs, env={"PYTHON": python}, external=True)
