@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs into .venv, then run lint, type checks and the tests.
-# This is the README's test command and what CI runs (.ci/run). Safe to run again.
+# Install everything the test suite needs, then run lint, type checks, the docs build, the test suite,
+# and the cluster tests on a local multi-node Slurm and on a Docker Compose Slurm cluster (both started
+# here and always stopped again). This is the README's test command and what CI runs (.ci/run). Safe
+# to run again. As root it installs the Debian packages it needs; without root the cluster tests are
+# skipped (loudly). HTEX_SKIP_CLUSTERS=1 skips them on purpose; extra arguments go to the main pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -20,6 +23,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ "$(id -u)" -eq 0 ]; then
+    # Real MPI and GNU parallel let the launcher tests run the real tools, not only stubs.
+    need=()
+    for p in parallel mpich; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        echo "== apt: ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${need[@]}" >/dev/null
+    fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
@@ -35,4 +52,22 @@ echo "== docs"
 rm -rf "$root/.pytest-site"
 echo "== pytest"
 rm -rf "$basetemp"
-.venv/bin/python -m pytest -n 2 --basetemp="$basetemp" -p no:cacheprovider "$@"
+failed=()
+.venv/bin/python -m pytest -n 2 --basetemp="$basetemp" -p no:cacheprovider "$@" || failed+=(pytest)
+
+if [ "${HTEX_SKIP_CLUSTERS:-0}" = 1 ]; then
+    echo "== cluster tests skipped (HTEX_SKIP_CLUSTERS=1)"
+elif [ "$(id -u)" -ne 0 ]; then
+    echo "== cluster tests SKIPPED: they need root (to install Slurm and Docker and start daemons)" >&2
+else
+    echo "== cluster tests: local multi-node Slurm"
+    PYTHON="$root/.venv/bin/python" bash scripts/test-slurm-local.sh || failed+=(slurm-local)
+    echo "== cluster tests: Docker Compose Slurm cluster"
+    PYTHON="$root/.venv/bin/python" bash scripts/test-slurm-compose.sh || failed+=(slurm-compose)
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "all passed"
