@@ -98,6 +98,21 @@ def _feed_background(env: simpy.Environment, scheduler: Scheduler, partition: st
             continue
 
 
+def _submitter(scheduler: Scheduler, partition: str, nodes: int, runtime: float,
+               walltime: float) -> Callable[[simpy.Event], None]:
+    def submit(_ev: simpy.Event) -> None:
+        scheduler.submit(partition, nodes, runtime, walltime, owner="background")
+
+    return submit
+
+
+def _failer(scheduler: Scheduler, partition: str, node: int) -> Callable[[simpy.Event], None]:
+    def fail(_ev: simpy.Event) -> None:
+        scheduler.fail_node(partition, node)
+
+    return fail
+
+
 def run_one(scenario: Scenario, cfg: ExecutorConfig, plan: TaskPlan | None = None,
             progress: Progress | None = None, keep: bool = False) -> RunResult:
     """Simulate one executor configuration of ``scenario``."""
@@ -106,11 +121,19 @@ def run_one(scenario: Scenario, cfg: ExecutorConfig, plan: TaskPlan | None = Non
     env = simpy.Environment()
     scheduler = Scheduler(env, scenario.cluster, scenario.seed)
     bg = scenario.background
-    t0 = bg.warmup if bg.kind != "none" else 0.0
+    early = min([0.0] + [j[0] for j in bg.jobs] + [f.time for f in scenario.cluster.failures])
+    t0 = max(bg.warmup if bg.kind != "none" else 0.0, -early)
     if bg.kind != "none":
         part = scenario.cluster.partition(bg.partition)
         env.process(_feed_background(env, scheduler, part.name,
                                      background_jobs(bg, part, scenario.seed, scenario.base_dir)))
+    bg_part = scenario.cluster.partition(bg.partition).name
+    for submit, nodes, runtime, walltime in bg.jobs:
+        env.timeout(max(0.0, t0 + submit)).callbacks.append(
+            _submitter(scheduler, bg_part, nodes, runtime, walltime))
+    for failure in scenario.cluster.failures:
+        env.timeout(max(0.0, t0 + failure.time)).callbacks.append(
+            _failer(scheduler, failure.partition, failure.node))
     done = env.event()
     pilot = Pilot(env, cfg, scenario.cluster.partition(cfg.partition), scheduler, plan, scenario.seed, t0,
                   on_finish=lambda: None if done.triggered else done.succeed(), sample_every=scenario.sample_every)

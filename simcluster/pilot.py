@@ -559,7 +559,8 @@ class Pilot:
         if self.bad_state is None:
             self.bad_state = exception
         now = self.env.now
-        reason = f"BadStateException: {str(exception).splitlines()[0]}"
+        # One line for the CSV file: the handler's message names every failed block and why.
+        reason = "BadStateException: " + " | ".join(line.strip() for line in str(exception).splitlines())[:1000]
         for ti in range(len(self.plan)):
             if self.state[ti] in (UNSUBMITTED, QUEUED, RUNNING):
                 self._fail(ti, FAILED, reason, now)

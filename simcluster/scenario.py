@@ -39,10 +39,20 @@ class Partition:
 
 
 @dataclass(frozen=True)
+class NodeFailure:
+    """A scripted failure: node ``node`` of ``partition`` fails at ``time`` (seconds from the executor's start)."""
+
+    time: float
+    node: int
+    partition: str = "compute"
+
+
+@dataclass(frozen=True)
 class Cluster:
     partitions: tuple[Partition, ...] = (Partition(),)
     #: Seconds between a job's submission and the scheduler first considering it (its scheduling cycle).
     schedule_delay: float = 0.0
+    failures: tuple[NodeFailure, ...] = ()
 
     def partition(self, name: str) -> Partition:
         for p in self.partitions:
@@ -88,6 +98,9 @@ class Background:
     offset: float = 0.0
     #: Multiply trace arrival times by this (below 1 packs the trace tighter: more load).
     time_scale: float = 1.0
+    #: Jobs given one by one, in addition to ``kind``: submit (seconds from the executor's start; may be
+    #: negative, within the warm-up), nodes, runtime, walltime.
+    jobs: tuple[tuple[float, int, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -317,6 +330,14 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
     return cfg
 
 
+def _job(raw: Any, where: str) -> tuple[float, int, float, float]:
+    f = _Fields(raw, where)
+    job = (f.number("submit", 0.0, low=-math.inf), f.integer("nodes", 1, low=1), f.number("runtime", 60.0),
+           f.number("walltime", 3600.0, strict=True))
+    f.done()
+    return job
+
+
 PHASES = ("bag", "arrivals", "bursts", "waves")
 BACKGROUNDS = ("none", "synthetic", "swf")
 
@@ -331,7 +352,22 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
     partitions = tuple(_partition(p, f"cluster.partitions[{i}]") for i, p in enumerate(parts_raw))
     if len({p.name for p in partitions}) != len(partitions):
         raise ScenarioError("cluster.partitions have duplicate names")
-    cluster = Cluster(partitions=partitions, schedule_delay=cl.number("schedule_delay", 0.0))
+    failures_raw = cl.get("failures", [])
+    if not isinstance(failures_raw, list):
+        raise ScenarioError("cluster.failures must be an array of tables")
+    failures = []
+    for i, raw in enumerate(failures_raw):
+        f = _Fields(raw, f"cluster.failures[{i}]")
+        part_name = f.text("partition", partitions[0].name, tuple(p.name for p in partitions))
+        nodes = next(p.nodes for p in partitions if p.name == part_name)
+        failure = NodeFailure(time=f.number("time", 0.0, low=-math.inf), node=f.integer("node", 0),
+                              partition=part_name)
+        f.done()
+        if failure.node >= nodes:
+            raise ScenarioError(f"cluster.failures[{i}].node must be below {nodes}, got {failure.node}")
+        failures.append(failure)
+    cluster = Cluster(partitions=partitions, schedule_delay=cl.number("schedule_delay", 0.0),
+                      failures=tuple(failures))
     cl.done()
 
     bg = _Fields(top.get("background", {}), "background")
@@ -346,6 +382,7 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
         path=bg.text("path", ""),
         offset=bg.number("offset", 0.0),
         time_scale=bg.number("time_scale", 1.0, strict=True),
+        jobs=tuple(_job(raw, f"background.jobs[{i}]") for i, raw in enumerate(bg.get("jobs", []))),
     )
     bg.done()
     if background.kind == "swf" and not background.path:

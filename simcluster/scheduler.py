@@ -223,21 +223,24 @@ class Scheduler:
         """Node failures as a Poisson process over the partition (each node fails at rate 1/MTBF)."""
         rng = rng_for(seed, f"failures-{spec.name}")
         rate = spec.nodes / (spec.node_mtbf_hours * 3600.0)
-        part = self.parts[spec.name]
         while True:
             yield self.env.timeout(rng.expovariate(rate))
-            node = rng.randrange(spec.nodes)
-            if node in part.down:
-                continue
-            job = part.node_job[node]
-            self.failures.append((self.env.now, spec.name, node, job.job_id if job else ""))
-            part.down.add(node)
-            if job is None:
-                part.free -= 1  # its stale heap entry is skipped when popped
-            else:
-                self._finish(job, JobState.FAILED, f"node {spec.name}-{node} failed", schedule=False)
-            self._repair_later(part, node, spec.repair_time)
-            self._schedule(part)
+            self.fail_node(spec.name, rng.randrange(spec.nodes))
+
+    def fail_node(self, partition: str, node: int) -> None:
+        """Node ``node`` fails now: the job on it ends FAILED; the node is down for ``repair_time``."""
+        part = self.parts[partition]
+        if node in part.down:
+            return
+        job = part.node_job[node]
+        self.failures.append((self.env.now, partition, node, job.job_id if job else ""))
+        part.down.add(node)
+        if job is None:
+            part.free -= 1  # its stale heap entry is skipped when popped
+        else:
+            self._finish(job, JobState.FAILED, f"node {partition}-{node} failed", schedule=False)
+        self._repair_later(part, node, part.spec.repair_time)
+        self._schedule(part)
 
     def _repair_later(self, part: _Part, node: int, after: float) -> None:
         def repaired(_ev: simpy.Event) -> None:
