@@ -229,6 +229,7 @@ class Pilot:
         #: Blocks still live when the executor shut down (cancelled then, not scaled in by the strategy).
         self.shutdown_blocks: set[str] = set()
 
+        self._next_release = 0
         self._heap: list[tuple[float, int, int, int]] = []
         self._wake_at = math.inf
         self._ix_wake_at = math.inf
@@ -239,7 +240,8 @@ class Pilot:
         env = self.env
         env.process(self._control_loop())
         env.process(self._heartbeats())
-        env.process(self._releases())
+        # After the control loop's first pass, as a user submits after start() returned.
+        env.timeout(0).callbacks.append(self._release_due)
 
     @property
     def now(self) -> float:
@@ -412,24 +414,25 @@ class Pilot:
 
     # ------------------------------------------------------------------------------------ processes
 
-    def _releases(self) -> Any:
-        """Submit released tasks at their times, all those due at one instant in one batch."""
+    def _release_due(self, _ev: Any = None) -> None:
+        """Submit the released tasks due now, all in one batch, and set a timeout for the next ones (a
+        callback chain rather than a process: one event per release instant, nothing else)."""
+        if self.bad_state is not None or self.shut_down:
+            return
         env = self.env
+        now = env.now
         order = self.plan.release_order
         release = self.plan.release
-        i, n = 0, len(order)
-        while i < n:
-            t = self.t0 + release[order[i]]
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            if self.bad_state is not None or self.shut_down:
-                return
-            now = env.now
-            j = i
-            while j < n and self.t0 + release[order[j]] <= now:
-                j += 1
+        t0 = self.t0
+        i = j = self._next_release
+        n = len(order)
+        while j < n and t0 + release[order[j]] <= now:
+            j += 1
+        self._next_release = j
+        if j > i:
             self._submit(order[i:j], now)
-            i = j
+        if j < n:
+            env.timeout(t0 + release[order[j]] - now).callbacks.append(self._release_due)
 
     def _heartbeats(self) -> Any:
         env = self.env
