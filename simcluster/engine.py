@@ -25,6 +25,9 @@ from simcluster.scenario import ExecutorConfig, Scenario
 from simcluster.scheduler import Scheduler
 from simcluster.workload import BatchJob, TaskPlan, background_jobs, build_tasks
 
+#: Simulated seconds after the executor's start at which a run without ``max_time`` stops anyway.
+DEFAULT_LIMIT = 30 * 86400.0
+
 
 @dataclass
 class RunResult:
@@ -138,8 +141,9 @@ def run_one(scenario: Scenario, cfg: ExecutorConfig, plan: TaskPlan | None = Non
     pilot = Pilot(env, cfg, scenario.cluster.partition(cfg.partition), scheduler, plan, scenario.seed, t0,
                   on_finish=lambda: None if done.triggered else done.succeed(), sample_every=scenario.sample_every)
     env.timeout(t0).callbacks.append(lambda _ev: pilot.start())
-    if scenario.max_time > 0:
-        env.timeout(t0 + scenario.max_time).callbacks.append(lambda _ev: pilot.stop_unfinished(env.now))
+    # Never run forever (a configuration that cannot get a block, say): stop at max_time or DEFAULT_LIMIT.
+    limit = scenario.max_time if scenario.max_time > 0 else DEFAULT_LIMIT
+    env.timeout(t0 + limit).callbacks.append(lambda _ev: pilot.stop_unfinished(env.now))
     if progress is not None and progress.enabled:
         total = len(plan)
 

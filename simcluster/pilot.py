@@ -598,5 +598,6 @@ class Pilot:
             return
         for ti in range(len(self.plan)):
             if self.state[ti] in (UNSUBMITTED, QUEUED, RUNNING):
-                self._fail(ti, UNFINISHED, "the scenario's max_time was reached", now)
+                self._fail(ti, UNFINISHED, f"the run stopped at its time limit ({now - self.t0:.0f} s; max_time)",
+                           now)
         self._finish(now)

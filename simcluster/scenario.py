@@ -156,7 +156,7 @@ class ExecutorConfig:
 class Scenario:
     name: str = "scenario"
     seed: int = 1
-    #: Simulated seconds after the executor starts at which the run stops, finished or not; 0: no limit.
+    #: Simulated seconds after the executor starts at which the run stops, finished or not; 0: 30 days.
     max_time: float = 0.0
     cluster: Cluster = Cluster()
     background: Background = Background()

@@ -144,3 +144,11 @@ def test_same_seed_same_results_other_seed_other_results(tmp_path: object) -> No
         return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
 
     assert any(not same(a[0][k], c[0][k]) for k in a[0])
+
+
+def test_a_configuration_that_never_gets_a_block_stops_at_max_time() -> None:
+    # strategy "none" with init_blocks 0: nothing ever runs; the run ends at max_time, tasks unfinished.
+    sc = scenario(max_time=3600, executor={"strategy": "none", "init_blocks": 0})
+    r, p = simulate(sc)
+    assert r.metrics["unfinished"] == 20 and "time limit (3600 s" in p.reasons[0]
+    assert conservation_errors(p) == []
