@@ -14,7 +14,7 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "htex_ref", "simcluster", "tests", "noxfile.py", "scripts", "examples", "clusters")
+    session.run("ruff", "check", "htex_ref", "simcluster", "tests", "noxfile.py", "scripts", "examples", "clusters", "benchmarks")
 
 
 @nox.session
@@ -73,3 +73,31 @@ def docker_slurm(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     python = os.path.join(session.bin, "python")
     session.run("bash", "scripts/test-slurm-compose.sh", *session.posargs, env={"PYTHON": python}, external=True)
+
+
+@nox.session
+def sim(session: nox.Session) -> None:
+    """simcluster's tests, then the smoke scenario through the command line."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "tests/sim", "-q", "-p", "no:cacheprovider", *session.posargs)
+    session.run("htex-ref", "sim", "examples/scenarios/smoke.toml", "-o", "sim-out/smoke")
+
+
+@nox.session
+def sim_bench(session: nox.Session) -> None:
+    """simcluster speed on the 1,000,000-task scenario (goal: under 60 s and 2 GB; run on a quiet machine)."""
+    session.install("-e", ".[sim]")
+    session.run("python", "benchmarks/sim_speed.py", *session.posargs)
+
+
+@nox.session
+def sim_validate(session: nox.Session) -> None:
+    """simcluster against the real local Slurm cluster (300 tasks of 1-2 s, 3 nodes, htex_auto_scale).
+
+    The simulation side runs now: ``nox -s sim_validate -- --latency SECONDS [--real real.json]``. The real
+    side (start the local Slurm cluster, measure the job start latency, run ``simcluster.validate.real_timeline``
+    with a SlurmProvider built from ``REAL_SETTINGS``, write real.json) is wired with the Slurm cluster sessions.
+    """
+    session.install("-e", ".[sim]")
+    args = session.posargs or ["--latency", "5"]
+    session.run("python", "-m", "simcluster.validate", *args)

@@ -1,4 +1,4 @@
-"""The ``htex-ref`` command: ``htex-ref demo`` and ``htex-ref bench``."""
+"""The ``htex-ref`` command: ``htex-ref demo``, ``htex-ref bench`` and ``htex-ref sim`` (simcluster)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="run a small local demo", description="Run a small local demo.")
     sub.add_parser("bench", add_help=False,
                    help="benchmark htex_ref, optionally against Parsl (see htex-ref bench --help)")
+    sub.add_parser("sim", add_help=False,
+                   help="simulate a scenario on a simulated batch cluster (see htex-ref sim --help)")
     return p
 
 
@@ -95,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         from htex_ref.bench import runner
 
         sys.exit(runner.main(args_in[1:]))
+    if args_in and args_in[0] == "sim":
+        from simcluster.cli import main as sim_main
+
+        sys.exit(sim_main(args_in[1:]))
     parser = _parser()
     args = parser.parse_args(args_in)
     if args.command == "demo":

@@ -40,10 +40,11 @@ import zmq
 
 from htex_ref.block_errors import resolve_block_error_handler
 from htex_ref.core.affinity import parse_cpu_affinity
+from htex_ref.core.blocks import BlockControl, BlockLoad, ControlSettings
 from htex_ref.core.planning import plan_workers
-from htex_ref.core.scaling import BlockRegistration, blocks_registration_timed_out, choose_blocks_to_scale_in
+from htex_ref.core.scaling import choose_blocks_to_scale_in
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
-from htex_ref.core.strategy import STRATEGY_NAMES, BlockView, ScaleOut, Snapshot, StrategyMemory, decide
+from htex_ref.core.strategy import STRATEGY_NAMES
 from htex_ref.errors import (
     BadStateException,
     CommandTimeout,
@@ -64,7 +65,7 @@ from htex_ref.protocol import (
     split_results,
     unpack_request_id,
 )
-from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus
+from htex_ref.providers.base import ExecutionProvider, JobStatus
 from htex_ref.providers.local import LocalProvider
 from htex_ref.serialize import decode_outcome, dumps_arguments, dumps_function
 
@@ -417,26 +418,19 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self._writer: NonBlockingWriter | None = None
         self._wake_r, self._wake_w = -1, -1
         self._ix_proc: subprocess.Popen[bytes] | None = None
-        self._ended_reported: set[str] = set()
         self._ix_pidfd: int | None = None
         self._ix_ready_info: dict[str, Any] = {}
         self.run_dir = ""
         self.logdir = ""
         self.cert_dir: str | None = None
         self.interchange_worker_port: int | None = None
-        self._block_ids = itertools.count()
-        self.blocks_to_job_id: dict[str, str] = {}
-        self.job_ids_to_block: dict[str, str] = {}
-        self._simulated_status: dict[str, JobStatus] = {}
-        self._registered_blocks: set[str] = set()
-        #: When the control loop first saw each block RUNNING (monotonic clock).
-        self._block_running_since: dict[str, float] = {}
-        #: Blocks cancelled because no worker pool of them registered in time, as block_statuses() reports them.
-        self._registration_failures: dict[str, JobStatus] = {}
+        #: Block bookkeeping and the control pass (``htex_ref.core.blocks``, times on the monotonic clock).
+        self._blocks = BlockControl(ControlSettings(self.strategy, self.strategy_period, self.max_idletime,
+                                                    self.block_registration_timeout))
+        self._port = _ExecutorPort(self)
+        self.blocks_to_job_id = self._blocks.blocks_to_job_id
+        self.job_ids_to_block = self._blocks.job_ids_to_block
         self._watch_thread: threading.Thread | None = None
-        self._strategy_memory = StrategyMemory()
-        self._block_submitted: dict[str, float] = {}
-        self._last_status: tuple[float, dict[str, JobStatus]] | None = None
 
     # ------------------------------------------------------------------------------ properties
 
@@ -504,6 +498,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             _live_executors.add(self)
             # The strategy's first pass launches init_blocks now, not one strategy_period later.
             self._strategy_pass(first=True)
+            self._blocks.started(time.monotonic())
             self._watch_thread = threading.Thread(target=self._control_loop, name=f"htex-{self.label}-scaling",
                                                   daemon=True)
             self._watch_thread.start()
@@ -871,111 +866,22 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             raise ValueError(f"blocks must be an int >= 0, got {blocks!r}")
         if self._bad_state is not None:
             raise BadStateException(self.label, self._bad_state)
-        launched = []
-        for _ in range(blocks):
-            block_id = str(next(self._block_ids))
-            job_name = f"htex_ref.{self.label}.block-{block_id}"
-            try:
-                job_id = self.provider.submit(self._launch_command(block_id), 1, job_name)
-                if not job_id:
-                    raise RuntimeError("the provider returned no job id")
-            except Exception as e:
-                logger.error("Failed to start block %s: %s", block_id, e)
-                self._simulated_status[block_id] = JobStatus(JobState.FAILED, f"Failed to start block {block_id}: {e}")
-                continue
-            self.blocks_to_job_id[block_id] = job_id
-            self.job_ids_to_block[job_id] = block_id
-            self._block_submitted[block_id] = time.monotonic()
-            launched.append(block_id)
-        return launched
+        return self._blocks.scale_out(self._port, blocks, time.monotonic())
 
     def status(self) -> dict[str, JobStatus]:
         """The state of every block this executor launched (or failed to launch)."""
-        block_ids = list(self.blocks_to_job_id)
-        statuses = self.provider.status([self.blocks_to_job_id[b] for b in block_ids]) if block_ids else []
-        result = dict(zip(block_ids, statuses, strict=True))
-        result.update(self._simulated_status)
-        return result
+        return self._blocks.status(self._port)
 
     def block_statuses(self) -> dict[str, JobStatus]:
         """``status()`` where a block that ended without any manager registering is MISSING, with a
         message that points at its output files, and so is a block cancelled because no manager of it
         registered within ``block_registration_timeout``."""
-        result = self.status()
-        if any(s.terminal for s in result.values()):
-            try:
-                self._registered_blocks.update(self.connected_blocks())
-            except Exception:
-                pass
-        for block_id, st in result.items():
-            if st.terminal and st.state not in (JobState.SCALED_IN, JobState.MISSING, JobState.CANCELLED) \
-                    and block_id not in self._registered_blocks:
-                result[block_id] = JobStatus(
-                    JobState.MISSING,
-                    f"block {block_id} ended ({st.state.name}"
-                    + (f", exit code {st.exit_code}" if st.exit_code is not None else "")
-                    + (f": {st.message}" if st.message else "")
-                    + ") before any worker pool registered; "
-                    + (f"see {st.stdout_path} and {st.stderr_path}" if st.stdout_path
-                       else f"see {self.provider.script_dir}"),
-                    st.exit_code, st.stdout_path, st.stderr_path,
-                )
-        # A copy: the control thread may add to it while a user thread is here.
-        result.update((b, failure) for b, failure in list(self._registration_failures.items()) if b in result)
-        return result
+        return self._blocks.block_statuses(self._port)
 
     def _time_out_unregistered_blocks(self, statuses: dict[str, JobStatus], now: float) -> None:
-        """Note when blocks are first seen RUNNING. Cancel each block that has been running for
-        ``block_registration_timeout`` seconds without a worker pool of it registering, and report it in
-        ``statuses`` (and from now on in ``block_statuses()``) as MISSING, for the block error handler."""
-        for block_id, st in statuses.items():
-            if st.state == JobState.RUNNING:
-                self._block_running_since.setdefault(block_id, now)
-        timeout = self.block_registration_timeout
-        if timeout is None:
-            return
-
-        def due() -> list[str]:
-            return blocks_registration_timed_out(
-                {b: BlockRegistration(st.state.name, self._block_running_since.get(b), b in self._registered_blocks)
-                 for b, st in statuses.items()},
-                timeout, now)
-
-        if not due():
-            return
-        try:
-            # Ask only now: the interchange may know of a registration that we have not seen yet.
-            self._registered_blocks.update(self.connected_blocks())
-        except Exception:
-            logger.warning("Could not ask the interchange which blocks registered; the registration time-out "
-                           "waits for the next status refresh", exc_info=True)
-            return
-        timed_out = due()
-        if not timed_out:
-            return
-        for block_id in timed_out:
-            st = statuses[block_id]
-            where = (f"see {st.stdout_path} and {st.stderr_path}" if st.stdout_path
-                     else f"see {self.provider.script_dir}")
-            failure = JobStatus(
-                JobState.MISSING,
-                f"block {block_id} has been running for {now - self._block_running_since[block_id]:.0f} s but no "
-                f"worker pool of it registered (block_registration_timeout={timeout:g} s), so the executor "
-                f"cancelled it (a worker_init that does not finish, or a node that cannot reach the "
-                f"interchange?); {where}",
-                None, st.stdout_path, st.stderr_path,
-            )
-            logger.error("%s", failure.message)
-            self._registration_failures[block_id] = failure
-            statuses[block_id] = failure
-        try:
-            cancelled = self._cancel_blocks(timed_out, scaled_in=False)
-        except Exception:
-            logger.exception("Could not cancel blocks %s; shutdown() tries again", timed_out)
-            return
-        if len(cancelled) < len(timed_out):
-            logger.error("The provider did not cancel blocks %s; shutdown() tries again",
-                         sorted(set(timed_out) - set(cancelled)))
+        """Note when blocks are first seen RUNNING; cancel those whose pool did not register within
+        ``block_registration_timeout`` and report them in ``statuses`` as MISSING (``htex_ref.core.blocks``)."""
+        self._blocks.time_out_unregistered_blocks(self._port, statuses, now)
 
     def handle_block_errors(self, statuses: dict[str, JobStatus]) -> None:
         """Apply ``block_error_handler`` to the current block statuses (nothing once in bad state)."""
@@ -984,95 +890,25 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self.block_error_handler(self, statuses)
 
     def _control_loop(self) -> None:
-        """Every pass: refresh block status (at the provider's polling interval), time out blocks whose
-        worker pool never registered, apply the block error handler, then the scaling strategy. Nothing
-        scales once the executor is in bad state: the loop ends."""
-        status_interval = max(0.2, float(self.provider.status_polling_interval))
-        interval = max(0.1, min(status_interval, self.strategy_period))
-        last_pass = time.monotonic()
+        """Every wake: one control pass of ``htex_ref.core.blocks.BlockControl`` (a status refresh at the
+        provider's polling interval, then the scaling strategy). Nothing scales once the executor is in
+        bad state: the loop ends."""
+        interval = self._blocks.wake_interval(self.provider)
         while not self._io_stop.wait(interval):
             if self._shutdown or self._bad_state is not None:
                 return
             try:
-                now = time.monotonic()
-                if self._last_status is None or now - self._last_status[0] >= status_interval:
-                    statuses = self.block_statuses()
-                    self._time_out_unregistered_blocks(statuses, now)
-                    self._last_status = (now, statuses)
-                    self.handle_block_errors(statuses)
-                    self._report_ended_blocks(statuses)
-                if (self.strategy != "none" and self._bad_state is None and not self._shutdown
-                        and now - last_pass >= self.strategy_period - 1e-3):
-                    last_pass = now
-                    self._strategy_pass()
+                self._blocks.poll(self._port, time.monotonic())
             except Exception:
                 logger.exception("Scaling pass failed")
 
     def _report_ended_blocks(self, statuses: dict[str, JobStatus]) -> None:
         """Tell the interchange once about each block whose job ended: its managers are gone with it,
         so their tasks fail with ManagerLost now rather than after heartbeat_threshold."""
-        for block_id, st in statuses.items():
-            if not st.terminal or block_id in self._ended_reported or self._bad_state is not None:
-                continue
-            self._ended_reported.add(block_id)
-            reason = f"ended ({st.state.name}" + (
-                f", exit code {st.exit_code})" if st.exit_code is not None else ")")
-            try:
-                self._command("block_cancelled", block_id, reason)
-            except Exception:
-                logger.exception("Could not tell the interchange that block %s ended", block_id)
+        self._blocks.report_ended_blocks(self._port, statuses)
 
     def _strategy_pass(self, first: bool = False) -> None:
-        if first:
-            statuses: dict[str, JobStatus] = {}
-            managers: list[dict[str, Any]] = []
-        else:
-            statuses = self._last_status[1] if self._last_status is not None else self.block_statuses()
-            managers = self.connected_managers()
-        now = time.monotonic()
-        views = []
-        for block_id, st in statuses.items():
-            mine = [m for m in managers if m["block_id"] == block_id]
-            busy = [m for m in mine if m["tasks"]]
-            views.append(BlockView(
-                block_id=block_id,
-                # A block scaled in or cancelled since the last status refresh is no longer live.
-                state="SCALED_IN" if block_id in self._simulated_status else st.state.name,
-                submitted_at=self._block_submitted.get(block_id, now),
-                registered=bool(mine) or block_id in self._registered_blocks,
-                tasks=sum(int(m["tasks"]) for m in mine),
-                idle_for=None if busy or not mine else min(float(m["idle_duration"]) for m in mine),
-                held=bool(mine) and not any(m["active"] for m in mine),
-                workers=sum(int(m["worker_count"]) for m in mine) if mine else None,
-            ))
-        p = self.provider
-        snap = Snapshot(
-            now=now, strategy=self.strategy, outstanding=self.outstanding, workers_per_node=self.workers_per_node,
-            nodes_per_block=p.nodes_per_block, parallelism=float(p.parallelism), init_blocks=p.init_blocks,
-            min_blocks=p.min_blocks, max_blocks=p.max_blocks, max_idletime=self.max_idletime, blocks=tuple(views),
-        )
-        decisions = decide(snap, self._strategy_memory)
-        for decision in decisions:
-            if isinstance(decision, ScaleOut):
-                logger.info("Strategy %s: scaling out by %d blocks", self.strategy, decision.blocks)
-                self.scale_out(decision.blocks)
-            else:
-                logger.info("Strategy %s: scaling in blocks %s", self.strategy, list(decision.block_ids))
-                for m in managers:
-                    if m["block_id"] in decision.block_ids and m["active"]:
-                        self.hold_manager(m["manager"])
-                self._cancel_blocks(list(decision.block_ids))
-        if decisions and not first and self._last_status is not None:
-            # Launches and cancels change what the next pass must see (a cheap, local refresh).
-            self._last_status = (self._last_status[0], self._with_changes(self._last_status[1]))
-
-    def _with_changes(self, statuses: dict[str, JobStatus]) -> dict[str, JobStatus]:
-        """Cached statuses plus blocks launched or scaled in since, without asking the provider."""
-        fresh = dict(statuses)
-        for block_id in self.blocks_to_job_id:
-            fresh.setdefault(block_id, JobStatus(JobState.PENDING, "submitted"))
-        fresh.update(self._simulated_status)
-        return fresh
+        self._blocks.strategy_pass(self._port, time.monotonic(), first=first)
 
     def scale_in(self, blocks: int) -> list[str]:
         """Cancel ``blocks`` blocks, idle ones first; returns the ids cancelled. ``scale_in(0)`` does nothing."""
@@ -1090,23 +926,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
 
     def _cancel_blocks(self, block_ids: list[str], scaled_in: bool = True) -> list[str]:
         """Cancel the jobs of blocks through the provider, mark them SCALED_IN (unless ``scaled_in`` is
-        False: then ``status()`` shows what the provider says) and tell the interchange; returns the ids
-        cancelled."""
-        if not block_ids:
-            return []
-        oks = self.provider.cancel([self.blocks_to_job_id[b] for b in block_ids])
-        done = [b for b, ok in zip(block_ids, oks, strict=True) if ok]
-        for b in done:
-            if scaled_in:
-                self._simulated_status[b] = JobStatus(JobState.SCALED_IN, "scaled in by the executor")
-            if not self._shutdown and self._bad_state is None:
-                try:
-                    # Its managers are gone now; the interchange need not wait heartbeat_threshold to know.
-                    self._ended_reported.add(b)
-                    self._command("block_cancelled", b)
-                except Exception:
-                    logger.exception("Could not tell the interchange that block %s was cancelled", b)
-        return done
+        False) and tell the interchange; returns the ids cancelled."""
+        return self._blocks.cancel_blocks(self._port, block_ids, scaled_in)
 
     # ----------------------------------------------------------------------------- failure
 
@@ -1215,6 +1036,57 @@ class HighThroughputExecutor(concurrent.futures.Executor):
 
     def __repr__(self) -> str:
         return f"HighThroughputExecutor(label={self.label!r}, provider={self.provider!r})"
+
+
+class _ExecutorPort:
+    """What ``BlockControl`` needs from the world, for a running executor: its provider and its interchange."""
+
+    def __init__(self, ex: HighThroughputExecutor) -> None:
+        self._ex = ex
+
+    @property
+    def provider(self) -> ExecutionProvider:
+        return self._ex.provider
+
+    @property
+    def workers_per_node(self) -> int:
+        return self._ex.workers_per_node
+
+    @property
+    def stopping(self) -> bool:
+        return self._ex._shutdown or self._ex._bad_state is not None
+
+    @property
+    def bad_state(self) -> bool:
+        return self._ex._bad_state is not None
+
+    def launch(self, block_id: str) -> str:
+        ex = self._ex
+        return ex.provider.submit(ex._launch_command(block_id), 1, f"htex_ref.{ex.label}.block-{block_id}")
+
+    def registered_blocks(self) -> list[str]:
+        return self._ex.connected_blocks()
+
+    def block_loads(self) -> dict[str, BlockLoad]:
+        reply: dict[str, dict[str, Any]] = self._ex._command("blocks")
+        return {b: BlockLoad(**load) for b, load in reply.items()}
+
+    def outstanding(self) -> int:
+        return self._ex.outstanding
+
+    def hold_block(self, block_id: str) -> None:
+        for m in self._ex.connected_managers():
+            if m["block_id"] == block_id and m["active"]:
+                self._ex.hold_manager(m["manager"])
+
+    def block_ended(self, block_id: str, reason: str) -> None:
+        if reason:
+            self._ex._command("block_cancelled", block_id, reason)
+        else:
+            self._ex._command("block_cancelled", block_id)
+
+    def handle_block_errors(self, statuses: dict[str, JobStatus]) -> None:
+        self._ex.handle_block_errors(statuses)
 
 
 _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()

@@ -31,6 +31,7 @@ Every decision lives in the pure cores; this module only moves frames and reads 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -247,6 +248,8 @@ class Interchange:
             reply = self.state.managers_snapshot(now)
         elif op == "connected_blocks":
             reply = self.state.connected_blocks()
+        elif op == "blocks":
+            reply = {b: dataclasses.asdict(load) for b, load in self.state.block_loads(now).items()}
         elif op == "hold_manager" and args and isinstance(args[0], str):
             rec = self.state.managers.get(args[0].encode())
             reply = rec is not None and not rec.active

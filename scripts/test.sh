@@ -44,7 +44,7 @@ fi
 .venv/bin/python -m pip install -q -e '.[dev]'
 
 echo "== ruff"
-.venv/bin/ruff check htex_ref simcluster tests noxfile.py scripts examples clusters
+.venv/bin/ruff check htex_ref simcluster tests noxfile.py scripts examples clusters benchmarks
 echo "== mypy"
 .venv/bin/mypy
 echo "== docs"

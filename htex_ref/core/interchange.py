@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from htex_ref.core.blocks import BlockLoad
 from htex_ref.core.selectors import ManagerSelector, RandomManagerSelector
 from htex_ref.protocol import Outcome, Registration, ResultTuple
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__, python_minor
@@ -72,6 +73,8 @@ class ManagerRecord:
     draining: bool = False
     drain_at: float | None = None
     idle_since: float | None = None
+    #: The running totals of this manager's block (None without a block id).
+    load: BlockTotals | None = None
 
     @property
     def block_id(self) -> str | None:
@@ -106,6 +109,19 @@ class ManagerRecord:
             "last_heartbeat_age": now - self.last_seen,
             "avg_task_time": self.avg_task_time,
         }
+
+
+@dataclass(slots=True)
+class BlockTotals:
+    """Running totals over one block's registered managers, kept up to date by events so that the
+    executor's strategy reads each block in O(1) rather than walking the manager table."""
+
+    managers: int = 0
+    active: int = 0
+    workers: int = 0
+    tasks: int = 0
+    #: The latest ``idle_since`` of its managers (times only grow, so the last one set is the latest).
+    idle_since: float | None = None
 
 
 class PendingQueue:
@@ -299,6 +315,7 @@ class InterchangeState:
         self.managers: dict[bytes, ManagerRecord] = {}
         self.block_history: list[str] = []
         self._blocks_seen: set[str] = set()
+        self._block_totals: dict[str, BlockTotals] = {}
         self.tasks_dispatched = 0
         #: ``now`` of the last pass that dispatched a task (for load measurements); None before.
         self.last_dispatch_at: float | None = None
@@ -357,6 +374,15 @@ class InterchangeState:
     def connected_blocks(self) -> list[str]:
         return list(self.block_history)
 
+    def block_loads(self, now: float) -> dict[str, BlockLoad]:
+        """For each block with registered managers now: how many, how many not held, their workers and
+        tasks, and how long since the last of them became idle (None while any holds a task)."""
+        return {
+            b: BlockLoad(t.managers, t.active, t.workers, t.tasks,
+                         now - t.idle_since if t.tasks == 0 and t.idle_since is not None else None)
+            for b, t in self._block_totals.items()
+        }
+
     # ---------------------------------------------------------------------------------- events
 
     def _on_task(self, ev: TaskSubmitted, now: float) -> None:
@@ -384,9 +410,18 @@ class InterchangeState:
         rec = ManagerRecord(manager_id=mid, registration=reg, registered_at=now, last_seen=now, idle_since=now,
                             generation=next(self._generation))
         self.managers[mid] = rec
-        if reg.block_id is not None and reg.block_id not in self._blocks_seen:
-            self._blocks_seen.add(reg.block_id)
-            self.block_history.append(reg.block_id)
+        if reg.block_id is not None:
+            if reg.block_id not in self._blocks_seen:
+                self._blocks_seen.add(reg.block_id)
+                self.block_history.append(reg.block_id)
+            totals = self._block_totals.get(reg.block_id)
+            if totals is None:
+                totals = self._block_totals[reg.block_id] = BlockTotals()
+            totals.managers += 1
+            totals.active += 1
+            totals.workers += reg.worker_count
+            totals.idle_since = now
+            rec.load = totals
         self._push_timer(now + self.heartbeat_threshold, "expire", rec)
         if reg.drain_in is not None:
             rec.drain_at = now + max(0.0, reg.drain_in)
@@ -432,12 +467,17 @@ class InterchangeState:
             accepted.append(result)
         self._in_flight -= len(accepted)
         rec.avg_task_time = avg
+        totals = rec.load
+        if totals is not None:
+            totals.tasks -= len(accepted)
         if ev.raw is not None and len(accepted) == len(ev.results):
             self._raw_results.append(ev.raw)
         else:
             self._results.extend(accepted)
         if not rec.tasks:
             rec.idle_since = now
+            if totals is not None:
+                totals.idle_since = now
             if rec.draining:
                 self._forget(rec, stop_reason="drained")
                 return
@@ -456,6 +496,8 @@ class InterchangeState:
         if rec is None:
             logger.warning("Cannot hold unknown manager %r", ev.manager_id)
             return
+        if rec.active and rec.load is not None:
+            rec.load.active -= 1
         rec.active = False
         self._refresh_free(rec)
 
@@ -547,6 +589,8 @@ class InterchangeState:
     def _hand_over(self, rec: ManagerRecord, batch: list[QueuedTask], batches: dict[bytes, list[QueuedTask]]) -> None:
         rec.tasks.update(t.task_id for t in batch)
         rec.idle_since = None
+        if rec.load is not None:
+            rec.load.tasks += len(batch)
         self.tasks_dispatched += len(batch)
         self._in_flight += len(batch)
         batches.setdefault(rec.manager_id, []).extend(batch)
@@ -591,10 +635,26 @@ class InterchangeState:
         payload = lost_payload(rec.registration.uid, rec.registration.hostname, detail)
         self._results.extend((tid, Outcome.MANAGER_LOST, payload, 0.0) for tid in sorted(rec.tasks))
         self._in_flight -= len(rec.tasks)
+        if rec.load is not None:
+            rec.load.tasks -= len(rec.tasks)
         rec.tasks.clear()
 
     def _forget(self, rec: ManagerRecord, stop_reason: str | None = None) -> None:
-        self.managers.pop(rec.manager_id, None)
+        if self.managers.pop(rec.manager_id, None) is not None and rec.load is not None:
+            totals = rec.load
+            totals.managers -= 1
+            totals.active -= rec.active
+            totals.workers -= rec.worker_count
+            totals.tasks -= len(rec.tasks)
+            block_id = rec.block_id
+            assert block_id is not None
+            if totals.managers == 0:
+                del self._block_totals[block_id]
+            else:
+                # The one that went may have been the last to become idle (rare: a walk of the table).
+                since = [m.idle_since for m in self.managers.values()
+                         if m.block_id == block_id and m.idle_since is not None]
+                totals.idle_since = max(since) if since else None
         self._free.discard(rec.manager_id)
         self._prefetchable.discard(rec.manager_id)
         if stop_reason is not None:

@@ -1,0 +1,62 @@
+"""``htex-ref sim SCENARIO`` and ``python -m simcluster SCENARIO``: run a scenario, write its report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+
+def parser(prog: str = "htex-ref sim") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Simulate a scenario (TOML): a cluster, other users' load, a workload and executor "
+                    "configurations; write CSV files and plots to the output folder.")
+    p.add_argument("scenario", help="scenario TOML file (see examples/scenarios/ and docs/simcluster.md)")
+    p.add_argument("-o", "--out", help="output folder (default: sim-out/<scenario name>)")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--only", action="append", metavar="LABEL", help="run only this executor configuration "
+                   "(repeat for more)")
+    p.add_argument("--no-plots", action="store_true", help="write CSV files only (no matplotlib needed)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "htex-ref sim") -> int:
+    args = parser(prog).parse_args(argv)
+    from simcluster.engine import run
+    from simcluster.scenario import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario)
+    except (ScenarioError, OSError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    if args.seed is not None:
+        scenario = scenario.with_seed(args.seed)
+    if args.only:
+        unknown = sorted(set(args.only) - {e.label for e in scenario.executors})
+        if unknown:
+            print(f"{prog}: no executor configuration labelled {unknown}; the scenario has "
+                  f"{[e.label for e in scenario.executors]}", file=sys.stderr)
+            return 2
+        scenario = dataclasses.replace(scenario, executors=tuple(e for e in scenario.executors
+                                                                 if e.label in args.only))
+    out = Path(args.out) if args.out else Path("sim-out") / scenario.name
+    try:
+        results = run(scenario, out, progress=None if not args.quiet else False, plots=not args.no_plots)
+    except ScenarioError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        for r in results.runs:
+            m = r.metrics
+            mk = m["makespan"]
+            print(f"{r.label}: makespan {'-' if math.isnan(mk) else f'{mk:.0f} s'}, {m['done']}/{m['tasks']} done, "
+                  f"{m['node_hours_allocated']:.1f} node-hours allocated ({m['idle_node_hours']:.1f} idle), "
+                  f"{m['blocks_submitted']} blocks; simulated {r.sim_seconds:.0f} s in {r.wall_seconds:.2f} s "
+                  f"({r.speed:.0f}x)", file=sys.stderr)
+        print(f"report in {out}/", file=sys.stderr)
+    return 0

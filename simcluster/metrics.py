@@ -1,0 +1,230 @@
+"""Metrics of a run and the Batsim-style CSV files.
+
+Per run (``runs.csv``, one row per executor configuration):
+
+- ``makespan``: seconds from the executor's start to the moment its last task ended;
+- ``wait_mean``, ``wait_p50``, ``wait_p95``, ``wait_p99``: seconds from a task's submission to a worker
+  starting it (tasks that started);
+- ``node_hours_allocated``: nodes x hours the executor's blocks held, from each job's start to its end;
+- ``node_hours_used``: worker-seconds spent running tasks (lost work included) / workers per node / 3600;
+- ``idle_node_hours`` = allocated - used; ``utilization`` = used / allocated;
+- ``blocks_submitted``, ``blocks_scaled_in`` (cancelled by the strategy), ``blocks_walltime`` (killed at
+  their walltime), ``blocks_failed`` (a node failed), ``blocks_missing`` (timed out unregistered),
+  ``block_wait_mean`` (seconds from a block's submission to its job starting);
+- task counts by end: ``done``, ``lost_walltime`` and ``lost_node_failure`` (running or queued on a block
+  whose job was killed for those reasons), ``lost_other``, ``dep_failed``, ``failed`` (the executor went
+  to bad state), ``unfinished`` (``max_time`` reached).
+
+Per task (``tasks.csv``): ``task_id,submit,start,end,duration,block,node,worker,state,reason``. Per block
+(``blocks.csv``): ``block_id,job_id,nodes,submit,start,end,state,reason``. Over time (``timeline.csv``):
+``time,blocks_pending,blocks_running,workers,tasks_queued,tasks_running,tasks_ended``. Times are seconds
+from the executor's start, with 3 decimals; an empty field means "never".
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from simcluster.pilot import DONE, LOST, RUNNING, STATE_NAMES, Pilot
+
+RUN_FIELDS = (
+    "label", "strategy", "max_idletime", "tasks", "makespan", "wait_mean", "wait_p50", "wait_p95", "wait_p99",
+    "node_hours_allocated", "node_hours_used", "idle_node_hours", "utilization", "blocks_submitted",
+    "blocks_scaled_in", "blocks_walltime", "blocks_failed", "blocks_missing", "block_wait_mean", "done",
+    "lost_walltime", "lost_node_failure", "lost_other", "dep_failed", "failed", "unfinished",
+)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of already sorted values, by linear interpolation; NaN when empty."""
+    if not sorted_values:
+        return math.nan
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def block_state(p: Pilot, block_id: str) -> tuple[str, str]:
+    """A block's final state as the executor sees it, and why."""
+    rec = p.blocks[block_id]
+    if block_id in p.shutdown_blocks:
+        return "CANCELLED", "the executor shut down"
+    failure = p.control.registration_failures.get(block_id)
+    if failure is not None:
+        return "MISSING", failure.message or ""
+    if block_id in p.control.overrides:
+        st = p.control.overrides[block_id]
+        return st.state.name, st.message or ""
+    return rec.state, rec.reason
+
+
+def compute(p: Pilot) -> dict[str, Any]:
+    t0 = p.t0
+    n = len(p.plan)
+    state = p.state
+    waits = sorted(p.t_start[i] - p.t_submit[i] for i in range(n) if not math.isnan(p.t_start[i]))
+    counts = dict.fromkeys(STATE_NAMES, 0)
+    for s in state:
+        counts[STATE_NAMES[s]] += 1
+    job_states = {b: rec.state for b, rec in p.blocks.items()}
+    lost_walltime = lost_failure = lost_other = 0
+    for i in range(n):
+        if state[i] == LOST:
+            mi = p.t_mgr[i]
+            js = job_states.get(p.managers[mi].block, "") if mi >= 0 else ""
+            if js == "TIMEOUT":
+                lost_walltime += 1
+            elif js == "FAILED":
+                lost_failure += 1
+            else:
+                lost_other += 1
+    stop = p.finished_at if not math.isnan(p.finished_at) else p.env.now
+    allocated = 0.0
+    block_waits = []
+    finals = [block_state(p, b)[0] for b in p.blocks]
+    for rec in p.blocks.values():
+        if not math.isnan(rec.start):
+            end = rec.end if not math.isnan(rec.end) else stop
+            allocated += rec.nodes * (end - rec.start)
+            block_waits.append(rec.start - rec.submit)
+    allocated /= 3600.0
+    used = p.busy_seconds / max(1, p.workers_per_node) / 3600.0
+    return {
+        "label": p.label,
+        "strategy": p.cfg.strategy,
+        "max_idletime": p.cfg.max_idletime,
+        "tasks": n,
+        "makespan": (p.finished_at - t0) if not math.isnan(p.finished_at) else math.nan,
+        "wait_mean": sum(waits) / len(waits) if waits else math.nan,
+        "wait_p50": percentile(waits, 0.50),
+        "wait_p95": percentile(waits, 0.95),
+        "wait_p99": percentile(waits, 0.99),
+        "node_hours_allocated": allocated,
+        "node_hours_used": used,
+        "idle_node_hours": allocated - used,
+        "utilization": used / allocated if allocated > 0 else math.nan,
+        "blocks_submitted": len(p.blocks),
+        "blocks_scaled_in": finals.count("SCALED_IN"),
+        "blocks_walltime": finals.count("TIMEOUT"),
+        "blocks_failed": finals.count("FAILED"),
+        "blocks_missing": finals.count("MISSING"),
+        "block_wait_mean": sum(block_waits) / len(block_waits) if block_waits else math.nan,
+        "done": counts["done"],
+        "lost_walltime": lost_walltime,
+        "lost_node_failure": lost_failure,
+        "lost_other": lost_other,
+        "dep_failed": counts["dep_failed"],
+        "failed": counts["failed"],
+        "unfinished": counts["unfinished"],
+    }
+
+
+def fmt(v: Any) -> str:
+    """CSV text of a value: floats with 3 decimals (6 for fractions), empty for NaN."""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.6f}" if abs(v) < 10 else f"{v:.3f}"
+    return str(v)
+
+
+def _t(v: float, t0: float) -> str:
+    return "" if v != v else f"{v - t0:.3f}"
+
+
+def write_runs(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(RUN_FIELDS)
+        for r in rows:
+            w.writerow([fmt(r[k]) for k in RUN_FIELDS])
+
+
+def write_tasks(path: Path, p: Pilot) -> None:
+    t0 = p.t0
+    mgrs = p.managers
+    part = p.provider.partition
+    reasons = p.reasons
+    duration = p.plan.duration
+    t_submit, t_start, t_end, t_mgr, t_worker, state = p.t_submit, p.t_start, p.t_end, p.t_mgr, p.t_worker, p.state
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(("task_id", "submit", "start", "end", "duration", "block", "node", "worker", "state", "reason"))
+        lines: list[str] = []
+        for i in range(len(p.plan)):
+            mi = t_mgr[i]
+            m = mgrs[mi] if mi >= 0 else None
+            started = t_start[i] == t_start[i]
+            if state[i] == DONE and m is not None:
+                # The common case, formatted directly (nothing in it needs CSV quoting).
+                lines.append(f"{i + 1},{t_submit[i] - t0:.3f},{t_start[i] - t0:.3f},{t_end[i] - t0:.3f},"
+                             f"{duration[i]:.3f},{m.block},{part}-{m.node},{t_worker[i]},done,\n")
+                if len(lines) >= 65536:
+                    fh.write("".join(lines))
+                    lines.clear()
+                continue
+            if lines:
+                fh.write("".join(lines))
+                lines.clear()
+            w.writerow((
+                i + 1, _t(t_submit[i], t0), _t(t_start[i], t0), _t(t_end[i], t0), f"{duration[i]:.3f}",
+                m.block if m else "", f"{part}-{m.node}" if m else "", t_worker[i] if started and m else "",
+                STATE_NAMES[state[i]], reasons.get(i, ""),
+            ))
+        fh.write("".join(lines))
+
+
+def write_blocks(path: Path, p: Pilot) -> None:
+    t0 = p.t0
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(("block_id", "job_id", "nodes", "submit", "start", "end", "state", "reason"))
+        for b, rec in p.blocks.items():
+            st, reason = block_state(p, b)
+            w.writerow((b, rec.job_id, rec.nodes, _t(rec.submit, t0), _t(rec.start, t0), _t(rec.end, t0), st, reason))
+
+
+def write_timeline(path: Path, p: Pilot) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(("time", "blocks_pending", "blocks_running", "workers", "tasks_queued", "tasks_running",
+                    "tasks_ended"))
+        for s in p.samples:
+            w.writerow((f"{s.time:.3f}", s.blocks_pending, s.blocks_running, s.workers, s.tasks_queued,
+                        s.tasks_running, s.tasks_done))
+
+
+def write_jobs(path: Path, p: Pilot) -> None:
+    """Every batch job of the run, other users' included (Batsim's jobs file, in short)."""
+    t0 = p.t0
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(("job_id", "owner", "nodes", "submit", "start", "end", "walltime", "state"))
+        for job in p.scheduler.jobs.values():
+            owner = "executor" if job.job_id in p.job_block else "background"
+            w.writerow((job.job_id, owner, job.nodes, _t(job.submit, t0), _t(job.start, t0), _t(job.end, t0),
+                        f"{job.walltime:.0f}", job.state.name))
+
+
+def conservation_errors(p: Pilot) -> list[str]:
+    """Every task ended exactly once: done, or not done with a reason. Returns what is wrong (empty: nothing)."""
+    errors = []
+    for i in range(len(p.plan)):
+        s = p.state[i]
+        if s == DONE:
+            if i in p.reasons:
+                errors.append(f"task {i + 1} is done but has a failure reason")
+        elif s in (RUNNING, 0, 1):
+            errors.append(f"task {i + 1} never ended ({STATE_NAMES[s]})")
+        elif not p.reasons.get(i):
+            errors.append(f"task {i + 1} ended {STATE_NAMES[s]} without a reason")
+    if p.resolved != len(p.plan):
+        errors.append(f"{p.resolved} tasks resolved, {len(p.plan)} exist")
+    return errors

@@ -1,0 +1,458 @@
+"""Scenarios: what cluster, what other users' load, what workload, and which executor configurations to try.
+
+A scenario is a TOML file (read with ``tomllib``) or the same structure as dicts; ``load_scenario``
+checks every field and raises ``ScenarioError`` naming the field (``executor[1].max_blocks``) and what
+it accepts. See ``docs/simcluster.md`` for the whole format and ``examples/scenarios/`` for examples.
+
+Times are seconds. The workload's clock starts at 0 when the executor starts; background load may start
+earlier (``background.warmup``), so the cluster is already busy when the executor submits its first block.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from htex_ref.core.selectors import SELECTORS
+from htex_ref.core.strategy import STRATEGY_NAMES
+
+
+class ScenarioError(ValueError):
+    """A scenario field is missing, of the wrong type, or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str = "compute"
+    nodes: int = 4
+    cores: int = 32
+    memory_gb: float = 128.0
+    gpus: int = 0
+    #: Mean time between failures of one node, in hours; 0: nodes never fail.
+    node_mtbf_hours: float = 0.0
+    #: Seconds a failed node stays down.
+    repair_time: float = 3600.0
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    """A scripted failure: node ``node`` of ``partition`` fails at ``time`` (seconds from the executor's start)."""
+
+    time: float
+    node: int
+    partition: str = "compute"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    partitions: tuple[Partition, ...] = (Partition(),)
+    #: Seconds between a job's submission and the scheduler first considering it (its scheduling cycle).
+    schedule_delay: float = 0.0
+    failures: tuple[NodeFailure, ...] = ()
+
+    def partition(self, name: str) -> Partition:
+        for p in self.partitions:
+            if p.name == name:
+                return p
+        raise ScenarioError(f"no partition named {name!r}; the cluster has {[p.name for p in self.partitions]}")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A seeded random duration: ``fixed`` (value), ``uniform`` (low, high), ``exponential`` (mean),
+    ``lognormal`` (mean, sigma: the mean of the distribution itself), ``pareto`` (minimum, alpha: a long tail)."""
+
+    dist: str = "fixed"
+    value: float = 1.0
+    low: float = 0.0
+    high: float = 1.0
+    mean: float = 1.0
+    sigma: float = 0.5
+    minimum: float = 1.0
+    alpha: float = 2.0
+    #: Cap on any sample (0: none), to keep a heavy tail finite.
+    cap: float = 0.0
+
+
+@dataclass(frozen=True)
+class Background:
+    """Other users' jobs: ``none``, ``synthetic`` (Poisson arrivals sized to keep ``load`` of the nodes
+    busy on average) or ``swf`` (a Standard Workload Format trace)."""
+
+    kind: str = "none"
+    partition: str = ""
+    load: float = 0.7
+    runtime: Distribution = Distribution("lognormal", mean=3600.0, sigma=1.0, cap=86400.0)
+    #: Job sizes in nodes, drawn uniformly from powers of two up to this.
+    max_nodes: int = 8
+    #: Requested walltime = runtime x this (users overestimate), rounded up to a minute.
+    walltime_factor: float = 2.0
+    #: Seconds of background load simulated before the executor starts.
+    warmup: float = 6 * 3600.0
+    path: str = ""
+    #: Trace seconds skipped (the trace's time ``offset`` is the executor's start, less ``warmup``).
+    offset: float = 0.0
+    #: Multiply trace arrival times by this (below 1 packs the trace tighter: more load).
+    time_scale: float = 1.0
+    #: Jobs given one by one, in addition to ``kind``: submit (seconds from the executor's start; may be
+    #: negative, within the warm-up), nodes, runtime, walltime.
+    jobs: tuple[tuple[float, int, float, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One part of the workload. ``bag``: ``tasks`` at ``start``; ``arrivals``: ``tasks`` in a Poisson
+    stream of ``rate`` per second; ``bursts``: ``bursts`` of ``tasks`` each, ``interval`` apart; ``waves``:
+    ``waves`` of ``tasks`` each, a wave submitted when the whole previous wave is done (a dependency
+    barrier). Durations from ``duration``; ``priority`` as in a resource specification (lower first)."""
+
+    kind: str = "bag"
+    tasks: int = 100
+    start: float = 0.0
+    rate: float = 1.0
+    bursts: int = 1
+    interval: float = 600.0
+    waves: int = 1
+    duration: Distribution = Distribution("fixed", value=10.0)
+    priority: float = math.inf
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    label: str = "htex"
+    partition: str = ""
+    strategy: str = "htex_auto_scale"
+    nodes_per_block: int = 1
+    init_blocks: int = 0
+    min_blocks: int = 0
+    max_blocks: int = 4
+    parallelism: float = 1.0
+    walltime: float = 3600.0
+    max_workers_per_node: int = 0
+    cores_per_worker: float = 1.0
+    mem_per_worker: float = 0.0
+    #: GPUs per node handed one per worker (available_accelerators); 0: none.
+    accelerators: int = 0
+    max_idletime: float = 120.0
+    strategy_period: float = 5.0
+    #: As the Slurm provider's default (Parsl's cluster providers use 60).
+    status_polling_interval: float = 10.0
+    heartbeat_threshold: float = 120.0
+    heartbeat_period: float = 30.0
+    #: Tasks a manager may hold beyond its workers; None: automatic prefetch (``"auto"`` in TOML).
+    prefetch_capacity: int | None = None
+    #: Seconds from a block's job starting to its managers registering (the calibration parameter).
+    job_start_latency: float = 10.0
+    block_registration_timeout: float | None = 120.0
+    block_error_handler: str = "simple"
+    manager_selector: str = "random"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = "scenario"
+    seed: int = 1
+    #: Simulated seconds after the executor starts at which the run stops, finished or not; 0: 30 days.
+    max_time: float = 0.0
+    cluster: Cluster = Cluster()
+    background: Background = Background()
+    workload: tuple[Phase, ...] = (Phase(),)
+    executors: tuple[ExecutorConfig, ...] = (ExecutorConfig(),)
+    #: Where the file came from (for relative paths such as an SWF trace).
+    base_dir: str = "."
+    #: Seconds between timeline samples (0: every control-loop wake of the executor).
+    sample_every: float = 0.0
+
+    def with_seed(self, seed: int) -> Scenario:
+        return replace(self, seed=seed)
+
+    @property
+    def total_tasks(self) -> int:
+        return sum(phase_task_count(p) for p in self.workload)
+
+
+def phase_task_count(p: Phase) -> int:
+    if p.kind == "bursts":
+        return p.tasks * p.bursts
+    if p.kind == "waves":
+        return p.tasks * p.waves
+    return p.tasks
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+class _Fields:
+    """Reads one table, naming ``where`` in every error, and refuses keys nobody asked for."""
+
+    def __init__(self, table: Any, where: str) -> None:
+        if not isinstance(table, Mapping):
+            raise ScenarioError(f"{where} must be a table, got {type(table).__name__}")
+        self.table = dict(table)
+        self.where = where
+        self.used: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        return self.table.get(key, default)
+
+    def number(self, key: str, default: float, *, low: float = 0.0, strict: bool = False) -> float:
+        v = self.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < low \
+                or (strict and v <= low):
+            rel = ">" if strict else ">="
+            raise ScenarioError(f"{self._name(key)} must be a finite number {rel} {low:g}, got {v!r}")
+        return float(v)
+
+    def maybe_number(self, key: str, default: float | None, *, low: float = 0.0) -> float | None:
+        v = self.get(key, default)
+        if v is None or v == "none":
+            return None
+        return self.number(key, default or 0.0, low=low, strict=True)
+
+    def integer(self, key: str, default: int, *, low: int = 0) -> int:
+        v = self.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ScenarioError(f"{self._name(key)} must be an int >= {low}, got {v!r}")
+        return v
+
+    def text(self, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
+        v = self.get(key, default)
+        if not isinstance(v, str):
+            raise ScenarioError(f"{self._name(key)} must be a string, got {v!r}")
+        if choices is not None and v not in choices:
+            raise ScenarioError(f"{self._name(key)} must be one of {list(choices)}, got {v!r}")
+        return v
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ScenarioError(f"{self.where or 'scenario'} has unknown keys {unknown}")
+
+
+DISTRIBUTIONS = ("fixed", "uniform", "exponential", "lognormal", "pareto")
+
+
+def _distribution(raw: Any, where: str, default: Distribution) -> Distribution:
+    if raw is None:
+        return default
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        raw = {"dist": "fixed", "value": raw}
+    f = _Fields(raw, where)
+    d = Distribution(
+        dist=f.text("dist", default.dist, DISTRIBUTIONS),
+        value=f.number("value", default.value),
+        low=f.number("low", default.low),
+        high=f.number("high", default.high),
+        mean=f.number("mean", default.mean),
+        sigma=f.number("sigma", default.sigma),
+        minimum=f.number("minimum", default.minimum),
+        alpha=f.number("alpha", default.alpha, strict=True),
+        cap=f.number("cap", default.cap),
+    )
+    f.done()
+    if d.dist == "uniform" and d.high < d.low:
+        raise ScenarioError(f"{where}: high ({d.high}) is below low ({d.low})")
+    return d
+
+
+def _partition(raw: Any, where: str) -> Partition:
+    f = _Fields(raw, where)
+    p = Partition(
+        name=f.text("name", "compute"),
+        nodes=f.integer("nodes", 4, low=1),
+        cores=f.integer("cores", 32, low=1),
+        memory_gb=f.number("memory_gb", 128.0),
+        gpus=f.integer("gpus", 0),
+        node_mtbf_hours=f.number("node_mtbf_hours", 0.0),
+        repair_time=f.number("repair_time", 3600.0),
+    )
+    f.done()
+    return p
+
+
+def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
+    f = _Fields(raw, where)
+    prefetch = f.get("prefetch_capacity", "auto")
+    if prefetch == "auto" or prefetch is None:
+        prefetch_capacity = None
+    elif isinstance(prefetch, int) and not isinstance(prefetch, bool) and prefetch >= 0:
+        prefetch_capacity = prefetch
+    else:
+        raise ScenarioError(f"{where}.prefetch_capacity must be \"auto\" or an int >= 0, got {prefetch!r}")
+    cfg = ExecutorConfig(
+        label=f.text("label", where.replace("[", "").replace("]", "")),
+        partition=f.text("partition", cluster.partitions[0].name, tuple(p.name for p in cluster.partitions)),
+        strategy=f.text("strategy", "htex_auto_scale", STRATEGY_NAMES),
+        nodes_per_block=f.integer("nodes_per_block", 1, low=1),
+        init_blocks=f.integer("init_blocks", 0),
+        min_blocks=f.integer("min_blocks", 0),
+        max_blocks=f.integer("max_blocks", 4),
+        parallelism=f.number("parallelism", 1.0),
+        walltime=f.number("walltime", 3600.0, strict=True),
+        max_workers_per_node=f.integer("max_workers_per_node", 0),
+        cores_per_worker=f.number("cores_per_worker", 1.0, strict=True),
+        mem_per_worker=f.number("mem_per_worker", 0.0),
+        accelerators=f.integer("accelerators", 0),
+        max_idletime=f.number("max_idletime", 120.0),
+        strategy_period=f.number("strategy_period", 5.0, strict=True),
+        status_polling_interval=f.number("status_polling_interval", 10.0, strict=True),
+        heartbeat_threshold=f.number("heartbeat_threshold", 120.0, strict=True),
+        heartbeat_period=f.number("heartbeat_period", 30.0, strict=True),
+        prefetch_capacity=prefetch_capacity,
+        job_start_latency=f.number("job_start_latency", 10.0),
+        block_registration_timeout=f.maybe_number("block_registration_timeout", 120.0),
+        block_error_handler=f.text("block_error_handler", "simple", ("simple", "windowed", "none")),
+        manager_selector=f.text("manager_selector", "random", tuple(SELECTORS)),
+    )
+    f.done()
+    if cfg.parallelism > 1:
+        raise ScenarioError(f"{where}.parallelism must be between 0 and 1, got {cfg.parallelism}")
+    if cfg.min_blocks > cfg.max_blocks:
+        raise ScenarioError(f"{where}: min_blocks ({cfg.min_blocks}) is greater than max_blocks ({cfg.max_blocks})")
+    if cfg.heartbeat_period > cfg.heartbeat_threshold:
+        raise ScenarioError(f"{where}: heartbeat_period ({cfg.heartbeat_period}) exceeds heartbeat_threshold "
+                            f"({cfg.heartbeat_threshold})")
+    part = cluster.partition(cfg.partition)
+    if cfg.nodes_per_block > part.nodes:
+        raise ScenarioError(f"{where}.nodes_per_block ({cfg.nodes_per_block}) exceeds the {part.nodes} nodes "
+                            f"of partition {part.name!r}")
+    if cfg.accelerators > part.gpus:
+        raise ScenarioError(f"{where}.accelerators ({cfg.accelerators}) exceeds the {part.gpus} GPUs per node "
+                            f"of partition {part.name!r}")
+    return cfg
+
+
+def _job(raw: Any, where: str) -> tuple[float, int, float, float]:
+    f = _Fields(raw, where)
+    job = (f.number("submit", 0.0, low=-math.inf), f.integer("nodes", 1, low=1), f.number("runtime", 60.0),
+           f.number("walltime", 3600.0, strict=True))
+    f.done()
+    return job
+
+
+PHASES = ("bag", "arrivals", "bursts", "waves")
+BACKGROUNDS = ("none", "synthetic", "swf")
+
+
+def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "scenario") -> Scenario:
+    """Build a ``Scenario`` from TOML-shaped data; ``ScenarioError`` names any bad field."""
+    top = _Fields(data, "")
+    cl = _Fields(top.get("cluster", {}), "cluster")
+    parts_raw = cl.get("partitions", [{}])
+    if not isinstance(parts_raw, list) or not parts_raw:
+        raise ScenarioError("cluster.partitions must be a non-empty array of tables")
+    partitions = tuple(_partition(p, f"cluster.partitions[{i}]") for i, p in enumerate(parts_raw))
+    if len({p.name for p in partitions}) != len(partitions):
+        raise ScenarioError("cluster.partitions have duplicate names")
+    failures_raw = cl.get("failures", [])
+    if not isinstance(failures_raw, list):
+        raise ScenarioError("cluster.failures must be an array of tables")
+    failures = []
+    for i, raw in enumerate(failures_raw):
+        f = _Fields(raw, f"cluster.failures[{i}]")
+        part_name = f.text("partition", partitions[0].name, tuple(p.name for p in partitions))
+        nodes = next(p.nodes for p in partitions if p.name == part_name)
+        failure = NodeFailure(time=f.number("time", 0.0, low=-math.inf), node=f.integer("node", 0),
+                              partition=part_name)
+        f.done()
+        if failure.node >= nodes:
+            raise ScenarioError(f"cluster.failures[{i}].node must be below {nodes}, got {failure.node}")
+        failures.append(failure)
+    cluster = Cluster(partitions=partitions, schedule_delay=cl.number("schedule_delay", 0.0),
+                      failures=tuple(failures))
+    cl.done()
+
+    bg = _Fields(top.get("background", {}), "background")
+    background = Background(
+        kind=bg.text("kind", "none", BACKGROUNDS),
+        partition=bg.text("partition", partitions[0].name, tuple(p.name for p in partitions)),
+        load=bg.number("load", 0.7),
+        runtime=_distribution(bg.get("runtime", None), "background.runtime", Background.runtime),
+        max_nodes=bg.integer("max_nodes", 8, low=1),
+        walltime_factor=bg.number("walltime_factor", 2.0, low=1.0),
+        warmup=bg.number("warmup", 6 * 3600.0),
+        path=bg.text("path", ""),
+        offset=bg.number("offset", 0.0),
+        time_scale=bg.number("time_scale", 1.0, strict=True),
+        jobs=tuple(_job(raw, f"background.jobs[{i}]") for i, raw in enumerate(bg.get("jobs", []))),
+    )
+    bg.done()
+    if background.kind == "swf" and not background.path:
+        raise ScenarioError("background.path must name an SWF trace when background.kind is \"swf\"")
+    if background.load >= 1.5:
+        raise ScenarioError(f"background.load must be below 1.5, got {background.load}")
+
+    phases_raw = top.get("workload", [{}])
+    if isinstance(phases_raw, Mapping):
+        phases_raw = [phases_raw]
+    if not isinstance(phases_raw, list) or not phases_raw:
+        raise ScenarioError("workload must be a table or an array of tables")
+    phases = []
+    for i, raw in enumerate(phases_raw):
+        where = f"workload[{i}]"
+        f = _Fields(raw, where)
+        prio = f.get("priority", None)
+        if prio is not None and (isinstance(prio, bool) or not isinstance(prio, int | float)
+                                 or not math.isfinite(prio)):
+            raise ScenarioError(f"{where}.priority must be a finite number, got {prio!r}")
+        phases.append(Phase(
+            kind=f.text("kind", "bag", PHASES),
+            tasks=f.integer("tasks", 100),
+            start=f.number("start", 0.0),
+            rate=f.number("rate", 1.0, strict=True),
+            bursts=f.integer("bursts", 1, low=1),
+            interval=f.number("interval", 600.0),
+            waves=f.integer("waves", 1, low=1),
+            duration=_distribution(f.get("duration", None), f"{where}.duration", Phase.duration),
+            priority=math.inf if prio is None else float(prio),
+        ))
+        f.done()
+
+    execs_raw = top.get("executor", [{}])
+    if isinstance(execs_raw, Mapping):
+        execs_raw = [execs_raw]
+    if not isinstance(execs_raw, list) or not execs_raw:
+        raise ScenarioError("executor must be a table or an array of tables")
+    executors = tuple(_executor(raw, f"executor[{i}]", cluster) for i, raw in enumerate(execs_raw))
+    labels = [e.label for e in executors]
+    if len(set(labels)) != len(labels):
+        raise ScenarioError(f"executor labels must differ (they name output folders), got {labels}")
+    for label in labels:
+        if not label or "/" in label or label.startswith("."):
+            raise ScenarioError(f"executor label {label!r} cannot name a folder")
+
+    scenario = Scenario(
+        name=top.text("name", name),
+        seed=top.integer("seed", 1),
+        max_time=top.number("max_time", 0.0),
+        cluster=cluster,
+        background=background,
+        workload=tuple(phases),
+        executors=executors,
+        base_dir=base_dir,
+        sample_every=top.number("sample_every", 0.0),
+    )
+    top.done()
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check a scenario TOML file."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{p}: not valid TOML: {e}") from None
+    try:
+        return parse_scenario(data, base_dir=str(p.parent), name=p.stem)
+    except ScenarioError as e:
+        raise ScenarioError(f"{p}: {e}") from None

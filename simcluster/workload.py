@@ -1,0 +1,226 @@
+"""Workloads: the executor's tasks (synthetic, seeded) and other users' batch jobs (synthetic or SWF).
+
+``build_tasks`` turns a scenario's workload phases into flat arrays (durations, priorities, release
+times, dependency groups), which the simulated executor walks without an object per task until a task
+is submitted. ``background_jobs`` yields other users' jobs in submission order, generated lazily from a
+seeded model or read from a Standard Workload Format trace (one job a line, 18 fields, ``;`` comments;
+see https://www.cs.huji.ac.il/labs/parallel/workload/swf.html).
+
+Every random draw comes from a ``random.Random`` seeded from the scenario seed and a fixed purpose
+string, so the same scenario and seed give the same numbers on every run and machine.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from simcluster.scenario import Background, Distribution, Partition, Phase, ScenarioError
+
+
+def rng_for(seed: int, purpose: str) -> random.Random:
+    """An independent, reproducible stream per purpose (string seeds are hashed with SHA-512, not ``hash()``)."""
+    return random.Random(f"{seed}:{purpose}")
+
+
+def sampler(d: Distribution, rng: random.Random) -> Iterator[float]:
+    """Endless samples of ``d``."""
+    cap = d.cap if d.cap > 0 else math.inf
+    if d.dist == "fixed":
+        v = min(d.value, cap)
+        while True:
+            yield v
+    elif d.dist == "uniform":
+        lo, span = d.low, d.high - d.low
+        r = rng.random
+        while True:
+            yield min(lo + span * r(), cap)
+    elif d.dist == "exponential":
+        lam = 1.0 / d.mean if d.mean > 0 else math.inf
+        ex = rng.expovariate
+        while True:
+            yield min(ex(lam), cap) if lam != math.inf else 0.0
+    elif d.dist == "lognormal":
+        mu = math.log(d.mean) - d.sigma * d.sigma / 2 if d.mean > 0 else -math.inf
+        ln = rng.lognormvariate
+        while True:
+            yield min(ln(mu, d.sigma), cap) if d.mean > 0 else 0.0
+    elif d.dist == "pareto":
+        pv = rng.paretovariate
+        while True:
+            yield min(d.minimum * pv(d.alpha), cap)
+    else:  # pragma: no cover - the scenario parser refuses other names
+        raise ScenarioError(f"unknown distribution {d.dist!r}")
+
+
+def mean_of(d: Distribution) -> float:
+    """The distribution's mean, ignoring ``cap`` (used to size synthetic background arrivals)."""
+    if d.dist == "fixed":
+        return d.value
+    if d.dist == "uniform":
+        return (d.low + d.high) / 2
+    if d.dist in ("exponential", "lognormal"):
+        return d.mean
+    return d.minimum * d.alpha / (d.alpha - 1) if d.alpha > 1 else d.cap or d.minimum * 10
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+
+@dataclass
+class TaskPlan:
+    """The executor's tasks, by index (task id = index + 1, as the executor numbers them from 1).
+
+    Tasks with a release time are submitted then (``release_order`` lists them by time, then index);
+    tasks of a later dependency wave have ``group[i] >= 0`` and are submitted when the wave before it,
+    group ``gate[g]``, is all done.
+    """
+
+    duration: array[float]
+    priority: array[float]
+    #: Submission time for released tasks; NaN for tasks gated by a wave.
+    release: array[float]
+    #: Indices of released tasks in submission order.
+    release_order: array[int]
+    #: Dependency group of each task (-1: none).
+    group: array[int]
+    #: Per group: its first task index and size, the group it waits for (-1: released), the group after it.
+    group_first: list[int]
+    group_size: list[int]
+    gate: list[int]
+    next_group: list[int]
+
+    def __len__(self) -> int:
+        return len(self.duration)
+
+
+def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
+    duration: array[float] = array("d")
+    priority: array[float] = array("d")
+    release: array[float] = array("d")
+    group: array[int] = array("i")
+    group_first: list[int] = []
+    group_size: list[int] = []
+    gate: list[int] = []
+    next_group: list[int] = []
+    for i, p in enumerate(phases):
+        rng = rng_for(seed, f"workload-{i}")
+        durations = sampler(p.duration, rng)
+        arrivals = rng_for(seed, f"arrivals-{i}")
+        if p.kind == "bag":
+            times = [p.start] * p.tasks
+        elif p.kind == "arrivals":
+            t = p.start
+            times = []
+            for _ in range(p.tasks):
+                t += arrivals.expovariate(p.rate)
+                times.append(t)
+        elif p.kind == "bursts":
+            times = [p.start + b * p.interval for b in range(p.bursts) for _ in range(p.tasks)]
+        else:  # waves
+            times = [p.start] * p.tasks + [math.nan] * (p.tasks * (p.waves - 1))
+            previous = -1
+            for w in range(p.waves):
+                g = len(group_first)
+                group_first.append(len(duration) + w * p.tasks)
+                group_size.append(p.tasks)
+                gate.append(previous)
+                next_group.append(-1)
+                if previous >= 0:
+                    next_group[previous] = g
+                previous = g
+            first_group = len(group_first) - p.waves
+            group.extend(first_group + k // p.tasks for k in range(p.tasks * p.waves))
+        if p.kind != "waves":
+            group.extend([-1] * len(times))
+        release.extend(times)
+        duration.extend(next(durations) for _ in times)
+        priority.extend([p.priority] * len(times))
+    order = sorted((i for i in range(len(release)) if not math.isnan(release[i])), key=lambda i: (release[i], i))
+    return TaskPlan(duration, priority, release, array("i", order), group, group_first, group_size, gate, next_group)
+
+
+# ----------------------------------------------------------------------------------- background jobs
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """Another user's job: submitted at ``submit`` (simulation clock), needing ``nodes`` whole nodes for
+    ``runtime`` seconds, killed at ``walltime``."""
+
+    submit: float
+    nodes: int
+    runtime: float
+    walltime: float
+
+
+def background_jobs(bg: Background, partition: Partition, seed: int, base_dir: str = ".") -> Iterator[BatchJob]:
+    """Other users' jobs in submission order, on the simulation clock (0 = ``warmup`` before the executor starts)."""
+    if bg.kind == "synthetic":
+        return _synthetic(bg, partition, seed)
+    if bg.kind == "swf":
+        path = Path(bg.path)
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        return _swf(path, bg, partition)
+    return iter(())
+
+
+def _synthetic(bg: Background, partition: Partition, seed: int) -> Iterator[BatchJob]:
+    rng = rng_for(seed, "background")
+    runtimes = sampler(bg.runtime, rng_for(seed, "background-runtime"))
+    max_nodes = min(bg.max_nodes, partition.nodes)
+    sizes = [2**k for k in range(int(math.log2(max_nodes)) + 1)]
+    mean_nodes = sum(sizes) / len(sizes)
+    rate = bg.load * partition.nodes / (mean_nodes * max(1e-9, mean_of(bg.runtime)))
+    if rate <= 0:
+        return
+    t = 0.0
+    while True:
+        t += rng.expovariate(rate)
+        runtime = next(runtimes)
+        walltime = max(60.0, math.ceil(runtime * bg.walltime_factor / 60.0) * 60.0)
+        yield BatchJob(t, rng.choice(sizes), runtime, walltime)
+
+
+def parse_swf_line(line: str, cores_per_node: int) -> tuple[float, int, float, float] | None:
+    """``(submit, nodes, runtime, walltime)`` of one SWF line, or None for a comment, a blank line or a job
+    with no usable size or run time. Processors become whole nodes (rounded up); an unknown requested
+    time (-1) becomes the run time."""
+    line = line.strip()
+    if not line or line.startswith(";"):
+        return None
+    fields = line.split()
+    if len(fields) < 18:
+        raise ValueError(f"an SWF line has 18 fields, this one has {len(fields)}: {line[:80]!r}")
+    submit, run = float(fields[1]), float(fields[3])
+    procs = int(fields[4]) if int(fields[4]) > 0 else int(fields[7])
+    req_time = float(fields[8])
+    if procs <= 0 or run < 0:
+        return None
+    walltime = req_time if req_time > 0 else run
+    return submit, max(1, math.ceil(procs / cores_per_node)), run, max(walltime, run if req_time <= 0 else 0.0)
+
+
+def _swf(path: Path, bg: Background, partition: Partition) -> Iterator[BatchJob]:
+    try:
+        fh = path.open()
+    except OSError as e:
+        raise ScenarioError(f"background.path: cannot read the SWF trace {path}: {e}") from None
+    with fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                parsed = parse_swf_line(line, partition.cores)
+            except ValueError as e:
+                raise ScenarioError(f"{path}:{n}: {e}") from None
+            if parsed is None:
+                continue
+            submit, nodes, runtime, walltime = parsed
+            t = (submit - bg.offset) * bg.time_scale
+            if t < 0 or nodes > partition.nodes:
+                continue
+            yield BatchJob(t, nodes, runtime, walltime)
