@@ -14,7 +14,8 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "htex_ref", "simcluster", "tests", "noxfile.py", "scripts", "examples", "clusters", "benchmarks")
+    session.run("ruff", "check", "htex_ref", "simcluster", "tests", "noxfile.py", "scripts", "examples", "clusters",
+                "benchmarks")
 
 
 @nox.session
