@@ -157,12 +157,12 @@ SUBJECTS: list[Subject] = [
     Subject(
         "htex_ref.launchers:MpiExecLauncher", "MpiExecLauncher",
         "One MPICH-style `mpiexec` (Hydra, Intel MPI, Cray PALS) over the job's hosts.",
-        bad={"bind_cmd": [None, "--bind-to\nnone"], "overrides": [3]},
+        bad={"bind_cmd": [None, "--bind-to\nnone", "--bind-to none"], "overrides": [3]},
     ),
     Subject(
         "htex_ref.launchers:MpiRunLauncher", "MpiRunLauncher",
         "One Open MPI-style `mpirun -np N`.",
-        bad={"bash_location": ["", None], "overrides": ["--map-by node\n"]},
+        bad={"bash_location": ["", "   ", None], "overrides": ["--map-by node\n"]},
     ),
     Subject(
         "htex_ref.launchers:AprunLauncher", "AprunLauncher",
