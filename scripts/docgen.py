@@ -193,21 +193,21 @@ SUBJECTS: list[Subject] = [
     Subject(
         "htex_ref.apps:python_app", "python_app",
         "Decorator: `@python_app` or `@python_app(executors=[...], retries=...)`. Bad options are refused "
-        "when the decorator is applied to the function.",
-        bad={"function": [3], "executors": ["gpu", []], "retries": [-1, 1.5]},
+        "where the decorator is written, before any call.",
+        bad={"function": [3], "executors": ["gpu", [], [""], [3]], "retries": [-1, 1.5]},
         required={"function": _example_function},
     ),
     Subject(
         "htex_ref.apps:bash_app", "bash_app",
         "Decorator for functions that return a command line: `@bash_app` or `@bash_app(executors=[...], "
-        "retries=...)`. Bad options are refused when the decorator is applied to the function.",
-        bad={"function": [3], "executors": ["gpu", []], "retries": [-1]},
+        "retries=...)`. Bad options are refused where the decorator is written, before any call.",
+        bad={"function": [3], "executors": ["gpu", [], [""]], "retries": [-1]},
         required={"function": _example_function},
     ),
     Subject(
         "htex_ref.apps:join_app", "join_app",
         "Decorator for functions that run in this process and return futures: `@join_app` or "
-        "`@join_app(retries=...)`. Bad options are refused when the decorator is applied to the function.",
+        "`@join_app(retries=...)`. Bad options are refused where the decorator is written, before any call.",
         bad={"function": [3], "retries": [-1]},
         required={"function": _example_function},
     ),
