@@ -361,6 +361,27 @@ class _Call:
 # --------------------------------------------------------------------------------------- apps
 
 
+def _check_options(kind: str, executors: object = "all",
+                   retries: object = None) -> tuple[tuple[str, ...] | None, int | None]:
+    """The executor labels (None: any executor) and retries of an app, or a ValueError naming the option."""
+    labels: tuple[str, ...] | None
+    if isinstance(executors, str):
+        if executors != "all":
+            raise ValueError(f"{kind}.executors must be 'all' or a list of executor labels, got {executors!r}")
+        labels = None
+    elif isinstance(executors, Sequence) and executors:
+        if not all(isinstance(x, str) and x for x in executors):
+            # Labels are matched against the loaded executors only when the app is called; a label that
+            # no executor can have is refused now.
+            raise ValueError(f"{kind}.executors must list executor labels as non-empty strings, got {executors!r}")
+        labels = tuple(executors)
+    else:
+        raise ValueError(f"{kind}.executors must be 'all' or a non-empty list of executor labels, got {executors!r}")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+        raise ValueError(f"{kind}.retries must be None (the config's) or an int >= 0, got {retries!r}")
+    return labels, retries
+
+
 class _App:
     """What the decorators return: calling it returns an ``AppFuture`` at once."""
 
@@ -369,19 +390,9 @@ class _App:
     def __init__(self, func: Callable[..., Any], executors: str | Sequence[str] = "all",
                  retries: int | None = None) -> None:
         if not callable(func):
-            raise TypeError(f"{self.kind} decorates a function, got {type(func).__name__}")
-        if isinstance(executors, str):
-            if executors != "all":
-                raise ValueError(f"{self.kind} executors must be 'all' or a list of executor labels, "
-                                 f"got {executors!r}")
-            labels: tuple[str, ...] | None = None
-        elif isinstance(executors, Sequence) and executors and all(isinstance(x, str) for x in executors):
-            labels = tuple(executors)
-        else:
-            raise ValueError(f"{self.kind} executors must be 'all' or a non-empty list of executor labels, "
-                             f"got {executors!r}")
-        if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
-            raise ValueError(f"{self.kind} retries must be None (the config's) or an int >= 0, got {retries!r}")
+            raise TypeError(f"{self.kind}.function must be the function to decorate (a callable), got "
+                            f"{type(func).__name__} {func!r}")
+        labels, retries = _check_options(self.kind, executors, retries)
         self.func = func
         self.executors = labels
         self.retries = retries
@@ -567,6 +578,8 @@ class _JoinWait:
 def _decorator(cls: type[_App], function: Callable[..., Any] | None, **options: Any) -> Any:
     if function is not None:
         return cls(function, **options)
+    # Bad options fail on the decorator's own line, before any function is decorated.
+    _check_options(cls.kind, **options)
     return lambda f: cls(f, **options)
 
 
@@ -588,7 +601,8 @@ def python_app(function: Callable[..., Any] | None = None, *, executors: str | S
         The function; ``None`` when the decorator is used with options (``@python_app(retries=2)``).
     executors : str | Sequence[str]
         ``"all"``: any loaded executor, chosen at random for each call (as Parsl does); or a list of
-        executor labels. Labels are checked against the loaded configuration when the app is called.
+        executor labels (non-empty strings), which are checked against the loaded configuration when the
+        app is called.
     retries : int | None
         How many times a failed call is run again; ``None``: the loaded ``Config.retries``. A call whose
         dependency failed is never retried, nor one the executor refused.
@@ -616,7 +630,8 @@ def bash_app(function: Callable[..., Any] | None = None, *, executors: str | Seq
         The function; ``None`` when the decorator is used with options (``@bash_app(retries=2)``).
     executors : str | Sequence[str]
         ``"all"``: any loaded executor, chosen at random for each call (as Parsl does); or a list of
-        executor labels. Labels are checked against the loaded configuration when the app is called.
+        executor labels (non-empty strings), which are checked against the loaded configuration when the
+        app is called.
     retries : int | None
         How many times a failed call is run again; ``None``: the loaded ``Config.retries``. A call whose
         dependency failed is never retried, nor one the executor refused.

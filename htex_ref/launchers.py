@@ -281,19 +281,25 @@ class MpiExecLauncher(Launcher):
     ----------
     bind_cmd : str
         The mpiexec option that, followed by ``none``, turns CPU binding off (``--bind-to`` for Hydra
-        and Intel MPI, ``--cpu-bind`` for PALS), so that each worker pool can pin its own workers.
-        ``""`` leaves binding to mpiexec.
+        and Intel MPI, ``--cpu-bind`` for PALS), so that each worker pool can pin its own workers. One
+        option, without spaces (other options go in ``overrides``); ``""`` leaves binding to mpiexec.
     overrides : str
         Extra mpiexec options, added to the mpiexec line as written (``"--envall"``); one line.
     """
 
     def __init__(self, bind_cmd: str = "--bind-to", overrides: str = "") -> None:
         self.bind_cmd = _check_str("MpiExecLauncher", "bind_cmd", bind_cmd)
+        if any(c.isspace() for c in bind_cmd):
+            # " none" is added after it: "--bind-to none" would become "--bind-to none none".
+            raise ConfigurationError(
+                "MpiExecLauncher.bind_cmd must be one mpiexec option without spaces, such as '--bind-to' or "
+                f"'--cpu-bind' (htex_ref adds 'none' after it); put other mpiexec options in overrides, got "
+                f"{bind_cmd!r}")
         self.overrides = _check_str("MpiExecLauncher", "overrides", overrides)
 
     def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         count = self._check(command, tasks_per_node, nodes_per_block)
-        bind = f"{self.bind_cmd} none" if self.bind_cmd.strip() else ""
+        bind = f"{self.bind_cmd} none" if self.bind_cmd else ""
         mpiexec = _join("mpiexec", f"-n {count}", f"-ppn {tasks_per_node}", '--hostfile "$HTEX_HOSTFILE"',
                         bind, self.overrides, '/bin/bash "$HTEX_CMD_FILE"')
         return write_command_file(command) + _host_file_from_pbs() + mpiexec + "\n"
@@ -314,7 +320,7 @@ class MpiRunLauncher(Launcher):
     def __init__(self, bash_location: str = "/bin/bash", overrides: str = "") -> None:
         self.bash_location = _check_str("MpiRunLauncher", "bash_location", bash_location)
         if not self.bash_location.strip():
-            raise ConfigurationError("MpiRunLauncher.bash_location must name a shell, got ''")
+            raise ConfigurationError(f"MpiRunLauncher.bash_location must name a shell, got {bash_location!r}")
         self.overrides = _check_str("MpiRunLauncher", "overrides", overrides)
 
     def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:

@@ -34,6 +34,10 @@ class Subject:
         return obj
 
 
+_INF = float("inf")
+_NAN = float("nan")
+
+
 def _example_function(x: int) -> int:
     """What the decorator subjects decorate, so that their options are checked."""
     return x
@@ -72,38 +76,41 @@ SUBJECTS: list[Subject] = [
     Subject(
         "htex_ref.providers.local:LocalProvider", "LocalProvider",
         "Blocks are bash scripts run on this machine, each in its own session.",
-        bad={"init_blocks": [-1], "max_blocks": [-1], "nodes_per_block": [0], "parallelism": [2],
-             "launcher": ["srun"]},
+        bad={"init_blocks": [-1, 2], "max_blocks": [-1], "nodes_per_block": [0], "parallelism": [2, True],
+             "launcher": ["srun"], "worker_init": [3], "cmd_timeout": [0, _INF], "label": [""],
+             "cores_per_node": [-1, 2.5], "mem_per_node": [0, _INF], "cancel_grace": [-1, _NAN]},
     ),
     Subject(
         "htex_ref.providers.slurm:SlurmProvider", "SlurmProvider",
         "Each block is one Slurm batch job submitted with `sbatch`; its state comes from `sacct` or `squeue`. "
         "Construction runs no Slurm command.",
         bad={
-            "partition": ["debug ", ""],
-            "account": [""],
-            "qos": ["normal\n"],
-            "constraint": [" haswell"],
-            "clusters": ["c1,c2"],
+            "partition": ["debug ", "", "debug queue"],
+            "account": ["", "my account"],
+            "qos": ["normal\n", "high prio"],
+            "constraint": [" haswell", "knl quad"],
+            "clusters": ["c1,c2", "c 1"],
             "nodes_per_block": [0, "2"],
             "cores_per_node": [-1, 0, 2.5],
-            "mem_per_node": [0, "4G"],
-            "gpus_per_node": [0, ""],
-            "gres": ["gpu:2 "],
-            "init_blocks": [-1],
+            "mem_per_node": [0, "4G", _INF],
+            "gpus_per_node": [0, "", "a100:2 x"],
+            "gres": ["gpu:2 ", "gpu:1 tmp:1"],
+            "init_blocks": [-1, 2],
             "min_blocks": [2],
             "max_blocks": [-1],
-            "parallelism": [2, -0.5],
+            "parallelism": [2, -0.5, True],
             "walltime": ["1 hour", "00:61:00", 3600],
-            "scheduler_options": ["--exclusive", "#SBATCH --mem=0\nmodule load gcc"],
+            "scheduler_options": ["--exclusive", "#SBATCH --mem=0\nmodule load gcc", "#PBS -l mem=4gb",
+                                  "# SBATCH --mem=0", "  #SBATCH --mem=0"],
             "worker_init": [["module load gcc"]],
-            "cmd_timeout": [0],
+            "cmd_timeout": [0, _INF, _NAN],
             "exclusive": ["yes"],
             "launcher": ["srun"],
             "label": [""],
             "status_source": ["scontrol"],
             "status_polling_interval": [0],
-            "absent_grace": [-1],
+            "absent_grace": [-1, _NAN],
+            "query_failure_limit": [0, -1, _NAN, _INF],
         },
     ),
     Subject(
@@ -113,22 +120,22 @@ SUBJECTS: list[Subject] = [
         bad={
             "account": ["my project", ""],
             "queue": ["debug queue"],
-            "scheduler_options": [["#PBS -l mem=4gb"]],
+            "scheduler_options": [["#PBS -l mem=4gb"], "module load gcc", "#SBATCH --mem=4G"],
             "worker_init": [None],
             "nodes_per_block": [0],
             "cpus_per_node": [0, "64"],
             "select_options": ["ngpus=4 mem=100gb"],
-            "init_blocks": [-1],
+            "init_blocks": [-1, 2],
             "min_blocks": [2],
             "max_blocks": [-1],
-            "parallelism": [1.5],
+            "parallelism": [1.5, True],
             "launcher": ["mpiexec"],
             "walltime": ["20 minutes", "00:00:00"],
-            "cmd_timeout": [0],
+            "cmd_timeout": [0, _INF],
             "label": [""],
             "status_polling_interval": [0],
-            "absent_grace": [-1],
-            "query_failure_limit": [0],
+            "absent_grace": [-1, _NAN],
+            "query_failure_limit": [0, -1, _NAN, _INF],
         },
     ),
     Subject(
@@ -150,12 +157,12 @@ SUBJECTS: list[Subject] = [
     Subject(
         "htex_ref.launchers:MpiExecLauncher", "MpiExecLauncher",
         "One MPICH-style `mpiexec` (Hydra, Intel MPI, Cray PALS) over the job's hosts.",
-        bad={"bind_cmd": [None, "--bind-to\nnone"], "overrides": [3]},
+        bad={"bind_cmd": [None, "--bind-to\nnone", "--bind-to none"], "overrides": [3]},
     ),
     Subject(
         "htex_ref.launchers:MpiRunLauncher", "MpiRunLauncher",
         "One Open MPI-style `mpirun -np N`.",
-        bad={"bash_location": ["", None], "overrides": ["--map-by node\n"]},
+        bad={"bash_location": ["", "   ", None], "overrides": ["--map-by node\n"]},
     ),
     Subject(
         "htex_ref.launchers:AprunLauncher", "AprunLauncher",
@@ -186,21 +193,21 @@ SUBJECTS: list[Subject] = [
     Subject(
         "htex_ref.apps:python_app", "python_app",
         "Decorator: `@python_app` or `@python_app(executors=[...], retries=...)`. Bad options are refused "
-        "when the decorator is applied to the function.",
-        bad={"function": [3], "executors": ["gpu", []], "retries": [-1, 1.5]},
+        "where the decorator is written, before any call.",
+        bad={"function": [3], "executors": ["gpu", [], [""], [3]], "retries": [-1, 1.5]},
         required={"function": _example_function},
     ),
     Subject(
         "htex_ref.apps:bash_app", "bash_app",
         "Decorator for functions that return a command line: `@bash_app` or `@bash_app(executors=[...], "
-        "retries=...)`. Bad options are refused when the decorator is applied to the function.",
-        bad={"function": [3], "executors": ["gpu", []], "retries": [-1]},
+        "retries=...)`. Bad options are refused where the decorator is written, before any call.",
+        bad={"function": [3], "executors": ["gpu", [], [""]], "retries": [-1]},
         required={"function": _example_function},
     ),
     Subject(
         "htex_ref.apps:join_app", "join_app",
         "Decorator for functions that run in this process and return futures: `@join_app` or "
-        "`@join_app(retries=...)`. Bad options are refused when the decorator is applied to the function.",
+        "`@join_app(retries=...)`. Bad options are refused where the decorator is written, before any call.",
         bad={"function": [3], "retries": [-1]},
         required={"function": _example_function},
     ),

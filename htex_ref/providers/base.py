@@ -3,15 +3,22 @@
 A provider submits a shell command as a batch job (``submit``), reports the state of jobs (``status``)
 and cancels them (``cancel``). Rendering scripts and parsing scheduler output are kept as pure
 functions in each provider so they can be table-tested; only a small runner touches processes.
+
+The checks of the settings every provider has (label, launcher, worker_init, cmd_timeout, cores and
+memory per node, the block shape) live here too, in ``ExecutionProvider._configure`` and the small
+``check_*`` helpers, so that every provider refuses a bad value with the same message naming it.
 """
 
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from htex_ref.errors import ConfigurationError
 from htex_ref.launchers import Launcher
 
 
@@ -90,6 +97,52 @@ class JobStatus:
         return summarize(self.stderr)
 
 
+# ---------------------------------------------------------------------------------------- checks
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float when it is a real number (not a bool) with a finite value, else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def check_number(owner: str, name: str, value: object, *, zero_ok: bool = False, unit: str = "") -> float:
+    """``value`` as a float if it is a finite number > 0 (>= 0 with ``zero_ok``); ConfigurationError naming
+    ``owner.name`` otherwise (nan and inf included: a time-out of inf seconds is a hang)."""
+    number = _finite(value)
+    if number is None or number < 0 or (number == 0 and not zero_ok):
+        what = f"a finite number{f' of {unit}' if unit else ''} {'>= 0' if zero_ok else '> 0'}"
+        raise ConfigurationError(f"{owner}.{name} must be {what}, got {value!r}")
+    return number
+
+
+def check_optional_count(owner: str, name: str, value: object) -> int | None:
+    """None, or an int >= 1 (not a bool)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{owner}.{name} must be None or an int >= 1, got {value!r}")
+    return value
+
+
+def check_optional_amount(owner: str, name: str, value: object, unit: str) -> float | None:
+    """None, or a finite number of ``unit`` > 0, kept as given (so that ``repr`` shows what the user wrote)."""
+    if value is None:
+        return None
+    number = _finite(value)
+    if number is None or number <= 0:
+        raise ConfigurationError(f"{owner}.{name} must be None or a finite number of {unit} > 0, got {value!r}")
+    return value if isinstance(value, int) else number
+
+
+# -------------------------------------------------------------------------------------- provider
+
+
 class ExecutionProvider(ABC):
     """Base class of providers. Subclasses set the block-shape attributes in ``__init__``."""
 
@@ -101,6 +154,8 @@ class ExecutionProvider(ABC):
     parallelism: float = 1.0
     launcher: Launcher
     worker_init: str = ""
+    #: Seconds a provider command may take before it is killed.
+    cmd_timeout: float = 30.0
     #: Cores / memory (GB) per node when the provider knows them; used for scaling arithmetic.
     cores_per_node: int | None = None
     mem_per_node: float | None = None
@@ -124,17 +179,63 @@ class ExecutionProvider(ABC):
         """Seconds between status refreshes that the executor should use."""
         return 5.0
 
+    def _configure(
+        self,
+        *,
+        label: object,
+        launcher: object,
+        worker_init: object,
+        cmd_timeout: object,
+        nodes_per_block: int,
+        init_blocks: int,
+        min_blocks: int,
+        max_blocks: int,
+        parallelism: float,
+        cores_per_node: object = None,
+        mem_per_node: object = None,
+    ) -> None:
+        """Check and set the settings every provider has, then the block shape; subclasses call it from
+        ``__init__``. Raises ``ConfigurationError`` (or ``TypeError`` for a launcher) naming the parameter."""
+        owner = type(self).__name__
+        if not isinstance(label, str) or not label:
+            raise ConfigurationError(f"{owner}.label must be a non-empty string, got {label!r}")
+        if not isinstance(launcher, Launcher):
+            raise TypeError(f"{owner}.launcher must be an htex_ref Launcher, got {type(launcher).__name__}")
+        if not isinstance(worker_init, str):
+            raise ConfigurationError(f"{owner}.worker_init must be a string of shell lines, got "
+                                     f"{type(worker_init).__name__} {worker_init!r}")
+        self.label = label
+        self.launcher = launcher
+        self.worker_init = worker_init
+        self.cmd_timeout = check_number(owner, "cmd_timeout", cmd_timeout, unit="seconds")
+        self.cores_per_node = check_optional_count(owner, "cores_per_node", cores_per_node)
+        self.mem_per_node = check_optional_amount(owner, "mem_per_node", mem_per_node, "GB")
+        self.nodes_per_block = nodes_per_block
+        self.init_blocks = init_blocks
+        self.min_blocks = min_blocks
+        self.max_blocks = max_blocks
+        self.parallelism = parallelism
+        self.check_block_shape()
+
     def check_block_shape(self) -> None:
-        """Raise ValueError naming the parameter if the block settings cannot work."""
+        """Raise ConfigurationError (a ValueError) naming the parameter if the block settings cannot work."""
+        owner = type(self).__name__
         for name in ("init_blocks", "min_blocks", "max_blocks", "nodes_per_block"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be a non-negative int, got {value!r}")
+                raise ConfigurationError(f"{owner}.{name} must be a non-negative int, got {value!r}")
         if self.nodes_per_block < 1:
-            raise ValueError(f"{type(self).__name__}.nodes_per_block must be at least 1, got {self.nodes_per_block}")
+            raise ConfigurationError(f"{owner}.nodes_per_block must be at least 1, got {self.nodes_per_block}")
         if self.min_blocks > self.max_blocks:
-            raise ValueError(
-                f"{type(self).__name__}: min_blocks ({self.min_blocks}) is greater than max_blocks ({self.max_blocks})"
-            )
-        if not isinstance(self.parallelism, int | float) or not 0 <= self.parallelism <= 1:
-            raise ValueError(f"{type(self).__name__}.parallelism must be between 0 and 1, got {self.parallelism!r}")
+            raise ConfigurationError(
+                f"{owner}: min_blocks ({self.min_blocks}) is greater than max_blocks ({self.max_blocks})")
+        if self.init_blocks > self.max_blocks:
+            # The scaling strategy never goes above max_blocks, so the extra initial blocks would silently
+            # never start.
+            raise ConfigurationError(
+                f"{owner}: init_blocks ({self.init_blocks}) is greater than max_blocks ({self.max_blocks}); "
+                f"raise max_blocks or lower init_blocks")
+        number = _finite(self.parallelism)
+        if number is None or not 0 <= number <= 1:
+            raise ConfigurationError(f"{owner}.parallelism must be a number between 0 and 1 (not a bool), "
+                                     f"got {self.parallelism!r}")

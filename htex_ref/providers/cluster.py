@@ -23,6 +23,9 @@ scheduler says with what it knew through the pure ``merge_status``:
   no blocks are added blindly, and ``status()`` keeps answering, so that shutdown can still cancel
   every block (raising from ``status()`` would leave blocks running after shutdown).
 
+The checks shared by the scheduler settings (one-word values such as a partition or a queue, and the
+user's directive lines) are here too: ``check_optional_word`` and ``check_directive_lines``.
+
 Subclasses supply the scheduler-specific parts as pure methods (``render_script``, ``submit_command``,
 ``parse_submit_output``, ``cancel_command``) plus ``_query``, which runs the status command(s) through
 ``_run`` and parses their output with pure functions.
@@ -46,7 +49,7 @@ from pathlib import Path
 
 from htex_ref.errors import ConfigurationError, SchedulerCommandTimeout, SubmitException
 from htex_ref.launchers import Launcher
-from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus
+from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus, check_number
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +178,61 @@ def format_walltime(seconds: int) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
+# ------------------------------------------------------------------------------ settings checks
+
+
+def check_optional_word(owner: str, name: str, value: object) -> str | None:
+    """None, or a non-empty string without whitespace: such values (a partition, an account, a queue) are
+    written into a directive line of the job script, where a space would split them in two."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{owner}.{name} must be None or a string, got {type(value).__name__} {value!r}")
+    if not value:
+        raise ConfigurationError(f"{owner}.{name} must be None (the scheduler's default) or a non-empty string, "
+                                 f"got ''")
+    if any(c.isspace() for c in value):
+        raise ConfigurationError(f"{owner}.{name} must be one word, without spaces, tabs or newlines (it goes into "
+                                 f"a directive of the job script), got {value!r}")
+    return value
+
+
+def check_directive_lines(owner: str, name: str, value: object, prefix: str, tool: str, *,
+                          indent_ok: bool, foreign: Mapping[str, str] | None = None) -> str:
+    """``value`` if each of its lines is blank or a ``prefix`` directive; ConfigurationError naming the line.
+
+    Only lines that ``tool`` reads as directives are let through: it ignores other comment lines (a
+    ``# SBATCH`` typo would be lost without a word), and any other line would end its directives and run
+    as a command in the job. ``indent_ok``: whether ``tool`` reads a directive after leading whitespace.
+    ``foreign``: other comment prefixes that ``tool`` does read, each with why it is refused all the same.
+    Lines are split on newlines only, as bash splits them.
+    """
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{owner}.{name} must be a string of '{prefix} ...' lines, got "
+                                 f"{type(value).__name__} {value!r}")
+    if "\r" in value:
+        # sbatch refuses scripts with DOS line ends, and to qsub and bash a carriage return is part of a word.
+        raise ConfigurationError(f"{owner}.{name} must not contain carriage returns (DOS line ends), got {value!r}")
+    for number, line in enumerate(value.split("\n"), 1):
+        read = line.lstrip(" \t") if indent_ok else line  # what the tool matches a directive prefix against
+        if not line.strip(" \t") or read.startswith(prefix):
+            continue
+        text = line.lstrip()
+        known = [why for other, why in (foreign or {}).items() if read.startswith(other)]
+        if known:
+            why = known[0]
+        elif text.startswith(prefix):
+            why = (f"{tool} reads a directive only where {prefix!r} starts the line, so it would ignore this one: "
+                   f"remove the leading whitespace")
+        elif text.startswith("#"):
+            why = f"{tool} ignores comment lines other than {prefix!r} ones, so it would ignore this one"
+        else:
+            why = f"it is not a comment, so it would end {tool}'s directives and run as a command in the job"
+        raise ConfigurationError(f"{owner}.{name} must be '{prefix} ...' lines (blank lines are allowed); "
+                                 f"line {number}, {line!r}: {why}")
+    return value
+
+
 # ------------------------------------------------------------------------------------- status merge
 
 
@@ -235,12 +293,6 @@ class ClusterJob:
     last_known: JobState = JobState.PENDING
 
 
-def _positive(owner: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigurationError(f"{owner}.{name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
 def _safe_filename(job_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", job_name) or "job"
 
@@ -274,37 +326,24 @@ class ClusterProvider(ExecutionProvider):
         mem_per_node: float | None = None,
     ) -> None:
         owner = type(self).__name__
-        if not isinstance(label, str) or not label:
-            raise ConfigurationError(f"{owner}.label must be a non-empty string, got {label!r}")
-        if not isinstance(launcher, Launcher):
-            raise TypeError(f"{owner}.launcher must be an htex_ref Launcher, got {type(launcher).__name__}")
-        if not isinstance(worker_init, str):
-            raise ConfigurationError(f"{owner}.worker_init must be a string, got {type(worker_init).__name__}")
-        self.label = label
-        self.nodes_per_block = nodes_per_block
-        self.init_blocks = init_blocks
-        self.min_blocks = min_blocks
-        self.max_blocks = max_blocks
-        self.parallelism = parallelism
-        self.walltime = walltime
+        self._configure(
+            label=label, launcher=launcher, worker_init=worker_init, cmd_timeout=cmd_timeout,
+            nodes_per_block=nodes_per_block, init_blocks=init_blocks, min_blocks=min_blocks, max_blocks=max_blocks,
+            parallelism=parallelism, cores_per_node=cores_per_node, mem_per_node=mem_per_node,
+        )
         self.walltime_seconds = parse_walltime(walltime, f"{owner}.walltime")
-        self.launcher = launcher
-        self.worker_init = worker_init
-        self.cmd_timeout = _positive(owner, "cmd_timeout", cmd_timeout)
-        self._status_polling_interval = _positive(owner, "status_polling_interval", status_polling_interval)
-        if isinstance(absent_grace, bool) or not isinstance(absent_grace, int | float) or absent_grace < 0:
-            raise ConfigurationError(f"{owner}.absent_grace must be a number >= 0, got {absent_grace!r}")
-        self.absent_grace = float(absent_grace)
-        self.query_failure_limit = _positive(owner, "query_failure_limit", query_failure_limit)
-        self.cores_per_node = cores_per_node
-        self.mem_per_node = mem_per_node
+        # What goes into the script: the value that was checked, not one with spaces around it.
+        self.walltime = walltime.strip()
+        self._status_polling_interval = check_number(owner, "status_polling_interval", status_polling_interval,
+                                                      unit="seconds")
+        self.absent_grace = check_number(owner, "absent_grace", absent_grace, zero_ok=True, unit="seconds")
+        self.query_failure_limit = check_number(owner, "query_failure_limit", query_failure_limit, unit="seconds")
         self.script_dir: str | None = None
         self.jobs: dict[str, ClusterJob] = {}
         #: Monotonic clock; tests replace it to step through time-outs without waiting.
         self.clock: Callable[[], float] = time.monotonic
         self._query_failing_since: float | None = None
         self._lock = threading.RLock()
-        self.check_block_shape()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._repr_params)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from htex_ref.errors import SubmitException
 from htex_ref.launchers import Launcher, SingleNodeLauncher
-from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus
+from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus, check_number
 
 
 @dataclass
@@ -60,7 +60,7 @@ class LocalProvider(ExecutionProvider):
     launcher : Launcher | None
         How the script starts the worker pool; ``None`` gives ``SingleNodeLauncher()``.
     init_blocks : int
-        Blocks started with the executor.
+        Blocks started with the executor; not more than ``max_blocks``.
     min_blocks : int
         Blocks the scaling strategy keeps at least.
     max_blocks : int
@@ -68,7 +68,8 @@ class LocalProvider(ExecutionProvider):
     worker_init : str
         Shell lines run at the top of each block's script (activate an environment, load modules).
     cmd_timeout : float
-        Seconds allowed for a provider command (kept for interface parity; local jobs start directly).
+        Seconds allowed for a provider command, a finite number > 0 (kept for interface parity; local
+        jobs start directly).
     parallelism : float
         Share of waiting tasks that gets slots when scaling (0 to 1); see the scaling guide.
     label : str
@@ -78,7 +79,7 @@ class LocalProvider(ExecutionProvider):
     mem_per_node : float | None
         GB of memory a block may use, for the scaling arithmetic; ``None``: unknown.
     cancel_grace : float
-        Seconds between SIGTERM and SIGKILL when a job is cancelled.
+        Seconds between SIGTERM and SIGKILL when a job is cancelled (0: SIGKILL at once).
     """
 
     def __init__(
@@ -96,23 +97,15 @@ class LocalProvider(ExecutionProvider):
         mem_per_node: float | None = None,
         cancel_grace: float = 2.0,
     ) -> None:
-        self.nodes_per_block = nodes_per_block
-        self.launcher = launcher if launcher is not None else SingleNodeLauncher()
-        if not isinstance(self.launcher, Launcher):
-            raise TypeError(f"LocalProvider.launcher must be a Launcher, got {type(launcher).__name__}")
-        self.init_blocks = init_blocks
-        self.min_blocks = min_blocks
-        self.max_blocks = max_blocks
-        self.worker_init = worker_init
-        self.cmd_timeout = cmd_timeout
-        self.parallelism = parallelism
-        self.label = label
-        self.cores_per_node = cores_per_node
-        self.mem_per_node = mem_per_node
-        self.cancel_grace = cancel_grace
+        self._configure(
+            label=label, launcher=launcher if launcher is not None else SingleNodeLauncher(),
+            worker_init=worker_init, cmd_timeout=cmd_timeout, nodes_per_block=nodes_per_block,
+            init_blocks=init_blocks, min_blocks=min_blocks, max_blocks=max_blocks, parallelism=parallelism,
+            cores_per_node=cores_per_node, mem_per_node=mem_per_node,
+        )
+        self.cancel_grace = check_number("LocalProvider", "cancel_grace", cancel_grace, zero_ok=True, unit="seconds")
         self.script_dir: str | None = None
         self._jobs: dict[str, _Job] = {}
-        self.check_block_shape()
 
     def __repr__(self) -> str:
         return (f"LocalProvider(init_blocks={self.init_blocks}, min_blocks={self.min_blocks}, "

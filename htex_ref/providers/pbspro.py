@@ -30,7 +30,13 @@ from typing import Any
 from htex_ref.errors import ConfigurationError, ExecutionProviderException
 from htex_ref.launchers import Launcher, SingleNodeLauncher
 from htex_ref.providers.base import JobState, JobStatus
-from htex_ref.providers.cluster import ClusterProvider, CommandResult, format_walltime
+from htex_ref.providers.cluster import (
+    ClusterProvider,
+    CommandResult,
+    check_directive_lines,
+    check_optional_word,
+    format_walltime,
+)
 
 #: PBS's own exit statuses for jobs it could not run or had to end (JOB_EXEC_* in PBS's job.h).
 PBS_EXEC_CODES: dict[int, str] = {
@@ -247,14 +253,6 @@ def statuses_from_qstat(result: CommandResult, job_ids: list[str]) -> dict[str, 
 # -------------------------------------------------------------------------------------- provider
 
 
-def _optional_word(owner: str, name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise ConfigurationError(f"{owner}.{name} must be None or a non-empty word, got {value!r}")
-    return value
-
-
 class PBSProProvider(ClusterProvider):
     """Blocks as PBS Pro jobs of ``nodes_per_block`` chunks with ``cpus_per_node`` cpus each.
 
@@ -269,8 +267,9 @@ class PBSProProvider(ClusterProvider):
     queue : str | None
         Queue the jobs go to (``#PBS -q``), one word; ``None``: the server's default queue.
     scheduler_options : str
-        Extra ``#PBS`` lines, placed after the generated ones so that they win. They are not checked:
-        a line that is not a comment would run as a command at the top of the job.
+        Extra ``#PBS`` lines, placed after the generated ones so that they win. Every line must be blank
+        or a ``#PBS`` directive: qsub ignores other comments, and any other line would end its directives
+        and run as a command at the top of the job.
     worker_init : str
         Shell lines run in the job before the launcher. PBS jobs start in the home directory, so change
         directory or set paths here if tasks need them.
@@ -283,7 +282,7 @@ class PBSProProvider(ClusterProvider):
         Appended to the select statement, with or without a leading colon (``"ngpus=4:mem=100gb"``); no
         spaces.
     init_blocks : int
-        Blocks (jobs) submitted when the executor starts; at most ``max_blocks`` of them.
+        Blocks (jobs) submitted when the executor starts; not more than ``max_blocks``.
     min_blocks : int
         Fewest blocks the scaling strategy keeps; not more than ``max_blocks``.
     max_blocks : int
@@ -340,11 +339,11 @@ class PBSProProvider(ClusterProvider):
         query_failure_limit: float = 600.0,
     ) -> None:
         owner = type(self).__name__
-        self.account = _optional_word(owner, "account", account)
-        self.queue = _optional_word(owner, "queue", queue)
-        if not isinstance(scheduler_options, str):
-            raise ConfigurationError(f"{owner}.scheduler_options must be a string, got {scheduler_options!r}")
-        self.scheduler_options = scheduler_options
+        self.account = check_optional_word(owner, "account", account)
+        self.queue = check_optional_word(owner, "queue", queue)
+        # qsub reads '#PBS' after leading whitespace too (only the first word must be it).
+        self.scheduler_options = check_directive_lines(owner, "scheduler_options", scheduler_options, "#PBS",
+                                                       "qsub", indent_ok=True)
         if not isinstance(select_options, str) or any(c.isspace() for c in select_options):
             raise ConfigurationError(f"{owner}.select_options must be a string without spaces (like "
                                      f"'ngpus=4:mem=100gb'), got {select_options!r}")

@@ -28,7 +28,12 @@ from typing import Literal
 from htex_ref.errors import ConfigurationError
 from htex_ref.launchers import Launcher, SrunLauncher
 from htex_ref.providers.base import JobState, JobStatus
-from htex_ref.providers.cluster import ClusterProvider, CommandResult
+from htex_ref.providers.cluster import (
+    ClusterProvider,
+    CommandResult,
+    check_directive_lines,
+    check_optional_word,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +93,12 @@ _MESSAGES: dict[str, str] = {
 _SBATCH_ID = re.compile(r"^\s*(?:Submitted batch job\s+)?(\d+(?:_\d+)?)(?:;(\S+)|\s+on cluster\s+(\S+))?\s*$")
 _ACCOUNTING_DISABLED = "accounting storage is disabled"
 _INVALID_JOB_ID = "invalid job id specified"
+#: Directives of other schedulers that sbatch reads too, by translating them into its own options.
+_FOREIGN_DIRECTIVES = {
+    prefix: f"sbatch reads {prefix} lines as {kind} options and translates only some of them; write it as an "
+            "'#SBATCH' option"
+    for prefix, kind in (("#PBS", "PBS"), ("#BSUB", "LSF"))
+}
 #: How many job ids one squeue/sacct call asks about (long lists made sacct hang: Parsl #3814).
 STATUS_BATCH_SIZE = 100
 
@@ -230,33 +241,15 @@ def render_slurm_script(
 # ----------------------------------------------------------------------------------------- validation
 
 
-def _opt_str(name: str, value: object) -> str | None:
+def _check_gpus(value: object) -> int | str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip() or "\n" in value or value != value.strip():
-        raise ConfigurationError(f"SlurmProvider.{name} must be None or a one-line string without surrounding "
-                                 f"spaces, got {value!r}")
-    return value
-
-
-def _opt_int(name: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"SlurmProvider.{name} must be None or an int >= 1, got {value!r}")
-    return value
-
-
-def _check_scheduler_options(value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"SlurmProvider.scheduler_options must be a string, got {type(value).__name__}")
-    for line in value.splitlines():
-        # sbatch stops reading directives at the first line that is not a comment; a bare option would
-        # be run as a shell command in the job.
-        if line.strip() and not line.lstrip().startswith("#"):
-            raise ConfigurationError("SlurmProvider.scheduler_options must be '#SBATCH ...' lines; this line is "
-                                     f"not a directive: {line!r}")
-    return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, str) and value and not any(c.isspace() for c in value):
+        return value
+    raise ConfigurationError("SlurmProvider.gpus_per_node must be None, a count >= 1 or a 'type:count' string "
+                             f"without spaces such as 'a100:2', got {value!r}")
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
@@ -270,14 +263,15 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 class SlurmProvider(ClusterProvider):
     """Blocks as Slurm batch jobs (see the module docstring for where job states come from).
 
-    Parameters keep the names and meanings of Parsl's SlurmProvider; ``status_source`` and
-    ``absent_grace`` are additions. Bad values raise ``ConfigurationError`` (a ``ValueError``) or
+    Parameters keep the names and meanings of Parsl's SlurmProvider; ``status_source``, ``absent_grace``
+    and ``query_failure_limit`` are additions. Bad values raise ``ConfigurationError`` (a ``ValueError``) or
     ``TypeError`` here, naming the parameter.
 
     Parameters
     ----------
     partition : str | None
-        Partition the jobs go to (``--partition``); ``None``: the cluster's default partition.
+        Partition the jobs go to (``--partition``); ``None``: the cluster's default partition. Like the
+        other names below, one word without whitespace: it is written into an ``#SBATCH`` line.
     account : str | None
         Account the jobs are charged to (``--account``); ``None``: your default account.
     qos : str | None
@@ -294,16 +288,16 @@ class SlurmProvider(ClusterProvider):
         which the worker pool sizes itself by; also used in the scaling arithmetic. ``None``: no request,
         and the pool counts the cores it may run on.
     mem_per_node : float | None
-        GB of memory per node: ``--mem`` (rounded up to whole MB) and ``PARSL_MEMORY_GB`` for the worker
-        pool; also used in the scaling arithmetic. ``None``: Slurm's default, and the pool measures what
-        is available.
+        GB of memory per node (a finite number > 0): ``--mem`` (rounded up to whole MB) and
+        ``PARSL_MEMORY_GB`` for the worker pool; also used in the scaling arithmetic. ``None``: Slurm's
+        default, and the pool measures what is available.
     gpus_per_node : int | str | None
-        ``--gpus-per-node``: a count, or ``"type:count"`` such as ``"a100:2"``; ``None``: no GPUs
+        ``--gpus-per-node``: a count, or ``"type:count"`` such as ``"a100:2"`` (no spaces); ``None``: no GPUs
         requested. Which GPU a worker uses is set by the executor's ``available_accelerators``.
     gres : str | None
         Generic resources (``--gres``, e.g. ``"gpu:2"``); ``None``: none requested.
     init_blocks : int
-        Blocks (jobs) submitted when the executor starts; at most ``max_blocks`` of them.
+        Blocks (jobs) submitted when the executor starts; not more than ``max_blocks``.
     min_blocks : int
         Fewest blocks the scaling strategy keeps; not more than ``max_blocks``.
     max_blocks : int
@@ -312,11 +306,13 @@ class SlurmProvider(ClusterProvider):
         Share (0 to 1) of waiting tasks that the scaling strategy finds worker slots for: 1 asks for
         enough blocks for every waiting task, smaller values ask for fewer.
     walltime : str
-        Time limit of each job, ``HH:MM:SS`` or ``D-HH:MM:SS`` (``--time``). Slurm counts whole minutes
-        (seconds are rounded up) and then ends the job: the block is TIMEOUT and its running tasks fail.
+        Time limit of each job, ``HH:MM:SS`` or ``D-HH:MM:SS`` (``--time``, written without surrounding
+        spaces). Slurm counts whole minutes (seconds are rounded up) and then ends the job: the block is
+        TIMEOUT and its running tasks fail.
     scheduler_options : str
         Extra ``#SBATCH`` lines, placed after the generated ones so that they override them. Every line
-        must be a comment: any other line would end sbatch's directives and run as a command.
+        must be blank or start with ``#SBATCH`` in its first column: sbatch ignores other comments (and
+        ``#SBATCH`` after a space), and any other line would end its directives and run as a command.
     worker_init : str
         Shell lines run in the job before the worker pools start (load modules, activate an environment).
     cmd_timeout : float
@@ -337,6 +333,9 @@ class SlurmProvider(ClusterProvider):
     absent_grace : float
         Seconds after submission during which a job that Slurm does not list yet counts as pending
         (accounting lags sbatch); a job still not listed after that is MISSING.
+    query_failure_limit : float
+        Seconds of status queries (sacct and squeue) failing without a break after which live jobs are
+        reported UNKNOWN (until a query works again); until then they keep their last known states.
     """
 
     _repr_params = (
@@ -370,28 +369,25 @@ class SlurmProvider(ClusterProvider):
         status_source: StatusSource = "auto",
         status_polling_interval: float = 10,
         absent_grace: float = 30,
+        query_failure_limit: float = 600,
     ) -> None:
-        self.partition = _opt_str("partition", partition)
-        self.account = _opt_str("account", account)
-        self.qos = _opt_str("qos", qos)
-        self.constraint = _opt_str("constraint", constraint)
-        self.clusters = _opt_str("clusters", clusters)
+        owner = type(self).__name__
+        self.partition = check_optional_word(owner, "partition", partition)
+        self.account = check_optional_word(owner, "account", account)
+        self.qos = check_optional_word(owner, "qos", qos)
+        self.constraint = check_optional_word(owner, "constraint", constraint)
+        self.clusters = check_optional_word(owner, "clusters", clusters)
         if self.clusters is not None and "," in self.clusters:
             # Job ids are per cluster; with several clusters an id alone does not name one job.
             raise ConfigurationError(f"SlurmProvider.clusters must name one cluster, got {clusters!r}")
-        self.gres = _opt_str("gres", gres)
-        if gpus_per_node is not None and not isinstance(gpus_per_node, int):
-            _opt_str("gpus_per_node", gpus_per_node)
-        elif gpus_per_node is not None:
-            _opt_int("gpus_per_node", gpus_per_node)
-        self.gpus_per_node = gpus_per_node
-        if mem_per_node is not None and (isinstance(mem_per_node, bool) or not isinstance(mem_per_node, int | float)
-                                         or not mem_per_node > 0):
-            raise ConfigurationError(f"SlurmProvider.mem_per_node must be None or GB > 0, got {mem_per_node!r}")
+        self.gres = check_optional_word(owner, "gres", gres)
+        self.gpus_per_node = _check_gpus(gpus_per_node)
         if not isinstance(exclusive, bool):
             raise ConfigurationError(f"SlurmProvider.exclusive must be a bool, got {exclusive!r}")
         self.exclusive = exclusive
-        self.scheduler_options = _check_scheduler_options(scheduler_options)
+        # sbatch reads '#SBATCH' only in the first column (a leading space makes it a plain comment).
+        self.scheduler_options = check_directive_lines(owner, "scheduler_options", scheduler_options, "#SBATCH",
+                                                       "sbatch", indent_ok=False, foreign=_FOREIGN_DIRECTIVES)
         if status_source not in ("auto", "sacct", "squeue"):
             raise ConfigurationError(f"SlurmProvider.status_source must be 'auto', 'sacct' or 'squeue', "
                                      f"got {status_source!r}")
@@ -411,7 +407,8 @@ class SlurmProvider(ClusterProvider):
             cmd_timeout=cmd_timeout,
             status_polling_interval=status_polling_interval,
             absent_grace=absent_grace,
-            cores_per_node=_opt_int("cores_per_node", cores_per_node),
+            query_failure_limit=query_failure_limit,
+            cores_per_node=cores_per_node,
             mem_per_node=mem_per_node,
         )
 

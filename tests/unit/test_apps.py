@@ -406,10 +406,31 @@ def test_decorator_arguments_are_checked() -> None:
         python_app(f, executors=[])
     with pytest.raises(ValueError, match="retries"):
         python_app(f, retries=-1)
-    with pytest.raises(TypeError, match="decorates a function"):
+    with pytest.raises(TypeError, match=r"python_app\.function must be the function to decorate .*got int 5"):
         python_app(5)  # type: ignore[call-overload]
     app = python_app(retries=3)(f)
     assert app.retries == 3 and app.__name__ == "f" and app.__wrapped__ is f
+
+
+@pytest.mark.parametrize("executors", [[""], ["a", ""], [3], ("a", None)])
+def test_executor_labels_that_no_executor_can_have_are_refused_on_the_decorator_line(executors: Any) -> None:
+    def f() -> None:
+        pass
+
+    for decorator in (python_app, bash_app):
+        with pytest.raises(ValueError, match=r"_app\.executors must list executor labels as non-empty strings"):
+            decorator(f, executors=executors)
+        # With options only, the decorator itself refuses them, before it is applied to a function.
+        with pytest.raises(ValueError, match=r"_app\.executors"):
+            decorator(executors=executors)
+
+
+def test_bad_options_of_a_decorator_used_with_options_fail_before_decoration() -> None:
+    with pytest.raises(ValueError, match=r"join_app\.retries must be None"):
+        join_app(retries=-1)
+    with pytest.raises(ValueError, match=r"bash_app\.executors must be 'all' or a list"):
+        bash_app(executors="gpu")
+    assert python_app(executors=("a", "b"))(lambda: None).executors == ("a", "b")
 
 
 # ------------------------------------------------------------------------------ configuration

@@ -29,7 +29,8 @@ FAILED, MISSING, RUNNING, COMPLETED = JobState.FAILED, JobState.MISSING, JobStat
 
 
 def executor(init_blocks: int = 1, **kwargs: Any) -> HighThroughputExecutor:
-    return HighThroughputExecutor(label="hx", provider=LocalProvider(init_blocks=init_blocks), **kwargs)
+    provider = LocalProvider(init_blocks=init_blocks, max_blocks=max(1, init_blocks))
+    return HighThroughputExecutor(label="hx", provider=provider, **kwargs)
 
 
 def failed(block: str, tmp_path: Path, code: int = 3, state: JobState = FAILED) -> JobStatus:

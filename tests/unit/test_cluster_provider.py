@@ -381,10 +381,29 @@ def test_cancel_that_times_out_returns_false(tmp_path: Path) -> None:
     ({"max_blocks": -1}, "max_blocks"),
     ({"worker_init": None}, "worker_init"),
     ({"label": ""}, "label"),
+    ({"cmd_timeout": float("inf")}, "cmd_timeout"),
+    ({"cmd_timeout": float("nan")}, "cmd_timeout"),
+    ({"absent_grace": float("nan")}, "absent_grace"),
+    ({"query_failure_limit": float("nan")}, "query_failure_limit"),
+    ({"query_failure_limit": float("inf")}, "query_failure_limit"),
+    ({"query_failure_limit": -1}, "query_failure_limit"),
+    ({"status_polling_interval": float("inf")}, "status_polling_interval"),
+    ({"parallelism": True}, "parallelism"),
+    ({"parallelism": float("nan")}, "parallelism"),
+    ({"init_blocks": 3, "max_blocks": 2}, "init_blocks"),
+    ({"mem_per_node": float("inf")}, "mem_per_node"),
+    ({"cores_per_node": 0}, "cores_per_node"),
 ])
 def test_bad_settings_are_named(kwargs: dict[str, object], name: str) -> None:
     with pytest.raises(ValueError, match=name):
         ToyProvider(**kwargs)
+
+
+def test_init_blocks_above_max_blocks_names_both_and_zero_grace_is_allowed() -> None:
+    with pytest.raises(ConfigurationError, match=r"init_blocks \(3\) is greater than max_blocks \(2\)"):
+        ToyProvider(init_blocks=3, max_blocks=2)
+    p = ToyProvider(init_blocks=2, max_blocks=2, absent_grace=0, walltime="  00:10:00 ")
+    assert (p.init_blocks, p.absent_grace, p.walltime) == (2, 0.0, "00:10:00")
 
 
 def test_launcher_must_be_a_launcher_and_repr_shows_settings() -> None:

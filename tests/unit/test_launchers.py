@@ -244,10 +244,26 @@ def test_reprs_show_parameters() -> None:
     (lambda: JsrunLauncher(overrides=b"-a 1"), "overrides"),  # type: ignore[arg-type]
     (lambda: WrappedLauncher(prepend=1), "prepend"),  # type: ignore[arg-type]
     (lambda: SingleNodeLauncher(fail_on_any="yes"), "fail_on_any"),  # type: ignore[arg-type]
+    (lambda: MpiExecLauncher(bind_cmd="--bind-to none"), "bind_cmd"),
+    (lambda: MpiExecLauncher(bind_cmd=" --cpu-bind"), "bind_cmd"),
+    (lambda: MpiRunLauncher(bash_location="   "), "bash_location"),
 ])
 def test_bad_constructor_arguments_are_named(make: Callable[[], Launcher], name: str) -> None:
     with pytest.raises(ConfigurationError, match=name):
         make()
+
+
+def test_bind_cmd_with_an_option_value_points_at_overrides() -> None:
+    with pytest.raises(ConfigurationError, match=r"put other mpiexec options in overrides, got '--bind-to none'"):
+        MpiExecLauncher(bind_cmd="--bind-to none")
+    text = MpiExecLauncher(bind_cmd="--cpu-bind", overrides="--envall")("cmd", 2, 1)
+    assert "--cpu-bind none --envall" in text
+    assert "none" not in MpiExecLauncher(bind_cmd="")("cmd", 2, 1)
+
+
+def test_blank_bash_location_is_reported_as_given() -> None:
+    with pytest.raises(ConfigurationError, match=r"bash_location must name a shell, got '   '"):
+        MpiRunLauncher(bash_location="   ")
 
 
 @pytest.mark.parametrize("launcher", [c.launcher for c in CASES], ids=repr)

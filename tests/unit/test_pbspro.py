@@ -114,11 +114,40 @@ def test_job_names_are_made_acceptable(name: str, expected: str) -> None:
     ({"cmd_timeout": -5}, "cmd_timeout"),
     ({"scheduler_options": ["#PBS -q x"]}, "scheduler_options"),
     ({"nodes_per_block": 0}, "nodes_per_block"),
+    ({"init_blocks": 2, "max_blocks": 1}, "init_blocks"),
+    ({"parallelism": True}, "parallelism"),
+    ({"cmd_timeout": float("inf")}, "cmd_timeout"),
+    ({"absent_grace": float("nan")}, "absent_grace"),
+    ({"query_failure_limit": float("nan")}, "query_failure_limit"),
+    ({"query_failure_limit": -600}, "query_failure_limit"),
 ])
 def test_bad_settings_are_named(kwargs: dict[str, object], name: str) -> None:
     with pytest.raises(ValueError, match=name):
         PBSProProvider(**kwargs)  # type: ignore[arg-type]
     assert issubclass(ConfigurationError, ValueError)
+
+
+@pytest.mark.parametrize(("options", "why"), [
+    ("module load gcc", "run as a command"),
+    ("#PBS -l mem=4gb\ncd /scratch", "run as a command"),
+    ("# PBS -l mem=4gb", "ignores comment lines"),
+    ("#SBATCH --mem=4G", "ignores comment lines"),
+    ("#PBS -q x\r\n", "carriage returns"),
+])
+def test_scheduler_options_that_are_not_pbs_directives_are_refused(options: str, why: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"PBSProProvider\.scheduler_options") as info:
+        PBSProProvider(scheduler_options=options)
+    assert why in str(info.value)
+
+
+def test_indented_directives_and_blank_lines_are_accepted_as_qsub_reads_them(tmp_path: Path) -> None:
+    options = "\n  #PBS -l filesystems=home\n\n\t#PBS -q prod\n"
+    p = PBSProProvider(scheduler_options=options, launcher=SimpleLauncher())
+    assert p.scheduler_options == options
+    script = render(p, tmp_path)
+    before_commands = script.split("\nexport JOBNAME=")[0]
+    assert "  #PBS -l filesystems=home" in before_commands and "\t#PBS -q prod" in before_commands
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
 
 
 def test_repr_and_defaults() -> None:

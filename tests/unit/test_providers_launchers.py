@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from htex_ref import JobState, LocalProvider, SimpleLauncher, SingleNodeLauncher
+from htex_ref.errors import ConfigurationError
 from htex_ref.providers.base import summarize
 from tests.conftest import wait_until
 
@@ -119,3 +120,31 @@ def test_bad_block_shape_is_refused() -> None:
         LocalProvider(parallelism=2)
     with pytest.raises(TypeError, match="launcher"):
         LocalProvider(launcher="srun")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"init_blocks \(2\) is greater than max_blocks \(1\)"):
+        LocalProvider(init_blocks=2)
+    with pytest.raises(ValueError, match="parallelism"):
+        LocalProvider(parallelism=True)
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"cores_per_node": -1}, "cores_per_node"),
+    ({"cores_per_node": 2.5}, "cores_per_node"),
+    ({"mem_per_node": 0}, "mem_per_node"),
+    ({"mem_per_node": float("inf")}, "mem_per_node"),
+    ({"cancel_grace": -1}, "cancel_grace"),
+    ({"cancel_grace": float("nan")}, "cancel_grace"),
+    ({"worker_init": 3}, "worker_init"),
+    ({"worker_init": ["module load x"]}, "worker_init"),
+    ({"cmd_timeout": 0}, "cmd_timeout"),
+    ({"cmd_timeout": float("inf")}, "cmd_timeout"),
+    ({"cmd_timeout": "30"}, "cmd_timeout"),
+    ({"label": ""}, "label"),
+])
+def test_bad_local_settings_are_named(kwargs: dict[str, object], name: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"LocalProvider\.{name} must be"):
+        LocalProvider(**kwargs)  # type: ignore[arg-type]
+
+
+def test_local_settings_that_work_are_kept() -> None:
+    p = LocalProvider(cores_per_node=4, mem_per_node=2.5, cancel_grace=0, cmd_timeout=5, init_blocks=2, max_blocks=2)
+    assert (p.cores_per_node, p.mem_per_node, p.cancel_grace, p.cmd_timeout) == (4, 2.5, 0.0, 5.0)

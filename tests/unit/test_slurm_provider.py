@@ -209,10 +209,91 @@ def test_cpus_per_task_divides_cores_between_tasks() -> None:
     ({"walltime": "10"}, "walltime"),
     ({"cmd_timeout": 0}, "cmd_timeout"),
     ({"nodes_per_block": 0}, "nodes_per_block"),
+    # Whitespace inside a value would split it in two on its #SBATCH line.
+    ({"partition": "debug queue"}, "partition"),
+    ({"account": "my account"}, "account"),
+    ({"qos": "high\tprio"}, "qos"),
+    ({"constraint": "knl quad"}, "constraint"),
+    ({"clusters": "c 1"}, "clusters"),
+    ({"gres": "gpu:1 tmp:1"}, "gres"),
+    ({"gpus_per_node": "a100:2 x"}, "gpus_per_node"),
+    ({"gpus_per_node": True}, "gpus_per_node"),
+    ({"mem_per_node": float("inf")}, "mem_per_node"),
+    ({"mem_per_node": float("nan")}, "mem_per_node"),
+    ({"cmd_timeout": float("inf")}, "cmd_timeout"),
+    ({"cmd_timeout": float("nan")}, "cmd_timeout"),
+    ({"absent_grace": float("nan")}, "absent_grace"),
+    ({"query_failure_limit": float("nan")}, "query_failure_limit"),
+    ({"query_failure_limit": float("inf")}, "query_failure_limit"),
+    ({"query_failure_limit": -1}, "query_failure_limit"),
+    ({"parallelism": True}, "parallelism"),
+    ({"init_blocks": 2}, "init_blocks"),
 ])
 def test_bad_settings_are_named(kwargs: dict[str, object], name: str) -> None:
     with pytest.raises((ConfigurationError, ValueError, TypeError), match=name):
         SlurmProvider(**kwargs)  # type: ignore[arg-type]
+
+
+def test_empty_and_spaced_names_are_refused_for_what_is_wrong_with_them() -> None:
+    with pytest.raises(ConfigurationError, match=r"partition must be None \(the scheduler's default\) or a "
+                                                 r"non-empty string, got ''"):
+        SlurmProvider(partition="")
+    with pytest.raises(ConfigurationError, match=r"partition must be one word, without spaces.*'debug queue'"):
+        SlurmProvider(partition="debug queue")
+    with pytest.raises(ConfigurationError, match=r"account must be None or a string, got int 3"):
+        SlurmProvider(account=3)  # type: ignore[arg-type]
+
+
+def test_init_blocks_above_max_blocks_names_both() -> None:
+    with pytest.raises(ConfigurationError, match=r"init_blocks \(3\) is greater than max_blocks \(2\)"):
+        SlurmProvider(init_blocks=3, max_blocks=2)
+
+
+@pytest.mark.parametrize(("options", "line", "why"), [
+    ("#PBS -l mem=4gb", "'#PBS -l mem=4gb'", "reads #PBS lines as PBS options"),
+    ("#SBATCH --exclusive\n# SBATCH --mem=0", "line 2, '# SBATCH --mem=0'", "ignores comment lines"),
+    ("#sbatch --mem=0", "'#sbatch --mem=0'", "ignores comment lines"),
+    ("  #SBATCH --mem=0", "'  #SBATCH --mem=0'", "remove the leading whitespace"),
+    ("\t#SBATCH --mem=0", "'\\t#SBATCH --mem=0'", "remove the leading whitespace"),
+    ("#SBATCH --mem=0\nmodule load gcc", "line 2, 'module load gcc'", "run as a command"),
+    ("#SBATCH --mem=0\r\n", "'#SBATCH --mem=0\\r\\n'", "carriage returns"),
+])
+def test_scheduler_options_lines_sbatch_would_not_read_are_refused(options: str, line: str, why: str) -> None:
+    with pytest.raises(ConfigurationError, match="scheduler_options") as info:
+        SlurmProvider(scheduler_options=options)
+    assert line in str(info.value) and why in str(info.value)
+
+
+def test_directive_lines_with_blank_lines_and_trailing_spaces_are_kept() -> None:
+    options = "\n#SBATCH --exclusive  \n\n   \n#SBATCH --mem=0\n"
+    p = SlurmProvider(scheduler_options=options)
+    assert p.scheduler_options == options
+    script = p.render_script(job_name="j", launcher_text="true", stdout_path="o", stderr_path="e", tasks_per_node=1)
+    assert [d.rstrip() for d in directives(script)[-2:]] == ["--exclusive", "--mem=0"]
+
+
+def test_walltime_goes_into_the_script_without_surrounding_spaces() -> None:
+    p = SlurmProvider(walltime=" 1:00:00\n")
+    assert p.walltime == "1:00:00" and p.walltime_seconds == 3600
+    script = p.render_script(job_name="j", launcher_text="true", stdout_path="o", stderr_path="e", tasks_per_node=1)
+    assert "--time=1:00:00" in directives(script)
+
+
+def test_query_failure_limit_turns_failing_queries_into_unknown(tmp_path: Path, fake: FakeSlurm) -> None:
+    p = provider(tmp_path, status_source="squeue", query_failure_limit=50)
+    now = [1000.0]
+    p.clock = lambda: now[0]
+    a = p.submit("x", 1, "a")
+    fake.command("squeue", f'echo "{a} R"')
+    assert p.status([a])[0].state is JobState.RUNNING
+    fake.command("squeue", "echo 'Unable to contact slurm controller' >&2; exit 1")
+    assert p.status([a])[0].state is JobState.RUNNING  # the first failure starts the clock
+    now[0] += 49
+    assert p.status([a])[0].state is JobState.RUNNING
+    now[0] += 1
+    unknown = p.status([a])[0]
+    assert unknown.state is JobState.UNKNOWN and "last known: RUNNING" in (unknown.message or "")
+    assert SlurmProvider().query_failure_limit == 600
 
 
 def test_defaults_and_repr() -> None:
