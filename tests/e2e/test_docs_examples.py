@@ -31,6 +31,8 @@ def examples() -> list[tuple[str, str]]:
 @pytest.mark.e2e
 @pytest.mark.parametrize(("where", "code"), examples(), ids=[w for w, _ in examples()])
 def test_documented_example_runs(where: str, code: str, tmp_path: Path) -> None:
+    # Examples are written to run from the repository root; their own output stays in tmp_path.
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"{where} failed:\n{proc.stdout}\n{proc.stderr}"
 
