@@ -1,7 +1,10 @@
 """Python examples in the README and the docs run, so they stay true.
 
 Every fenced ``python`` block runs in a fresh interpreter, unless the line just before it is an HTML
-comment ``<!-- no-run: reason -->`` (for code that needs a real cluster, say).
+comment ``<!-- no-run: reason -->`` (for code that needs a real cluster, say). It runs in a scratch
+directory that holds a link to the repository's ``examples/``, so an example may name
+``examples/scenarios/smoke.toml`` as a reader in the repository root would, and whatever it writes is
+thrown away.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def examples() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("where", "code"), examples(), ids=[w for w, _ in examples()])
 def test_documented_example_runs(where: str, code: str, tmp_path: Path) -> None:
     # Examples are written to run from the repository root; their own output stays in tmp_path.
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"{where} failed:\n{proc.stdout}\n{proc.stderr}"
 
