@@ -1,13 +1,14 @@
 """``HighThroughputExecutor``: submit Python calls, get ``concurrent.futures.Future`` objects back.
 
-The executor lives in the user's process. It owns the Future table, two ZeroMQ sockets to the
-interchange (tasks and commands out; results, replies and fatal notices in), the interchange process
-(started by fork+exec and watched through a pidfd, so its death fails every outstanding future within
-a poll period) and the blocks it launched through its provider. See ``htex_ref.interchange`` for the
-whole data flow.
+The executor lives in the user's process. It owns the Future table, a Unix socketpair to the interchange
+(tasks, commands and pings out; results, replies and fatal notices in), the interchange process (started
+by fork+exec and watched through a pidfd, so its death fails every outstanding future at once) and the
+blocks it launched through its provider. See ``htex_ref.interchange`` for the whole data flow.
 
-Threads: callers submit (one lock guards the outgoing socket and the task table); one result thread
-receives results and resolves futures. Nothing else runs in the background.
+Threads: callers submit (writes never block: frames queue for the result thread to send); the result
+thread moves frames both ways, resolves futures and pings the interchange; the control loop thread
+refreshes block statuses and runs ``htex_ref.core.blocks.BlockControl`` (registration time-outs, block
+errors, ended blocks, scaling) every ``strategy_period``.
 """
 
 from __future__ import annotations
@@ -230,7 +231,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     encrypted : bool
         CurveZMQ on the interchange-to-pool connection (the only TCP hop).
     run_dir : str | os.PathLike | None
-        Directory for logs, submit scripts and certificates; ``None`` makes ``./runinfo/NNN``.
+        Directory for logs, submit scripts and certificates; ``None`` makes
+        ``./runinfo/{date}-{time}-{pid}-{n}``.
     strategy : str
         Block scaling: ``none`` (keep ``init_blocks``), ``simple`` or ``htex_auto_scale``.
     strategy_period : float

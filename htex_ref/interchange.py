@@ -2,16 +2,16 @@
 
 Data flow::
 
-      user threads                 interchange process               worker pool (one per node)
+      user process                 interchange process               worker pool (one per node)
     +-------------------+        +----------------------+         +--------------------------------+
-    | Executor.submit() |--task->| PULL      ROUTER     |--tasks->| Manager (DEALER)               |
-    |   Future table    |        |   InterchangeState   |<-result-|   ManagerState                 |
-    | result thread     |<-result| PUSH      (pure)     |<--hb--->|   ROUTER (ipc) <-> worker 0..n-1|
+    | Executor.submit() |--task->| socket-   ROUTER     |--tasks->| Manager (DEALER)               |
+    |   Future table    |        | pair  InterchangeState<-result-|   ManagerState                 |
+    | result thread     |<-result| (unix)    (pure)     |<--hb--->|   socketpair per worker 0..n-1 |
     +-------------------+        +----------------------+         +--------------------------------+
-           ^  cmd/reply over the same two sockets  |                      one process per worker
+      commands, replies and pings share the socketpair    (TCP, CurveZMQ)   one process per worker
 
 1. The executor (in the user's process) serializes each call, records a Future under a new task id and
-   pushes ``task | header | function | arguments`` to the interchange. A result thread receives
+   writes ``task | header | function | arguments`` to the interchange. A result thread receives
    batches of results, resolves futures, and watches the interchange process; if it dies, every
    outstanding future fails at once.
 2. The interchange (this module, started by fork+exec) keeps the priority queue and the table of
