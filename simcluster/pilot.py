@@ -226,6 +226,10 @@ class Pilot:
         self.workers = 0
         self.samples: list[Sample] = []
         self.finished_at = _NAN
+        #: When the executor shut down (``finished_at``, or later with ``linger``).
+        self.stopped_at = _NAN
+        #: Every task has ended and the executor stays up for ``cfg.linger`` seconds, scaling as usual.
+        self.lingering = False
         #: Blocks still live when the executor shut down (cancelled then, not scaled in by the strategy).
         self.shutdown_blocks: set[str] = set()
 
@@ -461,6 +465,8 @@ class Pilot:
             if env.now >= next_sample:
                 self.sample()
                 next_sample = env.now + every - 1e-9
+            if self.lingering and self.blocks_pending + self.blocks_running == 0:
+                self._shut_down(env.now)
 
     def sample(self) -> None:
         self.samples.append(Sample(self.now, self.blocks_pending, self.blocks_running, self.workers,
@@ -579,13 +585,26 @@ class Pilot:
         self.t_end[ti] = now
         self.resolved += 1
 
-    def _finish(self, now: float) -> None:
+    def _finish(self, now: float, linger: bool = True) -> None:
         """Every task resolved (or the executor failed): shut down as the executor does, cancelling every
-        live block, then tell the run."""
-        if self.shut_down:
+        live block, then tell the run; with ``cfg.linger`` (and ``linger``), only after that many seconds
+        of the control loop scaling in as usual, or once no block is live."""
+        if self.shut_down or self.lingering:
             return
         self.finished_at = now
         self.sample()
+        if linger and self.cfg.linger > 0 and self.bad_state is None:
+            self.lingering = True
+            self.env.timeout(self.cfg.linger).callbacks.append(lambda _ev: self._shut_down(self.env.now))
+            return
+        self._shut_down(now)
+
+    def _shut_down(self, now: float) -> None:
+        if self.shut_down:
+            return
+        if self.lingering and (not self.samples or self.samples[-1].time != self.now):
+            self.sample()
+        self.stopped_at = now
         self.shut_down = True
         live = [b for b, s in self.control.status(self.port).items() if not s.terminal]
         self.shutdown_blocks = set(live)
@@ -594,10 +613,12 @@ class Pilot:
 
     def stop_unfinished(self, now: float) -> None:
         """The run's time limit: whatever has not ended is unfinished."""
+        if self.lingering:
+            self._shut_down(now)
         if self.shut_down:
             return
         for ti in range(len(self.plan)):
             if self.state[ti] in (UNSUBMITTED, QUEUED, RUNNING):
                 self._fail(ti, UNFINISHED, f"the run stopped at its time limit ({now - self.t0:.0f} s; max_time)",
                            now)
-        self._finish(now)
+        self._finish(now, linger=False)

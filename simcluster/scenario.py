@@ -150,6 +150,9 @@ class ExecutorConfig:
     block_registration_timeout: float | None = 120.0
     block_error_handler: str = "simple"
     manager_selector: str = "random"
+    #: Seconds the executor stays up after its last task, scaling in as its strategy says, before it shuts
+    #: down (sooner once no block is live); 0: it shuts down at once, cancelling its blocks.
+    linger: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,7 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
         block_registration_timeout=f.maybe_number("block_registration_timeout", 120.0),
         block_error_handler=f.text("block_error_handler", "simple", ("simple", "windowed", "none")),
         manager_selector=f.text("manager_selector", "random", tuple(SELECTORS)),
+        linger=f.number("linger", 0.0),
     )
     f.done()
     if cfg.parallelism > 1:

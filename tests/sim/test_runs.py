@@ -152,3 +152,26 @@ def test_a_configuration_that_never_gets_a_block_stops_at_max_time() -> None:
     r, p = simulate(sc)
     assert r.metrics["unfinished"] == 20 and "time limit (3600 s" in p.reasons[0]
     assert conservation_errors(p) == []
+
+
+def test_linger_keeps_the_executor_up_until_the_strategy_scaled_in() -> None:
+    # 20 tasks of 10 s on 2 blocks; then no work: rule 4 scales both in after max_idletime (60 s), at a
+    # strategy pass (every 5 s), and the executor shuts down at the next wake, long before linger runs out.
+    at_once, pa = simulate(scenario())
+    lingered, pl = simulate(scenario(executor={"linger": 600}))
+    assert pa.stopped_at == pa.finished_at and at_once.metrics["blocks_scaled_in"] == 0
+    assert lingered.metrics["makespan"] == at_once.metrics["makespan"]
+    assert lingered.metrics["blocks_scaled_in"] == 2 and not pl.shutdown_blocks
+    assert 60 <= pl.stopped_at - pl.finished_at <= 60 + 2 * 5
+    assert pl.samples[-1].blocks_pending + pl.samples[-1].blocks_running == 0
+    extra = (lingered.metrics["node_hours_allocated"] - at_once.metrics["node_hours_allocated"]) * 3600
+    assert 2 * 60 <= extra <= 2 * (60 + 2 * 5)
+    assert conservation_errors(pl) == []
+
+
+def test_linger_ends_at_its_time_when_blocks_stay() -> None:
+    # min_blocks 1: one block is scaled in, the other stays until the executor shuts down after linger.
+    r, p = simulate(scenario(executor={"linger": 120, "min_blocks": 1}))
+    assert p.stopped_at - p.finished_at == pytest.approx(120)
+    assert r.metrics["blocks_scaled_in"] == 1 and len(p.shutdown_blocks) == 1
+    assert [block_state(p, b)[0] for b in sorted(p.blocks)].count("CANCELLED") == 1

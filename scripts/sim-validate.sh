@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# simcluster's validation against real Slurm (simcluster/validate_real.py): installs Slurm when missing
+# (scripts/install-slurm.sh), starts a local 3-node cluster (clusters/local_slurm.py, no accounting),
+# measures the job start latency, runs the same 300 tasks there and in simcluster, writes real.json,
+# sim.json, comparison.json and validation.png, and always stops the cluster again, whatever happened.
+# Exits 1 when makespan or block-seconds differ by more than 15%, or when the cluster did not start or
+# stop cleanly. Needs root. Extra arguments go to `python -m simcluster.validate_real` (--out, --repeats).
+#
+# PYTHON names the interpreter of an environment with htex_ref[sim] installed (nox passes its own); the
+# nodes share this machine's file system, so their worker pools run with it too. Without PYTHON, .venv
+# is created or updated here. HTEX_SLURM_DIR and HTEX_SLURM_PREFIX choose the cluster's directory and
+# name prefix; the defaults differ from the test cluster's, so that both can run at the same time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/python -m pip install -q -e '.[sim]'
+    python="$root/.venv/bin/python"
+fi
+
+bash scripts/install-slurm.sh
+
+cluster_dir=${HTEX_SLURM_DIR:-/tmp/htex-validate-slurm}
+prefix=${HTEX_SLURM_PREFIX:-htexv}
+info="$cluster_dir.info.json"
+
+stop_cluster() {
+    local rc=$? keep=()
+    [ "$rc" -ne 0 ] && keep=(--keep-dir)
+    if ! "$python" -m clusters.local_slurm down --info "$info" --dir "$cluster_dir" --prefix "$prefix" "${keep[@]}"; then
+        echo "sim-validate: the cluster did not stop cleanly (see above)" >&2
+        rc=1
+    fi
+    [ "${#keep[@]}" -ne 0 ] && [ -d "$cluster_dir/log" ] && echo "sim-validate: cluster logs kept in $cluster_dir/log" >&2
+    exit "$rc"
+}
+trap stop_cluster EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$python" -m clusters.local_slurm up --info "$info" --dir "$cluster_dir" --prefix "$prefix" --nodes 3
+"$python" -m simcluster.validate_real --info "$info" "$@"
