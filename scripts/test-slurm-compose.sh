@@ -15,9 +15,7 @@ scripts/install-docker.sh
 
 python=${PYTHON:-}
 if [ -z "$python" ]; then
-    if [ ! -x .venv/bin/python ]; then
-        python3 -m venv .venv
-    fi
+    .venv/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf .venv; python3 -m venv .venv; }
     .venv/bin/python -m pip install -q -e '.[dev]'
     python=.venv/bin/python
 fi

@@ -15,7 +15,7 @@ root=$(pwd)
 
 python=${PYTHON:-}
 if [ -z "$python" ]; then
-    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf .venv; python3 -m venv .venv; }
     .venv/bin/python -m pip install -q -e '.[dev]'
     python="$root/.venv/bin/python"
 fi
