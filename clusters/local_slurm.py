@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,13 @@ def stop_pids(pids: dict[int, str], grace: float = 10.0) -> None:
     if not wait_for(lambda: not any(pid_alive(p) for p in live), 5):
         left = [f"{live[p]} (pid {p})" for p in live if pid_alive(p)]
         raise ClusterError(f"processes survived SIGKILL: {left}")
+
+
+def port_offset(prefix: str) -> int:
+    """0 for the default prefix; a stable even offset below 400 for any other."""
+    if prefix == DEFAULT_PREFIX:
+        return 0
+    return 2 * (1 + zlib.crc32(prefix.encode()) % 199)
 
 
 def free_port(start: int) -> int:
@@ -609,19 +617,33 @@ def up(lay: Layout, info_path: Path, nodes: list[str], accounting: bool) -> Clus
                          + "".join(f"{a} {n}\n" for n, a in addrs.items()))
     cpus = os.cpu_count() or 1
     mem_mb = 1000
-    ctld_port = free_port(6817)
-    dbd_port = free_port(6819) if accounting else None
-    if dbd_port == ctld_port:
-        dbd_port = free_port(ctld_port + 1)
-    lay.conf.write_text(slurm_conf(lay, host=host, host_addr=host_addr, nodes=addrs, cpus=cpus, mem_mb=mem_mb,
-                                   ctld_port=ctld_port, dbd_port=dbd_port))
+    # Clusters with other prefixes start their port search elsewhere, so two started at the same moment
+    # (a CI run and a validation run, say) do not both find the same port free.
+    base = 6817 + port_offset(lay.prefix)
+    ctld_port = free_port(base)
+    dbd_port = free_port(ctld_port + 2) if accounting else None
 
+    def write_conf() -> None:
+        lay.conf.write_text(slurm_conf(lay, host=host, host_addr=host_addr, nodes=addrs, cpus=cpus, mem_mb=mem_mb,
+                                       ctld_port=ctld_port, dbd_port=dbd_port))
+
+    write_conf()
     start_munge(lay, state)
     if accounting:
         assert dbd_port is not None
         start_mariadb(lay, state)
         start_slurmdbd(lay, state, host, dbd_port)
-    start_slurmctld(lay, state)
+    for attempt in range(5):
+        try:
+            start_slurmctld(lay, state)
+            break
+        except ClusterError as e:
+            # The port was free when probed but taken before slurmctld bound it: take the next one.
+            if "Address already in use" not in str(e) or attempt == 4:
+                raise
+            log(f"slurmctld port {ctld_port} was taken meanwhile; trying another")
+            ctld_port = free_port(ctld_port + 4)
+            write_conf()
     slurmds = {node: start_slurmd(lay, state, node) for node in nodes}
 
     def nodes_idle() -> bool:

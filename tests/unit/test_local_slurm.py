@@ -52,3 +52,13 @@ def test_subnet_avoids_what_the_host_uses() -> None:
     assert choose_subnet([net("10.88.0.0/16"), net("10.89.0.5/32")]) == net("10.90.0.0/24")
     with pytest.raises(ClusterError, match="in use"):
         choose_subnet([net("10.0.0.0/8")])
+
+
+def test_clusters_with_other_prefixes_search_ports_elsewhere() -> None:
+    from clusters.local_slurm import DEFAULT_PREFIX, port_offset
+
+    assert port_offset(DEFAULT_PREFIX) == 0
+    offsets = {p: port_offset(p) for p in ("htexv", "htexd", "htexw", "a", "b")}
+    assert all(o > 0 and o % 2 == 0 and o < 400 for o in offsets.values())
+    assert port_offset("htexv") == port_offset("htexv")
+    assert len(set(offsets.values())) > 1
