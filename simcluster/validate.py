@@ -31,6 +31,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ class Timeline:
     until: float | None = None
     #: Blocks submitted over the run; None: not recorded (timelines from before it was).
     submissions: int | None = None
+    #: Per wave (arrival time) of the schedule, seconds from the start at which its last task ended.
+    wave_ends: list[float] | None = None
 
     @property
     def end(self) -> float:
@@ -89,9 +92,10 @@ class Timeline:
     @classmethod
     def from_json(cls, text: str) -> Timeline:
         d = json.loads(text)
-        until, submissions = d.get("until"), d.get("submissions")
+        until, submissions, wave_ends = d.get("until"), d.get("submissions"), d.get("wave_ends")
         return cls(str(d["source"]), float(d["makespan"]), [(float(t), int(b)) for t, b in d["samples"]],
-                   None if until is None else float(until), None if submissions is None else int(submissions))
+                   None if until is None else float(until), None if submissions is None else int(submissions),
+                   None if wave_ends is None else [float(t) for t in wave_ends])
 
     def blocks_at(self, t: float) -> int:
         n = 0
@@ -215,14 +219,31 @@ def sim_timeline(job_start_latency: float, case: str = "bag", **kw: Any) -> Time
     sc = validation_scenario(job_start_latency, case=case, **kw)
     r = run_one(sc, sc.executors[0], keep=True)
     assert r.pilot is not None
+    pilot = r.pilot
     samples = [(s.time, s.blocks_pending + s.blocks_running) for s in r.timeline]
     if not samples or samples[0][0] > 0:
         samples.insert(0, (0.0, 0))
-    return Timeline("simcluster", float(r.metrics["makespan"]), samples, r.pilot.stopped_at - r.pilot.t0,
-                    len(r.pilot.blocks))
+    ends: dict[float, float] = {}
+    for i in pilot.plan.release_order:
+        release = pilot.plan.release[i]
+        ends[release] = max(ends.get(release, 0.0), pilot.t_end[i] - pilot.t0)
+    return Timeline("simcluster", float(r.metrics["makespan"]), samples, pilot.stopped_at - pilot.t0,
+                    len(pilot.blocks), [ends[t] for t in sorted(ends)])
 
 
-def real_timeline(executor: Any, task_durations: list[float] | None = None, every: float = 0.5,
+def live_blocks(executor: Any) -> int:
+    """Blocks of a real executor that are pending or running. With a batch-system provider, counted from
+    the provider's own record, which a submission or a cancel updates at once, without asking the batch
+    system: sampling often then costs nothing and never holds the provider's lock that the executor's
+    control loop needs. Otherwise ``executor.status()``."""
+    from htex_ref.providers.cluster import ClusterProvider
+
+    if isinstance(executor.provider, ClusterProvider):
+        return sum(1 for job in list(executor.provider.jobs.values()) if not job.status.terminal)
+    return sum(1 for s in executor.status().values() if not s.terminal)
+
+
+def real_timeline(executor: Any, task_durations: list[float] | None = None, every: float = 0.1,
                   timeout: float = 900.0, linger: float = LINGER,
                   schedule: list[tuple[float, list[float]]] | None = None) -> Timeline:
     """Run the validation tasks (``time.sleep`` calls) on a started real executor and sample its live blocks
@@ -239,13 +260,23 @@ def real_timeline(executor: Any, task_durations: list[float] | None = None, ever
     futures: list[Any] = []
     all_submitted = threading.Event()
     submit_error: list[BaseException] = []
+    wave_ends = [0.0] * len(waves)
+
+    def ended(w: int) -> Callable[[Any], None]:
+        def note(_f: Any) -> None:
+            wave_ends[w] = max(wave_ends[w], time.monotonic() - t0)
+
+        return note
 
     def submit_waves() -> None:
         try:
-            for offset, wave in waves:
+            for w, (offset, wave) in enumerate(waves):
                 if stop.wait(max(0.0, t0 + offset - time.monotonic())):
                     return
-                futures.extend([executor.submit(time.sleep, d) for d in wave])
+                submitted = [executor.submit(time.sleep, d) for d in wave]
+                for f in submitted:
+                    f.add_done_callback(ended(w))
+                futures.extend(submitted)
         except BaseException as e:  # handed to the main thread, which raises it
             submit_error.append(e)
         finally:
@@ -253,7 +284,7 @@ def real_timeline(executor: Any, task_durations: list[float] | None = None, ever
 
     def sample() -> None:
         while not stop.is_set():
-            live = sum(1 for s in executor.status().values() if not s.terminal)
+            live = live_blocks(executor)
             t = time.monotonic() - t0
             samples.append((t, live))
             if done_at and (live == 0 or t >= done_at[0] + linger):
@@ -287,7 +318,7 @@ def real_timeline(executor: Any, task_durations: list[float] | None = None, ever
         stop.set()
         submitter.join()
         sampler.join()
-    return Timeline("slurm", makespan, samples, samples[-1][0], len(executor.status()))
+    return Timeline("slurm", makespan, samples, samples[-1][0], len(executor.status()), wave_ends)
 
 
 def compare(real: Timeline, sim: Timeline) -> dict[str, Any]:
@@ -310,6 +341,7 @@ def compare(real: Timeline, sim: Timeline) -> dict[str, Any]:
             "block_seconds_real": area_real, "block_seconds_sim": sim.block_seconds(), "block_seconds_error": area,
             "submissions_real": real.submissions, "submissions_sim": sim.submissions, "submissions_error": subs,
             "curve_l1": l1, "curve_l1_per_second": l1 / duration if duration > 0 else 0.0, "curve_error": curve,
+            "wave_ends_real": real.wave_ends, "wave_ends_sim": sim.wave_ends,
             "peak_blocks_real": max((b for _, b in real.samples), default=0),
             "peak_blocks_sim": max((b for _, b in sim.samples), default=0),
             "last_block_gone_real": real.last_block_gone(), "last_block_gone_sim": sim.last_block_gone(),

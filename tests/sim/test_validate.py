@@ -16,6 +16,7 @@ from htex_ref import LocalProvider
 from simcluster import validate_real
 from simcluster.validate import (
     LINGER,
+    LOW,
     REAL_SETTINGS,
     TASKS,
     TOLERANCE,
@@ -24,6 +25,7 @@ from simcluster.validate import (
     compare,
     curve_l1,
     durations,
+    live_blocks,
     main,
     real_timeline,
     schedule,
@@ -178,6 +180,10 @@ def test_sim_waves_scale_out_and_in_at_every_wave() -> None:
         assert tl.blocks_at(following - 0.01) == 0
     assert tl.blocks_at(WAVES[-1][0] + period) == want[-1] and tl.makespan > WAVES[-1][0]
     assert tl.last_block_gone() is not None and tl.blocks_at(tl.end) == 0
+    # Each wave's last task ends after it came, once its blocks had started, and before the next came.
+    assert tl.wave_ends is not None and len(tl.wave_ends) == len(WAVES) and tl.wave_ends[-1] == tl.makespan
+    for (start, _), end, (following, _) in zip(WAVES, tl.wave_ends, [*WAVES[1:], (math.inf, 0)], strict=True):
+        assert start + period + 1.0 + LOW < end < following
 
 
 def test_load_gate_waits_for_a_quiet_machine_within_its_budget() -> None:
@@ -195,6 +201,26 @@ def test_load_gate_waits_for_a_quiet_machine_within_its_budget() -> None:
     assert gate.wait("third") == 2.5 and clock[0] == 100.0
     never = validate_real.LoadGate(0.0, load=lambda: 9.0, sleep=sleep, clock=lambda: clock[0])
     assert never.wait("x") == 9.0 and clock[0] == 100.0
+
+
+def test_live_blocks_of_a_batch_system_provider_come_from_its_own_record(tmp_path: Path) -> None:
+    from htex_ref.providers.base import JobState, JobStatus
+    from htex_ref.providers.cluster import ClusterJob
+    from htex_ref.providers.slurm import SlurmProvider
+
+    provider = SlurmProvider(partition="debug")
+    for job_id, state in (("1", JobState.PENDING), ("2", JobState.RUNNING), ("3", JobState.CANCELLED),
+                          ("4", JobState.COMPLETED), ("5", JobState.RUNNING)):
+        provider.jobs[job_id] = ClusterJob(job_id, f"b{job_id}", 0.0, "s", "o", "e", "l", JobStatus(state))
+
+    class Executor:
+        def __init__(self) -> None:
+            self.provider = provider
+
+        def status(self) -> dict[str, JobStatus]:
+            raise AssertionError("must not ask the batch system")
+
+    assert live_blocks(Executor()) == 3
 
 
 def test_cli_for_the_waves_case(tmp_path: Path) -> None:
@@ -238,6 +264,7 @@ def test_real_timeline_submits_waves_at_their_offsets(make_executor: Any) -> Non
     ups = [t for (_, a), (t, b) in zip(tl.samples, tl.samples[1:], strict=False) if a == 0 and b > 0]
     assert len(ups) >= 2 and ups[-1] >= 4.0
     assert tl.samples[-1][1] == 0
+    assert tl.wave_ends is not None and 0.2 <= tl.wave_ends[0] < 4.0 <= tl.wave_ends[1] <= tl.makespan
 
 
 def test_real_timeline_raises_what_a_wave_failed_with(make_executor: Any) -> None:
@@ -245,6 +272,8 @@ def test_real_timeline_raises_what_a_wave_failed_with(make_executor: Any) -> Non
         pass
 
     class Refusing:
+        provider = None
+
         def __init__(self) -> None:
             self.calls = 0
 
