@@ -267,7 +267,7 @@ def test_real_timeline_submits_waves_at_their_offsets(make_executor: Any) -> Non
     assert tl.wave_ends is not None and 0.2 <= tl.wave_ends[0] < 4.0 <= tl.wave_ends[1] <= tl.makespan
 
 
-def test_real_timeline_raises_what_a_wave_failed_with(make_executor: Any) -> None:
+def test_real_timeline_raises_what_a_wave_failed_with() -> None:
     class Boom(Exception):
         pass
 
