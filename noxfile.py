@@ -93,10 +93,11 @@ def sim_bench(session: nox.Session) -> None:
 
 @nox.session
 def sim_validate(session: nox.Session) -> None:
-    """simcluster against a real local Slurm cluster (300 tasks of 1-2 s, 3 nodes, htex_auto_scale): starts
-    the cluster (root; installs Slurm with apt when missing), measures the job start latency, runs the
-    workload there and in simcluster calibrated with it, writes the comparison and plot (sim-out/validation),
-    fails beyond 15%, and always stops the cluster. Arguments go to ``python -m simcluster.validate_real``."""
+    """simcluster against a real local Slurm cluster (3 nodes, htex_auto_scale; 300 tasks of 1-2 s at once,
+    and four waves of them that scale blocks out and in): starts the cluster (root; installs Slurm with apt
+    when missing), measures the job start latency, runs both workloads there and in simcluster calibrated
+    with it, writes the comparisons and plots (sim-out/validation), fails beyond 15%, and always stops the
+    cluster. Arguments go to ``python -m simcluster.validate_real``."""
     session.install("-e", ".[sim]")
     python = os.path.join(session.bin, "python")
     session.run("bash", "scripts/sim-validate.sh", *session.posargs, env={"PYTHON": python}, external=True)

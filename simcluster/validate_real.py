@@ -3,20 +3,26 @@
 Given the ClusterInfo file a cluster script wrote (``python -m clusters.local_slurm up --info FILE``; read
 here as plain JSON, so that simcluster does not depend on the repository's ``clusters`` package), this:
 
+0. waits, before each real measurement, until the machine's 1-minute load average is below ``--max-load``
+   (checked every 30 s; after ``--load-wait`` seconds of waiting in all it goes on anyway), because the
+   real side's numbers depend on the machine's load; the load at each start goes into the comparison;
 1. measures the *job start latency* on the idle cluster: an executor with the same SlurmProvider and
    launcher settings as the validation run (``REAL_SETTINGS``) but no scaling strategy submits one block;
    the latency is the time from just before the submission to its first manager registering. Each of
    ``--repeats`` measurements (default 3) waits for the block's job to leave the queue before the next;
    the median is the calibration;
-2. runs the validation workload (``simcluster.validate.real_timeline``) on an executor built from
-   ``REAL_SETTINGS``, started just before, and writes ``real.json``;
-3. runs the simulation calibrated with that median alone and writes ``sim.json``, ``comparison.json``
-   (with the measured latencies) and ``validation.png``.
+2. for each case of ``--cases`` (default: ``bag`` and ``waves``), runs its workload
+   (``simcluster.validate.real_timeline``) on an executor built from ``REAL_SETTINGS``, started just
+   before, and writes ``real.json``;
+3. runs the simulation of the case calibrated with that median alone and writes ``sim.json``,
+   ``comparison.json`` (with the measured latencies) and ``validation.png``.
 
+The ``bag`` case's files have those names; the others' have the case as a prefix (``waves-real.json``...).
 It starts and stops nothing but executors and their blocks: ``scripts/sim-validate.sh`` brings a local
-cluster up and down around it (``nox -s sim_validate``). Exits 1 when a difference exceeds the tolerance.
+cluster up and down around it (``nox -s sim_validate``). Exits 1 when a difference exceeds the tolerance
+in any case.
 
-    python -m simcluster.validate_real --info FILE [--out DIR] [--repeats 3]
+    python -m simcluster.validate_real --info FILE [--out DIR] [--repeats 3] [--cases bag,waves]
 """
 
 from __future__ import annotations
@@ -28,11 +34,22 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simcluster.validate import REAL_SETTINGS, Timeline, compare, plot, real_timeline, sim_timeline
+from simcluster.validate import (
+    CASES,
+    REAL_SETTINGS,
+    Timeline,
+    compare,
+    output_prefix,
+    plot,
+    real_timeline,
+    schedule,
+    sim_timeline,
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,35 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
         time.sleep(interval)
 
 
+class LoadGate:
+    """Waits for a quiet machine before each real measurement: until the 1-minute load average is below
+    ``max_load``, checked every ``every`` seconds, for at most ``budget`` seconds over all waits together
+    (then it goes on: a busy machine delays the run but does not stop it). ``max_load`` 0: never waits."""
+
+    def __init__(self, max_load: float, budget: float = 600.0, every: float = 30.0,
+                 load: Callable[[], float] = lambda: os.getloadavg()[0],
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_load, self.budget, self.every = max_load, budget, every
+        self._load, self._sleep, self._clock = load, sleep, clock
+        self.waited = 0.0
+
+    def wait(self, what: str) -> float:
+        """Wait as above before ``what``; returns the load average when it starts."""
+        load = self._load()
+        while self.max_load > 0 and load >= self.max_load and self.waited < self.budget:
+            print(f"load average {load:.2f} >= {self.max_load:g}: waiting before {what} "
+                  f"({self.waited:.0f} of {self.budget:.0f} s waited)", file=sys.stderr)
+            t = self._clock()
+            self._sleep(min(self.every, self.budget - self.waited))
+            self.waited += self._clock() - t
+            load = self._load()
+        if self.max_load > 0 and load >= self.max_load:
+            print(f"load average still {load:.2f} after waiting {self.waited:.0f} s: {what} runs anyway",
+                  file=sys.stderr)
+        return load
+
+
 def measure_latency(cluster: Cluster, index: int = 0, timeout: float = 120.0) -> float:
     """Seconds from submitting one block (through the executor, as its strategy would) on the idle cluster
     to the block's first manager registering with the interchange."""
@@ -106,13 +152,14 @@ def measure_latency(cluster: Cluster, index: int = 0, timeout: float = 120.0) ->
         wait_until(queue_empty, 60, "the latency block's job to leave the queue")
 
 
-def run_real(cluster: Cluster) -> Timeline:
-    """The validation workload on a freshly started executor built from ``REAL_SETTINGS``."""
+def run_real(cluster: Cluster, case: str = "bag") -> Timeline:
+    """The case's workload on a freshly started executor built from ``REAL_SETTINGS``, its waves submitted
+    at their offsets from the executor's start."""
     wait_until(queue_empty, 60, "the queue to be empty before the validation run")
-    ex = make_executor(cluster, "run")
+    ex = make_executor(cluster, case)
     ex.start()
     try:
-        return real_timeline(ex)
+        return real_timeline(ex, schedule=schedule(case))
     finally:
         ex.shutdown(wait=False)
         wait_until(queue_empty, 60, "the validation run's jobs to leave the queue")
@@ -123,31 +170,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--info", required=True, help="ClusterInfo JSON file of a running Slurm cluster")
     p.add_argument("--out", default="sim-out/validation", help="output folder")
     p.add_argument("--repeats", type=int, default=3, help="job start latency measurements (median taken)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)} (default: all)")
+    p.add_argument("--max-load", type=float, default=1.5,
+                   help="wait before each real measurement until the 1-minute load average is below this "
+                        "(0: do not wait; default 1.5)")
+    p.add_argument("--load-wait", type=float, default=600.0,
+                   help="seconds of waiting for the load, in all, after which the run goes on (default 600)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases or any(c not in CASES for c in cases):
+        p.error(f"--cases takes a comma-separated list of {', '.join(CASES)}; got {args.cases!r}")
     cluster = Cluster.read(args.info)
     os.environ.update(cluster.env)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    gate = LoadGate(args.max_load, args.load_wait)
 
+    latency_load = gate.wait("the job start latency measurements")
     latencies = []
     for i in range(args.repeats):
         latencies.append(measure_latency(cluster, i))
         print(f"job start latency {i + 1}/{args.repeats}: {latencies[-1]:.2f} s", file=sys.stderr)
     latency = statistics.median(latencies)
-    real = run_real(cluster)
-    (out / "real.json").write_text(real.to_json())
-    print(f"slurm: makespan {real.makespan:.1f} s, {real.block_seconds():.0f} block-seconds", file=sys.stderr)
 
-    sim = sim_timeline(latency)
-    (out / "sim.json").write_text(sim.to_json())
-    print(f"simcluster: makespan {sim.makespan:.1f} s, {sim.block_seconds():.0f} block-seconds", file=sys.stderr)
-    result: dict[str, Any] = {"latencies": latencies, "latency": latency, **compare(real, sim)}
-    (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(real, sim, out / "validation.png")
-    print(json.dumps(result, indent=1), file=sys.stderr)
-    return 0 if result["within_tolerance"] else 1
+    ok = True
+    for case in cases:
+        prefix = output_prefix(case)
+        load = gate.wait(f"the {case} case")
+        real = run_real(cluster, case)
+        (out / f"{prefix}real.json").write_text(real.to_json())
+        print(f"{case}: slurm: makespan {real.makespan:.1f} s, {real.block_seconds():.0f} block-seconds, "
+              f"{real.submissions} blocks submitted", file=sys.stderr)
+        sim = sim_timeline(latency, case)
+        (out / f"{prefix}sim.json").write_text(sim.to_json())
+        print(f"{case}: simcluster: makespan {sim.makespan:.1f} s, {sim.block_seconds():.0f} block-seconds, "
+              f"{sim.submissions} blocks submitted", file=sys.stderr)
+        result: dict[str, Any] = {"case": case, "latencies": latencies, "latency": latency,
+                                  "load_1min_at_latency": latency_load, "load_1min_at_start": load,
+                                  **compare(real, sim)}
+        (out / f"{prefix}comparison.json").write_text(json.dumps(result, indent=1) + "\n")
+        plot(real, sim, out / f"{prefix}validation.png", [t for t, _ in schedule(case)])
+        print(json.dumps(result, indent=1), file=sys.stderr)
+        ok = ok and bool(result["within_tolerance"])
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
