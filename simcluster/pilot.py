@@ -265,7 +265,11 @@ class Pilot:
                 m = self.by_mid.get(ins.manager_id)
                 if m is not None and m.alive:
                     self._manager_exits(m, now)
-        self._arm(now)
+        # _arm, inlined: this runs once per interchange call.
+        heap = self._heap
+        if heap and heap[0][0] < self._wake_at:
+            self._wake_at = heap[0][0]
+            self.env.timeout(self._wake_at - now).callbacks.append(self._complete)
         deadline = self.ix.next_deadline()
         if deadline is not None and deadline < self._ix_wake_at:
             self._ix_wake_at = deadline
@@ -284,9 +288,10 @@ class Pilot:
             return  # lost in flight: the interchange fails them when it learns the manager is gone
         t_mgr = self.t_mgr
         free = m.free
+        mi = m.index
         for qt in tasks:
             ti = qt.task_id - 1
-            t_mgr[ti] = m.index
+            t_mgr[ti] = mi
             if free:
                 self._run(m, ti, free.pop(), now)
             else:
@@ -317,27 +322,35 @@ class Pilot:
         managers = self.managers
         duration = self.plan.duration
         t_end = self.t_end
+        heappop = heapq.heappop
         batches: dict[int, list[ResultTuple]] = {}
+        busy = self.busy_seconds
+        ended = 0
         while heap and heap[0][0] <= now:
-            end, ti, mi, slot = heapq.heappop(heap)
+            end, ti, mi, slot = heappop(heap)
             m = managers[mi]
             if not m.alive:
                 continue
             t_end[ti] = end
             run = duration[ti]
-            self.busy_seconds += run
-            self.running -= 1
+            busy += run
+            ended += 1
             batch = batches.get(mi)
             if batch is None:
-                batch = batches[mi] = []
-            batch.append((ti + 1, _OK, b"", run))
+                batches[mi] = [(ti + 1, _OK, b"", run)]
+            else:
+                batch.append((ti + 1, _OK, b"", run))
             if m.queue:
+                # _run leaves busy_seconds alone; running is settled below (it changes by -1 + 1 here).
                 self._run(m, m.queue.popleft(), slot, end)
             else:
                 m.free.append(slot)
+        self.busy_seconds = busy
+        self.running -= ended
         if batches:
             self.to_interchange([ResultsReceived(managers[mi].mid, b) for mi, b in batches.items()], now)
-        self._arm(now)
+        else:
+            self._arm(now)
 
     def _results(self, results: list[ResultTuple], now: float) -> None:
         state = self.state
