@@ -12,6 +12,7 @@ string, so the same scenario and seed give the same numbers on every run and mac
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from array import array
@@ -40,15 +41,22 @@ def sampler(d: Distribution, rng: random.Random) -> Iterator[float]:
         while True:
             yield min(lo + span * r(), cap)
     elif d.dist == "exponential":
-        lam = 1.0 / d.mean if d.mean > 0 else math.inf
+        if not d.mean > 0:
+            while True:
+                yield 0.0
+        lam = 1.0 / d.mean
         ex = rng.expovariate
         while True:
-            yield min(ex(lam), cap) if lam != math.inf else 0.0
+            yield min(ex(lam), cap)
     elif d.dist == "lognormal":
-        mu = math.log(d.mean) - d.sigma * d.sigma / 2 if d.mean > 0 else -math.inf
+        if not d.mean > 0:
+            while True:
+                yield 0.0
+        sigma = d.sigma
+        mu = math.log(d.mean) - sigma * sigma / 2
         ln = rng.lognormvariate
         while True:
-            yield min(ln(mu, d.sigma), cap) if d.mean > 0 else 0.0
+            yield min(ln(mu, sigma), cap)
     elif d.dist == "pareto":
         pv = rng.paretovariate
         while True:
@@ -116,9 +124,10 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
         elif p.kind == "arrivals":
             t = p.start
             times = []
+            gap, rate, add = arrivals.expovariate, p.rate, times.append
             for _ in range(p.tasks):
-                t += arrivals.expovariate(p.rate)
-                times.append(t)
+                t += gap(rate)
+                add(t)
         elif p.kind == "bursts":
             times = [p.start + b * p.interval for b in range(p.bursts) for _ in range(p.tasks)]
         else:  # waves
@@ -138,9 +147,10 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
         if p.kind != "waves":
             group.extend([-1] * len(times))
         release.extend(times)
-        duration.extend(next(durations) for _ in times)
+        duration.extend(itertools.islice(durations, len(times)))
         priority.extend([p.priority] * len(times))
-    order = sorted((i for i in range(len(release)) if not math.isnan(release[i])), key=lambda i: (release[i], i))
+    # By time, then index: the sort is stable and the indices go in in increasing order.
+    order = sorted([i for i, r in enumerate(release) if r == r], key=release.__getitem__)
     return TaskPlan(duration, priority, release, array("i", order), group, group_first, group_size, gate, next_group)
 
 
