@@ -230,7 +230,11 @@ class Pilot:
         self.shutdown_blocks: set[str] = set()
 
         self._next_release = 0
-        self._heap: list[tuple[float, int, int, int]] = []
+        # Running tasks by end time: a heap of distinct end times, and per end time its task, or a heap of
+        # its tasks when several end at the same instant; they come out by (end, task), and a task's
+        # manager and slot are in t_mgr and t_worker. (Plain floats compare faster than tuples.)
+        self._heap: list[float] = []
+        self._ends: dict[float, int | list[int]] = {}
         self._wake_at = math.inf
         self._ix_wake_at = math.inf
 
@@ -267,8 +271,8 @@ class Pilot:
                     self._manager_exits(m, now)
         # _arm, inlined: this runs once per interchange call.
         heap = self._heap
-        if heap and heap[0][0] < self._wake_at:
-            self._wake_at = heap[0][0]
+        if heap and heap[0] < self._wake_at:
+            self._wake_at = heap[0]
             self.env.timeout(self._wake_at - now).callbacks.append(self._complete)
         deadline = self.ix.next_deadline()
         if deadline is not None and deadline < self._ix_wake_at:
@@ -293,23 +297,33 @@ class Pilot:
             ti = qt.task_id - 1
             t_mgr[ti] = mi
             if free:
-                self._run(m, ti, free.pop(), now)
+                self._run(ti, free.pop(), now)
             else:
                 m.queue.append(ti)
 
-    def _run(self, m: SimManager, ti: int, slot: int, now: float) -> None:
+    def _run(self, ti: int, slot: int, now: float) -> None:
+        """Task ``ti`` (its manager already in t_mgr) starts on worker ``slot`` at ``now``."""
         self.t_start[ti] = now
         self.t_worker[ti] = slot
         self.state[ti] = RUNNING
         self.running += 1
         end = now + self.plan.duration[ti]
-        heapq.heappush(self._heap, (end, ti, m.index, slot))
+        ends = self._ends
+        other = ends.get(end)
+        if other is None:
+            ends[end] = ti
+            heapq.heappush(self._heap, end)
+        elif type(other) is int:
+            ends[end] = [other, ti] if other < ti else [ti, other]
+        else:
+            assert isinstance(other, list)
+            heapq.heappush(other, ti)
 
     def _arm(self, now: float) -> None:
         """Make sure a wake-up is due at the earliest completion (one simpy timeout for the whole heap)."""
         heap = self._heap
-        if heap and heap[0][0] < self._wake_at:
-            self._wake_at = heap[0][0]
+        if heap and heap[0] < self._wake_at:
+            self._wake_at = heap[0]
             self.env.timeout(self._wake_at - now).callbacks.append(self._complete)
 
     def _complete(self, _ev: Any) -> None:
@@ -319,18 +333,32 @@ class Pilot:
             return  # superseded by an earlier wake
         self._wake_at = math.inf
         heap = self._heap
+        ends = self._ends
         managers = self.managers
         duration = self.plan.duration
-        t_end = self.t_end
+        t_end, t_mgr, t_worker = self.t_end, self.t_mgr, self.t_worker
         heappop = heapq.heappop
         batches: dict[int, list[ResultTuple]] = {}
         busy = self.busy_seconds
         ended = 0
-        while heap and heap[0][0] <= now:
-            end, ti, mi, slot = heappop(heap)
+        while heap and heap[0] <= now:
+            end = heap[0]
+            entry = ends[end]
+            if type(entry) is int:
+                ti = entry
+                heappop(heap)
+                del ends[end]
+            else:
+                assert isinstance(entry, list)
+                ti = heappop(entry)
+                if not entry:
+                    heappop(heap)
+                    del ends[end]
+            mi = t_mgr[ti]
             m = managers[mi]
             if not m.alive:
                 continue
+            slot = t_worker[ti]
             t_end[ti] = end
             run = duration[ti]
             busy += run
@@ -342,7 +370,7 @@ class Pilot:
                 batch.append((ti + 1, _OK, b"", run))
             if m.queue:
                 # _run leaves busy_seconds alone; running is settled below (it changes by -1 + 1 here).
-                self._run(m, m.queue.popleft(), slot, end)
+                self._run(m.queue.popleft(), slot, end)
             else:
                 m.free.append(slot)
         self.busy_seconds = busy
