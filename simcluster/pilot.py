@@ -60,6 +60,7 @@ from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 from simcluster.provider import SimProvider
 from simcluster.scenario import ExecutorConfig, Partition
 from simcluster.scheduler import Job, Scheduler
+from simcluster.wakes import Wakes
 from simcluster.workload import TaskPlan
 
 logger = logging.getLogger(__name__)
@@ -230,6 +231,8 @@ class Pilot:
         self.shutdown_blocks: set[str] = set()
 
         self._next_release = 0
+        #: The pilot's own wake-ups (releases, completions, interchange timers): see simcluster.wakes.
+        self.wakes = Wakes(env)
         # Running tasks by end time: a heap of distinct end times, and per end time its task, or a heap of
         # its tasks when several end at the same instant; they come out by (end, task), and a task's
         # manager and slot are in t_mgr and t_worker. (Plain floats compare faster than tuples.)
@@ -245,7 +248,7 @@ class Pilot:
         env.process(self._control_loop())
         env.process(self._heartbeats())
         # After the control loop's first pass, as a user submits after start() returned.
-        env.timeout(0).callbacks.append(self._release_due)
+        self.wakes.call_later(0, self._release_due)
 
     @property
     def now(self) -> float:
@@ -273,13 +276,13 @@ class Pilot:
         heap = self._heap
         if heap and heap[0] < self._wake_at:
             self._wake_at = heap[0]
-            self.env.timeout(self._wake_at - now).callbacks.append(self._complete)
+            self.wakes.call_later(self._wake_at - now, self._complete)
         deadline = self.ix.next_deadline()
         if deadline is not None and deadline < self._ix_wake_at:
             self._ix_wake_at = deadline
-            self.env.timeout(deadline - now).callbacks.append(self._ix_timer)
+            self.wakes.call_later(deadline - now, self._ix_timer)
 
-    def _ix_timer(self, _ev: Any) -> None:
+    def _ix_timer(self) -> None:
         now = self.env.now
         if now != self._ix_wake_at or self.shut_down:
             return
@@ -324,9 +327,9 @@ class Pilot:
         heap = self._heap
         if heap and heap[0] < self._wake_at:
             self._wake_at = heap[0]
-            self.env.timeout(self._wake_at - now).callbacks.append(self._complete)
+            self.wakes.call_later(self._wake_at - now, self._complete)
 
-    def _complete(self, _ev: Any) -> None:
+    def _complete(self) -> None:
         """Every task ending now: free its worker (or start the next local task) and report it."""
         now = self.env.now
         if now != self._wake_at:
@@ -455,7 +458,7 @@ class Pilot:
 
     # ------------------------------------------------------------------------------------ processes
 
-    def _release_due(self, _ev: Any = None) -> None:
+    def _release_due(self) -> None:
         """Submit the released tasks due now, all in one batch, and set a timeout for the next ones (a
         callback chain rather than a process: one event per release instant, nothing else)."""
         if self.bad_state is not None or self.shut_down:
@@ -473,7 +476,7 @@ class Pilot:
         if j > i:
             self._submit(order[i:j], now)
         if j < n:
-            env.timeout(t0 + release[order[j]] - now).callbacks.append(self._release_due)
+            self.wakes.call_later(t0 + release[order[j]] - now, self._release_due)
 
     def _heartbeats(self) -> Any:
         env = self.env
