@@ -158,11 +158,12 @@ def write_tasks(path: Path, p: Pilot) -> None:
         w.writerow(("task_id", "submit", "start", "end", "duration", "block", "node", "worker", "state", "reason"))
         lines: list[str] = []
         add = lines.append
+        # The common case, formatted directly (nothing in it needs CSV quoting); %-formatting does the
+        # same as an f-string here, a little faster.
+        done_row = "%d,%.3f,%.3f,%.3f,%.3f,%s,%d,done,\n"
         for i, (submit, start, end, duration, mi, worker, state) in enumerate(rows, 1):
             if state == DONE and mi >= 0:
-                # The common case, formatted directly (nothing in it needs CSV quoting).
-                add(f"{i},{submit - t0:.3f},{start - t0:.3f},{end - t0:.3f},{duration:.3f},{where[mi]},{worker},"
-                    "done,\n")
+                add(done_row % (i, submit - t0, start - t0, end - t0, duration, where[mi], worker))
                 if len(lines) >= 65536:
                     fh.write("".join(lines))
                     lines.clear()
