@@ -258,7 +258,8 @@ class Pilot:
 
     def to_interchange(self, events: list[Any], now: float) -> None:
         """Hand ``events`` to the interchange at ``now`` and carry out what it says."""
-        for ins in self.ix.handle(*events, now=now):
+        # Most calls carry one event: passing it as it is skips building a tuple (a third of the call).
+        for ins in self.ix.handle(events[0], now=now) if len(events) == 1 else self.ix.handle(*events, now=now):
             kind = type(ins)
             # Exact type tests, cheapest first by frequency (isinstance would do, a little slower).
             if kind is SendTasks:

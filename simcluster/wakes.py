@@ -86,18 +86,16 @@ class Wakes:
         try:
             while heap:
                 when, eid, callback = heap[0]
-                # Dead proxies at the head of simpy's queue would only stop the run here for nothing.
-                while queue:
-                    head = queue[0]
-                    ev = head[3]
-                    if type(ev) is not _Proxy or not ev.dead:
-                        break
-                    heappop(queue)
-                    del proxies[(head[0], head[2])]
                 if queue:
                     head = queue[0]
                     t = head[0]
                     if t < when or (t == when and (head[1] < NORMAL or (head[1] == NORMAL and head[2] < eid))):
+                        ev = head[3]
+                        if type(ev) is _Proxy and ev.dead:
+                            # It would only stop the run here for nothing.
+                            heappop(queue)
+                            del proxies[ev.key]
+                            continue
                         break
                 heappop(heap)
                 env._now = when

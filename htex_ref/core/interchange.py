@@ -162,7 +162,12 @@ class PendingQueue:
             priority = priorities[0]
             level = self._levels[priority]
             head = self._heads[priority]
-            # A whole level is handed out as it is (it is dropped below), a part of one as a slice.
+            if head >= len(level):
+                # An emptied level kept for the next push (below), now in the way of another priority.
+                del self._levels[priority], self._heads[priority]
+                heapq.heappop(priorities)
+                continue
+            # A whole level is handed out as it is (it is replaced or dropped below), a part of one as a slice.
             chunk = level if head == 0 and n >= len(level) else level[head : head + n]
             taken = len(chunk)
             if out is None:
@@ -172,8 +177,14 @@ class PendingQueue:
             head += taken
             n -= taken
             if head >= len(level):
-                del self._levels[priority], self._heads[priority]
-                heapq.heappop(priorities)
+                if len(priorities) == 1:
+                    # The only priority (the usual case): an empty level stays, so that the next push
+                    # needs no new entries; at most one empty level exists, and a take drops it in passing.
+                    self._levels[priority] = []
+                    self._heads[priority] = 0
+                else:
+                    del self._levels[priority], self._heads[priority]
+                    heapq.heappop(priorities)
             elif head >= self.COMPACT_AT and 2 * head >= len(level):
                 del level[:head]
                 self._heads[priority] = 0
