@@ -202,7 +202,7 @@ class Pilot:
         self.bad_state: BaseException | None = None
         self.shut_down = False
 
-        n = len(plan)
+        n = self.n_tasks = len(plan)
         self.t_submit = array("d", [_NAN]) * n
         self.t_start = array("d", [_NAN]) * n
         self.t_end = array("d", [_NAN]) * n
@@ -283,8 +283,7 @@ class Pilot:
             self._ix_wake_at = deadline
             self.wakes.call_later(deadline - now, self._ix_timer)
 
-    def _ix_timer(self) -> None:
-        now = self.env.now
+    def _ix_timer(self, now: float) -> None:
         if now != self._ix_wake_at or self.shut_down:
             return
         self._ix_wake_at = math.inf
@@ -330,9 +329,8 @@ class Pilot:
             self._wake_at = heap[0]
             self.wakes.call_later(self._wake_at - now, self._complete)
 
-    def _complete(self) -> None:
+    def _complete(self, now: float) -> None:
         """Every task ending now: free its worker (or start the next local task) and report it."""
-        now = self.env.now
         if now != self._wake_at:
             return  # superseded by an earlier wake
         self._wake_at = math.inf
@@ -379,7 +377,10 @@ class Pilot:
                 m.free.append(slot)
         self.busy_seconds = busy
         self.running -= ended
-        if batches:
+        if len(batches) == 1:
+            mi, batch = batches.popitem()
+            self.to_interchange([ResultsReceived(managers[mi].mid, batch)], now)
+        elif batches:
             self.to_interchange([ResultsReceived(managers[mi].mid, b) for mi, b in batches.items()], now)
         else:
             self._arm(now)
@@ -416,7 +417,7 @@ class Pilot:
         g = self.plan.group[ti]
         if g >= 0:
             self._group_member_done(g, ok, now)
-        if self.resolved >= len(self.plan):
+        if self.resolved >= self.n_tasks:
             self._finish(now)
 
     def _group_member_done(self, g: int, ok: bool, now: float) -> None:
@@ -459,13 +460,11 @@ class Pilot:
 
     # ------------------------------------------------------------------------------------ processes
 
-    def _release_due(self) -> None:
-        """Submit the released tasks due now, all in one batch, and set a timeout for the next ones (a
+    def _release_due(self, now: float) -> None:
+        """Submit the released tasks due now, all in one batch, and set a wake-up for the next ones (a
         callback chain rather than a process: one event per release instant, nothing else)."""
         if self.bad_state is not None or self.shut_down:
             return
-        env = self.env
-        now = env.now
         order = self.plan.release_order
         release = self.plan.release
         t0 = self.t0

@@ -40,14 +40,14 @@ class Wakes:
         self.env = env
         self._queue = env._queue
         self._eid = env._eid
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._heap: list[tuple[float, int, Callable[[float], None]]] = []
         #: Proxies in simpy's queue by key (the live one and dead ones not yet popped).
         self._proxies: dict[_Key, _Proxy] = {}
         self._live: _Key | None = None
         self._running = False
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` ``delay`` seconds from now, where ``env.timeout(delay)`` would have."""
+    def call_later(self, delay: float, callback: Callable[[float], None]) -> None:
+        """Call ``callback(now)`` ``delay`` seconds from now, where ``env.timeout(delay)`` would have."""
         if delay < 0:
             raise ValueError(f"negative delay {delay}")
         env = self.env
@@ -99,7 +99,7 @@ class Wakes:
                         break
                 heappop(heap)
                 env._now = when
-                callback()
+                callback(when)
         finally:
             self._running = False
             if heap:

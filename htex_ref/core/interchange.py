@@ -606,7 +606,9 @@ class InterchangeState:
         managers = self.managers
         while pending._count and free:
             rec = managers[free.choose()]
-            n = min(rec.capacity - len(rec.tasks), pending._count)
+            n = rec.capacity - len(rec.tasks)
+            if n > pending._count:
+                n = pending._count
             self._hand_over(rec, pending.take(n), batches)
             self._refresh_free(rec)
         if pending._count and self.auto_prefetch:
