@@ -54,8 +54,9 @@ def main() -> int:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             row["wall_process"] = time.perf_counter() - t
             rows.append(row)
-            print(f"run {i + 1}: {row['wall_process']:.1f} s wall in all ({row['wall_sim']:.1f} s simulating, "
-                  f"the rest writing CSV files), {row['sim_seconds'] / row['wall_sim']:.0f} simulated s per wall s, "
+            print(f"run {i + 1}: {row['wall_process']:.1f} s wall in all ({row['wall_sim']:.1f} s simulating; the "
+                  f"rest is start-up, drawing the tasks and writing the CSV files), "
+                  f"{row['sim_seconds'] / row['wall_sim']:.0f} simulated s per wall s, "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB, {row['done']}/{row['tasks']} tasks done", flush=True)
     walls = [r["wall_process"] for r in rows]
     print(f"best {min(walls):.1f} s, median {statistics.median(walls):.1f} s over {len(rows)} runs; "

@@ -60,6 +60,7 @@ from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 from simcluster.provider import SimProvider
 from simcluster.scenario import ExecutorConfig, Partition
 from simcluster.scheduler import Job, Scheduler
+from simcluster.wakes import Wakes
 from simcluster.workload import TaskPlan
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class Pilot:
         self.bad_state: BaseException | None = None
         self.shut_down = False
 
-        n = len(plan)
+        n = self.n_tasks = len(plan)
         self.t_submit = array("d", [_NAN]) * n
         self.t_start = array("d", [_NAN]) * n
         self.t_end = array("d", [_NAN]) * n
@@ -234,7 +235,13 @@ class Pilot:
         self.shutdown_blocks: set[str] = set()
 
         self._next_release = 0
-        self._heap: list[tuple[float, int, int, int]] = []
+        #: The pilot's own wake-ups (releases, completions, interchange timers): see simcluster.wakes.
+        self.wakes = Wakes(env)
+        # Running tasks by end time: a heap of distinct end times, and per end time its task, or a heap of
+        # its tasks when several end at the same instant; they come out by (end, task), and a task's
+        # manager and slot are in t_mgr and t_worker. (Plain floats compare faster than tuples.)
+        self._heap: list[float] = []
+        self._ends: dict[float, int | list[int]] = {}
         self._wake_at = math.inf
         self._ix_wake_at = math.inf
 
@@ -245,7 +252,7 @@ class Pilot:
         env.process(self._control_loop())
         env.process(self._heartbeats())
         # After the control loop's first pass, as a user submits after start() returned.
-        env.timeout(0).callbacks.append(self._release_due)
+        self.wakes.call_later(0, self._release_due)
 
     @property
     def now(self) -> float:
@@ -255,7 +262,8 @@ class Pilot:
 
     def to_interchange(self, events: list[Any], now: float) -> None:
         """Hand ``events`` to the interchange at ``now`` and carry out what it says."""
-        for ins in self.ix.handle(*events, now=now):
+        # Most calls carry one event: passing it as it is skips building a tuple (a third of the call).
+        for ins in self.ix.handle(events[0], now=now) if len(events) == 1 else self.ix.handle(*events, now=now):
             kind = type(ins)
             # Exact type tests, cheapest first by frequency (isinstance would do, a little slower).
             if kind is SendTasks:
@@ -269,14 +277,17 @@ class Pilot:
                 m = self.by_mid.get(ins.manager_id)
                 if m is not None and m.alive:
                     self._manager_exits(m, now)
-        self._arm(now)
+        # _arm, inlined: this runs once per interchange call.
+        heap = self._heap
+        if heap and heap[0] < self._wake_at:
+            self._wake_at = heap[0]
+            self.wakes.call_later(self._wake_at - now, self._complete)
         deadline = self.ix.next_deadline()
         if deadline is not None and deadline < self._ix_wake_at:
             self._ix_wake_at = deadline
-            self.env.timeout(deadline - now).callbacks.append(self._ix_timer)
+            self.wakes.call_later(deadline - now, self._ix_timer)
 
-    def _ix_timer(self, _ev: Any) -> None:
-        now = self.env.now
+    def _ix_timer(self, now: float) -> None:
         if now != self._ix_wake_at or self.shut_down:
             return
         self._ix_wake_at = math.inf
@@ -288,60 +299,95 @@ class Pilot:
             return  # lost in flight: the interchange fails them when it learns the manager is gone
         t_mgr = self.t_mgr
         free = m.free
+        mi = m.index
         for qt in tasks:
             ti = qt.task_id - 1
-            t_mgr[ti] = m.index
+            t_mgr[ti] = mi
             if free:
-                self._run(m, ti, free.pop(), now)
+                self._run(ti, free.pop(), now)
             else:
                 m.queue.append(ti)
 
-    def _run(self, m: SimManager, ti: int, slot: int, now: float) -> None:
+    def _run(self, ti: int, slot: int, now: float) -> None:
+        """Task ``ti`` (its manager already in t_mgr) starts on worker ``slot`` at ``now``."""
         self.t_start[ti] = now
         self.t_worker[ti] = slot
         self.state[ti] = RUNNING
         self.running += 1
         end = now + self.plan.duration[ti]
-        heapq.heappush(self._heap, (end, ti, m.index, slot))
+        ends = self._ends
+        other = ends.get(end)
+        if other is None:
+            ends[end] = ti
+            heapq.heappush(self._heap, end)
+        elif type(other) is int:
+            ends[end] = [other, ti] if other < ti else [ti, other]
+        else:
+            assert isinstance(other, list)
+            heapq.heappush(other, ti)
 
     def _arm(self, now: float) -> None:
         """Make sure a wake-up is due at the earliest completion (one simpy timeout for the whole heap)."""
         heap = self._heap
-        if heap and heap[0][0] < self._wake_at:
-            self._wake_at = heap[0][0]
-            self.env.timeout(self._wake_at - now).callbacks.append(self._complete)
+        if heap and heap[0] < self._wake_at:
+            self._wake_at = heap[0]
+            self.wakes.call_later(self._wake_at - now, self._complete)
 
-    def _complete(self, _ev: Any) -> None:
+    def _complete(self, now: float) -> None:
         """Every task ending now: free its worker (or start the next local task) and report it."""
-        now = self.env.now
         if now != self._wake_at:
             return  # superseded by an earlier wake
         self._wake_at = math.inf
         heap = self._heap
+        ends = self._ends
         managers = self.managers
         duration = self.plan.duration
-        t_end = self.t_end
+        t_end, t_mgr, t_worker = self.t_end, self.t_mgr, self.t_worker
+        heappop = heapq.heappop
         batches: dict[int, list[ResultTuple]] = {}
-        while heap and heap[0][0] <= now:
-            end, ti, mi, slot = heapq.heappop(heap)
+        busy = self.busy_seconds
+        ended = 0
+        while heap and heap[0] <= now:
+            end = heap[0]
+            entry = ends[end]
+            if type(entry) is int:
+                ti = entry
+                heappop(heap)
+                del ends[end]
+            else:
+                assert isinstance(entry, list)
+                ti = heappop(entry)
+                if not entry:
+                    heappop(heap)
+                    del ends[end]
+            mi = t_mgr[ti]
             m = managers[mi]
             if not m.alive:
                 continue
+            slot = t_worker[ti]
             t_end[ti] = end
             run = duration[ti]
-            self.busy_seconds += run
-            self.running -= 1
+            busy += run
+            ended += 1
             batch = batches.get(mi)
             if batch is None:
-                batch = batches[mi] = []
-            batch.append((ti + 1, _OK, b"", run))
+                batches[mi] = [(ti + 1, _OK, b"", run)]
+            else:
+                batch.append((ti + 1, _OK, b"", run))
             if m.queue:
-                self._run(m, m.queue.popleft(), slot, end)
+                # _run leaves busy_seconds alone; running is settled below (it changes by -1 + 1 here).
+                self._run(m.queue.popleft(), slot, end)
             else:
                 m.free.append(slot)
-        if batches:
+        self.busy_seconds = busy
+        self.running -= ended
+        if len(batches) == 1:
+            mi, batch = batches.popitem()
+            self.to_interchange([ResultsReceived(managers[mi].mid, batch)], now)
+        elif batches:
             self.to_interchange([ResultsReceived(managers[mi].mid, b) for mi, b in batches.items()], now)
-        self._arm(now)
+        else:
+            self._arm(now)
 
     def _results(self, results: list[ResultTuple], now: float) -> None:
         state = self.state
@@ -375,7 +421,7 @@ class Pilot:
         g = self.plan.group[ti]
         if g >= 0:
             self._group_member_done(g, ok, now)
-        if self.resolved >= len(self.plan):
+        if self.resolved >= self.n_tasks:
             self._finish(now)
 
     def _group_member_done(self, g: int, ok: bool, now: float) -> None:
@@ -418,13 +464,11 @@ class Pilot:
 
     # ------------------------------------------------------------------------------------ processes
 
-    def _release_due(self, _ev: Any = None) -> None:
-        """Submit the released tasks due now, all in one batch, and set a timeout for the next ones (a
+    def _release_due(self, now: float) -> None:
+        """Submit the released tasks due now, all in one batch, and set a wake-up for the next ones (a
         callback chain rather than a process: one event per release instant, nothing else)."""
         if self.bad_state is not None or self.shut_down:
             return
-        env = self.env
-        now = env.now
         order = self.plan.release_order
         release = self.plan.release
         t0 = self.t0
@@ -436,7 +480,7 @@ class Pilot:
         if j > i:
             self._submit(order[i:j], now)
         if j < n:
-            env.timeout(t0 + release[order[j]] - now).callbacks.append(self._release_due)
+            self.wakes.call_later(t0 + release[order[j]] - now, self._release_due)
 
     def _heartbeats(self) -> Any:
         env = self.env

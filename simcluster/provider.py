@@ -45,6 +45,7 @@ class SimProvider(ExecutionProvider):
         self.mem_per_node = spec.memory_gb
         self.script_dir = "(simulated: no files)"
         self._polling = status_polling_interval
+        self._statuses: dict[str, JobStatus] = {}
         #: Called when a block's job starts and ends (the simulated worker pools start and die with it).
         self.on_start: Callable[[Job], None] | None = None
         self.on_end: Callable[[Job], None] | None = None
@@ -64,12 +65,20 @@ class SimProvider(ExecutionProvider):
 
     def status(self, job_ids: list[str]) -> list[JobStatus]:
         out = []
+        jobs = self.scheduler.jobs
+        known = self._statuses
         for j in job_ids:
-            job = self.scheduler.jobs.get(j)
+            job = jobs.get(j)
             if job is None:
                 out.append(JobStatus(JobState.MISSING, f"no job {j}"))
-            else:
-                out.append(JobStatus(job.state, job.message or None))
+                continue
+            # The same (frozen) answer as last time while the job's state holds: the executor asks about
+            # every block it ever had at every refresh, and most of them ended long ago.
+            st = known.get(j)
+            message = job.message or None
+            if st is None or st.state is not job.state or st.message != message:
+                st = known[j] = JobStatus(job.state, message)
+            out.append(st)
         return out
 
     def cancel(self, job_ids: list[str]) -> list[bool]:

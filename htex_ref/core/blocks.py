@@ -225,9 +225,11 @@ class BlockControl:
             return
 
         def due() -> list[str]:
+            # Only RUNNING blocks not known to have registered can be due: the others are left out here
+            # rather than there (every block the executor ever had is in ``statuses``).
             return blocks_registration_timed_out(
-                {b: BlockRegistration(st.state.name, self.running_since.get(b), b in self.registered)
-                 for b, st in statuses.items()},
+                {b: BlockRegistration(st.state.name, self.running_since.get(b), False)
+                 for b, st in statuses.items() if st.state == JobState.RUNNING and b not in self.registered},
                 timeout, now)
 
         if not due():

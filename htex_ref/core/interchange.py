@@ -40,6 +40,9 @@ from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__, pyth
 
 logger = logging.getLogger(__name__)
 
+_EXCEPTION = Outcome.EXCEPTION
+_isfinite = math.isfinite
+
 #: Automatic prefetch lets a manager queue about this many seconds of work per worker.
 AUTO_PREFETCH_BUFFER_S = 0.05
 #: ... and at most this many extra tasks per worker.
@@ -75,14 +78,13 @@ class ManagerRecord:
     idle_since: float | None = None
     #: The running totals of this manager's block (None without a block id).
     load: BlockTotals | None = None
+    # Copies of the (frozen) registration's values, read on every dispatch and result.
+    block_id: str | None = field(init=False, default=None)
+    capacity: int = field(init=False, default=0)
 
-    @property
-    def block_id(self) -> str | None:
-        return self.registration.block_id
-
-    @property
-    def capacity(self) -> int:
-        return self.registration.capacity
+    def __post_init__(self) -> None:
+        self.block_id = self.registration.block_id
+        self.capacity = self.registration.capacity
 
     @property
     def free(self) -> int:
@@ -154,23 +156,42 @@ class PendingQueue:
 
     def take(self, n: int) -> list[QueuedTask]:
         """Remove and return up to ``n`` tasks in order."""
-        out: list[QueuedTask] = []
-        while n > 0 and self._priorities:
-            priority = self._priorities[0]
+        out: list[QueuedTask] | None = None
+        priorities = self._priorities
+        while n > 0 and priorities:
+            priority = priorities[0]
             level = self._levels[priority]
             head = self._heads[priority]
-            chunk = level[head : head + n]
-            out.extend(chunk)
-            head += len(chunk)
-            n -= len(chunk)
             if head >= len(level):
+                # An emptied level kept for the next push (below), now in the way of another priority.
                 del self._levels[priority], self._heads[priority]
-                heapq.heappop(self._priorities)
+                heapq.heappop(priorities)
+                continue
+            # A whole level is handed out as it is (it is replaced or dropped below), a part of one as a slice.
+            chunk = level if head == 0 and n >= len(level) else level[head : head + n]
+            taken = len(chunk)
+            if out is None:
+                out = chunk
+            else:
+                out.extend(chunk)
+            head += taken
+            n -= taken
+            if head >= len(level):
+                if len(priorities) == 1:
+                    # The only priority (the usual case): an empty level stays, so that the next push
+                    # needs no new entries; at most one empty level exists, and a take drops it in passing.
+                    self._levels[priority] = []
+                    self._heads[priority] = 0
+                else:
+                    del self._levels[priority], self._heads[priority]
+                    heapq.heappop(priorities)
             elif head >= self.COMPACT_AT and 2 * head >= len(level):
                 del level[:head]
                 self._heads[priority] = 0
             else:
                 self._heads[priority] = head
+        if out is None:
+            return []
         self._count -= len(out)
         return out
 
@@ -347,10 +368,15 @@ class InterchangeState:
 
     def handle(self, *events: Event, now: float) -> list[Instruction]:
         """Apply ``events`` in order, fire due timers, dispatch; return what the runtime must do."""
+        handlers = self._handlers
         for ev in events:
-            self._handlers[type(ev)](self, ev, now)
-        self._fire_timers(now)
-        self._dispatch(now)
+            handlers[type(ev)](self, ev, now)
+        # The checks the two calls start with, made here: most calls have no timer due or no task waiting.
+        timers = self._timers
+        if timers and timers[0][0] <= now:
+            self._fire_timers(now)
+        if self._pending._count:
+            self._dispatch(now)
         if self._results or self._raw_results:
             self._out.append(ForwardResults(self._results, self._raw_results))
             self._results = []
@@ -454,15 +480,16 @@ class InterchangeState:
         rec.last_seen = now
         avg = rec.avg_task_time
         accepted = []
+        held = rec.tasks
         for result in ev.results:
             try:
-                rec.tasks.remove(result[0])
+                held.remove(result[0])
             except KeyError:
                 logger.warning("Dropping result for task %d not held by manager %s", result[0], rec.registration.uid)
                 continue
             run_time = result[3]
             # Only calls that ran count: a lost task says nothing about how long tasks take.
-            if result[1] <= Outcome.EXCEPTION and math.isfinite(run_time) and run_time >= 0:
+            if result[1] <= _EXCEPTION and _isfinite(run_time) and run_time >= 0:
                 avg = run_time if avg is None else 0.9 * avg + 0.1 * run_time
             accepted.append(result)
         self._in_flight -= len(accepted)
@@ -557,43 +584,59 @@ class InterchangeState:
     def _refresh_free(self, rec: ManagerRecord) -> None:
         """Put ``rec`` in the candidate pool its state calls for; called whenever that state changes."""
         mid = rec.manager_id
-        eligible = rec.active and not rec.draining and mid in self.managers
-        if eligible and rec.free > 0:
-            self._free.add(mid, rec.block_id)
-            self._prefetchable.discard(mid)
-            return
-        self._free.discard(mid)
-        if eligible and self.auto_prefetch and self._prefetch_room(rec) > 0:
-            self._prefetchable.add(mid, rec.block_id)
+        if rec.active and not rec.draining and mid in self.managers:
+            if rec.capacity > len(rec.tasks):
+                self._free.add(mid, rec.block_id)
+                self._prefetchable.discard(mid)
+                return
+            self._free.discard(mid)
+            if self.auto_prefetch and self._prefetch_room(rec) > 0:
+                self._prefetchable.add(mid, rec.block_id)
+                return
         else:
-            self._prefetchable.discard(mid)
+            self._free.discard(mid)
+        self._prefetchable.discard(mid)
 
     def _dispatch(self, now: float) -> None:
         pending = self._pending
-        if not pending:
+        if not pending._count:
             return
         batches: dict[bytes, list[QueuedTask]] = {}
         free = self._free
-        while pending and free:
-            rec = self.managers[free.choose()]
-            n = min(rec.free, len(pending))
+        managers = self.managers
+        while pending._count and free:
+            rec = managers[free.choose()]
+            n = rec.capacity - len(rec.tasks)
+            if n > pending._count:
+                n = pending._count
             self._hand_over(rec, pending.take(n), batches)
             self._refresh_free(rec)
-        if pending and self.auto_prefetch:
+        if pending._count and self.auto_prefetch:
             self._prefetch(batches)
         # One message per manager per pass, whatever mix of slots and prefetch filled it.
         if batches:
             self.last_dispatch_at = now
-            self._out.extend(SendTasks(mid, batch) for mid, batch in batches.items())
+            out = self._out
+            for mid, batch in batches.items():
+                out.append(SendTasks(mid, batch))
 
     def _hand_over(self, rec: ManagerRecord, batch: list[QueuedTask], batches: dict[bytes, list[QueuedTask]]) -> None:
-        rec.tasks.update(t.task_id for t in batch)
+        """Give ``batch`` (a list of its own, which becomes part of the message) to ``rec``."""
+        n = len(batch)
+        if n == 1:
+            rec.tasks.add(batch[0].task_id)
+        else:
+            rec.tasks.update([t.task_id for t in batch])
         rec.idle_since = None
         if rec.load is not None:
-            rec.load.tasks += len(batch)
-        self.tasks_dispatched += len(batch)
-        self._in_flight += len(batch)
-        batches.setdefault(rec.manager_id, []).extend(batch)
+            rec.load.tasks += n
+        self.tasks_dispatched += n
+        self._in_flight += n
+        have = batches.get(rec.manager_id)
+        if have is None:
+            batches[rec.manager_id] = batch
+        else:
+            have.extend(batch)
 
     def _prefetch_room(self, rec: ManagerRecord) -> int:
         """How many tasks automatic prefetch would queue on ``rec`` now (0: none).

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 from itertools import islice, pairwise
 
 import pytest
 
 from simcluster import ScenarioError, parse_scenario
 from simcluster.scenario import Background, Distribution, Partition, Phase
-from simcluster.workload import background_jobs, build_tasks, parse_swf_line
+from simcluster.workload import background_jobs, build_tasks, parse_swf_line, rng_for, sampler
 from tests.sim.helpers import ROOT, scenario, simulate
 
 SWF = ROOT / "examples" / "scenarios" / "sample.swf"
@@ -64,6 +65,26 @@ def test_generators_are_seeded_and_shaped() -> None:
     assert all(1 <= d <= 20 for d in a.duration[1011:])
     assert math.isnan(a.release[1013]) and a.group[1011] == 0 and a.group[1016] == 2
     assert a.gate == [-1, 0, 1] and a.next_group == [1, 2, -1]
+
+
+def test_samples_are_the_standard_library_draws() -> None:
+    # The sampler does random.expovariate's and random.lognormvariate's arithmetic itself (for speed):
+    # seeds keep giving the numbers they gave when it called them, caps included.
+    lognormal = Distribution("lognormal", mean=1500, sigma=0.8, cap=4000)
+    ours = list(islice(sampler(lognormal, random.Random("s")), 5000))
+    ref = random.Random("s")
+    mu = math.log(1500) - 0.8 * 0.8 / 2
+    assert ours == [min(ref.lognormvariate(mu, 0.8), 4000) for _ in range(5000)]
+    assert max(ours) == 4000
+    exponential = Distribution("exponential", mean=3)
+    ref = random.Random("e")
+    assert list(islice(sampler(exponential, random.Random("e")), 5000)) == [ref.expovariate(1 / 3) for _ in range(5000)]
+    arrivals = build_tasks((Phase(kind="arrivals", tasks=2000, rate=2.5, start=7),), 4).release
+    ref = rng_for(4, "arrivals-0")
+    t = 7.0
+    for x in arrivals:
+        t += ref.expovariate(2.5)
+        assert x == t
 
 
 def test_synthetic_background_is_reproducible() -> None:
