@@ -26,22 +26,6 @@ fi
 bash scripts/install-slurm.sh
 
 cluster_dir=${HTEX_SLURM_DIR:-/tmp/htex-validate-slurm}
-prefix=${HTEX_SLURM_PREFIX:-htexv}
-info="$cluster_dir.info.json"
-
-stop_cluster() {
-    local rc=$? keep=()
-    [ "$rc" -ne 0 ] && keep=(--keep-dir)
-    if ! "$python" -m clusters.local_slurm down --info "$info" --dir "$cluster_dir" --prefix "$prefix" "${keep[@]}"; then
-        echo "sim-validate: the cluster did not stop cleanly (see above)" >&2
-        rc=1
-    fi
-    [ "${#keep[@]}" -ne 0 ] && [ -d "$cluster_dir/log" ] && echo "sim-validate: cluster logs kept in $cluster_dir/log" >&2
-    exit "$rc"
-}
-trap stop_cluster EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-"$python" -m clusters.local_slurm up --info "$info" --dir "$cluster_dir" --prefix "$prefix" --nodes 3
-"$python" -m simcluster.validate_real --info "$info" "$@"
+exec bash scripts/with-local-slurm.sh sim-validate --python "$python" \
+    --dir "$cluster_dir" --prefix "${HTEX_SLURM_PREFIX:-htexv}" --nodes 3 \
+    -- "$python" -m simcluster.validate_real --info "$cluster_dir.info.json" "$@"

@@ -23,28 +23,6 @@ fi
 bash scripts/install-slurm.sh
 
 # Two clusters can run side by side with different directories and name prefixes.
-cluster_dir=${HTEX_SLURM_DIR:-/tmp/htex-local-slurm}
-prefix=${HTEX_SLURM_PREFIX:-htexs}
-# Outside the cluster directory, which up clears and down removes.
-info="$cluster_dir.info.json"
-
-stop_cluster() {
-    local rc=$? keep=()
-    # After a failure keep the cluster's logs (the daemons and network are removed all the same).
-    [ "$rc" -ne 0 ] && keep=(--keep-dir)
-    local t0=$SECONDS
-    if ! "$python" -m clusters.local_slurm down --info "$info" --dir "$cluster_dir" --prefix "$prefix" "${keep[@]}"; then
-        echo "test-slurm-local: the cluster did not stop cleanly (see above)" >&2
-        rc=1
-    fi
-    echo "test-slurm-local: cluster down took $((SECONDS - t0)) s" >&2
-    [ "$rc" -ne 0 ] && [ -d "$cluster_dir/log" ] && echo "test-slurm-local: cluster logs kept in $cluster_dir/log" >&2
-    exit "$rc"
-}
-trap stop_cluster EXIT
-# So that an interrupted run still stops the cluster (through the EXIT trap).
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-"$python" -m clusters.local_slurm up --info "$info" --dir "$cluster_dir" --prefix "$prefix" --nodes 3 --accounting
-HTEX_CLUSTER_INFO="$info" "$python" -m pytest tests/cluster -p no:cacheprovider "$@"
+exec bash scripts/with-local-slurm.sh test-slurm-local --python "$python" \
+    --dir "${HTEX_SLURM_DIR:-/tmp/htex-local-slurm}" --prefix "${HTEX_SLURM_PREFIX:-htexs}" --nodes 3 --accounting \
+    -- "$python" -m pytest tests/cluster -p no:cacheprovider "$@"
