@@ -13,8 +13,7 @@ import itertools
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from htex_ref import HighThroughputExecutor
 from htex_ref.executor import DEFAULT_LAUNCH_CMD
 from htex_ref.launchers import SrunLauncher
 from htex_ref.providers.slurm import SlurmProvider
+from tests.conftest import wait_until as wait_for
 
 INFO = ClusterInfo.from_env()
 #: Timings measured by the tests, printed at the end of the session.
@@ -66,15 +66,6 @@ def active_jobs(job_ids: list[str] | None = None) -> list[str]:
     """Jobs in the queue that have not ended (squeue's default states), optionally only among ``job_ids``."""
     out = slurm("squeue", "--noheader", "--format=%i").stdout.split()
     return [j for j in out if job_ids is None or j in job_ids]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")
