@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -107,13 +108,22 @@ def test_fuzzed_messages_never_stop_the_interchange(make_executor: Any) -> None:
     message = st.tuples(kinds, st.lists(body, max_size=3)).map(lambda kb: [kb[0], *kb[1]])
     ctx = zmq.Context()
     probe = dealer(ctx, ex.interchange_worker_port, b"prober")
+    serial = itertools.count()
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(identity=st.binary(min_size=1, max_size=16).filter(lambda b: b[0] != 0), msg=message)
     def send(identity: bytes, msg: list[bytes]) -> None:
-        s = dealer(ctx, ex.interchange_worker_port, b"fz" + identity)
+        # A serial number keeps identities unique: the ROUTER silently refuses a connection whose identity
+        # is still held by a closed socket it has not yet seen go.
+        s = dealer(ctx, ex.interchange_worker_port, b"fz%d-" % next(serial) + identity)
         try:
             s.send_multipart(msg)
+            # A probe on the same connection is answered only after the fuzzed message was read: without
+            # it, a loaded machine can close the socket (LINGER 0) before the message ever left it.
+            s.send_multipart([Kind.PROBE, b"1"])
+            assert s.poll(10_000), f"no answer on the fuzzing connection after {msg!r}"
+            while s.recv_multipart()[0] != Kind.PROBE_OK:
+                assert s.poll(10_000), f"no probe answer on the fuzzing connection after {msg!r}"
         finally:
             s.close()
         probe.send_multipart([Kind.PROBE, b"1"])
