@@ -492,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     pool = WorkerPool(args, uid, logdir, cpu_plan, devices)
     code = EXIT_ERROR
     try:
-        signal.signal(signal.SIGTERM, lambda s, f: setattr(pool, "stop_reason", "received SIGTERM"))
+        term = "received SIGTERM (its batch job was cancelled or reached its walltime, or it was stopped)"
+        signal.signal(signal.SIGTERM, lambda s, f: setattr(pool, "stop_reason", term))
         # Workers start while we probe and register: their interpreter start-up overlaps ours.
         pool.start_workers(plan.count)
         try:

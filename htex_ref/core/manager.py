@@ -18,7 +18,12 @@ Rules it keeps:
 4. The pool exits when the interchange has been silent for ``heartbeat_threshold`` seconds, or when
    the connection to it has been down for ``reconnect_grace`` seconds (an interchange that died is
    noticed in seconds, a network blip shorter than the grace is ridden out).
-5. Results go back at once when no task is waiting here for a worker (someone may be waiting on
+5. A worker killed by SIGTERM is not reported at once: a batch system ending a job (``scancel``,
+   walltime) sends SIGTERM to the pool and its workers together, in no set order, and the task should
+   fail as lost with its pool (ManagerLost), not as a worker's own death. If the pool's own stop
+   arrives within ``term_grace`` seconds, the task goes out with the pool's goodbye; otherwise it is
+   reported as ``WORKER_LOST`` when the grace ends.
+6. Results go back at once when no task is waiting here for a worker (someone may be waiting on
    them); while tasks wait, results are held up to ``result_batch_delay`` seconds or
    ``result_batch_size`` results, so that under load they travel in batches.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,7 +169,11 @@ class ManagerState:
         result_batch_size: int = 256,
         reconnect_grace: float = 10.0,
         advance_max_task_time: float = 0.1,
+        term_grace: float = 2.0,
     ) -> None:
+        self.term_grace = term_grace
+        #: (deadline, result) of tasks whose worker was killed by SIGTERM, held for ``term_grace``.
+        self._deferred: list[tuple[float, ResultTuple]] = []
         self.advance_max_task_time = advance_max_task_time
         #: Moving average of how long calls ran here; None until the first result.
         self.avg_task_time: float | None = None
@@ -220,6 +230,8 @@ class ManagerState:
             deadline = min(deadline, self._results_since + self.result_batch_delay)
         if self.disconnected_since is not None:
             deadline = min(deadline, self.disconnected_since + self.reconnect_grace)
+        if self._deferred:
+            deadline = min(deadline, self._deferred[0][0])
         return deadline
 
     # events
@@ -260,7 +272,13 @@ class ManagerState:
         if slot.state == "busy" and slot.task_id is not None:
             detail = f"worker process exited with code {ev.exit_code} while running the task"
             payload = json.dumps({"worker": ev.rank, "host": self.hostname, "detail": detail}).encode()
-            self._results.append((slot.task_id, Outcome.WORKER_LOST, payload, 0.0))
+            lost: ResultTuple = (slot.task_id, Outcome.WORKER_LOST, payload, 0.0)
+            if ev.exit_code == -signal.SIGTERM and self.term_grace > 0:
+                logger.info("Worker %d got SIGTERM while running task %d; reporting it in %.1f s unless "
+                            "this pool is stopped first", ev.rank, slot.task_id, self.term_grace)
+                self._deferred.append((now + self.term_grace, lost))
+            else:
+                self._results.append(lost)
             if slot.next_task is not None:
                 self.queue.appendleft(slot.next_task)
                 slot.next_task = None
@@ -327,6 +345,11 @@ class ManagerState:
     def _timers(self, now: float) -> None:
         # Each test compares ``now`` with the same sum next_deadline() reports, so a call at the
         # reported deadline always fires (no float rounding gap).
+        if self._deferred and now >= self._deferred[0][0]:
+            # Deadlines are appended in time order, so the due ones are a prefix.
+            due = [lost for deadline, lost in self._deferred if now >= deadline]
+            self._deferred = self._deferred[len(due):]
+            self._results.extend(due)
         if self.disconnected_since is not None and now >= self.disconnected_since + self.reconnect_grace:
             self._exit(
                 f"the connection to the interchange has been down for {now - self.disconnected_since:.1f} s "
@@ -349,6 +372,9 @@ class ManagerState:
         unfinished = [t.task_id for t in self.queue]
         unfinished += [w.task_id for w in self.workers.values() if w.state == "busy" and w.task_id is not None]
         unfinished += [w.next_task.task_id for w in self.workers.values() if w.next_task is not None]
+        # Their workers' SIGTERM was part of this stop: they are lost with the pool, not on their own.
+        unfinished += [lost[0] for _, lost in self._deferred]
+        self._deferred = []
         self.queue.clear()
         self.exiting = True
         self._out.append(Exit(reason, error, sorted(unfinished)))

@@ -16,23 +16,24 @@ from typing import Any
 import pytest
 
 from clusters.info import ClusterInfo
-from htex_ref import HighThroughputExecutor, ManagerLost, WorkerLost
+from htex_ref import HighThroughputExecutor, ManagerLost
 from htex_ref.core.affinity import plan_cpu_affinity
 from htex_ref.launchers import SimpleLauncher, SingleNodeLauncher
 from htex_ref.providers.base import JobState
 from htex_ref.providers.slurm import SlurmProvider
 from tests.cluster.conftest import ClusterExecutors, active_jobs, record_timing, slurm, wait_for
 
-# When Slurm ends a job (scancel, walltime) it sends SIGTERM to every process of the step at once. A task's
-# future fails with ManagerLost when the pool goes first, or with WorkerLost ("exited with code -15") when
-# its pool saw the worker die before its own SIGTERM arrived: both say the task was lost with its block.
+# When Slurm ends a job (scancel, walltime) it sends SIGTERM to every process of the step, in no set
+# order. The pool holds a worker killed by SIGTERM for a grace period, so its task is lost with the
+# pool (ManagerLost naming the SIGTERM) even when the pool sees the worker die before its own signal.
 
 
 def check_lost_with_block(fut: Any, timeout: float) -> None:
-    with pytest.raises((ManagerLost, WorkerLost)) as info:
+    with pytest.raises(ManagerLost) as info:
         fut.result(timeout)
-    if isinstance(info.value, WorkerLost):
-        assert "-15" in str(info.value), info.value
+    # Either the pool's goodbye after its SIGTERM, or (when the pool is killed outright) the executor
+    # telling the interchange that the block's job ended.
+    print(f"\nlost with its block: {info.value}")
 
 
 def where(hold: float = 0.0, marker: str | None = None) -> dict[str, Any]:

@@ -130,8 +130,9 @@ def one_held_task_per_manager(make_executor: Any, tmp_path: Path, threshold: flo
 
 @pytest.mark.parametrize(
     ("fn", "arg", "code"),
-    [(kill_self, signal.SIGKILL, -signal.SIGKILL), (hard_exit, 3, 3), (exit_with, 4, 4)],
-    ids=["SIGKILL", "os._exit", "SystemExit"],
+    [(kill_self, signal.SIGKILL, -signal.SIGKILL), (kill_self, signal.SIGTERM, -signal.SIGTERM),
+     (hard_exit, 3, 3), (exit_with, 4, 4)],
+    ids=["SIGKILL", "SIGTERM", "os._exit", "SystemExit"],
 )
 def test_worker_death_fails_only_its_task_and_the_worker_is_replaced(
     make_executor: Any, tmp_path: Path, fn: Any, arg: int, code: int
@@ -174,6 +175,30 @@ def test_worker_death_fails_only_its_task_and_the_worker_is_replaced(
         assert pids_after[rank] != pids_before[rank]
         assert not alive(pids_before[rank])
     assert ex.outstanding == 0 and not ex.bad_state_is_set
+
+
+def test_sigterm_to_workers_before_their_pool_loses_the_tasks_with_the_pool(
+    make_executor: Any, tmp_path: Path
+) -> None:
+    """A batch system ending a job signals the pool and its workers in no set order. Here the workers get
+    SIGTERM first and their pool sees them die before its own SIGTERM comes: the tasks still fail with
+    ManagerLost naming the SIGTERM, not with a WorkerLost of their own."""
+    ex = make_executor(max_workers_per_node=2)
+    release = tmp_path / "release"
+    markers = [tmp_path / f"task{i}" for i in range(2)]
+    futures = [ex.submit(held, str(m), str(release), i) for i, m in enumerate(markers)]
+    assert wait_until(lambda: all(m.exists() for m in markers), 30)
+    where = [json.loads(m.read_text()) for m in markers]
+    pool_pid = where[0]["manager_pid"]
+    for w in where:
+        os.kill(w["worker_pid"], signal.SIGTERM)
+    # The pool reaps its workers (their pids are gone) before it gets its own signal.
+    assert wait_until(lambda: not any(alive(w["worker_pid"]) for w in where), 10)
+    os.kill(pool_pid, signal.SIGTERM)
+    for f in futures:
+        with pytest.raises(ManagerLost, match="received SIGTERM"):
+            f.result(30)
+    assert not ex.bad_state_is_set
 
 
 # ----------------------------------------------------------------------------------- manager lost

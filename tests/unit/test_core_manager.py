@@ -7,6 +7,7 @@ see tasks handed over in advance; the tests that are about advance hand-over use
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 
 from hypothesis import given, settings
@@ -203,6 +204,50 @@ def test_worker_death_while_busy_fails_its_task_once_and_restarts_slot():
     assert sent_ids(out) == []
     out = m.handle(tasks(3), WorkerReady(0), now=2.0)
     assert runs(out) == [(0, 3)]
+
+
+def lost_ids(out: list) -> list[int]:
+    return [r[0] for s in of_type(out, SendResults) for r in s.results if r[1] is Outcome.WORKER_LOST]
+
+
+def test_sigterm_death_followed_by_the_pools_stop_is_lost_with_the_pool():
+    """Slurm signals the pool and its workers together: when the worker's death is seen first, its task
+    still goes out with the pool's goodbye (ManagerLost), not as a WorkerLost of its own."""
+    m = make(2, term_grace=2.0)
+    m.handle(WorkerReady(0), WorkerReady(1), tasks(1, 2, 3), now=0.0)
+    out = m.handle(WorkerExited(0, -signal.SIGTERM), now=1.0)
+    assert lost_ids(out) == [] and of_type(out, StartWorker) == [StartWorker(0)]
+    assert m.next_deadline() == 3.0
+    out = m.handle(WorkerExited(1, -signal.SIGTERM), StopRequested("received SIGTERM"), now=1.5)
+    assert lost_ids(out) == []
+    assert of_type(out, Exit)[0].unfinished == [1, 2, 3]
+
+
+def test_sigterm_death_without_a_stop_is_reported_when_the_grace_ends():
+    m = make(2, term_grace=2.0)
+    m.handle(WorkerReady(0), WorkerReady(1), tasks(1, 2), now=0.0)
+    assert lost_ids(m.handle(WorkerExited(0, -signal.SIGTERM), now=1.0)) == []
+    assert lost_ids(m.handle(WorkerExited(1, -signal.SIGTERM), now=1.5)) == []
+    assert lost_ids(m.handle(InterchangeContact(), now=2.9)) == []
+    assert m.next_deadline() == 3.0
+    out = m.handle(now=m.next_deadline())
+    assert lost_ids(out) == [1]
+    assert "-15" in json.loads(of_type(out, SendResults)[0].results[0][2])["detail"]
+    assert m.next_deadline() == 3.5
+    assert lost_ids(m.handle(now=3.5)) == [2]
+    # Nothing is reported twice, and a stop afterwards lists neither.
+    out = m.handle(StopRequested("later"), now=4.0)
+    assert lost_ids(out) == [] and of_type(out, Exit)[0].unfinished == []
+
+
+def test_other_deaths_and_a_zero_grace_are_reported_at_once():
+    m = make(2, term_grace=0.0)
+    m.handle(WorkerReady(0), WorkerReady(1), tasks(1, 2), now=0.0)
+    assert lost_ids(m.handle(WorkerExited(0, -signal.SIGTERM), now=1.0)) == [1]
+    m = make(2, term_grace=2.0)
+    m.handle(WorkerReady(0), WorkerReady(1), tasks(1, 2), now=0.0)
+    assert lost_ids(m.handle(WorkerExited(0, -signal.SIGKILL), now=1.0)) == [1]
+    assert lost_ids(m.handle(WorkerExited(1, 0), now=1.0)) == [2]
 
 
 def test_worker_death_while_idle_restarts_without_result():
@@ -416,6 +461,7 @@ ops = st.lists(
         st.tuples(st.just("quick"), st.integers(0, 3)),
         st.tuples(st.just("bogus"), st.integers(0, 3)),
         st.tuples(st.just("exit"), st.integers(0, 3)),
+        st.tuples(st.just("term"), st.integers(0, 3)),
         st.tuples(st.just("tick"), st.integers(0, 3)),
     ),
     max_size=60,
@@ -426,7 +472,8 @@ ops = st.lists(
 @settings(deadline=None, max_examples=150)
 def test_random_event_sequences_keep_task_accounting(ops, stop):
     """A task is in one place at a time, starts at most once, and ends in exactly one result or as unfinished."""
-    m = make(3, max_startup_failures=1000, result_batch_delay=0.5, result_batch_size=4, advance_max_task_time=0.1)
+    m = make(3, max_startup_failures=1000, result_batch_delay=0.5, result_batch_size=4, advance_max_task_time=0.1,
+             term_grace=1.0)
     now = 0.0
     next_id = 0
     arrived: list[int] = []
@@ -469,18 +516,20 @@ def test_random_event_sequences_keep_task_accounting(ops, stop):
                 step(done(arg, w.task_id, SHORT if op == "quick" else LONG))
         elif op == "bogus":
             step(done(arg, 10**6 + arg))
-        elif op == "exit":
+        elif op in ("exit", "term"):
             w = m.workers.get(arg)
             if w is not None and w.next_task is not None:
                 requeued.add(w.next_task.task_id)
-            step(WorkerExited(arg, 1))
+            step(WorkerExited(arg, -signal.SIGTERM if op == "term" else 1))
         else:
             now += arg
             step(InterchangeContact())
     if stop:
         step(StopRequested("end"))
     else:
-        now += 10.0  # past every batch delay
+        now += 10.0  # past every SIGTERM grace; the results it releases then wait one batch delay
+        step(InterchangeContact())
+        now += 10.0
         step(InterchangeContact())
         waiting = [t.task_id for t in m.queue] + [
             w.task_id for w in m.workers.values() if w.state == "busy" and w.task_id is not None
