@@ -87,12 +87,13 @@ DEFAULT_LAUNCH_CMD = (
     "--max-workers-per-node={max_workers_per_node} --prefetch-capacity={prefetch_capacity} "
     "--hb-period={heartbeat_period} --hb-threshold={heartbeat_threshold} --drain-period={drain_period} "
     "--address-probe-timeout={address_probe_timeout} --cpu-affinity={cpu_affinity} --logdir={logdir}"
-    "{accelerators}"
+    "{accelerators}{walltime_drain}"
 )
 LAUNCH_CMD_FIELDS = frozenset(
     {"worker_pool", "debug", "addresses", "worker_port", "cert_dir", "block_id", "cores_per_worker",
      "mem_per_worker", "max_workers_per_node", "prefetch_capacity", "heartbeat_period", "heartbeat_threshold",
-     "drain_period", "address_probe_timeout", "cpu_affinity", "logdir", "accelerators", "python"}
+     "drain_period", "address_probe_timeout", "cpu_affinity", "logdir", "accelerators", "python",
+     "walltime_drain"}
 )
 
 _run_counter = itertools.count()
@@ -216,6 +217,11 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         Seconds between heartbeats; at most ``heartbeat_threshold``.
     drain_period : float | None
         Seconds after a pool starts at which it stops taking tasks, finishes its work and exits.
+    drain_before_walltime : float | None
+        Seconds before a block's walltime ends at which its pools stop taking tasks, finish their work
+        and exit, so that no task is cut off by the walltime; set it to the longest task's run time. The
+        walltime counts from the start of the job's script. Needs a provider with a walltime (Slurm,
+        PBS Pro) and a ``launch_cmd`` with the ``{walltime_drain}`` placeholder. ``None``: no such drain.
     poll_period : int
         Milliseconds the interchange waits in one poll when idle.
     address_probe_timeout : float | None
@@ -265,6 +271,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         heartbeat_threshold: float = 120,
         heartbeat_period: float = 30,
         drain_period: float | None = None,
+        drain_before_walltime: float | None = None,
         poll_period: int = 10,
         address_probe_timeout: float | None = None,
         worker_logdir_root: str | None = None,
@@ -359,6 +366,21 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         if drain_period is not None and (not _is_number(drain_period) or drain_period <= 0):
             raise ValueError(f"drain_period must be None or a number of seconds > 0, got {drain_period!r}")
         self.drain_period = drain_period
+        if drain_before_walltime is not None:
+            if not _is_number(drain_before_walltime) or not 0 < drain_before_walltime < math.inf:
+                raise ValueError(f"drain_before_walltime must be None or a number of seconds > 0, "
+                                 f"got {drain_before_walltime!r}")
+            walltime = provider.walltime_seconds
+            if walltime is None:
+                raise ValueError(f"drain_before_walltime needs a provider with a walltime; "
+                                 f"{type(provider).__name__} has none")
+            if drain_before_walltime >= walltime:
+                raise ValueError(f"drain_before_walltime ({drain_before_walltime} s) must be less than the "
+                                 f"provider's walltime ({walltime} s), or every block would drain as it starts")
+            if "{walltime_drain}" not in self.launch_cmd:
+                raise ValueError("drain_before_walltime needs the {walltime_drain} placeholder in launch_cmd, "
+                                 "where the worker pool's options go")
+        self.drain_before_walltime = drain_before_walltime
         if not _is_int(poll_period) or poll_period <= 0:
             raise ValueError(f"poll_period must be an int number of milliseconds > 0, got {poll_period!r}")
         self.poll_period = poll_period
@@ -854,6 +876,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             "heartbeat_period": self.heartbeat_period,
             "heartbeat_threshold": self.heartbeat_threshold,
             "drain_period": q(self.drain_period),
+            "walltime_drain": "" if self.drain_before_walltime is None else
+            f" --walltime={self.provider.walltime_seconds} --drain-before-walltime={self.drain_before_walltime}",
             "address_probe_timeout": self.address_probe_timeout or 30,
             "cpu_affinity": q(self.cpu_affinity),
             "logdir": q(self.worker_logdir),

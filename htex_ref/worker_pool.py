@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import zmq
@@ -52,7 +53,7 @@ from htex_ref.core.manager import (
     WorkerReady,
     WorkerResult,
 )
-from htex_ref.core.planning import plan_workers
+from htex_ref.core.planning import drain_delay, plan_workers
 from htex_ref.errors import ProtocolError
 from htex_ref.framing import NonBlockingWriter, StreamReader, encode_parts
 from htex_ref.netutil import Contexts, tcp_url
@@ -69,10 +70,31 @@ from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 logger = logging.getLogger("htex_ref.worker_pool")
 
+#: When this pool's program was loaded (epoch seconds): drain_period counts from here.
+POOL_STARTED = time.time()
+#: Epoch seconds at which the batch job started: htex_ref's job scripts export it first thing.
+JOB_START_VARIABLES = ("HTEX_REF_JOB_START", "SLURM_JOB_START_TIME")
+
 EXIT_NO_INTERCHANGE = 2
 EXIT_BAD_PLAN = 3
 EXIT_REJECTED = 4
 EXIT_ERROR = 1
+
+
+def job_start_from_env(env: Mapping[str, str]) -> float | None:
+    """When the batch job started (epoch seconds), from the first variable that holds a sane value."""
+    for name in JOB_START_VARIABLES:
+        raw = env.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value > 0:
+            return value
+        logger.warning("Ignoring %s=%r: not a time in epoch seconds", name, raw)
+    return None
 
 
 def _none_or_float(value: str) -> float | None:
@@ -102,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hb-period", "--hb_period", dest="hb_period", type=float, default=30.0)
     p.add_argument("--hb-threshold", "--hb_threshold", dest="hb_threshold", type=float, default=120.0)
     p.add_argument("--drain-period", "--drain_period", dest="drain_period", type=_none_or_float, default=None)
+    p.add_argument("--walltime", dest="walltime", type=_none_or_float, default=None,
+                   help="seconds of the batch job's walltime (with --drain-before-walltime)")
+    p.add_argument("--drain-before-walltime", dest="drain_before_walltime", type=_none_or_float, default=None,
+                   help="stop taking tasks this many seconds before the walltime ends")
     p.add_argument("--address-probe-timeout", "--address_probe_timeout", dest="address_probe_timeout",
                    type=float, default=30.0)
     p.add_argument("--cpu-affinity", "--cpu_affinity", dest="cpu_affinity", default="none")
@@ -209,6 +235,15 @@ class WorkerPool:
         self.ix.connect(url)
         import psutil
 
+        job_started = job_start_from_env(os.environ)
+        drain_in = drain_delay(
+            now=time.time(), pool_started=POOL_STARTED, drain_period=a.drain_period, walltime=a.walltime,
+            drain_before_walltime=a.drain_before_walltime, job_started=job_started)
+        if drain_in is not None:
+            logger.info("This pool stops taking tasks in %.1f s (drain_period=%s, walltime=%s, "
+                        "drain_before_walltime=%s, job started %s)", drain_in, a.drain_period, a.walltime,
+                        a.drain_before_walltime, "at an unknown time" if job_started is None
+                        else f"{time.time() - job_started:.1f} s ago")
         reg = Registration(
             protocol_version=PROTOCOL_VERSION,
             htex_ref_version=__version__,
@@ -222,7 +257,7 @@ class WorkerPool:
             cpu_count=os.cpu_count() or 1,
             total_memory=psutil.virtual_memory().total,
             os=platform.system(),
-            drain_in=a.drain_period,
+            drain_in=drain_in,
         )
         self.ix.send_multipart([Kind.REGISTER, reg.encode()])
         if not self.ix.poll(int(a.hb_threshold * 1000)):

@@ -61,6 +61,7 @@ SUBJECTS: list[Subject] = [
             "heartbeat_threshold": [0],
             "heartbeat_period": [0],
             "drain_period": [0],
+            "drain_before_walltime": [0, 60],
             "poll_period": [0, 1.5],
             "manager_selector": ["fastest"],
             "block_error_handler": ["sometimes"],

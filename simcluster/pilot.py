@@ -52,7 +52,7 @@ from htex_ref.core.interchange import (
     StopManager,
     TaskSubmitted,
 )
-from htex_ref.core.planning import plan_workers
+from htex_ref.core.planning import drain_delay, plan_workers
 from htex_ref.core.selectors import BlockIdManagerSelector, ManagerSelector, RandomManagerSelector
 from htex_ref.protocol import Outcome, Registration, ResultTuple
 from htex_ref.providers.base import ExecutionProvider, JobStatus
@@ -557,6 +557,12 @@ class Pilot:
         block_id = self.job_block[job.job_id]
         rec = self.blocks[block_id]
         events = []
+        # The pool's own rule (htex_ref.core.planning), on the simulated clock; the job script records
+        # its start, as htex_ref's scripts do.
+        drain_in = drain_delay(
+            now=self.env.now, pool_started=self.env.now, drain_period=self.cfg.drain_period,
+            walltime=self.cfg.walltime, drain_before_walltime=self.cfg.drain_before_walltime,
+            job_started=job.start)
         for node in job.alloc:
             index = len(self.managers)
             uid = f"{self.label}-b{block_id}-n{node}"
@@ -570,7 +576,7 @@ class Pilot:
                 protocol_version=PROTOCOL_VERSION, htex_ref_version=__version__, python_version=PYTHON_VERSION,
                 uid=uid, block_id=block_id, worker_count=m.workers, prefetch_capacity=self.prefetch,
                 hostname=f"{job.partition}-{node}", pid=0, cpu_count=self.provider.cores_per_node or 1,
-                total_memory=int((self.provider.mem_per_node or 0) * 2**30), os="Linux")))
+                total_memory=int((self.provider.mem_per_node or 0) * 2**30), os="Linux", drain_in=drain_in)))
         self.to_interchange(events, self.env.now)
 
     def _job_ended(self, job: Job) -> None:

@@ -39,6 +39,7 @@ class SimProvider(ExecutionProvider):
         self.max_blocks = max_blocks
         self.parallelism = parallelism
         self.walltime = walltime
+        self.walltime_seconds = walltime
         self.label = label
         self.launcher = SimpleLauncher()
         self.cores_per_node = spec.cores

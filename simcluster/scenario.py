@@ -150,6 +150,10 @@ class ExecutorConfig:
     block_registration_timeout: float | None = 120.0
     block_error_handler: str = "simple"
     manager_selector: str = "random"
+    #: As the executor's: seconds after registration at which a pool drains; None: never.
+    drain_period: float | None = None
+    #: As the executor's: seconds before its job's walltime at which a pool drains; None: never.
+    drain_before_walltime: float | None = None
     #: Seconds the executor stays up after its last task, scaling in as its strategy says, before it shuts
     #: down (sooner once no block is live); 0: it shuts down at once, cancelling its blocks.
     linger: float = 0.0
@@ -315,6 +319,8 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
         block_error_handler=f.text("block_error_handler", "simple", ("simple", "windowed", "none")),
         manager_selector=f.text("manager_selector", "random", tuple(SELECTORS)),
         linger=f.number("linger", 0.0),
+        drain_period=f.maybe_number("drain_period", None),
+        drain_before_walltime=f.maybe_number("drain_before_walltime", None),
     )
     f.done()
     if cfg.parallelism > 1:
@@ -324,6 +330,13 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
     if cfg.heartbeat_period > cfg.heartbeat_threshold:
         raise ScenarioError(f"{where}: heartbeat_period ({cfg.heartbeat_period}) exceeds heartbeat_threshold "
                             f"({cfg.heartbeat_threshold})")
+    for name in ("drain_period", "drain_before_walltime"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ScenarioError(f"{where}.{name} must be a number of seconds > 0, got {value}")
+    if cfg.drain_before_walltime is not None and cfg.drain_before_walltime >= cfg.walltime:
+        raise ScenarioError(f"{where}.drain_before_walltime ({cfg.drain_before_walltime}) must be less than "
+                            f"walltime ({cfg.walltime}), or every block would drain as it starts")
     part = cluster.partition(cfg.partition)
     if cfg.nodes_per_block > part.nodes:
         raise ScenarioError(f"{where}.nodes_per_block ({cfg.nodes_per_block}) exceeds the {part.nodes} nodes "

@@ -48,3 +48,29 @@ def plan_workers(
     bound = min(limits.values())
     count = default_when_unbounded if math.isinf(bound) else max(0, int(bound))
     return WorkerPlan(count=count, limits=limits)
+
+
+def drain_delay(
+    *,
+    now: float,
+    pool_started: float,
+    drain_period: float | None = None,
+    walltime: float | None = None,
+    drain_before_walltime: float | None = None,
+    job_started: float | None = None,
+) -> float | None:
+    """Seconds from ``now`` (the pool's registration) until it stops taking tasks (0: at once), or None
+    for never.
+
+    Two rules, the earlier wins: ``drain_period`` seconds after registration, and
+    ``drain_before_walltime`` seconds before the job's walltime ends. The walltime counts from
+    ``job_started`` when the job script recorded it, else from the pool's own start (a little later
+    than the job's, which the margin must cover). All times are on one clock.
+    """
+    delays: list[float] = []
+    if drain_period is not None:
+        delays.append(drain_period)
+    if walltime is not None and drain_before_walltime is not None:
+        anchor = pool_started if job_started is None else min(job_started, pool_started)
+        delays.append(anchor + walltime - drain_before_walltime - now)
+    return max(0.0, min(delays)) if delays else None

@@ -161,6 +161,8 @@ class ExecutionProvider(ABC):
     mem_per_node: float | None = None
     #: Where submit scripts and job output go; the executor sets it to ``{run_dir}/submit_scripts``.
     script_dir: str | None = None
+    #: Seconds each block may run before the batch system ends it; None where there is no such limit.
+    walltime_seconds: float | None = None
 
     @abstractmethod
     def submit(self, command: str, tasks_per_node: int, job_name: str = "htex_ref.auto") -> str:

@@ -150,6 +150,9 @@ def run_command(
 
 # ------------------------------------------------------------------------------------------ walltime
 
+#: The job script's first command: when the job started, in epoch seconds, for the worker pools.
+JOB_START_EXPORT = 'export HTEX_REF_JOB_START="$(date +%s)"'
+
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
 
 
@@ -331,7 +334,7 @@ class ClusterProvider(ExecutionProvider):
             nodes_per_block=nodes_per_block, init_blocks=init_blocks, min_blocks=min_blocks, max_blocks=max_blocks,
             parallelism=parallelism, cores_per_node=cores_per_node, mem_per_node=mem_per_node,
         )
-        self.walltime_seconds = parse_walltime(walltime, f"{owner}.walltime")
+        self.walltime_seconds: int = parse_walltime(walltime, f"{owner}.walltime")
         # What goes into the script: the value that was checked, not one with spaces around it.
         self.walltime = walltime.strip()
         self._status_polling_interval = check_number(owner, "status_polling_interval", status_polling_interval,

@@ -31,6 +31,7 @@ from htex_ref.errors import ConfigurationError, ExecutionProviderException
 from htex_ref.launchers import Launcher, SingleNodeLauncher
 from htex_ref.providers.base import JobState, JobStatus
 from htex_ref.providers.cluster import (
+    JOB_START_EXPORT,
     ClusterProvider,
     CommandResult,
     check_directive_lines,
@@ -127,6 +128,8 @@ def render_pbs_script(
         + "\n".join(directives) + "\n"
         + (user + "\n" if user else "")
         + "\n"
+        # First, before worker_init: a pool that drains before the walltime counts it from here.
+        + JOB_START_EXPORT + "\n"
         + (worker_init.rstrip("\n") + "\n" if worker_init.strip() else "")
         + environment
         + "\n"

@@ -29,6 +29,7 @@ from htex_ref.errors import ConfigurationError
 from htex_ref.launchers import Launcher, SrunLauncher
 from htex_ref.providers.base import JobState, JobStatus
 from htex_ref.providers.cluster import (
+    JOB_START_EXPORT,
     ClusterProvider,
     CommandResult,
     check_directive_lines,
@@ -228,7 +229,8 @@ def render_slurm_script(
     user = scheduler_options.strip("\n")
     if user:
         lines.append(user)
-    lines.append("")
+    # First, before worker_init: a pool that drains before the walltime counts it from here.
+    lines += ["", JOB_START_EXPORT]
     if worker_init.strip():
         lines += [worker_init.rstrip("\n"), ""]
     lines += exports

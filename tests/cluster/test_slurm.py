@@ -202,6 +202,22 @@ def test_walltime_ends_a_block_and_the_executor_carries_on(executors: ClusterExe
     assert "1" in ex.status() and ex.blocks_to_job_id["1"] == after["job"]
 
 
+def test_drain_before_walltime_ends_a_block_before_slurm_does(executors: ClusterExecutors) -> None:
+    """With a 1-minute walltime and drain_before_walltime=45, a block stops taking tasks 15 s after its
+    job script started, finishes its task, and ends COMPLETED rather than killed at the walltime; the
+    next task runs on a new block."""
+    p = executors.provider(walltime="00:01:00", init_blocks=1, min_blocks=1, max_blocks=1)
+    ex = executors(p, strategy="simple", strategy_period=1, drain_before_walltime=45)
+    first = ex.submit(where, 3).result(90)
+    assert first["job"] == ex.blocks_to_job_id["0"]
+    t0 = time.monotonic()
+    assert wait_for(lambda: block_state(ex, "0") is JobState.COMPLETED, 45), ex.status()
+    record_timing("first task done -> drained block COMPLETED (drain 15 s after job start)", time.monotonic() - t0)
+    after = ex.submit(where).result(90)
+    assert after["job"] != ex.blocks_to_job_id["0"]
+    assert not ex.bad_state_is_set
+
+
 # ------------------------------------------------------------------------------- provider on its own
 
 

@@ -79,6 +79,31 @@ def test_a_task_sent_to_a_block_about_to_reach_its_walltime_is_lost() -> None:
     assert r.metrics["lost_walltime"] == 1 and "ended (TIMEOUT)" in p.reasons[0]
 
 
+def test_drain_before_walltime_keeps_tasks_off_blocks_about_to_end() -> None:
+    # The same with drain_before_walltime=30: each block stops taking tasks 30 s before its walltime, its
+    # pool exits, its job ends COMPLETED, the strategy starts the next block, and the task runs there.
+    sc = scenario(workload=[{"kind": "bag", "tasks": 1, "duration": 10, "start": 3600}],
+                  executor={"strategy": "simple", "min_blocks": 1, "walltime": 600, "drain_before_walltime": 30})
+    r, p = simulate(sc)
+    assert r.metrics["lost_walltime"] == 0 and r.metrics["done"] == 1
+    states = [block_state(p, b)[0] for b in p.blocks]
+    assert "TIMEOUT" not in states and states[:-1] == ["COMPLETED"] * (len(states) - 1)
+    # Each block drained 30 s before its walltime: it ran 570 s from its job's start.
+    ends = [p.blocks[b].end - p.blocks[b].start for b in p.blocks][:-1]
+    assert ends and all(abs(e - 570) < 1e-6 for e in ends), ends
+
+
+def test_long_tasks_drain_with_their_block_and_none_is_lost() -> None:
+    # Tasks of 200 s arriving all the time on 600 s blocks: without a drain some run into the walltime;
+    # with drain_before_walltime at the task length none does, and every task is done.
+    wl = [{"kind": "arrivals", "tasks": 40, "rate": 0.02, "duration": 200}]
+    ex = {"strategy": "simple", "max_blocks": 2, "walltime": 600}
+    plain, _ = simulate(scenario(workload=wl, executor=ex))
+    drained, _ = simulate(scenario(workload=wl, executor={**ex, "drain_before_walltime": 200}))
+    assert plain.metrics["lost_walltime"] > 0
+    assert drained.metrics["lost_walltime"] == 0 and drained.metrics["done"] == 40
+
+
 def test_parallelism_half_takes_half_the_blocks() -> None:
     sc = scenario(workload=[{"kind": "bag", "tasks": 16, "duration": 60}],
                   executor={"strategy": "simple", "max_blocks": 4, "parallelism": 0.5})

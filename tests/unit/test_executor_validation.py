@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import shlex
 from typing import Any
 
 import pytest
@@ -70,6 +71,10 @@ BAD: list[tuple[str, Any, type[Exception]]] = [
     ("block_registration_timeout", -5, ValueError),
     ("block_registration_timeout", math.inf, ValueError),
     ("block_registration_timeout", "120", ValueError),
+    ("drain_before_walltime", 0, ValueError),
+    ("drain_before_walltime", math.inf, ValueError),
+    ("drain_before_walltime", "60", ValueError),
+    ("drain_before_walltime", 60, ValueError),  # LocalProvider has no walltime
 ]
 
 
@@ -119,3 +124,34 @@ def test_submit_before_start_is_a_clear_error() -> None:
     ex = HighThroughputExecutor(provider=LocalProvider(init_blocks=0))
     with pytest.raises(RuntimeError, match="not started"):
         ex.submit(abs, -1)
+
+
+def slurm(walltime: str = "00:10:00") -> Any:
+    from htex_ref.providers.slurm import SlurmProvider
+
+    return SlurmProvider(walltime=walltime, init_blocks=0)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"drain_before_walltime": 600}, r"drain_before_walltime \(600 s\) must be less than the provider's walltime"),
+    ({"drain_before_walltime": 60, "launch_cmd": "htex-worker-pool --block-id={block_id}"},
+     r"drain_before_walltime needs the \{walltime_drain\} placeholder in launch_cmd"),
+])
+def test_drain_before_walltime_checks_what_it_needs(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HighThroughputExecutor(provider=slurm(), **kwargs)
+
+
+def test_drain_before_walltime_reaches_the_pool_command() -> None:
+    ex = HighThroughputExecutor(provider=slurm("01:00:00"), drain_before_walltime=90)
+    ex.interchange_worker_port = 54000  # what start() sets
+    command = ex._launch_command("3")
+    assert command.endswith(" --walltime=3600 --drain-before-walltime=90")
+    # The pool parses what the executor writes.
+    from htex_ref.worker_pool import build_parser
+
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert (args.walltime, args.drain_before_walltime) == (3600.0, 90.0)
+    plain = HighThroughputExecutor(provider=slurm())
+    plain.interchange_worker_port = 54000
+    assert "walltime" not in plain._launch_command("3")

@@ -10,7 +10,7 @@ import pytest
 from htex_ref.errors import ConfigurationError
 from htex_ref.launchers import MpiExecLauncher, SimpleLauncher, SingleNodeLauncher
 from htex_ref.providers.base import JobState
-from htex_ref.providers.cluster import CommandResult
+from htex_ref.providers.cluster import JOB_START_EXPORT, CommandResult
 from htex_ref.providers.pbspro import (
     PBSProProvider,
     QstatError,
@@ -72,7 +72,9 @@ def test_script_has_every_directive_before_the_first_command(tmp_path: Path) -> 
         "#PBS -q prod",
     ]
     body = script.split("#PBS -q prod\n", 1)[1]
-    assert body.index("module load python") < body.index("export JOBNAME=htex_ref.pbspro.block-0")
+    # The job's start is recorded first, before worker_init can take its time.
+    assert body.index(JOB_START_EXPORT) < body.index("module load python") < body.index(
+        "export JOBNAME=htex_ref.pbspro.block-0")
     assert f"export HTEX_SCRIPT_DIR={tmp_path}" in body
     assert body.rstrip().endswith("run-pool --block-id=0")
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0

@@ -17,6 +17,7 @@ import pytest
 from htex_ref.errors import ConfigurationError, SubmitException
 from htex_ref.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
 from htex_ref.providers.base import TERMINAL_STATES, JobState
+from htex_ref.providers.cluster import JOB_START_EXPORT
 from htex_ref.providers.slurm import (
     SLURM_STATES,
     SlurmProvider,
@@ -173,7 +174,8 @@ def test_script_directives_and_the_user_wins() -> None:
     # sbatch keeps the last value of an option given twice: the user's options are last.
     assert d[-2:] == ["--time=00:05:00", "--partition=other"]
     body = script.split("\n\n", 1)[1]
-    assert body.index("module load x") < body.index("export PARSL_CORES=8") < body.index("srun true")
+    assert (body.index(JOB_START_EXPORT) < body.index("module load x") < body.index("export PARSL_CORES=8")
+            < body.index("srun true"))
     assert "export PARSL_MEMORY_GB=1.5" in body
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
 
