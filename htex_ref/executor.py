@@ -14,6 +14,7 @@ errors, ended blocks, scaling) every ``strategy_period``.
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import itertools
@@ -249,6 +250,13 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         Seconds ``start()`` waits for the interchange to report ready before failing.
     block_registration_timeout : float | None
         See above.
+    max_outstanding : int | None
+        Backpressure: ``submit`` waits while this many tasks are outstanding, so a producer of millions
+        of tasks holds only this many in memory (each outstanding task costs about 2.6 KB in the
+        executor and interchange together, plus its serialized arguments). It returns when a result
+        comes in, and raises at once if the executor fails or shuts down meanwhile. Submits made from a
+        future's done-callback (on the executor's result thread, as the apps layer does for dependent
+        apps) are never held, since results could not arrive while that thread waits. ``None``: no limit.
     """
 
     def __init__(
@@ -284,6 +292,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         max_idletime: float = 120.0,
         interchange_start_timeout: float = 30.0,
         block_registration_timeout: float | None = 120.0,
+        max_outstanding: int | None = None,
     ) -> None:
         if not isinstance(label, str) or not label or "/" in label:
             raise ValueError(f"label must be a non-empty string without '/', got {label!r}")
@@ -425,6 +434,13 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                              f"got {block_registration_timeout!r}")
         self.block_registration_timeout = (None if block_registration_timeout is None
                                            else float(block_registration_timeout))
+
+        if max_outstanding is not None and (not _is_int(max_outstanding) or max_outstanding < 1):
+            raise ValueError(f"max_outstanding must be None (no limit) or an int >= 1, got {max_outstanding!r}")
+        self.max_outstanding = max_outstanding
+        #: Submitters waiting for room under ``max_outstanding``; the result thread wakes them.
+        self._room = threading.Condition(threading.Lock())
+        self._room_waiters = 0
 
         self._tasks: dict[int, HtexFuture] = {}
         self._task_ids = itertools.count(1)
@@ -675,6 +691,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                             f"undecodable message from the interchange ({type(e).__name__}: {e}); "
                             f"see {self.logdir}/interchange.log"))
                         return
+                if self._room_waiters:
+                    self._wake_submitters()
             if self._ix_pidfd in socks:
                 self._interchange_exited()
                 return
@@ -764,6 +782,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"submit needs a callable, got {type(fn).__name__}")
         priority = self.validate_resource_spec(spec)
+        limit = self.max_outstanding
+        if limit is not None and len(self._tasks) >= limit and threading.current_thread() is not self._io_thread:
+            self._wait_for_room(limit)
         fn_bytes = dumps_function(fn)
         arg_bytes = dumps_arguments(fn, args, kwargs)
         with self._send_lock:
@@ -783,17 +804,48 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 raise InterchangeError(f"cannot reach the interchange: {e}") from e
         return fut
 
+    def _wait_for_room(self, limit: int) -> None:
+        """Block until fewer than ``limit`` tasks are outstanding, or the executor can take none."""
+        with self._room:
+            self._room_waiters += 1
+            try:
+                # The result thread pops finished tasks before it looks for waiters, and a waiter counts
+                # itself before it looks at the tasks: one of the two always sees the other. The time-out
+                # only bounds the wait should that reasoning ever be wrong.
+                while (len(self._tasks) >= limit and self._bad_state is None and not self._shutdown
+                       and self._started):
+                    self._room.wait(1.0)
+            finally:
+                self._room_waiters -= 1
+
+    def _wake_submitters(self) -> None:
+        if self._room_waiters:
+            with self._room:
+                self._room.notify_all()
+
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
-        """Like ``concurrent.futures.Executor.map``; arguments are never taken as resource specifications."""
+        """Like ``concurrent.futures.Executor.map``; arguments are never taken as resource specifications.
+
+        With ``buffersize`` (as in Python 3.14), the iterables are read lazily: at most ``buffersize``
+        tasks are submitted ahead of the result being yielded.
+        """
+        if buffersize is not None and (not _is_int(buffersize) or buffersize < 1):
+            raise ValueError(f"buffersize must be None or an int >= 1, got {buffersize!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        futures = [self._submit(fn, None, args, {}) for args in zip(*iterables, strict=False)]
+        arguments = zip(*iterables, strict=False)
+        futures = collections.deque(
+            self._submit(fn, None, args, {})
+            for args in (arguments if buffersize is None else itertools.islice(arguments, buffersize)))
 
         def results() -> Iterator[Any]:
             try:
-                futures.reverse()
                 while futures:
-                    f = futures.pop()
+                    f = futures.popleft()
+                    if buffersize is not None:
+                        more = next(arguments, None)
+                        if more is not None:
+                            futures.append(self._submit(fn, None, more, {}))
                     yield f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
             finally:
                 for f in futures:
@@ -975,6 +1027,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         for r in replies:
             if not r.done():
                 r.set_exception(err)
+        self._wake_submitters()
 
     # ----------------------------------------------------------------------------- shutdown
 
@@ -1003,6 +1056,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                             f"executor {self.label} was shut down before task {fut.task_id} finished"))
                     except concurrent.futures.InvalidStateError:
                         pass
+            self._wake_submitters()
             _live_executors.discard(self)
             try:
                 live = [b for b, s in self.status().items() if not s.terminal]

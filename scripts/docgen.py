@@ -70,6 +70,7 @@ SUBJECTS: list[Subject] = [
             "strategy_period": [0],
             "max_idletime": [-1],
             "block_registration_timeout": [0],
+            "max_outstanding": [0, 2.5],
             "worker_port": [70000],
             "worker_port_range": [(5, 1)],
         },
