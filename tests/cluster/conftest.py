@@ -73,9 +73,10 @@ def cluster() -> Iterator[ClusterInfo]:
     assert INFO is not None
     saved = {k: os.environ.get(k) for k in INFO.env}
     os.environ.update(INFO.env)
-    # Task functions defined in the test modules travel by value: the nodes need not have tests/ at all.
+    # Task functions defined in the test modules (and the rendezvous they use) travel by value: the
+    # nodes need not have tests/ at all.
     for name, module in list(sys.modules.items()):
-        if name.startswith("tests.cluster."):
+        if name.startswith("tests.cluster.") or name == "tests.rendezvous":
             cloudpickle.register_pickle_by_value(module)
     left_before = active_jobs()
     assert not left_before, f"jobs already in the queue before the cluster tests: {left_before}"

@@ -22,6 +22,7 @@ from htex_ref.launchers import SimpleLauncher, SingleNodeLauncher
 from htex_ref.providers.base import JobState
 from htex_ref.providers.slurm import SlurmProvider
 from tests.cluster.conftest import ClusterExecutors, active_jobs, record_timing, slurm, wait_for
+from tests.rendezvous import meet
 
 # When Slurm ends a job (scancel, walltime) it sends SIGTERM to every process of the step, in no set
 # order. The pool holds a worker killed by SIGTERM for a grace period, so its task is lost with the
@@ -36,10 +37,14 @@ def check_lost_with_block(fut: Any, timeout: float) -> None:
     print(f"\nlost with its block: {info.value}")
 
 
-def where(hold: float = 0.0, marker: str | None = None) -> dict[str, Any]:
-    """Runs on a worker: where it runs, as the node sees it."""
+def where(hold: float = 0.0, marker: str | None = None, rendezvous: str | None = None,
+          count: int = 0) -> dict[str, Any]:
+    """Runs on a worker: where it runs, as the node sees it. With ``rendezvous``, it first waits until
+    ``count`` such tasks run together (each on its own worker)."""
     if marker:
         Path(marker).write_text(socket.gethostname())
+    if rendezvous:
+        meet(rendezvous, count)
     time.sleep(hold)
     return {
         "host": socket.gethostname(),
@@ -129,8 +134,9 @@ def test_cpu_affinity_plan_is_applied_on_the_nodes(executors: ClusterExecutors, 
     p = executors.provider(init_blocks=n, max_blocks=n)
     ex = executors(p, cpu_affinity="block", max_workers_per_node=w, prefetch_capacity=0)
     wait_registered(ex, p, n)
-    # prefetch 0 and a task that holds its worker: each of the w * n workers takes exactly one.
-    results = [f.result(60) for f in [ex.submit(where, 2.0) for _ in range(w * n)]]
+    # Tasks that wait for each other: each of the w * n workers takes exactly one.
+    meeting = str(Path(ex.run_dir) / "meet")
+    results = [f.result(90) for f in [ex.submit(where, 0.0, None, meeting, w * n) for _ in range(w * n)]]
     assert sorted((r["host"], r["rank"]) for r in results) == sorted((h, r) for h in cluster.nodes for r in range(w))
     for r in results:
         plan = plan_cpu_affinity("block", r["pool_cpus"], w)

@@ -19,6 +19,7 @@ import pytest
 
 from htex_ref import BadStateException, ExecutorShutdown, LocalProvider, ManagerLost, WorkerLost
 from tests.conftest import processes_mentioning, wait_until
+from tests.rendezvous import meet
 
 pytestmark = pytest.mark.e2e
 
@@ -52,8 +53,9 @@ def exit_with(code: int, stamp: str) -> None:
     raise SystemExit(code)
 
 
-def rank_and_pid_after(seconds: float) -> tuple[int, int]:
-    time.sleep(seconds)
+def rank_and_pid_together(rendezvous: str, count: int) -> tuple[int, int]:
+    """This worker's rank and pid, once ``count`` such tasks run together (on ``count`` workers)."""
+    meet(rendezvous, count)
     return int(os.environ["PARSL_WORKER_RANK"]), os.getpid()
 
 
@@ -138,7 +140,7 @@ def test_worker_death_fails_only_its_task_and_the_worker_is_replaced(
     make_executor: Any, tmp_path: Path, fn: Any, arg: int, code: int
 ) -> None:
     ex = make_executor(max_workers_per_node=2)
-    first = [ex.submit(rank_and_pid_after, 0.3) for _ in range(2)]
+    first = [ex.submit(rank_and_pid_together, str(tmp_path / "before"), 2) for _ in range(2)]
     pids_before = dict(f.result(30) for f in first)
     assert sorted(pids_before) == [0, 1]
     managers_before = manager_ids(ex)
@@ -168,7 +170,7 @@ def test_worker_death_fails_only_its_task_and_the_worker_is_replaced(
     # Same manager, same worker count; each slot that lost its worker runs a new process.
     assert manager_ids(ex) == managers_before
     assert [m["worker_count"] for m in ex.connected_managers()] == [2]
-    after = [ex.submit(rank_and_pid_after, 0.3) for _ in range(2)]
+    after = [ex.submit(rank_and_pid_together, str(tmp_path / "after"), 2) for _ in range(2)]
     pids_after = dict(f.result(30) for f in after)
     assert sorted(pids_after) == [0, 1]
     for rank in lost_ranks:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-import time
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 
 from htex_ref import BadStateException, LocalProvider
 from htex_ref.core.affinity import plan_cpu_affinity
+from tests.rendezvous import meet
 
 pytestmark = pytest.mark.e2e
 
@@ -21,14 +22,16 @@ ENV_KEYS = ("OMP_NUM_THREADS", "GOMP_CPU_AFFINITY", "KMP_AFFINITY", "CUDA_VISIBL
             "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK", "ZE_ENABLE_PCI_ID_DEVICE_ORDER")
 
 
-def report(hold: float) -> dict[str, Any]:
-    time.sleep(hold)  # keeps this worker busy so that every worker takes one task
+def report(rendezvous: str | None = None, count: int = 1) -> dict[str, Any]:
+    if rendezvous:
+        meet(rendezvous, count)  # every worker takes one task
     return {"rank": int(os.environ["PARSL_WORKER_RANK"]), "cpus": sorted(os.sched_getaffinity(0)),
             **{k: os.environ.get(k) for k in ENV_KEYS}}
 
 
 def by_rank(ex: Any, workers: int) -> dict[int, dict[str, Any]]:
-    futures = [ex.submit(report, 0.5) for _ in range(workers)]
+    rendezvous = tempfile.mkdtemp(prefix="meet-", dir=ex.run_dir)
+    futures = [ex.submit(report, rendezvous, workers) for _ in range(workers)]
     found = {r["rank"]: r for r in (f.result(60) for f in futures)}
     assert sorted(found) == list(range(workers))
     return found
@@ -49,14 +52,14 @@ def test_two_workers_follow_the_plan(make_executor: Any, strategy: str) -> None:
 
 def test_none_leaves_workers_unpinned(make_executor: Any) -> None:
     ex = make_executor(max_workers_per_node=1)
-    r = ex.submit(report, 0).result(30)
+    r = ex.submit(report).result(30)
     assert r["cpus"] == THREADS and r["OMP_NUM_THREADS"] is None and r["GOMP_CPU_AFFINITY"] is None
 
 
 @NEEDS_TWO
 def test_list_alone_sets_the_worker_count(make_executor: Any) -> None:
     ex = make_executor(cpu_affinity="list:0-1")  # one part: one worker, on both threads
-    r = ex.submit(report, 0).result(30)
+    r = ex.submit(report).result(30)
     assert r["cpus"] == [0, 1] and r["OMP_NUM_THREADS"] == "2"
     assert ex.connected_managers()[0]["worker_count"] == 1
 
@@ -66,7 +69,7 @@ def test_restricted_pool_affinity_models_a_smaller_node(make_executor: Any) -> N
     # The pool itself may use only thread 1: block pinning plans within what the pool has.
     ex = make_executor(max_workers_per_node=1, cpu_affinity="block",
                        provider=LocalProvider(worker_init="taskset -cp 1 $$ >/dev/null"))
-    assert ex.submit(report, 0).result(30)["cpus"] == [1]
+    assert ex.submit(report).result(30)["cpus"] == [1]
 
 
 @pytest.mark.parametrize(
@@ -83,7 +86,7 @@ def test_impossible_pinning_fails_the_executor_once(make_executor: Any, kwargs: 
         pytest.skip("message names this machine's 2 threads")
     ex = make_executor(provider=LocalProvider(worker_init=worker_init), **kwargs)
     with pytest.raises(BadStateException, match=message):
-        ex.submit(report, 0).result(60)
+        ex.submit(report).result(60)
     # The pool stopped before starting any worker: no restart loop, nothing to clean up.
     assert ex.block_statuses()["0"].state.name == "MISSING"
 
