@@ -381,7 +381,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                                  f"got {drain_before_walltime!r}")
             walltime = provider.walltime_seconds
             if walltime is None:
-                raise ValueError(f"drain_before_walltime needs a provider with a walltime; "
+                raise ValueError(f"drain_before_walltime needs a provider with a walltime; this "
                                  f"{type(provider).__name__} has none")
             if drain_before_walltime >= walltime:
                 raise ValueError(f"drain_before_walltime ({drain_before_walltime} s) must be less than the "

@@ -80,7 +80,8 @@ SUBJECTS: list[Subject] = [
         "Blocks are bash scripts run on this machine, each in its own session.",
         bad={"init_blocks": [-1, 2], "max_blocks": [-1], "nodes_per_block": [0], "parallelism": [2, True],
              "launcher": ["srun"], "worker_init": [3], "cmd_timeout": [0, _INF], "label": [""],
-             "cores_per_node": [-1, 2.5], "mem_per_node": [0, _INF], "cancel_grace": [-1, _NAN]},
+             "cores_per_node": [-1, 2.5], "mem_per_node": [0, _INF], "cancel_grace": [-1, _NAN],
+             "walltime": ["1h", "00:61:00", 60]},
     ),
     Subject(
         "htex_ref.providers.slurm:SlurmProvider", "SlurmProvider",

@@ -6,6 +6,10 @@ state of a job survives a restart of the executor. Cancel signals the job's whol
 script, the worker pool and its workers): SIGTERM, then SIGKILL after ``cancel_grace`` seconds. When a
 job ends by itself, whatever is left in its group (processes that its tasks started) gets SIGKILL the
 first time its status is read, as a batch system ends a job's processes.
+
+With a ``walltime``, a job still running when its walltime is up is ended as a batch system would end
+it: SIGTERM to its whole process group at the first status read past the walltime, SIGKILL once
+``cancel_grace`` has passed, and the state TIMEOUT. Status reads never wait for the group to exit.
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ from pathlib import Path
 from htex_ref.errors import SubmitException
 from htex_ref.launchers import Launcher, SingleNodeLauncher
 from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus, check_number
+from htex_ref.providers.cluster import JOB_START_EXPORT, parse_walltime
 
 
 @dataclass
 class _Job:
     proc: subprocess.Popen[bytes]
     script: Path
+    #: time.monotonic() when the job started.
+    started: float = 0.0
     cancelled: bool = False
+    #: time.monotonic() when the walltime's SIGTERM went out; None while within the walltime.
+    timed_out_at: float | None = None
     final: JobStatus | None = None
 
 
@@ -47,7 +56,7 @@ def _group_running(pgid: int) -> bool:
 
 
 def render_script(worker_init: str, job_name: str, launcher_text: str) -> str:
-    return f"#!/bin/bash\n{worker_init}\nexport JOBNAME={job_name}\n{launcher_text}\n"
+    return f"#!/bin/bash\n{JOB_START_EXPORT}\n{worker_init}\nexport JOBNAME={job_name}\n{launcher_text}\n"
 
 
 class LocalProvider(ExecutionProvider):
@@ -79,7 +88,12 @@ class LocalProvider(ExecutionProvider):
     mem_per_node : float | None
         GB of memory a block may use, for the scaling arithmetic; ``None``: unknown.
     cancel_grace : float
-        Seconds between SIGTERM and SIGKILL when a job is cancelled (0: SIGKILL at once).
+        Seconds between SIGTERM and SIGKILL when a job is cancelled or reaches its walltime (0: SIGKILL
+        at once).
+    walltime : str | None
+        ``HH:MM:SS`` (or ``D-HH:MM:SS``) after which a job is ended as a batch system would end it
+        (state TIMEOUT); lets walltime behaviour, such as the executor's ``drain_before_walltime``, be
+        tried on one machine. ``None``: jobs run until they end or are cancelled.
     """
 
     def __init__(
@@ -96,6 +110,7 @@ class LocalProvider(ExecutionProvider):
         cores_per_node: int | None = None,
         mem_per_node: float | None = None,
         cancel_grace: float = 2.0,
+        walltime: str | None = None,
     ) -> None:
         self._configure(
             label=label, launcher=launcher if launcher is not None else SingleNodeLauncher(),
@@ -104,6 +119,8 @@ class LocalProvider(ExecutionProvider):
             cores_per_node=cores_per_node, mem_per_node=mem_per_node,
         )
         self.cancel_grace = check_number("LocalProvider", "cancel_grace", cancel_grace, zero_ok=True, unit="seconds")
+        self.walltime_seconds = None if walltime is None else parse_walltime(walltime, "LocalProvider.walltime")
+        self.walltime = None if walltime is None else walltime.strip()
         self.script_dir: str | None = None
         self._jobs: dict[str, _Job] = {}
 
@@ -138,7 +155,7 @@ class LocalProvider(ExecutionProvider):
         except OSError as e:
             raise SubmitException(job_name, f"could not start bash for {script}: {e}") from e
         job_id = str(proc.pid)
-        self._jobs[job_id] = _Job(proc, script)
+        self._jobs[job_id] = _Job(proc, script, started=time.monotonic())
         return job_id
 
     def _status_of(self, job_id: str) -> JobStatus:
@@ -150,6 +167,7 @@ class LocalProvider(ExecutionProvider):
         out, err, ec = (str(job.script.with_suffix(s)) for s in (".out", ".err", ".ec"))
         rc = job.proc.poll()
         if rc is None:
+            self._enforce_walltime(job)
             return JobStatus(JobState.RUNNING, stdout_path=out, stderr_path=err)
         self._end_leftovers(job)
         try:
@@ -159,6 +177,8 @@ class LocalProvider(ExecutionProvider):
             code = rc
         if job.cancelled:
             status = JobStatus(JobState.CANCELLED, "cancelled by the executor", code, out, err)
+        elif job.timed_out_at is not None:
+            status = JobStatus(JobState.TIMEOUT, f"the job reached its walltime ({self.walltime})", code, out, err)
         elif code == 0:
             status = JobStatus(JobState.COMPLETED, None, 0, out, err)
         elif code < 0 or rc < 0:
@@ -197,6 +217,18 @@ class LocalProvider(ExecutionProvider):
             self._signal(job, signal.SIGKILL)
             job.proc.wait()
         return results
+
+    def _enforce_walltime(self, job: _Job) -> None:
+        """SIGTERM a running job's group once its walltime is up, SIGKILL it ``cancel_grace`` later."""
+        if self.walltime_seconds is None or job.cancelled:
+            return
+        now = time.monotonic()
+        if job.timed_out_at is None:
+            if now - job.started >= self.walltime_seconds:
+                job.timed_out_at = now
+                self._signal(job, signal.SIGTERM)
+        elif now - job.timed_out_at >= self.cancel_grace:
+            self._signal(job, signal.SIGKILL)
 
     def _end_leftovers(self, job: _Job) -> None:
         """The job has ended: like a batch system at the end of a job, SIGKILL what it left in its

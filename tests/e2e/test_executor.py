@@ -313,23 +313,6 @@ def test_drain_period_retires_the_manager_after_its_work(make_executor: Any) -> 
     assert wait_until(lambda: ex.connected_managers() == [], 10)
 
 
-def test_a_pool_drains_before_its_walltime(make_executor: Any) -> None:
-    """What ``drain_before_walltime`` asks of a pool, given here directly in the launch command (a
-    LocalProvider block has no walltime): a 30 s walltime with a 24 s margin drains it about 6 s after
-    it started; the task it has runs to the end, then the pool leaves."""
-    from htex_ref.executor import DEFAULT_LAUNCH_CMD
-    from tests.conftest import wait_until
-
-    launch_cmd = DEFAULT_LAUNCH_CMD.replace("{walltime_drain}", " --walltime=30 --drain-before-walltime=24")
-    ex = make_executor(max_workers_per_node=1, launch_cmd=launch_cmd)
-    running = ex.submit(sleep_then, 8, "finished")
-    assert wait_until(lambda: bool(ex.connected_managers()), 30)
-    assert wait_until(lambda: all(m["draining"] for m in ex.connected_managers()), 10)
-    assert not running.done()
-    assert running.result(30) == "finished"
-    assert wait_until(lambda: ex.connected_managers() == [], 10)
-
-
 def test_set_bad_state_fails_everything(make_executor: Any) -> None:
     ex = make_executor(max_workers_per_node=1)
     slow = ex.submit(sleep_then, 30, None)

@@ -77,7 +77,7 @@ BAD: list[tuple[str, Any, type[Exception]]] = [
     ("drain_before_walltime", 0, ValueError),
     ("drain_before_walltime", math.inf, ValueError),
     ("drain_before_walltime", "60", ValueError),
-    ("drain_before_walltime", 60, ValueError),  # LocalProvider has no walltime
+    ("drain_before_walltime", 60, ValueError),  # the default LocalProvider has no walltime
 ]
 
 

@@ -58,6 +58,33 @@ def test_worker_init_and_jobname(tmp_path: Path) -> None:
     assert p.status([job])[0].stdout == "hello named\n"
 
 
+def test_walltime_ends_a_job_as_a_batch_system_would(tmp_path: Path) -> None:
+    """Past its walltime a job gets SIGTERM, and SIGKILL after cancel_grace if it ignores it (this one
+    does); it ends TIMEOUT. Status reads never wait for it."""
+    p = provider(tmp_path, walltime="00:00:01", cancel_grace=0.5)
+    assert p.walltime_seconds == 1
+    marker = tmp_path / "child.pid"
+    job = p.submit(f"trap '' TERM; sleep 300 & echo $! > {marker}; wait", 1, "stubborn")
+    assert wait_until(lambda: marker.exists() and marker.read_text().strip() != "", 10)
+    child = int(marker.read_text())
+    slowest = 0.0
+
+    def timed_status() -> JobState:
+        nonlocal slowest
+        t0 = time.monotonic()
+        st = p.status([job])[0].state
+        slowest = max(slowest, time.monotonic() - t0)
+        return st
+
+    assert wait_until(lambda: timed_status() is JobState.TIMEOUT, 15)
+    assert "reached its walltime (00:00:01)" in (p.status([job])[0].message or "")
+    assert slowest < 0.5, f"a status read took {slowest:.2f} s"
+    assert wait_until(lambda: not alive(child), 5), "the job's child process outlived its walltime"
+    # The script records when the job started, first thing, for pools that drain before the walltime.
+    script = (tmp_path / "scripts" / "stubborn.sh").read_text()
+    assert script.splitlines()[1] == 'export HTEX_REF_JOB_START="$(date +%s)"'
+
+
 def test_cancel_kills_the_whole_process_group(tmp_path: Path) -> None:
     p = provider(tmp_path, cancel_grace=1.0)
     marker = tmp_path / "child.pid"
@@ -139,9 +166,11 @@ def test_bad_block_shape_is_refused() -> None:
     ({"cmd_timeout": float("inf")}, "cmd_timeout"),
     ({"cmd_timeout": "30"}, "cmd_timeout"),
     ({"label": ""}, "label"),
+    ({"walltime": "1h"}, "walltime"),
+    ({"walltime": 60}, "walltime"),
 ])
 def test_bad_local_settings_are_named(kwargs: dict[str, object], name: str) -> None:
-    with pytest.raises(ConfigurationError, match=rf"LocalProvider\.{name} must be"):
+    with pytest.raises(ConfigurationError, match=rf"LocalProvider\.{name} must (be|look like)"):
         LocalProvider(**kwargs)  # type: ignore[arg-type]
 
 
