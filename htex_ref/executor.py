@@ -222,7 +222,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         Seconds before a block's walltime ends at which its pools stop taking tasks, finish their work
         and exit, so that no task is cut off by the walltime; set it to the longest task's run time. The
         walltime counts from the start of the job's script. Needs a provider with a walltime (Slurm,
-        PBS Pro) and a ``launch_cmd`` with the ``{walltime_drain}`` placeholder. ``None``: no such drain.
+        PBS Pro, or a LocalProvider given one) and a ``launch_cmd`` with the ``{walltime_drain}``
+        placeholder. ``None``: no such drain.
     poll_period : int
         Milliseconds the interchange waits in one poll when idle.
     address_probe_timeout : float | None
@@ -782,11 +783,27 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"submit needs a callable, got {type(fn).__name__}")
         priority = self.validate_resource_spec(spec)
-        limit = self.max_outstanding
-        if limit is not None and len(self._tasks) >= limit and threading.current_thread() is not self._io_thread:
-            self._wait_for_room(limit)
         fn_bytes = dumps_function(fn)
         arg_bytes = dumps_arguments(fn, args, kwargs)
+        limit = self.max_outstanding
+        if limit is None or threading.current_thread() is self._io_thread:
+            return self._enqueue(priority, fn_bytes, arg_bytes)
+        # Waiting and enqueueing under one lock admits one producer at a time, so that several producer
+        # threads never overshoot the limit together.
+        with self._room:
+            self._room_waiters += 1
+            try:
+                # The result thread pops finished tasks before it looks for waiters, and a waiter counts
+                # itself before it looks at the tasks: one of the two always sees the other. The time-out
+                # only bounds the wait should that reasoning ever be wrong.
+                while (len(self._tasks) >= limit and self._bad_state is None and not self._shutdown
+                       and self._started):
+                    self._room.wait(1.0)
+            finally:
+                self._room_waiters -= 1
+            return self._enqueue(priority, fn_bytes, arg_bytes)
+
+    def _enqueue(self, priority: float, fn_bytes: bytes, arg_bytes: bytes) -> HtexFuture:
         with self._send_lock:
             if self._bad_state is not None:
                 raise BadStateException(self.label, self._bad_state)
@@ -803,20 +820,6 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                 self._tasks.pop(task_id, None)
                 raise InterchangeError(f"cannot reach the interchange: {e}") from e
         return fut
-
-    def _wait_for_room(self, limit: int) -> None:
-        """Block until fewer than ``limit`` tasks are outstanding, or the executor can take none."""
-        with self._room:
-            self._room_waiters += 1
-            try:
-                # The result thread pops finished tasks before it looks for waiters, and a waiter counts
-                # itself before it looks at the tasks: one of the two always sees the other. The time-out
-                # only bounds the wait should that reasoning ever be wrong.
-                while (len(self._tasks) >= limit and self._bad_state is None and not self._shutdown
-                       and self._started):
-                    self._room.wait(1.0)
-            finally:
-                self._room_waiters -= 1
 
     def _wake_submitters(self) -> None:
         if self._room_waiters:

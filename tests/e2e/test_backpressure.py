@@ -38,6 +38,29 @@ def test_submit_waits_while_max_outstanding_tasks_are_out(make_executor: Any) ->
     assert ex.outstanding == 0
 
 
+def test_several_producers_never_overshoot_the_limit_together(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=2, max_outstanding=4)
+    seen: list[int] = []
+    futures: list[Any] = []
+    lock = threading.Lock()
+
+    def producer(base: int) -> None:
+        for i in range(base, base + 40):
+            f = ex.submit(nap, i)
+            n = ex.outstanding
+            with lock:
+                futures.append(f)
+                seen.append(n)
+
+    threads = [threading.Thread(target=producer, args=(k * 100,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert max(seen) <= 4, f"{max(seen)} outstanding with a limit of 4"
+    assert sorted(f.result(30) for f in futures) == sorted(k * 100 + i for k in range(4) for i in range(40))
+
+
 def test_a_done_callback_may_submit_beyond_the_limit(make_executor: Any, tmp_path: Path) -> None:
     """Callbacks run on the result thread; if a submit there waited for room, no result could arrive to
     make room. A is held, so the limit of 2 stays reached while B's callback submits two more."""
