@@ -14,14 +14,8 @@
 # name prefix; the defaults differ from the test cluster's, so that both can run at the same time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 
-python=${PYTHON:-}
-if [ -z "$python" ]; then
-    .venv/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf .venv; python3 -m venv .venv; }
-    .venv/bin/python -m pip install -q -e '.[sim]'
-    python="$root/.venv/bin/python"
-fi
+python=${PYTHON:-$(bash scripts/ensure-venv.sh sim)}
 
 bash scripts/install-slurm.sh
 

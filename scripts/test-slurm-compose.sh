@@ -13,12 +13,7 @@ root=$(pwd)
 
 scripts/install-docker.sh
 
-python=${PYTHON:-}
-if [ -z "$python" ]; then
-    .venv/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf .venv; python3 -m venv .venv; }
-    .venv/bin/python -m pip install -q -e '.[dev]'
-    python=.venv/bin/python
-fi
+python=${PYTHON:-$(bash scripts/ensure-venv.sh dev)}
 
 info=${HTEX_CLUSTER_INFO:-$root/.cluster/compose.json}
 mkdir -p "$(dirname "$info")"

@@ -11,14 +11,8 @@
 # cluster's directory and name prefix (defaults /tmp/htex-local-slurm and htexs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 
-python=${PYTHON:-}
-if [ -z "$python" ]; then
-    .venv/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf .venv; python3 -m venv .venv; }
-    .venv/bin/python -m pip install -q -e '.[dev]'
-    python="$root/.venv/bin/python"
-fi
+python=${PYTHON:-$(bash scripts/ensure-venv.sh dev)}
 
 bash scripts/install-slurm.sh
 

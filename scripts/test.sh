@@ -37,10 +37,7 @@ if [ "$(id -u)" -eq 0 ]; then
     fi
 fi
 
-# A venv left half-made by an interrupted run has python but no pip: make it again.
-.venv/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf .venv; python3 -m venv .venv; }
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[dev]'
+bash scripts/ensure-venv.sh dev >/dev/null
 
 echo "== ruff"
 .venv/bin/ruff check htex_ref simcluster tests noxfile.py scripts examples clusters benchmarks
