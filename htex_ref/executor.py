@@ -222,8 +222,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         Seconds before a block's walltime ends at which its pools stop taking tasks, finish their work
         and exit, so that no task is cut off by the walltime; set it to the longest task's run time. The
         walltime counts from the start of the job's script. Needs a provider with a walltime (Slurm,
-        PBS Pro, or a LocalProvider given one) and a ``launch_cmd`` with the ``{walltime_drain}``
-        placeholder. ``None``: no such drain.
+        PBS Pro, or a LocalProvider given one), a ``launch_cmd`` with the ``{walltime_drain}``
+        placeholder, and a ``strategy`` other than ``"none"`` to replace drained blocks. ``None``: no
+        such drain.
     poll_period : int
         Milliseconds the interchange waits in one poll when idle.
     address_probe_timeout : float | None
@@ -390,6 +391,12 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             if "{walltime_drain}" not in self.launch_cmd:
                 raise ValueError("drain_before_walltime needs the {walltime_drain} placeholder in launch_cmd, "
                                  "where the worker pool's options go")
+            if strategy == "none":
+                # A drained block ends by itself; without a strategy nothing would replace it, and tasks
+                # submitted afterwards would wait for a block that never comes.
+                raise ValueError("drain_before_walltime needs a scaling strategy ('simple' or 'htex_auto_scale') "
+                                 "to replace the blocks it drains; strategy='none' would leave later tasks "
+                                 "waiting for ever")
         self.drain_before_walltime = drain_before_walltime
         if not _is_int(poll_period) or poll_period <= 0:
             raise ValueError(f"poll_period must be an int number of milliseconds > 0, got {poll_period!r}")

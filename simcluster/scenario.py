@@ -334,6 +334,9 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             raise ScenarioError(f"{where}.{name} must be a number of seconds > 0, got {value}")
+    if cfg.drain_before_walltime is not None and cfg.strategy == "none":
+        raise ScenarioError(f"{where}.drain_before_walltime needs a strategy other than \"none\" to replace "
+                            "the blocks it drains")
     if cfg.drain_before_walltime is not None and cfg.drain_before_walltime >= cfg.walltime:
         raise ScenarioError(f"{where}.drain_before_walltime ({cfg.drain_before_walltime}) must be less than "
                             f"walltime ({cfg.walltime}), or every block would drain as it starts")

@@ -108,6 +108,7 @@ def test_synthetic_background_is_reproducible() -> None:
     ({"executor": [{"drain_before_walltime": 0}]}, "executor[0].drain_before_walltime must be"),
     ({"executor": [{"drain_period": "soon"}]}, "executor[0].drain_period must be"),
     ({"executor": [{"walltime": 600, "drain_before_walltime": 600}]}, "must be less than walltime (600.0)"),
+    ({"executor": [{"strategy": "none", "drain_before_walltime": 60}]}, "needs a strategy other than"),
     ({"background": {"kind": "swf"}}, "background.path must name an SWF trace"),
     ({"cluster": {"partitions": [{"nodes": 0}]}}, "cluster.partitions[0].nodes must be an int >= 1"),
     ({"cluster": {"failures": [{"time": 1, "node": 7}], "partitions": [{"nodes": 4}]}},

@@ -139,6 +139,7 @@ def slurm(walltime: str = "00:10:00") -> Any:
     ({"drain_before_walltime": 600}, r"drain_before_walltime \(600 s\) must be less than the provider's walltime"),
     ({"drain_before_walltime": 60, "launch_cmd": "htex-worker-pool --block-id={block_id}"},
      r"drain_before_walltime needs the \{walltime_drain\} placeholder in launch_cmd"),
+    ({"drain_before_walltime": 60}, r"drain_before_walltime needs a scaling strategy .* strategy='none'"),
 ])
 def test_drain_before_walltime_checks_what_it_needs(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -146,7 +147,7 @@ def test_drain_before_walltime_checks_what_it_needs(kwargs: dict[str, Any], mess
 
 
 def test_drain_before_walltime_reaches_the_pool_command() -> None:
-    ex = HighThroughputExecutor(provider=slurm("01:00:00"), drain_before_walltime=90)
+    ex = HighThroughputExecutor(provider=slurm("01:00:00"), drain_before_walltime=90, strategy="simple")
     ex.interchange_worker_port = 54000  # what start() sets
     command = ex._launch_command("3")
     assert command.endswith(" --walltime=3600 --drain-before-walltime=90")
