@@ -70,7 +70,8 @@ from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 logger = logging.getLogger("htex_ref.worker_pool")
 
-#: When this pool's program was loaded (epoch seconds): drain_period counts from here.
+#: When this pool's program was loaded (epoch seconds): the walltime counts from here when the job
+#: script did not record its own start.
 POOL_STARTED = time.time()
 #: Epoch seconds at which the batch job started: htex_ref's job scripts export it first thing.
 JOB_START_VARIABLES = ("HTEX_REF_JOB_START", "SLURM_JOB_START_TIME")

@@ -1,7 +1,8 @@
-"""Worker-count planning: how many workers a node runs, as a pure function of its resources.
+"""A pool's plans as pure functions: how many workers a node runs, and when the pool stops taking tasks.
 
-The same function serves the manager (real cores and memory of the node it runs on) and the executor
-(the provider's declared ``cores_per_node`` / ``mem_per_node``, for scaling arithmetic).
+``plan_workers`` serves the manager (real cores and memory of the node it runs on) and the executor
+(the provider's declared ``cores_per_node`` / ``mem_per_node``, for scaling arithmetic). ``drain_delay``
+serves the worker pool (real clock, its job's recorded start) and simcluster (simulated clock).
 """
 
 from __future__ import annotations
