@@ -102,6 +102,9 @@ _FOREIGN_DIRECTIVES = {
 }
 #: How many job ids one squeue/sacct call asks about (long lists made sacct hang: Parsl #3814).
 STATUS_BATCH_SIZE = 100
+#: Seconds a job that squeue already shows ended keeps its last state while sacct, which lags squeue by
+#: a few seconds, has no record of it yet: sacct's record carries the exit code.
+SACCT_LAG_GRACE = 10.0
 
 
 # ---------------------------------------------------------------------------------------- pure parts
@@ -396,6 +399,8 @@ class SlurmProvider(ClusterProvider):
         self.status_source: StatusSource = status_source
         #: Whether sacct answers; None until the first status query finds out (status_source="auto").
         self.accounting: bool | None = {"auto": None, "sacct": True, "squeue": False}[status_source]
+        #: Jobs squeue showed ended before sacct listed them: when it first did (``clock()``).
+        self._ended_before_sacct: dict[str, float] = {}
         super().__init__(
             label=label,
             nodes_per_block=nodes_per_block,
@@ -445,6 +450,7 @@ class SlurmProvider(ClusterProvider):
     def _query(self, job_ids: list[str]) -> dict[str, JobStatus]:
         found: dict[str, JobStatus] = {}
         rest = list(job_ids)
+        sacct_answered = False
         if self.accounting is not False:
             sacct_failure = None
             for batch in _chunks(rest, STATUS_BATCH_SIZE):
@@ -465,19 +471,42 @@ class SlurmProvider(ClusterProvider):
             if sacct_failure is not None:
                 # slurmdbd may be down for a while: squeue still knows recent jobs.
                 logger.warning("%s: %s; asking squeue instead", self.label, _describe_failure(sacct_failure))
+            sacct_answered = bool(self.accounting) and sacct_failure is None
             # Jobs sacct does not list yet (it lags sbatch by seconds) are asked of squeue below.
             rest = [j for j in rest if j not in found]
         for batch in _chunks(rest, STATUS_BATCH_SIZE):
             result = self._run(squeue_command(batch, self.clusters))
             if result.ok:
-                found.update(parse_squeue(result.stdout))
+                # Only what was asked: sacct's answer for the other jobs is the better one.
+                asked = set(batch)
+                listed = {j: st for j, st in parse_squeue(result.stdout).items() if j in asked}
+                if sacct_answered:
+                    self._wait_for_sacct(listed)
+                found.update(listed)
             elif _INVALID_JOB_ID in result.stderr.lower():
                 # squeue fails this way when it knows none of the ids (all purged after MinJobAge): the
                 # jobs are not listed, which is an answer, not a failed query.
                 continue
             else:
                 raise RuntimeError(_describe_failure(result))
+        for j in [j for j in self._ended_before_sacct if j in found and j not in rest]:
+            del self._ended_before_sacct[j]  # sacct has listed it now
         return {j: s for j, s in found.items() if j in job_ids}
+
+    def _wait_for_sacct(self, listed: dict[str, JobStatus]) -> None:
+        """A job squeue shows ended but sacct does not list yet keeps its last state for up to
+        ``SACCT_LAG_GRACE`` seconds, so that its end is reported once, with sacct's exit code (which the
+        block error handler shows), rather than without it from squeue. After that squeue's word stands."""
+        now = self.clock()
+        for job_id, st in listed.items():
+            job = self.jobs.get(job_id)
+            if not st.terminal or job is None or job.cancel_requested or job.status.terminal:
+                continue
+            first = self._ended_before_sacct.setdefault(job_id, now)
+            if now - first < SACCT_LAG_GRACE:
+                listed[job_id] = job.status
+            else:
+                del self._ended_before_sacct[job_id]
 
 
 def _describe_failure(result: CommandResult) -> str:

@@ -19,6 +19,7 @@ from htex_ref.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
 from htex_ref.providers.base import TERMINAL_STATES, JobState
 from htex_ref.providers.cluster import JOB_START_EXPORT
 from htex_ref.providers.slurm import (
+    SACCT_LAG_GRACE,
     SLURM_STATES,
     SlurmProvider,
     parse_sacct,
@@ -396,6 +397,31 @@ def test_sacct_states_and_squeue_for_jobs_sacct_does_not_list_yet(tmp_path: Path
     assert p.accounting is True
     assert fake.calls("squeue")[-1].endswith(f"--jobs={b}")
     assert sa.stdout_path == p.jobs[a].stdout_path
+
+
+def test_an_end_squeue_sees_first_waits_for_saccts_exit_code(tmp_path: Path, fake: FakeSlurm) -> None:
+    """sacct lags squeue by seconds. A job squeue already shows FAILED keeps its last state until sacct
+    lists it, so that its end is reported once, with the exit code; after SACCT_LAG_GRACE squeue's word
+    stands. (Seen on the real cluster: a FAILED block without its exit code.)"""
+    p = provider(tmp_path)
+    now = [1000.0]
+    p.clock = lambda: now[0]
+    a, b = p.submit("x", 1, "a"), p.submit("x", 1, "b")
+    fake.command("sacct", "exit 0")
+    fake.command("squeue", f'echo "{a} R"; echo "{b} R"')
+    assert [s.state for s in p.status([a, b])] == [JobState.RUNNING, JobState.RUNNING]
+    fake.command("squeue", f'echo "{a} F"; echo "{b} F"')
+    now[0] += 1
+    assert [s.state for s in p.status([a, b])] == [JobState.RUNNING, JobState.RUNNING]
+    # sacct lists a: it ends with its exit code.
+    fake.command("sacct", f'echo "{a}|FAILED|3:0"')
+    now[0] += 2
+    sa, sb = p.status([a, b])
+    assert (sa.state, sa.exit_code, sb.state) == (JobState.FAILED, 3, JobState.RUNNING)
+    # sacct never lists b: after the grace, squeue's FAILED stands.
+    now[0] += SACCT_LAG_GRACE
+    assert p.status([b])[0].state is JobState.FAILED
+    assert p._ended_before_sacct == {}
 
 
 def test_a_job_nobody_lists_is_pending_within_the_grace_then_missing(tmp_path: Path, fake: FakeSlurm) -> None:
