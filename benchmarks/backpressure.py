@@ -43,7 +43,7 @@ with tempfile.TemporaryDirectory() as run_dir:
                                 run_dir=run_dir, max_outstanding=limit)
     with ex:
         ex.submit(noop, 0, b"").result(60)
-        sampler = threading.Thread(target=sample, args=(psutil.Process(ex._ix_proc.pid),), daemon=True)
+        sampler = threading.Thread(target=sample, args=(psutil.Process(ex.interchange_process.pid),), daemon=True)
         sampler.start()
         finished = [0]
         def count(_f):

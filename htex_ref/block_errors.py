@@ -15,26 +15,51 @@ and MISSING blocks count as failed. A handler that decides the executor cannot w
 - ``False`` or ``"none"``: ``noop_error_handler``, never;
 - any callable ``(executor, statuses)``, for example ``functools.partial(windowed_error_handler, threshold=2)``.
 
-The rules themselves are pure functions in ``htex_ref.core.scaling``.
+The rules themselves are pure functions in ``htex_ref.core.scaling``. Block control does not call a
+handler itself: ``error_rule`` turns the configured handler into the rule block control applies
+(``AllFailedRule`` and ``LastFailedRule`` for the built-in handlers; any other callable is called with a
+stand-in for the executor that records what it asks for), and the executor's control thread reports the
+failure it returns, reading the failed blocks' output files here (``describe_failed_blocks``).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from htex_ref.core.scaling import blocks_all_failed, blocks_last_failed, last_blocks
+from htex_ref.core.jobs import JobStatus
+from htex_ref.core.scaling import (
+    AllFailedRule,
+    BlockFailure,
+    LastFailedRule,
+    blocks_all_failed,
+    blocks_last_failed,
+    last_blocks,
+)
 from htex_ref.core.selectors import block_rank
 from htex_ref.errors import ScalingFailed
-from htex_ref.providers.base import JobStatus
+from htex_ref.providers.base import JobStatus as ProviderJobStatus
+from htex_ref.providers.base import output_summary
 
-if TYPE_CHECKING:
-    from htex_ref.executor import HighThroughputExecutor
+
+class FailureTarget(Protocol):
+    """What a block error handler is given as ``executor``: the executor, or simcluster's pilot."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def provider(self) -> Any: ...
+
+    def set_bad_state_and_fail_all(self, exception: BaseException) -> None: ...
 
 __all__ = [
     "HANDLER_NAMES",
+    "FailureTarget",
     "describe_failed_blocks",
+    "error_rule",
+    "failure_exception",
     "noop_error_handler",
     "resolve_block_error_handler",
     "simple_error_handler",
@@ -51,7 +76,7 @@ def describe_failed_blocks(headline: str, statuses: Mapping[str, JobStatus]) -> 
         lines.append(f"  block {block_id}: {st.state.name}: {st.message or ''}")
         if st.exit_code is not None:
             lines.append(f"    EXIT CODE: {st.exit_code}")
-        for name, text in (("STDOUT", st.stdout_summary), ("STDERR", st.stderr_summary)):
+        for name, text in (("STDOUT", output_summary(st.stdout_path)), ("STDERR", output_summary(st.stderr_path))):
             if text and text.strip():
                 lines.append(f"    {name}: " + text.strip().replace("\n", "\n      "))
     return "\n".join(lines)
@@ -67,12 +92,12 @@ def _check_threshold(threshold: Any, handler: str) -> int:
     return threshold
 
 
-def noop_error_handler(executor: HighThroughputExecutor, statuses: Mapping[str, JobStatus],
+def noop_error_handler(executor: FailureTarget, statuses: Mapping[str, JobStatus],
                        threshold: int = 3) -> None:
     """Never put the executor in bad state because of failed blocks."""
 
 
-def simple_error_handler(executor: HighThroughputExecutor, statuses: Mapping[str, JobStatus],
+def simple_error_handler(executor: FailureTarget, statuses: Mapping[str, JobStatus],
                          threshold: int | None = None) -> None:
     """Bad state when every block failed and there are at least ``threshold`` blocks.
 
@@ -87,7 +112,7 @@ def simple_error_handler(executor: HighThroughputExecutor, statuses: Mapping[str
             f"all {len(statuses)} blocks of executor {executor.label} failed:", statuses)))
 
 
-def windowed_error_handler(executor: HighThroughputExecutor, statuses: Mapping[str, JobStatus],
+def windowed_error_handler(executor: FailureTarget, statuses: Mapping[str, JobStatus],
                            threshold: int = 3) -> None:
     """Bad state when the last ``threshold`` blocks, in block-id order ('10' after '9'), all failed.
 
@@ -131,3 +156,50 @@ def resolve_block_error_handler(value: Any) -> Callable[..., Any]:
             except ValueError as e:
                 raise ValueError(f"block_error_handler: {e}") from None
     return handler
+
+
+def failure_exception(failure: BlockFailure) -> BaseException:
+    """The exception a ``BlockFailure`` puts the executor in bad state with (reads the blocks' output)."""
+    if failure.error is not None:
+        return failure.error
+    return ScalingFailed(describe_failed_blocks(failure.headline, failure.statuses))
+
+
+class _Recorder:
+    """Stands in for the executor when a handler of the user's is called: it reads whatever the executor
+    has, but a call to ``set_bad_state_and_fail_all`` is recorded and becomes the rule's verdict."""
+
+    def __init__(self, target: FailureTarget) -> None:
+        self._target = target
+        self.failure: BaseException | None = None
+
+    def set_bad_state_and_fail_all(self, exception: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exception
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def error_rule(handler: Callable[..., Any], target: FailureTarget,
+               init_blocks: int) -> Callable[[Mapping[str, JobStatus]], BlockFailure | None] | None:
+    """The rule block control applies for ``handler`` (as ``resolve_block_error_handler`` gives it);
+    None for a handler that never fails the executor."""
+    func, keywords = handler, {}
+    if isinstance(handler, functools.partial) and not handler.args:
+        func, keywords = handler.func, dict(handler.keywords)
+    if func is noop_error_handler:
+        return None
+    if func is simple_error_handler and set(keywords) <= {"threshold"}:
+        threshold = keywords.get("threshold")
+        return AllFailedRule(max(1, init_blocks) if threshold is None else threshold, target.label)
+    if func is windowed_error_handler and set(keywords) <= {"threshold"}:
+        return LastFailedRule(keywords.get("threshold", 3), target.label)
+
+    def rule(statuses: Mapping[str, JobStatus]) -> BlockFailure | None:
+        recorder = _Recorder(target)
+        # As Parsl hands them over: statuses that can read their job's output files.
+        handler(recorder, {b: ProviderJobStatus.of(st) for b, st in statuses.items()})
+        return None if recorder.failure is None else BlockFailure(error=recorder.failure)
+
+    return rule

@@ -47,6 +47,7 @@ from htex_ref.core.interchange import (
     AcceptRegistration,
     BlockCancelled,
     ForwardResults,
+    HoldBlock,
     HoldManager,
     InterchangeState,
     ManagerGoodbye,
@@ -61,22 +62,29 @@ from htex_ref.core.interchange import (
     StopManager,
     TaskSubmitted,
 )
+from htex_ref.core.notes import Note
 from htex_ref.core.selectors import selector_from_name
 from htex_ref.errors import ProtocolError
-from htex_ref.framing import NonBlockingWriter, StreamReader, encode_parts
+from htex_ref.framing import encode_parts
 from htex_ref.netutil import Contexts, tcp_url
 from htex_ref.protocol import (
+    BadCommand,
+    Command,
     Kind,
+    Notice,
+    Query,
     Registration,
+    decode_command,
+    decode_notice,
     dump_json,
     join_results,
     join_tasks,
     load_json_object,
     pack_request_id,
     split_results,
-    unpack_request_id,
     unpack_task_header,
 )
+from htex_ref.streams import NonBlockingWriter, StreamReader
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 logger = logging.getLogger("htex_ref.interchange")
@@ -110,9 +118,9 @@ class Interchange:
         self.running = True
         self.stop_requested = ""
         self.bad_frames = 0
-        # Commands are answered after the events read with them are applied, so a reply reflects
-        # every task and hold that the executor sent before it.
-        self._commands: list[tuple[int, dict[str, Any]]] = []
+        # Queries are answered after the events read with them are applied, so a reply reflects
+        # every task, hold and notice that the executor sent before it.
+        self._commands: list[Command] = []
 
     def _bind_router(self) -> int:
         address = self.cfg.get("address") or "*"
@@ -167,8 +175,8 @@ class Interchange:
             self._execute(self.state.handle(*events, now=clock()))
             if self._commands:
                 commands, self._commands = self._commands, []
-                for request_id, body in commands:
-                    self._reply(request_id, body)
+                for command in commands:
+                    self._reply(command)
         logger.info("Interchange dispatched %d tasks in %.1f s", self.state.tasks_dispatched, clock() - started)
 
     def _read_executor(self, events: list[Any]) -> None:
@@ -188,20 +196,25 @@ class Interchange:
                 if kind == Kind.TASK and len(frames) == 4:
                     task_id, priority = unpack_task_header(frames[1])
                     events.append(TaskSubmitted(QueuedTask(task_id, priority, (frames[1], frames[2], frames[3]))))
-                elif kind == Kind.CMD and len(frames) == 3:
-                    body = load_json_object(frames[2])
-                    args = body.get("args") or []
-                    if body.get("op") == "hold_manager" and args and isinstance(args[0], str):
-                        events.append(HoldManager(args[0].encode()))
-                    elif body.get("op") == "block_cancelled" and args and isinstance(args[0], str):
-                        reason = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
-                        events.append(BlockCancelled(args[0], reason[:500]))
-                    self._commands.append((unpack_request_id(frames[1]), body))
+                elif kind == Kind.CMD:
+                    command = decode_command(frames)
+                    if command.query is Query.HOLD_MANAGER:
+                        events.append(HoldManager(command.args[0].encode()))
+                    self._commands.append(command)
+                elif kind == Kind.NOTICE:
+                    notice = decode_notice(frames)
+                    if notice.notice is Notice.HOLD_BLOCK:
+                        events.append(HoldBlock(notice.args[0]))
+                    else:
+                        events.append(BlockCancelled(notice.args[0], notice.args[1]))
                 elif kind == Kind.STOP:
                     events.append(ShutdownAll("the executor shut down"))
                     self.running = False
                 else:
                     raise ProtocolError(f"unknown message kind {kind[:32]!r} with {len(frames)} frames")
+            except BadCommand as e:
+                self._bad_frame("executor", e)
+                self.to_exec([Kind.REPLY, pack_request_id(e.request_id), dump_json({"error": str(e)})])
             except ProtocolError as e:
                 self._bad_frame("executor", e)
 
@@ -239,37 +252,47 @@ class Interchange:
         if self.bad_frames <= 20 or self.bad_frames % 1000 == 0:
             logger.warning("Dropped malformed message from %s (%d so far): %s", source, self.bad_frames, err)
 
-    def _reply(self, request_id: int, body: dict[str, Any]) -> None:
-        op = body.get("op")
-        args = body.get("args") or []
-        now = time.monotonic()
-        reply: Any
-        if op == "managers":
-            reply = self.state.managers_snapshot(now)
-        elif op == "connected_blocks":
-            reply = self.state.connected_blocks()
-        elif op == "blocks":
-            reply = {b: dataclasses.asdict(load) for b, load in self.state.block_loads(now).items()}
-        elif op == "hold_manager" and args and isinstance(args[0], str):
-            rec = self.state.managers.get(args[0].encode())
-            reply = rec is not None and not rec.active
-        elif op == "stats":
-            reply = {
-                "pending": self.state.pending_count,
-                "in_flight": self.state.in_flight_count,
-                "dispatched": self.state.tasks_dispatched,
-                "managers": len(self.state.managers),
-                "bad_frames": self.bad_frames,
-                # CLOCK_MONOTONIC is shared by the processes of one host, so the executor can compare.
-                "last_dispatch_at": self.state.last_dispatch_at,
-            }
-        elif op == "ping":
-            reply = "pong"
-        elif op == "block_cancelled":
-            reply = True
-        else:
-            reply = {"error": f"unknown command {op!r}"}
-        self.to_exec([Kind.REPLY, pack_request_id(request_id), dump_json(reply)])
+    def _reply(self, command: Command) -> None:
+        value = self._answers[command.query](self, command.args, time.monotonic())
+        self.to_exec([Kind.REPLY, pack_request_id(command.request_id), dump_json({"ok": value})])
+
+    def _managers(self, args: tuple[Any, ...], now: float) -> Any:
+        return self.state.managers_snapshot(now)
+
+    def _blocks(self, args: tuple[Any, ...], now: float) -> Any:
+        return {"registered": self.state.connected_blocks(),
+                "loads": {b: dataclasses.asdict(load) for b, load in self.state.block_loads(now).items()}}
+
+    def _connected_blocks(self, args: tuple[Any, ...], now: float) -> Any:
+        return self.state.connected_blocks()
+
+    def _stats(self, args: tuple[Any, ...], now: float) -> Any:
+        return {
+            "pending": self.state.pending_count,
+            "in_flight": self.state.in_flight_count,
+            "dispatched": self.state.tasks_dispatched,
+            "managers": len(self.state.managers),
+            "bad_frames": self.bad_frames,
+            # CLOCK_MONOTONIC is shared by the processes of one host, so the executor can compare.
+            "last_dispatch_at": self.state.last_dispatch_at,
+        }
+
+    def _ping(self, args: tuple[Any, ...], now: float) -> Any:
+        return "pong"
+
+    def _held(self, args: tuple[Any, ...], now: float) -> Any:
+        # The HoldManager event read with this query has been applied already.
+        rec = self.state.managers.get(args[0].encode())
+        return rec is not None and not rec.active
+
+    _answers: dict[Query, Any] = {
+        Query.MANAGERS: _managers,
+        Query.BLOCKS: _blocks,
+        Query.CONNECTED_BLOCKS: _connected_blocks,
+        Query.STATS: _stats,
+        Query.PING: _ping,
+        Query.HOLD_MANAGER: _held,
+    }
 
     # ------------------------------------------------------------------------------ instructions
 
@@ -295,6 +318,8 @@ class Interchange:
                     self.to_exec([Kind.FATAL, dump_json(fatal)])
             elif isinstance(ins, StopManager):
                 router.send_multipart([ins.manager_id, Kind.SHUTDOWN, dump_json({"reason": ins.reason})])
+            elif isinstance(ins, Note):
+                logger.log(ins.level, "%s", ins.text)
 
     def close(self) -> None:
         # Let the shutdown notices to managers and the last results reach their peers.
@@ -322,19 +347,19 @@ def main() -> None:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
     logger.info("Starting interchange pid %d python %s", os.getpid(), PYTHON_VERSION)
-    ix = Interchange(cfg)
+    interchange = Interchange(cfg)
 
     def _term(signum: int, frame: Any) -> None:
-        ix.stop_requested = "the interchange received SIGTERM"
+        interchange.stop_requested = "the interchange received SIGTERM"
 
     signal.signal(signal.SIGTERM, _term)
     try:
-        ix.run()
+        interchange.run()
     except Exception:
         logger.exception("Interchange crashed")
         raise
     finally:
-        ix.close()
+        interchange.close()
 
 
 if __name__ == "__main__":

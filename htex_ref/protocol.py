@@ -9,11 +9,12 @@ its own task.
 Layouts (``|`` separates frames)::
 
     executor -> interchange   task | TaskHeader | function bytes | arguments bytes
-                              cmd | request id (u64) | JSON {"op": ..., "args": [...]}
+                              cmd | request id (u64) | JSON {"op": Query, "args": [...]}
+                              notice | JSON {"op": Notice, "args": [...]}
                               stop
     interchange -> executor   ready | JSON {"worker_port": int, "pid": int}
                               results | batch(ResultHeader, payload, ResultHeader, payload, ...)
-                              reply | request id | JSON
+                              reply | request id | JSON {"ok": value} or {"error": str}
                               fatal | JSON {"kind": str, "message": str}
     manager -> interchange    probe | protocol version
                               register | JSON Registration
@@ -33,6 +34,10 @@ Layouts (``|`` separates frames)::
 
 A ``batch(...)`` is one frame holding many (``htex_ref.framing.encode_body``): handing ZeroMQ one frame
 per message instead of three per task is what keeps the interchange's cost per task low.
+
+The executor's control vocabulary is two enums, each with one decoder: a ``Query`` (``cmd``) is answered
+with a ``reply``; a ``Notice`` (``notice``: hold a block, a block ended) is not. Their arguments are
+checked against ``QUERY_ARGS`` / ``NOTICE_ARGS`` on arrival.
 
 There are no magic values inside the task stream: a heartbeat, a shutdown and a batch of tasks are
 different kinds. A registration carries ``protocol_version``; a pool speaking another version, or a
@@ -57,6 +62,7 @@ class Kind:
 
     TASK = b"task"
     CMD = b"cmd"
+    NOTICE = b"notice"
     STOP = b"stop"
     READY = b"ready"
     RESULTS = b"results"
@@ -203,16 +209,117 @@ def join_tasks(tasks: list[tuple[bytes, ...]]) -> list[bytes]:
     return [Kind.TASKS, encode_body(frames)]
 
 
-def split_tasks(frames: list[bytes]) -> list[tuple[int, tuple[Frame, Frame, Frame]]]:
-    """Decode a ``tasks`` message into (task id, (header, function, arguments)); all or nothing."""
+def split_tasks(frames: list[bytes]) -> list[tuple[int, float, tuple[Frame, Frame, Frame]]]:
+    """Decode a ``tasks`` message into (task id, priority, (header, function, arguments)); all or nothing."""
     if len(frames) != 2:
         raise ProtocolError(f"tasks message has {len(frames)} frames, expected 2")
     body = decode_body(frames[1], share=True)
     if not body or len(body) % TASK_FRAMES:
         raise ProtocolError(f"tasks batch has {len(body)} frames, expected triples")
     return [
-        (unpack_task_header(body[i])[0], (body[i], body[i + 1], body[i + 2])) for i in range(0, len(body), TASK_FRAMES)
+        (*unpack_task_header(body[i]), (body[i], body[i + 1], body[i + 2])) for i in range(0, len(body), TASK_FRAMES)
     ]
+
+
+class Query(enum.Enum):
+    """Executor -> interchange requests, each answered with a ``reply``."""
+
+    #: -> one dict per registered manager (id, block, host, workers, tasks, idle time, state, versions)
+    MANAGERS = "managers"
+    #: -> {"registered": block ids in order of first registration, "loads": {block id: BlockLoad fields}}
+    BLOCKS = "blocks"
+    #: -> block ids in order of first registration
+    CONNECTED_BLOCKS = "connected_blocks"
+    #: -> counters: pending, in flight, dispatched, managers, bad frames, time of the last dispatch
+    STATS = "stats"
+    #: -> "pong" (the link's liveness check; any message from the interchange counts)
+    PING = "ping"
+    #: (manager id) -> whether that manager is registered and now held
+    HOLD_MANAGER = "hold_manager"
+
+
+class Notice(enum.Enum):
+    """Executor -> interchange messages that need no answer."""
+
+    #: (block id): send no more tasks to the block's managers
+    HOLD_BLOCK = "hold_block"
+    #: (block id, reason): the block's job ended or was cancelled (reason ""): its managers are gone
+    BLOCK_ENDED = "block_ended"
+
+
+#: The arguments each query and notice takes, by type, in order.
+QUERY_ARGS: dict[Query, tuple[type, ...]] = {q: () for q in Query} | {Query.HOLD_MANAGER: (str,)}
+NOTICE_ARGS: dict[Notice, tuple[type, ...]] = {Notice.HOLD_BLOCK: (str,), Notice.BLOCK_ENDED: (str, str)}
+#: Longest string argument accepted (a block id, a manager id, a reason).
+MAX_ARG = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A decoded ``cmd``: its request id, the query, and its checked arguments."""
+
+    request_id: int
+    query: Query
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeMessage:
+    notice: Notice
+    args: tuple[Any, ...]
+
+
+def encode_command(request_id: int, query: Query, *args: Any) -> list[bytes]:
+    return [Kind.CMD, pack_request_id(request_id), dump_json({"op": query.value, "args": list(args)})]
+
+
+def encode_notice(notice: Notice, *args: Any) -> list[bytes]:
+    return [Kind.NOTICE, dump_json({"op": notice.value, "args": list(args)})]
+
+
+def _op_and_args(body: Frame, ops: type[enum.Enum],
+                 schema: dict[Any, tuple[type, ...]]) -> tuple[Any, tuple[Any, ...]]:
+    obj = load_json_object(body)
+    try:
+        op = ops(obj.get("op"))
+    except ValueError:
+        raise ProtocolError(f"unknown {ops.__name__.lower()} {str(obj.get('op'))[:64]!r}") from None
+    args = obj.get("args", [])
+    types = schema[op]
+    if (not isinstance(args, list) or len(args) != len(types)
+            or not all(isinstance(a, t) and not isinstance(a, bool) for a, t in zip(args, types, strict=False))):
+        raise ProtocolError(f"{op.value}: arguments must be {[t.__name__ for t in types]}, got {str(args)[:200]}")
+    if any(isinstance(a, str) and len(a) > MAX_ARG for a in args):
+        raise ProtocolError(f"{op.value}: an argument is longer than {MAX_ARG} characters")
+    return op, tuple(args)
+
+
+def decode_command(frames: list[Frame]) -> Command:
+    """A ``cmd`` message; ``ProtocolError`` for a bad layout, query or argument (its request id, when it
+    could be read, is in ``BadCommand``, so that the sender can be answered with the error)."""
+    if len(frames) != 3:
+        raise ProtocolError(f"cmd message has {len(frames)} frames, expected 3")
+    request_id = unpack_request_id(frames[1])
+    try:
+        query, args = _op_and_args(frames[2], Query, QUERY_ARGS)
+    except ProtocolError as e:
+        raise BadCommand(request_id, str(e)) from None
+    return Command(request_id, query, args)
+
+
+def decode_notice(frames: list[Frame]) -> NoticeMessage:
+    if len(frames) != 2:
+        raise ProtocolError(f"notice message has {len(frames)} frames, expected 2")
+    notice, args = _op_and_args(frames[1], Notice, NOTICE_ARGS)
+    return NoticeMessage(notice, args)
+
+
+class BadCommand(ProtocolError):
+    """A ``cmd`` whose request id could be read but whose query or arguments could not."""
+
+    def __init__(self, request_id: int, message: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 def _field(body: dict[str, Any], name: str, types: type | tuple[type, ...], optional: bool = False) -> Any:

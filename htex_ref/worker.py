@@ -17,10 +17,10 @@ import time
 
 import cloudpickle
 
-from htex_ref.framing import BlockingChannel
 from htex_ref.procutil import set_parent_death_signal
 from htex_ref.protocol import Kind, Outcome, pack_result_header, unpack_task_header
 from htex_ref.serialize import FunctionCache, dumps_exception, dumps_result
+from htex_ref.streams import BlockingChannel
 
 logger = logging.getLogger("htex_ref.worker")
 

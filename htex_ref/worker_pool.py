@@ -53,9 +53,10 @@ from htex_ref.core.manager import (
     WorkerReady,
     WorkerResult,
 )
+from htex_ref.core.notes import Note
 from htex_ref.core.planning import drain_delay, plan_workers
 from htex_ref.errors import ProtocolError
-from htex_ref.framing import NonBlockingWriter, StreamReader, encode_parts
+from htex_ref.framing import encode_parts
 from htex_ref.netutil import Contexts, tcp_url
 from htex_ref.protocol import (
     Kind,
@@ -66,6 +67,7 @@ from htex_ref.protocol import (
     split_tasks,
     unpack_result_header,
 )
+from htex_ref.streams import NonBlockingWriter, StreamReader
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 logger = logging.getLogger("htex_ref.worker_pool")
@@ -210,7 +212,7 @@ class WorkerPool:
         self.logdir = logdir
         self.hostname = socket.gethostname()
         self.contexts = Contexts(None if args.cert_dir in (None, "None") else args.cert_dir)
-        self.ix: Any = None
+        self.interchange: Any = None
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.pidfds: dict[int, int] = {}  # pidfd -> rank
         self.channels: dict[int, socket.socket] = {}  # rank -> manager end of the socketpair
@@ -229,11 +231,11 @@ class WorkerPool:
         a = self.args
         url = probe_addresses(self.contexts, a.addresses.split(","), a.port, a.address_probe_timeout)
         logger.info("Interchange answered at %s", url)
-        self.ix = self.contexts.socket(zmq.DEALER, server=False)
-        self.ix.setsockopt(zmq.IDENTITY, self.uid.encode())
-        self.ix.setsockopt(zmq.SNDHWM, 0)
-        self.ix.setsockopt(zmq.RCVHWM, 0)
-        self.ix.connect(url)
+        self.interchange = self.contexts.socket(zmq.DEALER, server=False)
+        self.interchange.setsockopt(zmq.IDENTITY, self.uid.encode())
+        self.interchange.setsockopt(zmq.SNDHWM, 0)
+        self.interchange.setsockopt(zmq.RCVHWM, 0)
+        self.interchange.connect(url)
         import psutil
 
         job_started = job_start_from_env(os.environ)
@@ -260,11 +262,11 @@ class WorkerPool:
             os=platform.system(),
             drain_in=drain_in,
         )
-        self.ix.send_multipart([Kind.REGISTER, reg.encode()])
-        if not self.ix.poll(int(a.hb_threshold * 1000)):
+        self.interchange.send_multipart([Kind.REGISTER, reg.encode()])
+        if not self.interchange.poll(int(a.hb_threshold * 1000)):
             raise ConnectionError(f"the interchange at {url} did not answer the registration within "
                                   f"{a.hb_threshold} s")
-        frames = self.ix.recv_multipart()
+        frames = self.interchange.recv_multipart()
         if frames[0] == Kind.REJECTED:
             reason = load_json_object(frames[1]).get("reason", "no reason given")
             raise PermissionError(f"the interchange refused this worker pool: {reason}")
@@ -322,9 +324,9 @@ class WorkerPool:
     # ---------------------------------------------------------------------------------- loop
 
     def run(self, state: ManagerState) -> int:
-        self.poller.register(self.ix, zmq.POLLIN)
+        self.poller.register(self.interchange, zmq.POLLIN)
         # Connection events tell us at once when the interchange's end of the TCP connection goes away.
-        monitor = self.ix.get_monitor_socket(
+        monitor = self.interchange.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
         )
         self.poller.register(monitor, zmq.POLLIN)
@@ -336,7 +338,7 @@ class WorkerPool:
             events: list[Any] = []
             if self.stop_reason:
                 events.append(StopRequested(self.stop_reason))
-            if self.ix in socks:
+            if self.interchange in socks:
                 self._read_interchange(events)
             if monitor in socks:
                 self._read_monitor(monitor, events)
@@ -385,14 +387,14 @@ class WorkerPool:
         contact = False
         while True:
             try:
-                frames = self.ix.recv_multipart(zmq.NOBLOCK)
+                frames = self.interchange.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             contact = True
             kind = frames[0]
             try:
                 if kind == Kind.TASKS:
-                    events.append(TasksArrived([PoolTask(tid, fr) for tid, fr in split_tasks(frames)]))
+                    events.append(TasksArrived([PoolTask(tid, fr, prio) for tid, prio, fr in split_tasks(frames)]))
                 elif kind == Kind.SHUTDOWN:
                     reason = load_json_object(frames[1]).get("reason", "") if len(frames) > 1 else ""
                     events.append(StopRequested(f"the interchange asked this pool to stop: {reason}"))
@@ -445,17 +447,19 @@ class WorkerPool:
                 # The worker is dying; its pidfd turns this into WorkerLost for the task.
                 logger.warning("Could not send task %d to worker %d: %s", ins.task.task_id, ins.rank, e)
         elif isinstance(ins, SendResults):
-            self.ix.send_multipart(join_results(ins.results), copy=False)
+            self.interchange.send_multipart(join_results(ins.results), copy=False)
         elif isinstance(ins, SendHeartbeat):
-            self.ix.send_multipart([Kind.HEARTBEAT])
+            self.interchange.send_multipart([Kind.HEARTBEAT])
         elif isinstance(ins, StartWorker):
             self.spawn(ins.rank)
+        elif isinstance(ins, Note):
+            logger.log(ins.level, "%s", ins.text)
         elif isinstance(ins, Exit):
             level = logging.ERROR if ins.error else logging.INFO
             logger.log(level, "Worker pool exiting: %s", ins.reason)
             if ins.error:
                 print(f"htex-worker-pool {self.uid}: {ins.reason}", file=sys.stderr, flush=True)
-            self.ix.send_multipart([Kind.BYE, dump_json({"reason": ins.reason})])
+            self.interchange.send_multipart([Kind.BYE, dump_json({"reason": ins.reason})])
             return EXIT_ERROR if ins.error else 0
         return None
 
@@ -474,8 +478,8 @@ class WorkerPool:
             os.close(fd)
         for chan in self.channels.values():
             chan.close()
-        if self.ix is not None:
-            self.ix.close(linger=1000)
+        if self.interchange is not None:
+            self.interchange.close(linger=1000)
         self.contexts.close()
 
 

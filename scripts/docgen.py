@@ -27,11 +27,21 @@ class Subject:
     bad: dict[str, list[Any]] = field(default_factory=dict)
     #: Keyword arguments every call needs (required parameters, or what makes a function check the rest).
     required: dict[str, Any] = field(default_factory=dict)
+    #: Where the parameters are described, when not in the subject's own docstring ("module:Class").
+    doc_from: str | None = None
 
     def load(self) -> Callable[..., Any]:
-        module, _, name = self.path.partition(":")
-        obj: Callable[..., Any] = getattr(importlib.import_module(module), name)
-        return obj
+        return _load(self.path)
+
+    def documented(self) -> dict[str, tuple[str, str]]:
+        """The subject's parameters as its docstring (or ``doc_from``'s) describes them."""
+        return parse_parameters(inspect.getdoc(_load(self.doc_from or self.path)) or "")
+
+
+def _load(path: str) -> Callable[..., Any]:
+    module, _, name = path.partition(":")
+    obj: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return obj
 
 
 _INF = float("inf")
@@ -46,8 +56,9 @@ def _example_function(x: int) -> int:
 SUBJECTS: list[Subject] = [
     Subject(
         "htex_ref.executor:HighThroughputExecutor", "HighThroughputExecutor",
-        "The executor. Construction only checks and stores the configuration; `start()` (or the first "
-        "`submit`, or `with`) starts the interchange and the first blocks.",
+        "The executor. Construction only checks and stores the configuration (an `ExecutorSettings`, whose "
+        "docstring describes each parameter); `start()` (or `with`) starts the interchange and the first blocks.",
+        doc_from="htex_ref.settings:ExecutorSettings",
         bad={
             "label": ["", "a/b"],
             "provider": ["local"],
@@ -266,7 +277,7 @@ def _cell(text: str) -> str:
 
 def render(subject: Subject) -> str:
     cls = subject.load()
-    documented = parse_parameters(inspect.getdoc(cls) or "")
+    documented = subject.documented()
     rows = ["| parameter | type | default | meaning |", "|---|---|---|---|"]
     for name, param in constructor_parameters(cls).items():
         default = "required" if param.default is inspect.Parameter.empty else f"`{param.default!r}`"

@@ -1,62 +1,103 @@
-"""The simulated executor: htex_ref's own interchange, block control and strategy, run on a simpy clock.
+"""The simulated executor: htex_ref's own interchange, worker pools, block control and strategy, run on a
+simpy clock.
 
 What runs here is htex_ref's code, not a model of it:
 
 - ``htex_ref.core.interchange.InterchangeState`` queues, prioritises and dispatches every task (with
-  prefetch, automatic or fixed), expires managers that miss heartbeats and fails their tasks with
-  ``MANAGER_LOST``, and forgets a block's managers when told the block ended;
-- ``htex_ref.core.blocks.BlockControl`` keeps the block bookkeeping and runs the control pass (status
-  refresh, registration time-out, block error handler, report of ended blocks, strategy) against a
-  ``SimProvider``, through ``SimPort``, the simulator's implementation of ``BlockPort``;
-- ``htex_ref.core.strategy.decide`` and ``htex_ref.block_errors`` decide scaling and failure;
-- ``htex_ref.core.planning.plan_workers`` decides each node's worker count.
+  prefetch, automatic or fixed), holds and drains managers, expires those that miss heartbeats and fails
+  their tasks with ``MANAGER_LOST``, and forgets a block's managers when told the block ended;
+- ``htex_ref.core.manager.ManagerState`` runs each node's pool (``simcluster.pools.SimPool``): its local
+  queue in priority order, tasks handed over in advance, result batching, workers lost to a crashing task
+  (``WORKER_LOST``) and replaced, heartbeats;
+- ``htex_ref.core.blocks.BlockControl`` keeps the block bookkeeping and makes every block decision (start,
+  status refresh, registration time-out, block error rule, report of ended blocks, strategy, shutdown)
+  through ``drive``, the same loop the executor's control thread runs, against a ``SimProvider``;
+- ``htex_ref.core.strategy.decide`` and the rules of ``htex_ref.block_errors`` decide scaling and failure;
+- ``htex_ref.core.planning`` decides each node's worker count and when a pool drains.
 
-What is modelled, cheaply, is the rest: a manager is a count of free worker slots and a local queue
-(tasks handed over beyond its free workers wait there, first in first out, as a pool's prefetched tasks
-do); a task runs for its drawn duration; messages take no time. Heartbeats from all live managers go
-to the interchange in one batch every ``heartbeat_period``. A block's pools register
-``job_start_latency`` seconds after its job starts, and die with the job (walltime, node failure,
-cancel); the interchange then learns it the way it would for real: from the executor's report of the
-ended block at the next status refresh, or from missed heartbeats, whichever comes first.
+What is modelled, cheaply, is the rest: a worker runs a task for its drawn duration (or dies, for a task
+drawn to crash); messages take no time. Heartbeats from all live pools go to the interchange in one batch
+every ``heartbeat_period``. A block's pools register ``job_start_latency`` seconds after its job starts,
+and die with the job (walltime, node failure, cancel); the interchange then learns it the way it would
+for real: from the executor's report of the ended block at the next status refresh, or from missed
+heartbeats, whichever comes first.
 
-Task completions are kept in one heap of ``(end, task, manager, slot)``, and a single simpy timeout
-stands for the earliest; everything finishing at the same instant goes to the interchange as one call.
+Task completions are kept in one heap of end times, and a single wake-up stands for the earliest;
+everything finishing at the same instant goes to each pool's core as one call.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
 import math
 from array import array
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
 
-from htex_ref.block_errors import resolve_block_error_handler
-from htex_ref.core.blocks import BlockControl, BlockLoad, ControlSettings
+from htex_ref.block_errors import error_rule, failure_exception, resolve_block_error_handler
+from htex_ref.core.blocks import (
+    BlockControl,
+    BlockEnded,
+    Cancel,
+    CancelDone,
+    ControlSettings,
+    FailAll,
+    HoldBlock,
+    Launch,
+    Launched,
+    LaunchFailed,
+    Observed,
+    Shutdown,
+    Start,
+    Tick,
+    drive,
+)
+from htex_ref.core.blocks import (
+    Event as ControlEvent,
+)
 from htex_ref.core.interchange import (
     BlockCancelled,
     ForwardResults,
-    HoldManager,
     InterchangeState,
-    ManagerHeartbeat,
+    ManagerGoodbye,
     ManagerRegistered,
     QueuedTask,
+    ReplyHeartbeat,
     ResultsReceived,
     SendTasks,
     StopManager,
     TaskSubmitted,
 )
+from htex_ref.core.interchange import (
+    HoldBlock as HoldBlockEvent,
+)
+from htex_ref.core.manager import (
+    Exit,
+    InterchangeContact,
+    ManagerState,
+    PoolTask,
+    RunTask,
+    SendHeartbeat,
+    SendResults,
+    StartWorker,
+    StopRequested,
+    TasksArrived,
+    WorkerExited,
+    WorkerReady,
+    WorkerResult,
+)
+from htex_ref.core.notes import Note
 from htex_ref.core.planning import drain_delay, plan_workers
 from htex_ref.core.selectors import BlockIdManagerSelector, ManagerSelector, RandomManagerSelector
 from htex_ref.protocol import Outcome, Registration, ResultTuple
-from htex_ref.providers.base import ExecutionProvider, JobStatus
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
+from simcluster.pools import SimPool
 from simcluster.provider import SimProvider
 from simcluster.scenario import ExecutorConfig, Partition
 from simcluster.scheduler import Job, Scheduler
@@ -70,24 +111,8 @@ UNSUBMITTED, QUEUED, RUNNING, DONE, LOST, DEP_FAILED, FAILED, UNFINISHED = range
 STATE_NAMES = ("unsubmitted", "queued", "running", "done", "lost", "dep_failed", "failed", "unfinished")
 _OK = Outcome.OK
 _NAN = math.nan
-
-
-class SimManager:
-    """One node's worker pool: free worker slots and a local queue of handed-over tasks."""
-
-    __slots__ = ("alive", "block", "died_at", "free", "heartbeat", "index", "mid", "node", "queue", "workers")
-
-    def __init__(self, index: int, mid: bytes, block: str, node: int, workers: int) -> None:
-        self.index = index
-        self.mid = mid
-        self.block = block
-        self.node = node
-        self.workers = workers
-        self.free = list(range(workers - 1, -1, -1))
-        self.queue: deque[int] = deque()
-        self.alive = True
-        self.died_at = _NAN
-        self.heartbeat = ManagerHeartbeat(mid)
+#: The exit code of a worker killed by a task drawn to crash (as a task calling ``os._exit(9)`` would).
+CRASH_EXIT_CODE = 9
 
 
 @dataclass
@@ -114,56 +139,6 @@ class Sample:
     tasks_done: int
 
 
-class SimPort:
-    """``BlockPort`` for the simulated executor (see ``htex_ref.core.blocks``)."""
-
-    def __init__(self, pilot: Pilot) -> None:
-        self._p = pilot
-
-    @property
-    def provider(self) -> ExecutionProvider:
-        return self._p.provider
-
-    @property
-    def workers_per_node(self) -> int:
-        return self._p.workers_per_node
-
-    @property
-    def stopping(self) -> bool:
-        return self._p.shut_down or self._p.bad_state is not None
-
-    @property
-    def bad_state(self) -> bool:
-        return self._p.bad_state is not None
-
-    def launch(self, block_id: str) -> str:
-        return self._p.launch(block_id)
-
-    def registered_blocks(self) -> list[str]:
-        return self._p.ix.connected_blocks()
-
-    def block_loads(self) -> Mapping[str, BlockLoad]:
-        return self._p.ix.block_loads(self._p.env.now)
-
-    def outstanding(self) -> int:
-        return self._p.outstanding
-
-    def hold_block(self, block_id: str) -> None:
-        p = self._p
-        rec = p.blocks.get(block_id)
-        if rec is None:
-            return
-        holds = [HoldManager(p.managers[m].mid) for m in rec.managers if p.managers[m].mid in p.ix.managers]
-        if holds:
-            p.to_interchange(holds, p.env.now)
-
-    def block_ended(self, block_id: str, reason: str) -> None:
-        self._p.to_interchange([BlockCancelled(block_id, reason)], self._p.env.now)
-
-    def handle_block_errors(self, statuses: dict[str, JobStatus]) -> None:
-        self._p.handler(self._p, statuses)
-
-
 class Pilot:
     """One executor configuration running one workload on the simulated cluster."""
 
@@ -180,24 +155,28 @@ class Pilot:
         self._on_finish = on_finish
         selector: ManagerSelector = (BlockIdManagerSelector() if cfg.manager_selector == "block_id"
                                      else RandomManagerSelector(seed))
-        self.ix = InterchangeState(cfg.heartbeat_threshold, selector=selector,
-                                   auto_prefetch=cfg.prefetch_capacity is None)
+        self.interchange = InterchangeState(cfg.heartbeat_threshold, selector=selector,
+                                            auto_prefetch=cfg.prefetch_capacity is None)
         self.provider = SimProvider(
             scheduler, partition.name, nodes_per_block=cfg.nodes_per_block, init_blocks=cfg.init_blocks,
             min_blocks=cfg.min_blocks, max_blocks=cfg.max_blocks, parallelism=cfg.parallelism,
             walltime=cfg.walltime, status_polling_interval=cfg.status_polling_interval, label=cfg.label)
         self.provider.on_start = self._job_started
         self.provider.on_end = self._job_ended
-        self.control = BlockControl(ControlSettings(cfg.strategy, cfg.strategy_period, cfg.max_idletime,
-                                                    cfg.block_registration_timeout))
-        self.port = SimPort(self)
-        self.handler = resolve_block_error_handler(cfg.block_error_handler)
         accelerators = [str(i) for i in range(cfg.accelerators)]
         # The executor's estimate and each node's own plan agree here: every node of a partition is alike.
         self.workers_per_node = plan_workers(
             max_workers_per_node=cfg.max_workers_per_node or None, cores_per_worker=cfg.cores_per_worker,
             mem_per_worker=cfg.mem_per_worker or None, cores=partition.cores, mem_gb=partition.memory_gb,
             accelerators=accelerators).count
+        self.control = BlockControl(ControlSettings(
+            strategy=cfg.strategy, strategy_period=cfg.strategy_period, max_idletime=cfg.max_idletime,
+            registration_timeout=cfg.block_registration_timeout,
+            status_interval=max(0.2, float(cfg.status_polling_interval)), init_blocks=cfg.init_blocks,
+            min_blocks=cfg.min_blocks, max_blocks=cfg.max_blocks, nodes_per_block=cfg.nodes_per_block,
+            parallelism=cfg.parallelism, workers_per_node=self.workers_per_node,
+            script_dir=self.provider.script_dir),
+            error_rule(resolve_block_error_handler(cfg.block_error_handler), self, cfg.init_blocks))
         self.prefetch = cfg.prefetch_capacity or 0
         self.bad_state: BaseException | None = None
         self.shut_down = False
@@ -217,9 +196,10 @@ class Pilot:
         self.group_left = list(plan.group_size)
         self.group_failed = [False] * len(plan.group_size)
 
-        self.managers: list[SimManager] = []
-        self.by_mid: dict[bytes, SimManager] = {}
-        self.heartbeats: dict[int, ManagerHeartbeat] = {}
+        self.managers: list[SimPool] = []
+        self.by_mid: dict[bytes, SimPool] = {}
+        #: Live pools by index, for the heartbeat tick.
+        self.live: dict[int, SimPool] = {}
         self.blocks: dict[str, BlockRecord] = {}
         self.job_block: dict[str, str] = {}
         self.blocks_pending = 0
@@ -235,20 +215,23 @@ class Pilot:
         self.shutdown_blocks: set[str] = set()
 
         self._next_release = 0
-        #: The pilot's own wake-ups (releases, completions, interchange timers): see simcluster.wakes.
+        #: The pilot's own wake-ups (releases, completions, interchange and pool timers): see simcluster.wakes.
         self.wakes = Wakes(env)
         # Running tasks by end time: a heap of distinct end times, and per end time its task, or a heap of
         # its tasks when several end at the same instant; they come out by (end, task), and a task's
-        # manager and slot are in t_mgr and t_worker. (Plain floats compare faster than tuples.)
+        # pool and worker are in t_mgr and t_worker. (Plain floats compare faster than tuples.)
         self._heap: list[float] = []
         self._ends: dict[float, int | list[int]] = {}
         self._wake_at = math.inf
-        self._ix_wake_at = math.inf
+        self._interchange_wake_at = math.inf
+        #: Heartbeats the pools' cores sent since the last tick (they go to the interchange together).
+        self._heartbeats_due: list[Any] = []
 
     # ------------------------------------------------------------------------------------ start
 
     def start(self) -> None:
         env = self.env
+        self._control(Start())
         env.process(self._control_loop())
         env.process(self._heartbeats())
         # After the control loop's first pass, as a user submits after start() returned.
@@ -263,7 +246,9 @@ class Pilot:
     def to_interchange(self, events: list[Any], now: float) -> None:
         """Hand ``events`` to the interchange at ``now`` and carry out what it says."""
         # Most calls carry one event: passing it as it is skips building a tuple (a third of the call).
-        for ins in self.ix.handle(events[0], now=now) if len(events) == 1 else self.ix.handle(*events, now=now):
+        out = self.interchange.handle(events[0], now=now) if len(events) == 1 else \
+            self.interchange.handle(*events, now=now)
+        for ins in out:
             kind = type(ins)
             # Exact type tests, cheapest first by frequency (isinstance would do, a little slower).
             if kind is SendTasks:
@@ -272,46 +257,91 @@ class Pilot:
             elif kind is ForwardResults:
                 assert isinstance(ins, ForwardResults)
                 self._results(ins.results, now)
+            elif kind is ReplyHeartbeat:
+                assert isinstance(ins, ReplyHeartbeat)
+                m = self.by_mid.get(ins.manager_id)
+                if m is not None:
+                    m.contact = True
             elif kind is StopManager:
                 assert isinstance(ins, StopManager)
                 m = self.by_mid.get(ins.manager_id)
                 if m is not None and m.alive:
-                    self._manager_exits(m, now)
-        # _arm, inlined: this runs once per interchange call.
-        heap = self._heap
-        if heap and heap[0] < self._wake_at:
-            self._wake_at = heap[0]
-            self.wakes.call_later(self._wake_at - now, self._complete)
-        deadline = self.ix.next_deadline()
-        if deadline is not None and deadline < self._ix_wake_at:
-            self._ix_wake_at = deadline
-            self.wakes.call_later(deadline - now, self._ix_timer)
+                    self._pool([StopRequested(f"the interchange asked this pool to stop: {ins.reason}")], m, now)
+        self._arm(now)
+        deadline = self.interchange.next_deadline()
+        if deadline is not None and deadline < self._interchange_wake_at:
+            self._interchange_wake_at = deadline
+            self.wakes.call_later(deadline - now, self._interchange_timer)
 
-    def _ix_timer(self, now: float) -> None:
-        if now != self._ix_wake_at or self.shut_down:
+    def _interchange_timer(self, now: float) -> None:
+        if now != self._interchange_wake_at or self.shut_down:
             return
-        self._ix_wake_at = math.inf
+        self._interchange_wake_at = math.inf
         self.to_interchange([], now)
+
+    # ---------------------------------------------------------------------------------------- pools
 
     def _tasks_arrive(self, mid: bytes, tasks: list[QueuedTask], now: float) -> None:
         m = self.by_mid[mid]
         if not m.alive:
-            return  # lost in flight: the interchange fails them when it learns the manager is gone
-        t_mgr = self.t_mgr
-        free = m.free
-        mi = m.index
-        for qt in tasks:
-            ti = qt.task_id - 1
-            t_mgr[ti] = mi
-            if free:
-                self._run(ti, free.pop(), now)
-            else:
-                m.queue.append(ti)
+            return  # lost in flight: the interchange fails them when it learns the pool is gone
+        self._pool([TasksArrived([PoolTask(qt.task_id, (), qt.priority) for qt in tasks])], m, now)
 
-    def _run(self, ti: int, slot: int, now: float) -> None:
-        """Task ``ti`` (its manager already in t_mgr) starts on worker ``slot`` at ``now``."""
+    def _pool(self, events: list[Any], m: SimPool, now: float) -> None:
+        """Hand ``events`` to a pool's core and carry out what it says."""
+        self._carry_out(m.state.handle(*events, now=now), m, now)
+
+    def _carry_out(self, out: list[Any], m: SimPool, now: float) -> None:
+        """Carry out a pool core's instructions. Workers are given their tasks before any message leaves,
+        so that whatever the interchange sends back meets a consistent pool."""
+        sends: list[Any] | None = None
+        while out:
+            ready: list[Any] | None = None
+            for ins in out:
+                kind = type(ins)
+                if kind is RunTask:
+                    self._hand(m, ins.rank, ins.task.task_id - 1, now)
+                elif kind is StartWorker:
+                    # A replacement worker is ready at once.
+                    ready = [WorkerReady(ins.rank)] if ready is None else [*ready, WorkerReady(ins.rank)]
+                elif kind is not Note:
+                    sends = [ins] if sends is None else [*sends, ins]
+            out = m.state.handle(*ready, now=now) if ready else []
+        if sends is not None:
+            for ins in sends:
+                kind = type(ins)
+                if kind is SendResults:
+                    self.to_interchange([ResultsReceived(m.mid, ins.results)], now)
+                elif kind is SendHeartbeat:
+                    self._heartbeats_due.append(m.heartbeat)
+                elif kind is Exit and m.alive:
+                    self._pool_exits(m, ins, now)
+        state = m.state
+        if state.results_since is not None and m.alive:
+            due = state.results_due()
+            if due is not None and due < m.wake_at:
+                m.wake_at = due
+                self.wakes.call_later(due - now, functools.partial(self._pool_timer, m))
+
+    def _pool_timer(self, m: SimPool, now: float) -> None:
+        if now != m.wake_at or not m.alive or self.shut_down:
+            return
+        m.wake_at = math.inf
+        self._pool([], m, now)
+
+    def _hand(self, m: SimPool, rank: int, ti: int, now: float) -> None:
+        """The pool gave task ``ti`` to worker ``rank``: it starts now, or after the worker's current task."""
+        self.t_mgr[ti] = m.index
+        self.t_worker[ti] = rank
+        if m.current[rank] < 0:
+            m.current[rank] = ti
+            self._run(ti, now)
+        else:
+            m.next[rank] = ti
+
+    def _run(self, ti: int, now: float) -> None:
+        """Task ``ti`` (its pool and worker already in t_mgr, t_worker) starts at ``now``."""
         self.t_start[ti] = now
-        self.t_worker[ti] = slot
         self.state[ti] = RUNNING
         self.running += 1
         end = now + self.plan.duration[ti]
@@ -327,24 +357,23 @@ class Pilot:
             heapq.heappush(other, ti)
 
     def _arm(self, now: float) -> None:
-        """Make sure a wake-up is due at the earliest completion (one simpy timeout for the whole heap)."""
+        """Make sure a wake-up is due at the earliest completion (one wake-up for the whole heap)."""
         heap = self._heap
         if heap and heap[0] < self._wake_at:
             self._wake_at = heap[0]
             self.wakes.call_later(self._wake_at - now, self._complete)
 
     def _complete(self, now: float) -> None:
-        """Every task ending now: free its worker (or start the next local task) and report it."""
+        """Every task ending now: its worker reports it (or dies, for a task drawn to crash) and starts the
+        task it was handed in advance, if any; each pool's core hears of all its workers in one call."""
         if now != self._wake_at:
             return  # superseded by an earlier wake
         self._wake_at = math.inf
-        heap = self._heap
-        ends = self._ends
-        managers = self.managers
-        duration = self.plan.duration
+        heap, ends, managers = self._heap, self._ends, self.managers
+        duration, crash = self.plan.duration, self.plan.crash
         t_end, t_mgr, t_worker = self.t_end, self.t_mgr, self.t_worker
         heappop = heapq.heappop
-        batches: dict[int, list[ResultTuple]] = {}
+        events: dict[int, list[Any]] = {}
         busy = self.busy_seconds
         ended = 0
         while heap and heap[0] <= now:
@@ -360,34 +389,35 @@ class Pilot:
                 if not entry:
                     heappop(heap)
                     del ends[end]
-            mi = t_mgr[ti]
-            m = managers[mi]
+            m = managers[t_mgr[ti]]
             if not m.alive:
                 continue
-            slot = t_worker[ti]
-            t_end[ti] = end
+            rank = t_worker[ti]
             run = duration[ti]
             busy += run
             ended += 1
-            batch = batches.get(mi)
+            batch = events.get(m.index)
             if batch is None:
-                batches[mi] = [(ti + 1, _OK, b"", run)]
-            else:
-                batch.append((ti + 1, _OK, b"", run))
-            if m.queue:
-                # _run leaves busy_seconds alone; running is settled below (it changes by -1 + 1 here).
-                self._run(m.queue.popleft(), slot, end)
-            else:
-                m.free.append(slot)
+                batch = events[m.index] = []
+            t_end[ti] = end
+            if crash[ti]:
+                # The worker dies with it; the pool's core reports the task lost, puts back the task handed
+                # to that worker in advance and starts another worker.
+                batch.append(WorkerExited(rank, CRASH_EXIT_CODE))
+                m.current[rank] = m.next[rank] = -1
+                continue
+            batch.append(WorkerResult(rank, ti + 1, _OK, b"", run))
+            nxt = m.next[rank]
+            m.current[rank] = nxt
+            if nxt >= 0:
+                m.next[rank] = -1
+                self._run(nxt, end)
+                ended -= 1  # it keeps the worker busy: running changes by -1 + 1
         self.busy_seconds = busy
         self.running -= ended
-        if len(batches) == 1:
-            mi, batch = batches.popitem()
-            self.to_interchange([ResultsReceived(managers[mi].mid, batch)], now)
-        elif batches:
-            self.to_interchange([ResultsReceived(managers[mi].mid, b) for mi, b in batches.items()], now)
-        else:
-            self._arm(now)
+        for mi, batch in events.items():
+            self._pool(batch, managers[mi], now)
+        self._arm(now)
 
     def _results(self, results: list[ResultTuple], now: float) -> None:
         state = self.state
@@ -398,22 +428,23 @@ class Pilot:
             if outcome == _OK:
                 state[ti] = DONE
                 self._resolved(ti, True, now)
-            else:
-                if state[ti] == RUNNING:
-                    # Its worker died with the node: the work done so far was spent for nothing.
-                    m = self.managers[self.t_mgr[ti]]
-                    died = m.died_at if not math.isnan(m.died_at) else now
-                    self.busy_seconds += max(0.0, died - self.t_start[ti])
-                    self.running -= 1
-                    self.t_end[ti] = died
-                else:
-                    self.t_end[ti] = now
-                state[ti] = LOST
-                try:
-                    self.reasons[ti] = str(json.loads(bytes(payload))["detail"])
-                except (ValueError, KeyError, TypeError):
-                    self.reasons[ti] = f"outcome {outcome}"
-                self._resolved(ti, False, now)
+                continue
+            if state[ti] == RUNNING and self.t_end[ti] != self.t_end[ti]:
+                # Its worker died with the node: the work done so far was spent for nothing.
+                m = self.managers[self.t_mgr[ti]]
+                died = m.died_at if not math.isnan(m.died_at) else now
+                self.busy_seconds += max(0.0, died - self.t_start[ti])
+                self.t_end[ti] = died
+                self.running -= 1
+            elif state[ti] == QUEUED:
+                self.t_end[ti] = now
+            # (A task that crashed its worker was counted out at its end, in _complete.)
+            state[ti] = LOST
+            try:
+                self.reasons[ti] = str(json.loads(bytes(payload))["detail"])
+            except (ValueError, KeyError, TypeError):
+                self.reasons[ti] = f"outcome {outcome}"
+            self._resolved(ti, False, now)
 
     def _resolved(self, ti: int, ok: bool, now: float) -> None:
         self.outstanding -= 1
@@ -483,19 +514,34 @@ class Pilot:
             self.wakes.call_later(t0 + release[order[j]] - now, self._release_due)
 
     def _heartbeats(self) -> Any:
+        """Every ``heartbeat_period``: each live pool's core runs its timers (it is handed the interchange's
+        answer to its last heartbeat first) and the heartbeats it sends go to the interchange in one batch."""
         env = self.env
         period = self.cfg.heartbeat_period
+        contact = InterchangeContact()
         while not self.shut_down:
             yield env.timeout(period)
-            if self.heartbeats and not self.shut_down:
-                self.to_interchange(list(self.heartbeats.values()), env.now)
+            if self.shut_down:
+                return
+            now = env.now
+            due = self._heartbeats_due
+            for m in list(self.live.values()):
+                if m.contact:
+                    m.contact = False
+                    out = m.state.handle(contact, now=now)
+                else:
+                    out = m.state.handle(now=now)
+                if len(out) == 1 and type(out[0]) is SendHeartbeat:
+                    due.append(m.heartbeat)  # what nearly every tick gives, carried out in place
+                elif out:
+                    self._carry_out(out, m, now)
+            if self._heartbeats_due:
+                due, self._heartbeats_due = self._heartbeats_due, []
+                self.to_interchange(due, now)
 
     def _control_loop(self) -> Any:
         env = self.env
-        control, port = self.control, self.port
-        control.strategy_pass(port, env.now, first=True)
-        control.started(env.now)
-        interval = control.wake_interval(self.provider)
+        interval = self.control.settings.wake_interval
         every = self.sample_every if self.sample_every > 0 else interval
         next_sample = env.now
         while not self.shut_down:
@@ -503,9 +549,9 @@ class Pilot:
             if self.shut_down or self.bad_state is not None:
                 return
             try:
-                control.poll(port, env.now)
+                self._control(None)
             except Exception:
-                logger.exception("Scaling pass failed")
+                logger.exception("Control pass failed")
             if env.now >= next_sample:
                 self.sample()
                 next_sample = env.now + every - 1e-9
@@ -514,7 +560,46 @@ class Pilot:
 
     def sample(self) -> None:
         self.samples.append(Sample(self.now, self.blocks_pending, self.blocks_running, self.workers,
-                                   self.ix.pending_count, self.running, self.resolved))
+                                   self.interchange.pending_count, self.running, self.resolved))
+
+    # ------------------------------------------------------------------------------ block control
+
+    def _control(self, event: ControlEvent | None) -> Any:
+        """What the executor's control thread does (``htex_ref.control``), against the simulated cluster:
+        observe what block control needs, hand it ``event`` (a ``Tick`` when None), carry out its answer."""
+        now = self.env.now
+        needs = self.control.needs(event, now)
+        events: list[ControlEvent] = []
+        if needs:
+            jobs = None
+            if needs.jobs:
+                ids = list(self.control.blocks_to_job_id.items())
+                jobs = dict(zip([b for b, _ in ids], self.provider.status([j for _, j in ids]), strict=True))
+            ix = self.interchange
+            events.append(Observed(jobs, ix.block_history if needs.interchange else None,
+                                   ix.block_loads(now) if needs.interchange else None, self.outstanding,
+                                   self.bad_state is not None))
+        events.append(Tick() if event is None else event)
+        return drive(self.control, events, now, self._execute)
+
+    def _execute(self, ins: Launch | Cancel | HoldBlock | BlockEnded | FailAll | Note) -> Iterable[ControlEvent]:
+        now = self.env.now
+        if isinstance(ins, Launch):
+            try:
+                return [Launched(ins.block_id, self.launch(ins.block_id))]
+            except Exception as e:
+                return [LaunchFailed(ins.block_id, str(e))]
+        if isinstance(ins, Cancel):
+            return [CancelDone(ins.block_ids, tuple(self.provider.cancel(list(ins.job_ids))), ins.scaled_in)]
+        if isinstance(ins, HoldBlock):
+            self.to_interchange([HoldBlockEvent(ins.block_id)], now)
+        elif isinstance(ins, BlockEnded):
+            self.to_interchange([BlockCancelled(ins.block_id, ins.reason)], now)
+        elif isinstance(ins, FailAll):
+            self.set_bad_state_and_fail_all(failure_exception(ins.failure))
+        elif logger.isEnabledFor(ins.level):
+            logger.log(ins.level, "%s", ins.text)
+        return ()
 
     # --------------------------------------------------------------------------------------- blocks
 
@@ -556,28 +641,36 @@ class Pilot:
             return
         block_id = self.job_block[job.job_id]
         rec = self.blocks[block_id]
+        now = self.env.now
+        cfg = self.cfg
         events = []
+        pools = []
         # The pool's own rule (htex_ref.core.planning), on the simulated clock; the job script records
         # its start, as htex_ref's scripts do.
-        drain_in = drain_delay(
-            now=self.env.now, pool_started=self.env.now, drain_period=self.cfg.drain_period,
-            walltime=self.cfg.walltime, drain_before_walltime=self.cfg.drain_before_walltime,
-            job_started=job.start)
+        drain_in = drain_delay(now=now, pool_started=now, drain_period=cfg.drain_period, walltime=cfg.walltime,
+                               drain_before_walltime=cfg.drain_before_walltime, job_started=job.start)
+        workers = self.workers_per_node
         for node in job.alloc:
             index = len(self.managers)
             uid = f"{self.label}-b{block_id}-n{node}"
-            m = SimManager(index, uid.encode(), block_id, node, self.workers_per_node)
+            hostname = f"{job.partition}-{node}"
+            m = SimPool(index, uid.encode(), block_id, node, workers,
+                        ManagerState(workers, cfg.heartbeat_period, cfg.heartbeat_threshold, now, hostname))
             self.managers.append(m)
             self.by_mid[m.mid] = m
+            self.live[index] = m
             rec.managers.append(index)
-            self.heartbeats[index] = m.heartbeat
-            self.workers += m.workers
+            self.workers += workers
+            pools.append(m)
             events.append(ManagerRegistered(m.mid, Registration(
                 protocol_version=PROTOCOL_VERSION, htex_ref_version=__version__, python_version=PYTHON_VERSION,
-                uid=uid, block_id=block_id, worker_count=m.workers, prefetch_capacity=self.prefetch,
-                hostname=f"{job.partition}-{node}", pid=0, cpu_count=self.provider.cores_per_node or 1,
+                uid=uid, block_id=block_id, worker_count=workers, prefetch_capacity=self.prefetch,
+                hostname=hostname, pid=0, cpu_count=self.provider.cores_per_node or 1,
                 total_memory=int((self.provider.mem_per_node or 0) * 2**30), os="Linux", drain_in=drain_in)))
-        self.to_interchange(events, self.env.now)
+        for m in pools:
+            # Its workers started while it registered (as htex-worker-pool starts them), ready at once here.
+            self._pool([WorkerReady(rank) for rank in range(workers)], m, now)
+        self.to_interchange(events, now)
 
     def _job_ended(self, job: Job) -> None:
         block_id = self.job_block.get(job.job_id)
@@ -595,18 +688,21 @@ class Pilot:
         for mi in rec.managers:
             m = self.managers[mi]
             if m.alive:
-                self._manager_dies(m, now)
+                self._pool_dies(m, now)
 
-    def _manager_dies(self, m: SimManager, now: float) -> None:
-        """The node's pool is gone (its job ended): its tasks stop; the interchange learns it later."""
+    def _pool_dies(self, m: SimPool, now: float) -> None:
+        """The node's pool is gone (its job ended, or it exited): its tasks stop; the interchange learns it
+        from a goodbye, or later."""
         m.alive = False
         m.died_at = now
-        self.heartbeats.pop(m.index, None)
+        self.live.pop(m.index, None)
         self.workers -= m.workers
 
-    def _manager_exits(self, m: SimManager, now: float) -> None:
-        """The interchange told a live pool to stop: it exits, and the job ends once all its pools did."""
-        self._manager_dies(m, now)
+    def _pool_exits(self, m: SimPool, ins: Exit, now: float) -> None:
+        """The pool's core decided to exit (told to stop, or drained): it says goodbye, and the block's job
+        ends once all its pools did."""
+        self._pool_dies(m, now)
+        self.to_interchange([ManagerGoodbye(m.mid, ins.reason)], now)
         rec = self.blocks[m.block]
         if all(not self.managers[i].alive for i in rec.managers):
             self.scheduler.complete(rec.job_id)
@@ -656,9 +752,8 @@ class Pilot:
             self.sample()
         self.stopped_at = now
         self.shut_down = True
-        live = [b for b, s in self.control.status(self.port).items() if not s.terminal]
-        self.shutdown_blocks = set(live)
-        self.control.cancel_blocks(self.port, live)
+        # The executor's own shutdown: block control cancels every live block.
+        self.shutdown_blocks = set(self._control(Shutdown()) or ())
         self._on_finish()
 
     def stop_unfinished(self, now: float) -> None:

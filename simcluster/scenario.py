@@ -119,6 +119,10 @@ class Phase:
     waves: int = 1
     duration: Distribution = Distribution("fixed", value=10.0)
     priority: float = math.inf
+    #: Fraction of the phase's tasks (drawn with the seed) that kill their worker process instead of
+    #: returning, as a task calling ``os._exit`` would: each fails with ``WorkerLost`` and the worker is
+    #: replaced.
+    crash_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -433,7 +437,10 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
             waves=f.integer("waves", 1, low=1),
             duration=_distribution(f.get("duration", None), f"{where}.duration", Phase.duration),
             priority=math.inf if prio is None else float(prio),
+            crash_fraction=f.number("crash_fraction", 0.0),
         ))
+        if phases[-1].crash_fraction > 1:
+            raise ScenarioError(f"{where}.crash_fraction must be between 0 and 1, got {phases[-1].crash_fraction}")
         f.done()
 
     execs_raw = top.get("executor", [{}])

@@ -74,7 +74,7 @@ def make_executor(cluster: Cluster, run_name: str, **executor_overrides: Any) ->
     """An executor with a SlurmProvider, both from ``REAL_SETTINGS`` (``executor_overrides`` on top), that
     binds ``cluster.address`` and keeps its run directory under the shared directory. Not started."""
     from htex_ref import HighThroughputExecutor
-    from htex_ref.executor import DEFAULT_LAUNCH_CMD
+    from htex_ref.launch import DEFAULT_LAUNCH_CMD
     from htex_ref.launchers import SrunLauncher
     from htex_ref.providers.slurm import SlurmProvider
 

@@ -17,7 +17,7 @@ import math
 import random
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from simcluster.scenario import Background, Distribution, Partition, Phase, ScenarioError
@@ -117,6 +117,8 @@ class TaskPlan:
     group_size: list[int]
     gate: list[int]
     next_group: list[int]
+    #: 1 for a task that kills its worker instead of returning (``Phase.crash_fraction``).
+    crash: bytearray = field(default_factory=bytearray)
 
     def __len__(self) -> int:
         return len(self.duration)
@@ -131,6 +133,7 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
     group_size: list[int] = []
     gate: list[int] = []
     next_group: list[int] = []
+    crash = bytearray()
     for i, p in enumerate(phases):
         rng = rng_for(seed, f"workload-{i}")
         durations = sampler(p.duration, rng)
@@ -166,9 +169,15 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
         release.extend(times)
         duration.extend(itertools.islice(durations, len(times)))
         priority.extend([p.priority] * len(times))
+        if p.crash_fraction > 0:
+            draw = rng_for(seed, f"crash-{i}").random
+            crash.extend(1 if draw() < p.crash_fraction else 0 for _ in times)
+        else:
+            crash.extend(bytes(len(times)))
     # By time, then index: the sort is stable and the indices go in in increasing order.
     order = sorted([i for i, r in enumerate(release) if r == r], key=release.__getitem__)
-    return TaskPlan(duration, priority, release, array("i", order), group, group_first, group_size, gate, next_group)
+    return TaskPlan(duration, priority, release, array("i", order), group, group_first, group_size, gate, next_group,
+                    crash)
 
 
 # ----------------------------------------------------------------------------------- background jobs

@@ -64,8 +64,8 @@ def make_executor(tmp_path: Path) -> Iterator[Any]:
     for ex in made:
         ex.shutdown(wait=False)
     for ex in made:
-        if ex._ix_proc is not None:
-            assert ex._ix_proc.poll() is not None, "interchange still running after shutdown"
+        if ex.interchange_process is not None:
+            assert ex.interchange_process.poll() is not None, "interchange still running after shutdown"
     assert wait_until(lambda: not processes_mentioning(str(tmp_path)), 10), (
         f"processes left behind: {[p.info['cmdline'] for p in processes_mentioning(str(tmp_path))]}"
     )

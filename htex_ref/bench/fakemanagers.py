@@ -305,8 +305,8 @@ def measure(managers: int, workers: int = 64, tasks: int = 50_000, processes: in
     )
     ex.start()
     try:
-        assert ex._ix_proc is not None
-        ix = psutil.Process(ex._ix_proc.pid)
+        assert ex.interchange_process is not None
+        ix = psutil.Process(ex.interchange_process.pid)
         with FakeManagers(ex, managers, workers, processes, workdir=os.path.join(run_dir, "fake"),
                           gate=True) as fm:
             fm.wait_probed()

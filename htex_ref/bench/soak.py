@@ -264,8 +264,8 @@ def memory(tasks: int = 1_000_000, workers: int = 2, samples: int = 10, run_dir:
     ex.start()
     out: list[MemorySample] = []
     try:
-        assert ex._ix_proc is not None
-        me, ix = psutil.Process(), psutil.Process(ex._ix_proc.pid)
+        assert ex.interchange_process is not None
+        me, ix = psutil.Process(), psutil.Process(ex.interchange_process.pid)
 
         def sample(done: int) -> None:
             s = MemorySample(done, me.memory_info().rss / 2**20, ix.memory_info().rss / 2**20)

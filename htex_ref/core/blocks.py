@@ -1,106 +1,69 @@
-"""The executor's block bookkeeping and control pass, reading no clock and touching nothing itself.
+"""Block control as a pure state machine: observations and requests in, instructions out.
 
-``BlockControl`` owns what the executor knows about its blocks: block id to job id, when each block was
-submitted and first seen RUNNING, which blocks ever had a manager register, the states the executor
-sets itself (SCALED_IN, FAILED to submit, MISSING after a registration time-out), which ended blocks the
-interchange was told about, the strategy's memory, and the cached statuses of the last refresh. It
-also owns the order of one control pass (``poll``):
+``BlockControl`` owns everything the executor knows about its blocks: block id to job id, when each
+block was submitted and first seen RUNNING, which blocks ever had a manager register, the states it
+sets itself (SCALED_IN, FAILED to submit, MISSING after a registration time-out), which ended blocks
+the interchange was told about, the strategy's memory, and the statuses of the last refresh. It reads
+no clock and calls no provider: one thread (the executor's control thread, or simcluster's pilot)
+feeds it events with ``now`` and carries out the instructions it returns, feeding back what each one
+gave (``drive`` is that loop). So every rule below, and its order, is written once and can be tested
+as a table.
 
-1. at most every ``status_polling_interval`` seconds, refresh: ask the provider for every block's state,
-   rewrite a block that ended before any manager registered as MISSING, note when blocks are first
-   seen RUNNING and cancel those whose pool never registered within ``block_registration_timeout``,
-   apply the block error handler, and tell the interchange about blocks whose job ended (their
-   managers are gone, so their tasks fail with ManagerLost now, not a heartbeat threshold later);
-2. every ``strategy_period`` seconds, unless the strategy is ``none``: build a ``Snapshot`` and carry
-   out what ``htex_ref.core.strategy.decide`` returns (submit blocks; hold and cancel blocks).
+Events
+    ``Start``, ``ScaleOut``, ``ScaleIn``, ``HoldRequest``, ``StatusQuery``, ``Shutdown`` (requests);
+    ``Observed`` (the provider's statuses and the interchange's view of the blocks, as ``needs`` asked);
+    ``Tick`` (a wake of the control thread: run what is due of the control pass);
+    ``Launched`` / ``LaunchFailed`` / ``CancelDone`` (what a ``Launch`` or ``Cancel`` gave).
+Instructions
+    ``Launch`` and ``Cancel`` (through the provider), ``HoldBlock`` and ``BlockEnded`` (one-way notices to
+    the interchange), ``FailAll`` (the executor enters bad state), ``Answer`` (the value of a request),
+    ``Note`` (a line for the log).
 
-Everything it needs from the world comes through a ``BlockPort`` with the current time as ``now``: the
-executor's port talks to the provider and the interchange process, simcluster's to a simulated batch
-system and an in-process ``InterchangeState``. A pass needs some answers half-way (which blocks
-registered, just before timing one out; whether the block error handler put the executor in bad state,
-before scaling), so the port is called during the pass rather than given a list of instructions
-afterwards; the rules and their order exist only here. Times are whatever clock ``now`` comes from.
+One pass, on ``Tick`` (after the ``Observed`` that ``needs(None, now)`` asked for):
+
+1. refresh, at most every ``status_interval`` seconds: the provider's statuses plus the states set here;
+   a block that ended before any manager registered becomes MISSING (with a message naming its output
+   files); blocks seen RUNNING for the first time are noted, and those RUNNING for
+   ``registration_timeout`` without a manager registering are cancelled and become MISSING; the block
+   error rule judges the statuses (``FailAll``); each block whose job ended is reported to the
+   interchange once (its managers are gone, so their tasks fail with ManagerLost now, not a heartbeat
+   threshold later);
+2. every ``strategy_period`` seconds, unless the strategy is ``none``: ``htex_ref.core.strategy.decide``
+   over a snapshot, carried out as ``Launch`` and ``HoldBlock`` + ``Cancel``.
+
+Nothing is reported, judged or scaled once the executor is in bad state or shutting down. After
+``Shutdown`` (which cancels every live block) a block whose launch was still under way when the request
+came is cancelled as soon as its job id is known, so no job outlives the executor.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from htex_ref.core.scaling import BlockRegistration, blocks_registration_timed_out
-from htex_ref.core.strategy import BlockView, Decision, ScaleOut, Snapshot, StrategyMemory, decide
-from htex_ref.providers.base import ExecutionProvider, JobState, JobStatus
+from htex_ref.core.interchange import BlockLoad
+from htex_ref.core.jobs import TERMINAL_STATES, JobState, JobStatus
+from htex_ref.core.notes import ERROR, INFO, WARNING, Note
+from htex_ref.core.scaling import (
+    BlockFailure,
+    BlockRegistration,
+    blocks_registration_timed_out,
+    choose_blocks_to_scale_in,
+)
+from htex_ref.core.strategy import BlockView, Snapshot, StrategyMemory, decide
+from htex_ref.core.strategy import ScaleOut as ScaleOutDecision
 
-logger = logging.getLogger(__name__)
-
-#: States the executor sets itself and that a provider's later answer must not hide.
+#: States set here that a provider's later answer must not hide.
 _OWN_FINAL = (JobState.SCALED_IN, JobState.MISSING, JobState.CANCELLED)
 
-
-@dataclass(frozen=True, slots=True)
-class BlockLoad:
-    """What the interchange knows about one block's registered managers (see ``InterchangeState.block_loads``)."""
-
-    #: Registered managers of the block now.
-    managers: int
-    #: Those of them not held.
-    active: int
-    #: Workers they run.
-    workers: int
-    #: Tasks they hold (running or prefetched).
-    tasks: int
-    #: Seconds since the last of them became idle, when none holds a task; None while any is busy.
-    idle_for: float | None
+#: The block error rule: statuses of every block in, a failure (or None) out.
+ErrorRule = Callable[[Mapping[str, JobStatus]], BlockFailure | None]
 
 
-class BlockPort(Protocol):
-    """The I/O a control pass needs. Methods may raise; ``BlockControl`` logs and carries on as the
-    executor always has."""
-
-    @property
-    def provider(self) -> ExecutionProvider: ...
-
-    @property
-    def workers_per_node(self) -> int: ...
-
-    @property
-    def stopping(self) -> bool:
-        """True once the executor is shut down or in bad state: nothing more is scaled or reported."""
-        ...
-
-    @property
-    def bad_state(self) -> bool: ...
-
-    def launch(self, block_id: str) -> str:
-        """Submit a block's job through the provider; return its job id."""
-        ...
-
-    def registered_blocks(self) -> Iterable[str]:
-        """Every block that has had a manager register (the interchange's record)."""
-        ...
-
-    def block_loads(self) -> Mapping[str, BlockLoad]:
-        """The interchange's view of each block that has registered managers now."""
-        ...
-
-    def outstanding(self) -> int:
-        """Tasks submitted and not yet resolved."""
-        ...
-
-    def hold_block(self, block_id: str) -> None:
-        """Stop sending tasks to the block's managers."""
-        ...
-
-    def block_ended(self, block_id: str, reason: str) -> None:
-        """Tell the interchange the block's managers are gone (``reason`` empty: cancelled by us)."""
-        ...
-
-    def handle_block_errors(self, statuses: dict[str, JobStatus]) -> None:
-        """Apply the block error handler to every block's status."""
-        ...
+# -------------------------------------------------------------------------------------- settings
 
 
 @dataclass(frozen=True)
@@ -110,187 +73,422 @@ class ControlSettings:
     max_idletime: float
     #: Seconds a RUNNING block may go without any manager registering; None: forever.
     registration_timeout: float | None
+    #: Seconds between status refreshes (the provider's polling interval, at least 0.2).
+    status_interval: float = 5.0
+    init_blocks: int = 1
+    min_blocks: int = 0
+    max_blocks: int = 1
+    nodes_per_block: int = 1
+    parallelism: float = 1.0
+    #: The executor's estimate of workers per node, for scaling arithmetic.
+    workers_per_node: int = 1
+    #: Where the provider writes scripts and job output, named in messages about blocks that failed.
+    script_dir: str | None = None
+
+    @property
+    def wake_interval(self) -> float:
+        """How often the control thread wakes: often enough for both the refresh and the strategy."""
+        return max(0.1, min(self.status_interval, self.strategy_period))
+
+
+# ---------------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Start:
+    """The executor started: launch ``init_blocks`` now (the strategy period counts from here)."""
+
+
+@dataclass(frozen=True)
+class ScaleOut:
+    blocks: int
+
+
+@dataclass(frozen=True)
+class ScaleIn:
+    """Cancel ``blocks`` blocks chosen by ``choose_blocks_to_scale_in`` (idle ones first), or exactly
+    the live ones among ``block_ids``."""
+
+    blocks: int = 0
+    block_ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class HoldRequest:
+    block_id: str
+
+
+@dataclass(frozen=True)
+class StatusQuery:
+    """Answer every block's status: the provider's and the states set here (``with_missing``: as the
+    block error rule sees them, with MISSING for blocks that ended or timed out before registering)."""
+
+    with_missing: bool = False
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Cancel every live block; scale, report and judge nothing more."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the runtime saw, as ``needs`` asked: the provider's status of each block that has a job
+    (None: not observed now), the interchange's view (None: not observed, or it did not answer)."""
+
+    jobs: Mapping[str, JobStatus] | None = None
+    #: Every block that has ever had a manager register, in order of first registration (the interchange's
+    #: list only grows, so block control reads just what it has not seen).
+    registered: Sequence[str] | None = None
+    #: The interchange's per-block loads (with ``registered``).
+    loads: Mapping[str, BlockLoad] | None = None
+    #: Tasks submitted and not yet resolved.
+    outstanding: int = 0
+    #: The executor is in bad state (its interchange died, say).
+    bad_state: bool = False
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A wake of the control thread, after the ``Observed`` that ``needs(None, now)`` asked for: run
+    whatever part of the control pass is due."""
+
+
+@dataclass(frozen=True)
+class Launched:
+    block_id: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class LaunchFailed:
+    block_id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class CancelDone:
+    """Which of a ``Cancel``'s blocks the provider cancelled (or found already ended)."""
+
+    block_ids: tuple[str, ...]
+    ok: tuple[bool, ...]
+    scaled_in: bool = True
+
+
+Event = (Start | ScaleOut | ScaleIn | HoldRequest | StatusQuery | Shutdown | Observed | Tick | Launched
+         | LaunchFailed | CancelDone)
+
+
+# ---------------------------------------------------------------------------------- instructions
+
+
+@dataclass(frozen=True)
+class Launch:
+    block_id: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    block_ids: tuple[str, ...]
+    job_ids: tuple[str, ...]
+    #: Mark them SCALED_IN once cancelled (False: they keep the provider's state, e.g. after a time-out).
+    scaled_in: bool = True
+
+
+@dataclass(frozen=True)
+class HoldBlock:
+    """Tell the interchange to send no more tasks to the block's managers."""
+
+    block_id: str
+
+
+@dataclass(frozen=True)
+class BlockEnded:
+    """Tell the interchange the block's managers are gone (``reason`` empty: cancelled by the executor)."""
+
+    block_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FailAll:
+    """The block error rule failed the executor: every outstanding task fails with this."""
+
+    failure: BlockFailure
+
+
+@dataclass(frozen=True)
+class Answer:
+    value: Any
+
+
+Instruction = Launch | Cancel | HoldBlock | BlockEnded | FailAll | Answer | Note
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the runtime must observe before handing an event over."""
+
+    jobs: bool = False
+    interchange: bool = False
+
+    def __bool__(self) -> bool:
+        return self.jobs or self.interchange
+
+
+# ------------------------------------------------------------------------------------------ machine
+
+
+@dataclass
+class _Pending:
+    """A request waiting for the feedback of its launches or cancels."""
+
+    kind: str  # "launch" | "cancel"
+    waiting: set[str]
+    done: list[str] = field(default_factory=list)
 
 
 class BlockControl:
-    """The executor's blocks and its control pass; see the module docstring."""
+    """See the module docstring. Only ``handle`` changes it; the properties are read-only views."""
 
-    def __init__(self, settings: ControlSettings) -> None:
+    def __init__(self, settings: ControlSettings, rule: ErrorRule | None = None) -> None:
         self.settings = settings
+        self.rule = rule
         self.blocks_to_job_id: dict[str, str] = {}
         self.job_ids_to_block: dict[str, str] = {}
         #: States set here, over the provider's: SCALED_IN, or FAILED when submitting failed.
         self.overrides: dict[str, JobStatus] = {}
-        #: Blocks known to have had a manager register.
+        #: The provider's last answer for each block with a job.
+        self.jobs: dict[str, JobStatus] = {}
+        #: Blocks known to have had a manager register (and how much of the interchange's list that is).
         self.registered: set[str] = set()
+        self._history_seen = 0
         #: When a refresh first saw each block RUNNING.
         self.running_since: dict[str, float] = {}
-        #: Blocks cancelled because no pool of them registered in time, as block_statuses() reports them.
+        #: Blocks cancelled because no pool of them registered in time, as the error rule sees them.
         self.registration_failures: dict[str, JobStatus] = {}
         #: Blocks the interchange was told about (ended or cancelled).
         self.ended_reported: set[str] = set()
         self.submitted_at: dict[str, float] = {}
         self.memory = StrategyMemory()
-        #: ``(now, statuses)`` of the last refresh.
+        #: ``(now, statuses)`` of the last refresh (statuses as the error rule saw them).
         self.last_status: tuple[float, dict[str, JobStatus]] | None = None
+        #: The interchange's last per-block loads, and whether they are from the current wake.
+        self.loads: Mapping[str, BlockLoad] = {}
+        # Whether this wake's ``Observed`` brought job statuses and loads (a pass uses only fresh ones).
+        self._jobs_fresh = False
+        self._loads_fresh = False
+        self.outstanding = 0
         self.last_pass = 0.0
+        self.launching: set[str] = set()
+        #: Shutdown was requested: launch nothing more, cancel what still gets launched.
+        self.stopping = False
+        #: The executor is in bad state: judge, report and scale nothing more.
+        self.failed = False
+        self._pending: _Pending | None = None
         self._ids = itertools.count()
+        self._out: list[Instruction] = []
 
-    # ------------------------------------------------------------------------------------ timing
+    # ------------------------------------------------------------------------------ public API
 
-    @staticmethod
-    def status_interval(provider: ExecutionProvider) -> float:
-        return max(0.2, float(provider.status_polling_interval))
+    def needs(self, event: Event | None, now: float) -> Needs:
+        """What to observe (and hand over as ``Observed``) before ``event``, or before a ``Tick`` at ``now``
+        when ``event`` is None. The provider is never asked without the interchange: whether a block that
+        ended had registered decides whether it failed."""
+        if event is None:
+            if self.stopping or self.failed:
+                return Needs()
+            refresh = self.last_status is None or now - self.last_status[0] >= self.settings.status_interval
+            return Needs(jobs=refresh, interchange=refresh or self._strategy_due(now))
+        if isinstance(event, ScaleIn):
+            return Needs(jobs=True, interchange=not self.failed)
+        if isinstance(event, StatusQuery):
+            return Needs(jobs=True, interchange=event.with_missing and not self.failed)
+        if isinstance(event, Shutdown):
+            return Needs(jobs=True)
+        return Needs()
 
-    def wake_interval(self, provider: ExecutionProvider) -> float:
-        """How often the control loop wakes: often enough for both the refresh and the strategy."""
-        return max(0.1, min(self.status_interval(provider), self.settings.strategy_period))
+    def handle(self, *events: Event, now: float) -> list[Instruction]:
+        for ev in events:
+            self._handlers[type(ev)](self, ev, now)
+        out, self._out = self._out, []
+        return out
 
-    def started(self, now: float) -> None:
-        """The first pass is done (``strategy_pass(first=True)``); the strategy period counts from ``now``."""
-        self.last_pass = now
+    @property
+    def strategy_active(self) -> bool:
+        return self.settings.strategy != "none"
 
-    # ------------------------------------------------------------------------------------ states
+    def live_blocks(self) -> list[str]:
+        """Blocks not known to have ended, by the last observation and the states set here."""
+        return [b for b, st in self.status().items() if not st.terminal]
 
-    def status(self, port: BlockPort) -> dict[str, JobStatus]:
-        """Every block's state: the provider's, or the one set here."""
-        block_ids = list(self.blocks_to_job_id)
-        statuses = port.provider.status([self.blocks_to_job_id[b] for b in block_ids]) if block_ids else []
-        result = dict(zip(block_ids, statuses, strict=True))
+    # ------------------------------------------------------------------------------- statuses
+
+    def status(self) -> dict[str, JobStatus]:
+        """Every block's state: the provider's last answer, or the one set here."""
+        jobs = self.jobs
+        result = {b: jobs.get(b, JobStatus(JobState.PENDING, "submitted")) for b in self.blocks_to_job_id}
         result.update(self.overrides)
         return result
 
-    def block_statuses(self, port: BlockPort) -> dict[str, JobStatus]:
-        """``status()`` where a block that ended without any manager registering is MISSING, with a
-        message that points at its output files, and so is a block cancelled by the registration time-out."""
-        result = self.status(port)
-        if any(s.terminal for s in result.values()):
-            try:
-                self.registered.update(port.registered_blocks())
-            except Exception:
-                pass
+    def block_statuses(self) -> dict[str, JobStatus]:
+        """``status`` where a block that ended without any manager registering is MISSING, with a message
+        that points at its output files, and so is a block cancelled by the registration time-out."""
+        result = self.status()
         for block_id, st in result.items():
             if st.terminal and st.state not in _OWN_FINAL and block_id not in self.registered:
-                result[block_id] = JobStatus(
-                    JobState.MISSING,
-                    f"block {block_id} ended ({st.state.name}"
+                # ``replace`` keeps the provider's class of status (and so its readers of the output files).
+                result[block_id] = replace(
+                    st, state=JobState.MISSING,
+                    message=f"block {block_id} ended ({st.state.name}"
                     + (f", exit code {st.exit_code}" if st.exit_code is not None else "")
                     + (f": {st.message}" if st.message else "")
-                    + ") before any worker pool registered; "
-                    + (f"see {st.stdout_path} and {st.stderr_path}" if st.stdout_path
-                       else f"see {port.provider.script_dir}"),
-                    st.exit_code, st.stdout_path, st.stderr_path,
-                )
-        # A copy: the control thread may add to it while a user thread is here.
-        result.update((b, failure) for b, failure in list(self.registration_failures.items()) if b in result)
+                    + ") before any worker pool registered; " + self._where(st))
+        result.update((b, failure) for b, failure in self.registration_failures.items() if b in result)
         return result
 
-    def with_changes(self, statuses: dict[str, JobStatus]) -> dict[str, JobStatus]:
+    def _where(self, st: JobStatus) -> str:
+        if st.stdout_path:
+            return f"see {st.stdout_path} and {st.stderr_path}"
+        return f"see {self.settings.script_dir}"
+
+    def with_changes(self, statuses: Mapping[str, JobStatus]) -> dict[str, JobStatus]:
         """Cached statuses plus blocks launched or scaled in since, without asking the provider."""
         fresh = dict(statuses)
-        for block_id in self.blocks_to_job_id:
+        # Every block launched (or being launched: its job id comes back after this pass).
+        for block_id in self.submitted_at:
             fresh.setdefault(block_id, JobStatus(JobState.PENDING, "submitted"))
         fresh.update(self.overrides)
         return fresh
 
+    # --------------------------------------------------------------------------------- requests
+
+    def _on_start(self, ev: Start, now: float) -> None:
+        self.last_pass = now
+        if not self._scale(now, {}, first=True, answer=True):
+            self._out.append(Answer([]))
+
+    def _on_scale_out(self, ev: ScaleOut, now: float) -> None:
+        if self.stopping or self.failed:
+            self._out.append(Answer([]))
+            return
+        self._launch(ev.blocks, now, answer=True)
+
+    def _on_scale_in(self, ev: ScaleIn, now: float) -> None:
+        live = self.live_blocks()
+        if ev.block_ids is not None:
+            chosen = [b for b in ev.block_ids if b in live]
+        else:
+            chosen = choose_blocks_to_scale_in(ev.blocks, live, {} if self.failed else self.loads)
+        for block_id in chosen:
+            self._out.append(HoldBlock(block_id))
+        self._cancel(chosen, scaled_in=True, answer=True)
+
+    def _on_hold(self, ev: HoldRequest, now: float) -> None:
+        self._out.extend([HoldBlock(ev.block_id), Answer(None)])
+
+    def _on_status_query(self, ev: StatusQuery, now: float) -> None:
+        self._out.append(Answer(self.block_statuses() if ev.with_missing else self.status()))
+
+    def _on_shutdown(self, ev: Shutdown, now: float) -> None:
+        self.stopping = True
+        self._cancel(self.live_blocks(), scaled_in=True, answer=True)
+
     # ------------------------------------------------------------------------------- the pass
 
-    def poll(self, port: BlockPort, now: float) -> None:
-        """One wake of the control loop at ``now``: a refresh if one is due, then a strategy pass if due."""
-        if self.last_status is None or now - self.last_status[0] >= self.status_interval(port.provider):
-            self.refresh(port, now)
-        if (self.settings.strategy != "none" and not port.stopping
-                and now - self.last_pass >= self.settings.strategy_period - 1e-3):
+    def _on_observed(self, ev: Observed, now: float) -> None:
+        if ev.bad_state:
+            self.failed = True
+        if ev.jobs is not None:
+            self.jobs.update(ev.jobs)
+        if ev.registered is not None:
+            seen = self._history_seen if len(ev.registered) >= self._history_seen else 0
+            self.registered.update(ev.registered[seen:])
+            self._history_seen = len(ev.registered)
+        if ev.loads is not None:
+            self.loads = ev.loads
+        self._jobs_fresh = ev.jobs is not None
+        self._loads_fresh = ev.loads is not None
+        self.outstanding = ev.outstanding
+
+    def _on_tick(self, ev: Tick, now: float) -> None:
+        jobs_fresh, self._jobs_fresh = self._jobs_fresh, False
+        if self.stopping or self.failed:
+            return
+        if self.last_status is None or now - self.last_status[0] >= self.settings.status_interval:
+            if jobs_fresh:
+                self._refresh(now)
+            else:
+                self._out.append(Note(WARNING, "No job statuses from the provider; the status refresh waits for "
+                                               "the next wake"))
+        if self._strategy_due(now) and not self.failed:
             self.last_pass = now
-            self.strategy_pass(port, now)
+            if not self._loads_fresh:
+                self._out.append(Note(WARNING, "The interchange did not report its blocks; this scaling pass "
+                                               "is skipped"))
+            else:
+                statuses = self.last_status[1] if self.last_status is not None else {}
+                self._scale(now, statuses)
+        self._loads_fresh = False
 
-    def refresh(self, port: BlockPort, now: float) -> dict[str, JobStatus]:
-        statuses = self.block_statuses(port)
-        self.time_out_unregistered_blocks(port, statuses, now)
+    def _strategy_due(self, now: float) -> bool:
+        return self.strategy_active and now - self.last_pass >= self.settings.strategy_period - 1e-3
+
+    def _refresh(self, now: float) -> None:
+        statuses = self.block_statuses()
+        self._time_out_unregistered(statuses, now)
         self.last_status = (now, statuses)
-        if not port.bad_state:
-            port.handle_block_errors(statuses)
-        self.report_ended_blocks(port, statuses)
-        return statuses
+        if self.failed:
+            return
+        if self.rule is not None:
+            failure = self.rule(statuses)
+            if failure is not None:
+                self.failed = True
+                self._out.append(FailAll(failure))
+                return
+        for block_id, st in statuses.items():
+            if st.terminal and block_id not in self.ended_reported:
+                self.ended_reported.add(block_id)
+                reason = f"ended ({st.state.name}" + (
+                    f", exit code {st.exit_code})" if st.exit_code is not None else ")")
+                self._out.append(BlockEnded(block_id, reason))
 
-    def time_out_unregistered_blocks(self, port: BlockPort, statuses: dict[str, JobStatus], now: float) -> None:
-        """Note when blocks are first seen RUNNING. Cancel each block that has been running for
-        ``registration_timeout`` seconds without a worker pool of it registering, and report it in
-        ``statuses`` (and from now on in ``block_statuses()``) as MISSING, for the block error handler."""
+    def _time_out_unregistered(self, statuses: dict[str, JobStatus], now: float) -> None:
+        """Note when blocks are first seen RUNNING; cancel each block running for ``registration_timeout``
+        without a worker pool of it registering, and report it in ``statuses`` (and from now on) as MISSING."""
         for block_id, st in statuses.items():
             if st.state == JobState.RUNNING:
                 self.running_since.setdefault(block_id, now)
         timeout = self.settings.registration_timeout
         if timeout is None:
             return
-
-        def due() -> list[str]:
-            # Only RUNNING blocks not known to have registered can be due: the others are left out here
-            # rather than there (every block the executor ever had is in ``statuses``).
-            return blocks_registration_timed_out(
-                {b: BlockRegistration(st.state.name, self.running_since.get(b), False)
-                 for b, st in statuses.items() if st.state == JobState.RUNNING and b not in self.registered},
-                timeout, now)
-
-        if not due():
-            return
-        try:
-            # Ask only now: the interchange may know of a registration that we have not seen yet.
-            self.registered.update(port.registered_blocks())
-        except Exception:
-            logger.warning("Could not ask the interchange which blocks registered; the registration time-out "
-                           "waits for the next status refresh", exc_info=True)
-            return
-        timed_out = due()
-        if not timed_out:
-            return
+        timed_out = blocks_registration_timed_out(
+            {b: BlockRegistration(st.state.name, self.running_since.get(b), False)
+             for b, st in statuses.items() if st.state == JobState.RUNNING and b not in self.registered},
+            timeout, now)
         for block_id in timed_out:
             st = statuses[block_id]
-            where = (f"see {st.stdout_path} and {st.stderr_path}" if st.stdout_path
-                     else f"see {port.provider.script_dir}")
-            failure = JobStatus(
-                JobState.MISSING,
-                f"block {block_id} has been running for {now - self.running_since[block_id]:.0f} s but no "
+            failure = replace(
+                st, state=JobState.MISSING, exit_code=None,
+                message=f"block {block_id} has been running for {now - self.running_since[block_id]:.0f} s but no "
                 f"worker pool of it registered (block_registration_timeout={timeout:g} s), so the executor "
                 f"cancelled it (a worker_init that does not finish, or a node that cannot reach the "
-                f"interchange?); {where}",
-                None, st.stdout_path, st.stderr_path,
-            )
-            logger.error("%s", failure.message)
+                f"interchange?); {self._where(st)}")
+            self._out.append(Note(ERROR, failure.message or ""))
             self.registration_failures[block_id] = failure
             statuses[block_id] = failure
-        try:
-            cancelled = self.cancel_blocks(port, timed_out, scaled_in=False)
-        except Exception:
-            logger.exception("Could not cancel blocks %s; shutdown() tries again", timed_out)
-            return
-        if len(cancelled) < len(timed_out):
-            logger.error("The provider did not cancel blocks %s; shutdown() tries again",
-                         sorted(set(timed_out) - set(cancelled)))
+        self._cancel(timed_out, scaled_in=False, answer=False)
 
-    def report_ended_blocks(self, port: BlockPort, statuses: dict[str, JobStatus]) -> None:
-        """Tell the interchange once about each block whose job ended: its managers are gone with it,
-        so their tasks fail with ManagerLost now rather than after heartbeat_threshold."""
-        for block_id, st in statuses.items():
-            if not st.terminal or block_id in self.ended_reported or port.bad_state:
-                continue
-            self.ended_reported.add(block_id)
-            reason = f"ended ({st.state.name}" + (
-                f", exit code {st.exit_code})" if st.exit_code is not None else ")")
-            try:
-                port.block_ended(block_id, reason)
-            except Exception:
-                logger.exception("Could not tell the interchange that block %s ended", block_id)
-
-    def views(self, statuses: Mapping[str, JobStatus], loads: Mapping[str, BlockLoad],
-              now: float) -> tuple[BlockView, ...]:
+    def _views(self, statuses: Mapping[str, JobStatus], now: float) -> tuple[BlockView, ...]:
         """The strategy's view of the blocks that are not over (ended blocks play no part in ``decide``)."""
         views = []
+        loads = self.loads
+        overrides = self.overrides
         for block_id, st in statuses.items():
             # A block scaled in or cancelled since the last status refresh is no longer live.
-            state = "SCALED_IN" if block_id in self.overrides else st.state.name
-            if st.terminal or state == "SCALED_IN":
+            if st.state in TERMINAL_STATES or block_id in overrides:
                 continue
+            state = st.state.name
             load = loads.get(block_id)
             views.append(BlockView(
                 block_id=block_id,
@@ -304,76 +502,125 @@ class BlockControl:
             ))
         return tuple(views)
 
-    def snapshot(self, port: BlockPort, now: float, views: tuple[BlockView, ...]) -> Snapshot:
-        p = port.provider
-        return Snapshot(
-            now=now, strategy=self.settings.strategy, outstanding=port.outstanding(),
-            workers_per_node=port.workers_per_node, nodes_per_block=p.nodes_per_block,
-            parallelism=float(p.parallelism), init_blocks=p.init_blocks, min_blocks=p.min_blocks,
-            max_blocks=p.max_blocks, max_idletime=self.settings.max_idletime, blocks=views,
-        )
-
-    def strategy_pass(self, port: BlockPort, now: float, first: bool = False) -> list[Decision]:
-        """Run the strategy once and carry out its decisions; ``first``: the pass at start, before any
-        status refresh."""
-        if first:
-            statuses: dict[str, JobStatus] = {}
-            loads: Mapping[str, BlockLoad] = {}
-        else:
-            statuses = self.last_status[1] if self.last_status is not None else self.block_statuses(port)
-            loads = port.block_loads()
-        decisions = decide(self.snapshot(port, now, self.views(statuses, loads, now)), self.memory)
+    def _scale(self, now: float, statuses: Mapping[str, JobStatus], first: bool = False,
+               answer: bool = False) -> bool:
+        """Run the strategy and carry out its decisions; True if it launched anything."""
+        s = self.settings
+        snap = Snapshot(
+            now=now, strategy=s.strategy, outstanding=self.outstanding, workers_per_node=s.workers_per_node,
+            nodes_per_block=s.nodes_per_block, parallelism=float(s.parallelism), init_blocks=s.init_blocks,
+            min_blocks=s.min_blocks, max_blocks=s.max_blocks, max_idletime=s.max_idletime,
+            blocks=self._views(statuses, now))
+        decisions = decide(snap, self.memory)
+        launched = False
         for decision in decisions:
-            if isinstance(decision, ScaleOut):
-                logger.info("Strategy %s: scaling out by %d blocks", self.settings.strategy, decision.blocks)
-                self.scale_out(port, decision.blocks, now)
+            if isinstance(decision, ScaleOutDecision):
+                self._out.append(Note(INFO, f"Strategy {s.strategy}: scaling out by {decision.blocks} blocks"))
+                self._launch(decision.blocks, now, answer=answer)
+                launched = True
             else:
-                logger.info("Strategy %s: scaling in blocks %s", self.settings.strategy, list(decision.block_ids))
-                for block_id in decision.block_ids:
-                    port.hold_block(block_id)
-                self.cancel_blocks(port, list(decision.block_ids))
+                self._out.append(Note(INFO, f"Strategy {s.strategy}: scaling in blocks {list(decision.block_ids)}"))
+                self._out.extend(HoldBlock(b) for b in decision.block_ids)
+                self._cancel(list(decision.block_ids), scaled_in=True, answer=False)
         if decisions and not first and self.last_status is not None:
             # Launches and cancels change what the next pass must see (a cheap, local refresh).
             self.last_status = (self.last_status[0], self.with_changes(self.last_status[1]))
-        return decisions
-
-    # --------------------------------------------------------------------------- the actions
-
-    def scale_out(self, port: BlockPort, blocks: int, now: float) -> list[str]:
-        """Submit ``blocks`` blocks; a block whose submission fails is FAILED at once. Returns the ids submitted."""
-        launched = []
-        for _ in range(blocks):
-            block_id = str(next(self._ids))
-            try:
-                job_id = port.launch(block_id)
-                if not job_id:
-                    raise RuntimeError("the provider returned no job id")
-            except Exception as e:
-                logger.error("Failed to start block %s: %s", block_id, e)
-                self.overrides[block_id] = JobStatus(JobState.FAILED, f"Failed to start block {block_id}: {e}")
-                continue
-            self.blocks_to_job_id[block_id] = job_id
-            self.job_ids_to_block[job_id] = block_id
-            self.submitted_at[block_id] = now
-            launched.append(block_id)
         return launched
 
-    def cancel_blocks(self, port: BlockPort, block_ids: list[str], scaled_in: bool = True) -> list[str]:
-        """Cancel the jobs of blocks through the provider, mark them SCALED_IN (unless ``scaled_in`` is
-        False: then ``status()`` shows what the provider says) and tell the interchange; returns the ids
-        cancelled."""
-        if not block_ids:
-            return []
-        oks = port.provider.cancel([self.blocks_to_job_id[b] for b in block_ids])
-        done = [b for b, ok in zip(block_ids, oks, strict=True) if ok]
-        for b in done:
-            if scaled_in:
-                self.overrides[b] = JobStatus(JobState.SCALED_IN, "scaled in by the executor")
-            if not port.stopping:
-                try:
+    # ------------------------------------------------------------------------------ the actions
+
+    def _launch(self, blocks: int, now: float, answer: bool) -> None:
+        ids = [str(next(self._ids)) for _ in range(max(0, blocks))]
+        for block_id in ids:
+            self.submitted_at[block_id] = now
+            self.launching.add(block_id)
+            self._out.append(Launch(block_id))
+        if answer:
+            self._wait("launch", ids)
+
+    def _cancel(self, block_ids: Iterable[str], scaled_in: bool, answer: bool) -> None:
+        with_job = [b for b in block_ids if b in self.blocks_to_job_id]
+        if with_job:
+            self._out.append(Cancel(tuple(with_job), tuple(self.blocks_to_job_id[b] for b in with_job), scaled_in))
+        if answer:
+            self._wait("cancel", with_job)
+
+    def _wait(self, kind: str, ids: list[str]) -> None:
+        if ids:
+            self._pending = _Pending(kind, set(ids))
+        else:
+            self._out.append(Answer([]))
+
+    def _settle(self, kind: str, block_id: str, ok: bool) -> None:
+        p = self._pending
+        if p is None or p.kind != kind or block_id not in p.waiting:
+            return
+        p.waiting.discard(block_id)
+        if ok:
+            p.done.append(block_id)
+        if not p.waiting:
+            self._pending = None
+            self._out.append(Answer(p.done))
+
+    def _on_launched(self, ev: Launched, now: float) -> None:
+        self.launching.discard(ev.block_id)
+        self.blocks_to_job_id[ev.block_id] = ev.job_id
+        self.job_ids_to_block[ev.job_id] = ev.block_id
+        self._settle("launch", ev.block_id, True)
+        if self.stopping:
+            # Launched while (or after) the executor shut down: it must not outlive the executor.
+            self._out.append(Note(WARNING, f"Block {ev.block_id} (job {ev.job_id}) was launched after shutdown "
+                                           "began; cancelling it"))
+            self._cancel([ev.block_id], scaled_in=True, answer=False)
+
+    def _on_launch_failed(self, ev: LaunchFailed, now: float) -> None:
+        self.launching.discard(ev.block_id)
+        self._out.append(Note(ERROR, f"Failed to start block {ev.block_id}: {ev.error}"))
+        self.overrides[ev.block_id] = JobStatus(JobState.FAILED, f"Failed to start block {ev.block_id}: {ev.error}")
+        # A block that never got a job id is known by its override alone.
+        self.blocks_to_job_id.pop(ev.block_id, None)
+        self._settle("launch", ev.block_id, False)
+
+    def _on_cancel_done(self, ev: CancelDone, now: float) -> None:
+        for block_id, ok in zip(ev.block_ids, ev.ok, strict=True):
+            if ok:
+                if ev.scaled_in:
+                    self.overrides[block_id] = JobStatus(JobState.SCALED_IN, "scaled in by the executor")
+                if not self.stopping and not self.failed:
                     # Its managers are gone now; the interchange need not wait heartbeat_threshold to know.
-                    self.ended_reported.add(b)
-                    port.block_ended(b, "")
-                except Exception:
-                    logger.exception("Could not tell the interchange that block %s was cancelled", b)
-        return done
+                    self.ended_reported.add(block_id)
+                    self._out.append(BlockEnded(block_id, ""))
+            else:
+                self._out.append(Note(ERROR, f"The provider did not cancel block {block_id}"))
+            self._settle("cancel", block_id, ok)
+
+    _handlers: dict[type, Callable[[BlockControl, Any, float], None]] = {
+        Start: _on_start,
+        ScaleOut: _on_scale_out,
+        ScaleIn: _on_scale_in,
+        HoldRequest: _on_hold,
+        StatusQuery: _on_status_query,
+        Shutdown: _on_shutdown,
+        Observed: _on_observed,
+        Tick: _on_tick,
+        Launched: _on_launched,
+        LaunchFailed: _on_launch_failed,
+        CancelDone: _on_cancel_done,
+    }
+
+
+def drive(control: BlockControl, events: Iterable[Event], now: float,
+          execute: Callable[[Launch | Cancel | HoldBlock | BlockEnded | FailAll | Note], Iterable[Event]]) -> Any:
+    """Hand ``events`` to ``control`` at ``now``, carry out each instruction with ``execute`` (which returns
+    the events it gave, such as ``Launched``) and hand those back, until none is left. Returns the value of
+    the last ``Answer``, or None. Both runtimes (the executor's control thread and simcluster's pilot)
+    call this; it is pure as long as ``execute`` is."""
+    answer = None
+    queue: deque[Event] = deque(events)
+    while queue:
+        for ins in control.handle(queue.popleft(), now=now):
+            if isinstance(ins, Answer):
+                answer = ins.value
+            else:
+                queue.extend(execute(ins))
+    return answer

@@ -27,18 +27,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
-import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from htex_ref.core.blocks import BlockLoad
+from htex_ref.core.notes import DEBUG, ERROR, INFO, WARNING, Note
 from htex_ref.core.selectors import ManagerSelector, RandomManagerSelector
 from htex_ref.protocol import Outcome, Registration, ResultTuple
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__, python_minor
-
-logger = logging.getLogger(__name__)
 
 _EXCEPTION = Outcome.EXCEPTION
 _isfinite = math.isfinite
@@ -113,6 +110,23 @@ class ManagerRecord:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class BlockLoad:
+    """What the interchange knows about one block's registered managers (``InterchangeState.block_loads``),
+    as block control reads it."""
+
+    #: Registered managers of the block now.
+    managers: int
+    #: Those of them not held.
+    active: int
+    #: Workers they run.
+    workers: int
+    #: Tasks they hold (running or prefetched).
+    tasks: int
+    #: Seconds since the last of them became idle, when none holds a task; None while any is busy.
+    idle_for: float | None
+
+
 @dataclass(slots=True)
 class BlockTotals:
     """Running totals over one block's registered managers, kept up to date by events so that the
@@ -124,6 +138,8 @@ class BlockTotals:
     tasks: int = 0
     #: The latest ``idle_since`` of its managers (times only grow, so the last one set is the latest).
     idle_since: float | None = None
+    #: Ids of its registered managers (to hold a block, or recompute ``idle_since``, without a table walk).
+    members: set[bytes] = field(default_factory=set)
 
 
 class PendingQueue:
@@ -238,6 +254,13 @@ class HoldManager:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldBlock:
+    """Send no more tasks to any manager of the block, registered now (their running tasks finish)."""
+
+    block_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownAll:
     reason: str
 
@@ -258,6 +281,7 @@ Event = (
     | ResultsReceived
     | ManagerGoodbye
     | HoldManager
+    | HoldBlock
     | ShutdownAll
     | BlockCancelled
 )
@@ -303,7 +327,8 @@ class StopManager:
     reason: str
 
 
-Instruction = SendTasks | ForwardResults | AcceptRegistration | RejectRegistration | ReplyHeartbeat | StopManager
+Instruction = (SendTasks | ForwardResults | AcceptRegistration | RejectRegistration | ReplyHeartbeat | StopManager
+               | Note)
 
 
 def lost_payload(manager_id: str, hostname: str, detail: str) -> bytes:
@@ -427,7 +452,7 @@ class InterchangeState:
         )
         if mismatch:
             reason = f"version mismatch: manager {reg.uid} on {reg.hostname} has {theirs}; interchange has {ours}"
-            logger.error("Refusing registration: %s", reason)
+            self._out.append(Note(ERROR, f"Refusing registration: {reason}"))
             self._out.append(RejectRegistration(mid, reason, mismatch=(theirs, ours)))
             return
         if reg.worker_count <= 0:
@@ -447,16 +472,15 @@ class InterchangeState:
             totals.active += 1
             totals.workers += reg.worker_count
             totals.idle_since = now
+            totals.members.add(mid)
             rec.load = totals
         self._push_timer(now + self.heartbeat_threshold, "expire", rec)
         if reg.drain_in is not None:
             rec.drain_at = now + max(0.0, reg.drain_in)
             self._push_timer(rec.drain_at, "drain", rec)
         self._refresh_free(rec)
-        logger.info(
-            "Registered manager %s (block %s, host %s, %d workers, capacity %d)",
-            reg.uid, reg.block_id, reg.hostname, reg.worker_count, reg.capacity,
-        )
+        self._out.append(Note(INFO, f"Registered manager {reg.uid} (block {reg.block_id}, host {reg.hostname}, "
+                                    f"{reg.worker_count} workers, capacity {reg.capacity})"))
         self._out.append(AcceptRegistration(mid))
 
     def _on_heartbeat(self, ev: ManagerHeartbeat, now: float) -> None:
@@ -464,7 +488,7 @@ class InterchangeState:
         if rec is None:
             # Forgotten (expired, cancelled) or never registered: its tasks were already failed here,
             # so tell it to stop rather than let it run on until its own silence timer fires.
-            logger.debug("Heartbeat from unknown manager %r; telling it to stop", ev.manager_id)
+            self._out.append(Note(DEBUG, f"Heartbeat from unknown manager {ev.manager_id!r}; telling it to stop"))
             self._out.append(StopManager(ev.manager_id, "this manager is not registered (it was forgotten)"))
             return
         rec.last_seen = now
@@ -474,7 +498,8 @@ class InterchangeState:
         rec = self.managers.get(ev.manager_id)
         if rec is None:
             # Its tasks were already failed with MANAGER_LOST when it was forgotten.
-            logger.warning("Ignoring %d results from unknown manager %r", len(ev.results), ev.manager_id)
+            self._out.append(Note(WARNING, f"Ignoring {len(ev.results)} results from unknown manager "
+                                           f"{ev.manager_id!r}"))
             self._out.append(StopManager(ev.manager_id, "this manager is not registered (it was forgotten)"))
             return
         rec.last_seen = now
@@ -485,7 +510,8 @@ class InterchangeState:
             try:
                 held.remove(result[0])
             except KeyError:
-                logger.warning("Dropping result for task %d not held by manager %s", result[0], rec.registration.uid)
+                self._out.append(Note(WARNING, f"Dropping result for task {result[0]} not held by manager "
+                                               f"{rec.registration.uid}"))
                 continue
             run_time = result[3]
             # Only calls that ran count: a lost task says nothing about how long tasks take.
@@ -514,15 +540,23 @@ class InterchangeState:
         rec = self.managers.get(ev.manager_id)
         if rec is None:
             return
-        logger.info("Manager %s said goodbye: %s", rec.registration.uid, ev.reason)
+        self._out.append(Note(INFO, f"Manager {rec.registration.uid} said goodbye: {ev.reason}"))
         self._fail_tasks(rec, f"the worker pool exited: {ev.reason}")
         self._forget(rec)
 
     def _on_hold(self, ev: HoldManager, now: float) -> None:
         rec = self.managers.get(ev.manager_id)
         if rec is None:
-            logger.warning("Cannot hold unknown manager %r", ev.manager_id)
+            self._out.append(Note(WARNING, f"Cannot hold unknown manager {ev.manager_id!r}"))
             return
+        self._hold(rec)
+
+    def _on_hold_block(self, ev: HoldBlock, now: float) -> None:
+        totals = self._block_totals.get(ev.block_id)
+        for mid in sorted(totals.members) if totals is not None else ():
+            self._hold(self.managers[mid])
+
+    def _hold(self, rec: ManagerRecord) -> None:
         if rec.active and rec.load is not None:
             rec.load.active -= 1
         rec.active = False
@@ -535,7 +569,8 @@ class InterchangeState:
 
     def _on_block_cancelled(self, ev: BlockCancelled, now: float) -> None:
         why = ev.reason or "was cancelled by the executor"
-        for rec in [r for r in self.managers.values() if r.block_id == ev.block_id]:
+        totals = self._block_totals.get(ev.block_id)
+        for rec in [self.managers[mid] for mid in sorted(totals.members)] if totals is not None else []:
             self._fail_tasks(rec, f"its block {ev.block_id} {why}")
             self._forget(rec, stop_reason=f"block {ev.block_id} {why}")
 
@@ -546,6 +581,7 @@ class InterchangeState:
         ResultsReceived: _on_results,
         ManagerGoodbye: _on_goodbye,
         HoldManager: _on_hold,
+        HoldBlock: _on_hold_block,
         ShutdownAll: _on_shutdown,
         BlockCancelled: _on_block_cancelled,
     }
@@ -566,10 +602,9 @@ class InterchangeState:
                 if due > now:
                     self._push_timer(due, "expire", rec)
                     continue
-                logger.warning(
-                    "Manager %s on %s missed heartbeats for %.1f s; failing its %d tasks",
-                    rec.registration.uid, rec.registration.hostname, now - rec.last_seen, len(rec.tasks),
-                )
+                self._out.append(Note(WARNING, f"Manager {rec.registration.uid} on {rec.registration.hostname} "
+                                               f"missed heartbeats for {now - rec.last_seen:.1f} s; failing its "
+                                               f"{len(rec.tasks)} tasks"))
                 self._fail_tasks(rec, f"no heartbeat for {now - rec.last_seen:.1f} s "
                                       f"(heartbeat_threshold={self.heartbeat_threshold} s)")
                 self._forget(rec)
@@ -689,14 +724,15 @@ class InterchangeState:
             totals.active -= rec.active
             totals.workers -= rec.worker_count
             totals.tasks -= len(rec.tasks)
+            totals.members.discard(rec.manager_id)
             block_id = rec.block_id
             assert block_id is not None
             if totals.managers == 0:
                 del self._block_totals[block_id]
             else:
-                # The one that went may have been the last to become idle (rare: a walk of the table).
-                since = [m.idle_since for m in self.managers.values()
-                         if m.block_id == block_id and m.idle_since is not None]
+                # The one that went may have been the last to become idle.
+                since = [m.idle_since for m in map(self.managers.__getitem__, totals.members)
+                         if m.idle_since is not None]
                 totals.idle_since = max(since) if since else None
         self._free.discard(rec.manager_id)
         self._prefetchable.discard(rec.manager_id)

@@ -9,44 +9,52 @@ Rules it keeps:
 
 1. A worker runs at most one task and holds at most one more, handed over in advance; a task runs on
    at most one worker. Tasks are handed over in advance only while recent calls ran shorter than
-   ``advance_max_task_time`` and every worker is busy, so the next task is already waiting in the
-   worker's socket when the current one ends, and a long task never has another stuck behind it.
-2. A worker that dies while running a task produces exactly one ``WORKER_LOST`` result for that task,
-   and the slot is restarted; a task it held but had not started goes back to the front of the queue.
-3. A worker slot that dies ``max_startup_failures`` times in a row before it ever becomes ready stops
+   ``advance_max_task_time``, every worker is busy, and the worker's current task started less than
+   ``advance_max_task_time`` ago, so the next task is already waiting in the worker's socket when a
+   short task ends, and a long task never has another stuck behind it.
+2. Tasks waiting here run lowest priority value first, in arrival order within a priority (the
+   interchange's order). A task handed over in advance is committed to its worker, which is why rule 1
+   only hands one to a worker that should finish soon: a task of higher priority that arrives later
+   waits at most about ``advance_max_task_time`` behind it.
+3. A worker that dies while running a task produces exactly one ``WORKER_LOST`` result for that task,
+   and the slot is restarted; a task it held but had not started goes back to the front of its priority.
+4. A worker slot that dies ``max_startup_failures`` times in a row before it ever becomes ready stops
    the pool with an error naming the slot and exit code, instead of a restart loop.
-4. The pool exits when the interchange has been silent for ``heartbeat_threshold`` seconds, or when
+5. The pool exits when the interchange has been silent for ``heartbeat_threshold`` seconds, or when
    the connection to it has been down for ``reconnect_grace`` seconds (an interchange that died is
    noticed in seconds, a network blip shorter than the grace is ridden out).
-5. A worker killed by SIGTERM is not reported at once: a batch system ending a job (``scancel``,
+6. A worker killed by SIGTERM is not reported at once: a batch system ending a job (``scancel``,
    walltime) sends SIGTERM to the pool and its workers together, in no set order, and the task should
    fail as lost with its pool (ManagerLost), not as a worker's own death. If the pool's own stop
    arrives within ``term_grace`` seconds, the task goes out with the pool's goodbye; otherwise it is
    reported as ``WORKER_LOST`` when the grace ends.
-6. Results go back at once when no task is waiting here for a worker (someone may be waiting on
+7. Results go back at once when no task is waiting here for a worker (someone may be waiting on
    them); while tasks wait, results are held up to ``result_batch_delay`` seconds or
    ``result_batch_size`` results, so that under load they travel in batches.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
-import logging
+import math
 import signal
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from htex_ref.core.notes import INFO, WARNING, Note
 from htex_ref.framing import Frame
 from htex_ref.protocol import Outcome, ResultTuple
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class PoolTask:
     task_id: int
     frames: tuple[Any, ...]
+    #: Lower runs first (the task header's priority; infinity when the task has none).
+    priority: float = math.inf
 
 
 @dataclass(slots=True)
@@ -54,10 +62,81 @@ class WorkerSlot:
     rank: int
     state: str = "starting"  # starting | idle | busy | stopped
     task_id: int | None = None
+    #: When the worker was given its current task (``now`` of that call).
+    started_at: float = 0.0
     #: A task handed over in advance, which the worker starts as soon as ``task_id`` ends.
     next_task: PoolTask | None = None
     startup_failures: int = 0
     starts: int = 1
+
+
+class LocalQueue:
+    """Tasks the interchange handed over that no worker has started: lowest priority value first, in
+    arrival order within a priority. One deque per priority and a heap of the priorities present; when a
+    single priority is in use (the usual case) its emptied deque is kept, so a task costs no heap work."""
+
+    __slots__ = ("_levels", "_priorities", "count")
+
+    def __init__(self) -> None:
+        self._levels: dict[float, deque[PoolTask]] = {}
+        self._priorities: list[float] = []
+        #: Tasks queued (an attribute rather than ``len()``: the manager's core reads it on every call).
+        self.count = 0
+
+    def _level(self, priority: float) -> deque[PoolTask]:
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._levels[priority] = deque()
+            heapq.heappush(self._priorities, priority)
+        return level
+
+    def append(self, task: PoolTask) -> None:
+        self._level(task.priority).append(task)
+        self.count += 1
+
+    def extend(self, tasks: list[PoolTask]) -> None:
+        if len(self._priorities) == 1 and all(t.priority == self._priorities[0] for t in tasks):
+            self._levels[self._priorities[0]].extend(tasks)  # the usual case: one priority in use
+        else:
+            for task in tasks:
+                self._level(task.priority).append(task)
+        self.count += len(tasks)
+
+    def appendleft(self, task: PoolTask) -> None:
+        """Put a task back in front of its priority (one a dead worker held but never started)."""
+        self._level(task.priority).appendleft(task)
+        self.count += 1
+
+    def popleft(self) -> PoolTask:
+        priorities = self._priorities
+        levels = self._levels
+        while True:
+            priority = priorities[0]
+            level = levels[priority]
+            if level:
+                break
+            # An emptied level kept for reuse, now in the way of another priority.
+            del levels[priority]
+            heapq.heappop(priorities)
+        task = level.popleft()
+        self.count -= 1
+        if not level and len(priorities) > 1:
+            del levels[priority]
+            heapq.heappop(priorities)
+        return task
+
+    def clear(self) -> None:
+        self._levels.clear()
+        self._priorities.clear()
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[PoolTask]:
+        """In the order they would run."""
+        for priority in sorted(self._levels):
+            yield from self._levels[priority]
 
 
 # events
@@ -153,7 +232,7 @@ class Exit:
     unfinished: list[int] = field(default_factory=list)
 
 
-Instruction = RunTask | SendResults | SendHeartbeat | StartWorker | Exit
+Instruction = RunTask | SendResults | SendHeartbeat | StartWorker | Exit | Note
 
 
 class ManagerState:
@@ -182,12 +261,14 @@ class ManagerState:
         self.hostname = hostname
         self.result_batch_delay = result_batch_delay
         self.result_batch_size = result_batch_size
-        self._results_since: float | None = None
+        #: When the oldest result held for batching arrived (None: none held). Read-only outside.
+        self.results_since: float | None = None
         self.heartbeat_period = heartbeat_period
         self.heartbeat_threshold = heartbeat_threshold
         self.max_startup_failures = max_startup_failures
         self.workers = {rank: WorkerSlot(rank) for rank in range(worker_count)}
-        self.queue: deque[PoolTask] = deque()
+        self.queue = LocalQueue()
+        self._busy = 0
         self.last_contact = now
         self.last_heartbeat = now
         self.exiting = False
@@ -197,7 +278,7 @@ class ManagerState:
 
     @property
     def busy(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state == "busy")
+        return self._busy
 
     @property
     def held(self) -> int:
@@ -205,29 +286,35 @@ class ManagerState:
         return len(self.queue) + self.busy + sum(1 for w in self.workers.values() if w.next_task is not None)
 
     def handle(self, *events: Event, now: float) -> list[Instruction]:
+        handlers = self._handlers
         for ev in events:
             if self.exiting:
                 break
-            self._handlers[type(ev)](self, ev, now)
+            handlers[type(ev)](self, ev, now)
         if not self.exiting:
-            self._assign()
+            if self.queue.count:
+                self._assign(now)
             self._timers(now)
         if self._results:
-            if self._results_since is None:
-                self._results_since = now
-            if (self.exiting or not self.queue or len(self._results) >= self.result_batch_size
-                    or now >= self._results_since + self.result_batch_delay):
+            if self.results_since is None:
+                self.results_since = now
+            if (self.exiting or not self.queue.count or len(self._results) >= self.result_batch_size
+                    or now >= self.results_since + self.result_batch_delay):
                 # Results come before an Exit so the runtime sends them before saying goodbye.
                 self._out.insert(0, SendResults(self._results))
                 self._results = []
-                self._results_since = None
+                self.results_since = None
         out, self._out = self._out, []
         return out
 
+    def results_due(self) -> float | None:
+        """When results held for batching must go out even if nothing else happens (None: none held)."""
+        return None if self.results_since is None else self.results_since + self.result_batch_delay
+
     def next_deadline(self) -> float:
         deadline = min(self.last_heartbeat + self.heartbeat_period, self.last_contact + self.heartbeat_threshold)
-        if self._results_since is not None:
-            deadline = min(deadline, self._results_since + self.result_batch_delay)
+        if self.results_since is not None:
+            deadline = min(deadline, self.results_since + self.result_batch_delay)
         if self.disconnected_since is not None:
             deadline = min(deadline, self.disconnected_since + self.reconnect_grace)
         if self._deferred:
@@ -242,7 +329,7 @@ class ManagerState:
     def _on_ready(self, ev: WorkerReady, now: float) -> None:
         slot = self.workers.get(ev.rank)
         if slot is None or slot.state != "starting":
-            logger.warning("Unexpected ready from worker %s", ev.rank)
+            self._out.append(Note(WARNING, f"Unexpected ready from worker {ev.rank}"))
             return
         slot.state = "idle"
         slot.startup_failures = 0
@@ -251,7 +338,8 @@ class ManagerState:
     def _on_result(self, ev: WorkerResult, now: float) -> None:
         slot = self.workers.get(ev.rank)
         if slot is None or slot.state != "busy" or slot.task_id != ev.task_id:
-            logger.warning("Dropping result for task %d from worker %s that was not running it", ev.task_id, ev.rank)
+            self._out.append(Note(WARNING, f"Dropping result for task {ev.task_id} from worker {ev.rank} "
+                                           "that was not running it"))
             return
         self._results.append((ev.task_id, ev.outcome, ev.payload, ev.run_time))
         avg = self.avg_task_time
@@ -260,9 +348,11 @@ class ManagerState:
             # The worker already has its next task and has started it.
             slot.task_id = slot.next_task.task_id
             slot.next_task = None
+            slot.started_at = now
             return
         slot.state = "idle"
         slot.task_id = None
+        self._busy -= 1
         self._idle.append(ev.rank)
 
     def _on_exit(self, ev: WorkerExited, now: float) -> None:
@@ -274,8 +364,9 @@ class ManagerState:
             payload = json.dumps({"worker": ev.rank, "host": self.hostname, "detail": detail}).encode()
             lost: ResultTuple = (slot.task_id, Outcome.WORKER_LOST, payload, 0.0)
             if ev.exit_code == -signal.SIGTERM and self.term_grace > 0:
-                logger.info("Worker %d got SIGTERM while running task %d; reporting it in %.1f s unless "
-                            "this pool is stopped first", ev.rank, slot.task_id, self.term_grace)
+                self._out.append(Note(INFO, f"Worker {ev.rank} got SIGTERM while running task {slot.task_id}; "
+                                            f"reporting it in {self.term_grace:.1f} s unless this pool is "
+                                            "stopped first"))
                 self._deferred.append((now + self.term_grace, lost))
             else:
                 self._results.append(lost)
@@ -293,6 +384,8 @@ class ManagerState:
                 return
         if ev.rank in self._idle:
             self._idle.remove(ev.rank)
+        if slot.state == "busy":
+            self._busy -= 1
         slot.state = "starting"
         slot.task_id = None
         slot.starts += 1
@@ -324,22 +417,27 @@ class ManagerState:
 
     # helpers
 
-    def _assign(self) -> None:
-        while self.queue and self._idle:
+    def _assign(self, now: float) -> None:
+        queue = self.queue
+        while queue.count and self._idle:
             rank = self._idle.popleft()
-            task = self.queue.popleft()
+            task = queue.popleft()
             slot = self.workers[rank]
             slot.state = "busy"
             slot.task_id = task.task_id
+            slot.started_at = now
+            self._busy += 1
             self._out.append(RunTask(rank, task))
         avg = self.avg_task_time
-        if (self.queue and avg is not None and avg <= self.advance_max_task_time
-                and all(slot.state == "busy" for slot in self.workers.values())):
+        limit = self.advance_max_task_time
+        if queue.count and avg is not None and avg <= limit and self._busy == len(self.workers):
+            # Only to a worker whose task should end soon: one running longer is not short, and what it
+            # would be handed now could not give way to a task of higher priority arriving meanwhile.
             for slot in self.workers.values():
-                if not self.queue:
+                if not queue.count:
                     break
-                if slot.state == "busy" and slot.next_task is None:
-                    slot.next_task = self.queue.popleft()
+                if slot.next_task is None and now - slot.started_at < limit:
+                    slot.next_task = queue.popleft()
                     self._out.append(RunTask(slot.rank, slot.next_task))
 
     def _timers(self, now: float) -> None:

@@ -10,7 +10,8 @@ those the longest idle first; a block that never registered counts as idle forev
 nothing (Parsl's ``scale_in(0)`` kills every idle block).
 
 The block-failure rules decide when failed blocks put the executor in bad state: ``blocks_all_failed``
-(Parsl's "simple" handler) and ``blocks_last_failed`` (its "windowed" handler).
+(Parsl's "simple" handler) and ``blocks_last_failed`` (its "windowed" handler); ``AllFailedRule`` and
+``LastFailedRule`` are the same rules as block control's ``ErrorRule``, returning a ``BlockFailure``.
 ``blocks_registration_timed_out`` finds blocks that run but whose worker pool never registered.
 """
 
@@ -18,40 +19,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
+from htex_ref.core.interchange import BlockLoad
+from htex_ref.core.jobs import FAILED_STATES, JobStatus
 from htex_ref.core.selectors import block_rank
 
 
-def choose_blocks_to_scale_in(
-    n: int, live_blocks: Iterable[str], managers: Iterable[Mapping[str, Any]]
-) -> list[str]:
+def choose_blocks_to_scale_in(n: int, live_blocks: Iterable[str], loads: Mapping[str, BlockLoad]) -> list[str]:
+    """The ``n`` live blocks cheapest to lose, cheapest first; ``loads`` is the interchange's view of each
+    block with registered managers (``InterchangeState.block_loads``)."""
     if n <= 0:
         return []
-    tasks: dict[str, int] = {}
-    idle: dict[str, float] = {}
-    held: dict[str, bool] = {}
-    for b in live_blocks:
-        tasks[b] = 0
-        idle[b] = math.inf
-        held[b] = False
-    seen: set[str] = set()
-    for m in managers:
-        block = m.get("block_id")
-        if not isinstance(block, str) or block not in tasks:
-            continue
-        b = block
-        active = bool(m.get("active", True))
-        held[b] = (held[b] or b not in seen) and not active
-        seen.add(b)
-        tasks[b] += int(m.get("tasks", 0))
-        idle[b] = min(idle[b], float(m.get("idle_duration", 0.0)) if not m.get("tasks") else 0.0)
-    order = sorted(tasks, key=lambda b: (not held[b], tasks[b] > 0, -idle[b], tasks[b], block_rank(b)))
-    return order[:n]
+
+    def key(b: str) -> tuple[bool, bool, float, int, tuple[int, int, str]]:
+        load = loads.get(b)
+        if load is None or load.managers == 0:
+            # Never registered (or every manager gone): idle forever.
+            return (True, False, -math.inf, 0, block_rank(b))
+        held = load.active == 0
+        idle = load.idle_for if load.idle_for is not None else 0.0
+        return (not held, load.tasks > 0, -idle, load.tasks, block_rank(b))
+
+    return sorted(dict.fromkeys(live_blocks), key=key)[:n]
 
 
-FAILED_NAMES = frozenset({"FAILED", "MISSING"})
+FAILED_NAMES = frozenset(s.name for s in FAILED_STATES)
 
 
 def blocks_all_failed(states: Mapping[str, str], threshold: int) -> bool:
@@ -114,3 +107,48 @@ def blocks_registration_timed_out(
          and now - v.running_since >= timeout),
         key=block_rank,
     )
+
+
+# -------------------------------------------------------------------------------- block error rules
+
+
+@dataclass(frozen=True)
+class BlockFailure:
+    """Why failed blocks put the executor in bad state: a headline and the statuses of the blocks to
+    describe (the runtime quotes their exit codes and output files), or, from a handler written as Parsl's
+    ``handler(executor, statuses)``, the exception that handler gave."""
+
+    headline: str = ""
+    statuses: Mapping[str, JobStatus] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+def _names(statuses: Mapping[str, JobStatus]) -> dict[str, str]:
+    return {b: s.state.name for b, s in statuses.items()}
+
+
+@dataclass(frozen=True)
+class AllFailedRule:
+    """Parsl's "simple" rule: every block failed, and there are at least ``threshold`` of them."""
+
+    threshold: int
+    label: str
+
+    def __call__(self, statuses: Mapping[str, JobStatus]) -> BlockFailure | None:
+        if not blocks_all_failed(_names(statuses), self.threshold):
+            return None
+        return BlockFailure(f"all {len(statuses)} blocks of executor {self.label} failed:", dict(statuses))
+
+
+@dataclass(frozen=True)
+class LastFailedRule:
+    """Parsl's "windowed" rule: the last ``window`` blocks in block-id order all failed."""
+
+    window: int
+    label: str
+
+    def __call__(self, statuses: Mapping[str, JobStatus]) -> BlockFailure | None:
+        if not blocks_last_failed(_names(statuses), self.window):
+            return None
+        return BlockFailure(f"the last {self.window} blocks of executor {self.label} (by block id) failed:",
+                            {b: statuses[b] for b in last_blocks(statuses, self.window)})

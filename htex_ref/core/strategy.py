@@ -39,8 +39,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from htex_ref.core.jobs import TERMINAL_NAMES
+
 STRATEGY_NAMES = ("none", "simple", "htex_auto_scale")
-TERMINAL = frozenset({"CANCELLED", "COMPLETED", "FAILED", "TIMEOUT", "MISSING", "SCALED_IN"})
+#: Names of the terminal job states (``htex_ref.core.jobs`` holds the one list).
+TERMINAL = TERMINAL_NAMES
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ A provider submits a shell command as a batch job (``submit``), reports the stat
 and cancels them (``cancel``). Rendering scripts and parsing scheduler output are kept as pure
 functions in each provider so they can be table-tested; only a small runner touches processes.
 
+Job states and statuses are plain data owned by ``htex_ref.core.jobs`` (re-exported here); reading a
+job's output files, which a status only names, is done here (``read_output``, ``output_summary``).
+
 The checks of the settings every provider has (label, launcher, worker_init, cmd_timeout, cores and
 memory per node, the block shape) live here too, in ``ExecutionProvider._configure`` and the small
 ``check_*`` helpers, so that every provider refuses a bad value with the same message naming it.
@@ -11,39 +14,28 @@ memory per node, the block shape) live here too, in ``ExecutionProvider._configu
 
 from __future__ import annotations
 
-import enum
 import math
 import numbers
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
+from htex_ref.core import jobs
+from htex_ref.core.jobs import TERMINAL_STATES, JobState
 from htex_ref.errors import ConfigurationError
 from htex_ref.launchers import Launcher
 
-
-class JobState(enum.IntEnum):
-    """Job states, numbered as in Parsl so that logs and tools line up."""
-
-    UNKNOWN = 0
-    PENDING = 1
-    RUNNING = 2
-    CANCELLED = 3
-    COMPLETED = 4
-    FAILED = 5
-    TIMEOUT = 6
-    HELD = 7
-    MISSING = 8
-    SCALED_IN = 9
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATES
-
-
-TERMINAL_STATES = frozenset(
-    {JobState.CANCELLED, JobState.COMPLETED, JobState.FAILED, JobState.TIMEOUT, JobState.MISSING, JobState.SCALED_IN}
-)
+__all__ = [
+    "TERMINAL_STATES",
+    "ExecutionProvider",
+    "JobState",
+    "JobStatus",
+    "check_number",
+    "check_optional_amount",
+    "check_optional_count",
+    "output_summary",
+    "read_output",
+    "summarize",
+]
 
 SUMMARY_LIMIT = 2048
 
@@ -56,45 +48,47 @@ def summarize(text: str | None) -> str | None:
     return text[:half] + "\n...\n" + text[-half:]
 
 
-@dataclass(frozen=True)
-class JobStatus:
-    state: JobState
-    message: str | None = None
-    exit_code: int | None = None
-    stdout_path: str | None = None
-    stderr_path: str | None = None
+def read_output(path: str | None) -> str | None:
+    """The text of a job's output file (``JobStatus.stdout_path``/``stderr_path``), or None."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return None
 
-    @property
-    def terminal(self) -> bool:
-        return self.state.terminal
 
-    @property
-    def status_name(self) -> str:
-        return self.state.name
+def output_summary(path: str | None) -> str | None:
+    """Head and tail of a job's output file, or None when there is none."""
+    return summarize(read_output(path))
 
-    def _read(self, path: str | None) -> str | None:
-        if path is None:
-            return None
-        try:
-            return Path(path).read_text(errors="replace")
-        except OSError:
-            return None
+
+class JobStatus(jobs.JobStatus):
+    """A job's status as providers report it and the executor hands it out: ``htex_ref.core.jobs.JobStatus``
+    (plain data, which block control uses) plus Parsl's readers of the job's output files."""
+
+    @classmethod
+    def of(cls, status: jobs.JobStatus) -> JobStatus:
+        """``status`` as this class (itself when it already is)."""
+        if isinstance(status, JobStatus):
+            return status
+        return cls(status.state, status.message, status.exit_code, status.stdout_path, status.stderr_path)
 
     @property
     def stdout(self) -> str | None:
-        return self._read(self.stdout_path)
+        return read_output(self.stdout_path)
 
     @property
     def stderr(self) -> str | None:
-        return self._read(self.stderr_path)
+        return read_output(self.stderr_path)
 
     @property
     def stdout_summary(self) -> str | None:
-        return summarize(self.stdout)
+        return output_summary(self.stdout_path)
 
     @property
     def stderr_summary(self) -> str | None:
-        return summarize(self.stderr)
+        return output_summary(self.stderr_path)
 
 
 # ---------------------------------------------------------------------------------------- checks

@@ -22,7 +22,7 @@ import pytest
 
 from clusters.info import ClusterInfo
 from htex_ref import HighThroughputExecutor
-from htex_ref.executor import DEFAULT_LAUNCH_CMD
+from htex_ref.launch import DEFAULT_LAUNCH_CMD
 from htex_ref.launchers import SrunLauncher
 from htex_ref.providers.slurm import SlurmProvider
 from tests.conftest import wait_until as wait_for

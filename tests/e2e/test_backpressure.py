@@ -95,7 +95,7 @@ def test_a_waiting_submit_fails_when_the_executor_does(make_executor: Any, tmp_p
     t = threading.Thread(target=producer)
     t.start()
     # It is waiting for room (it has not returned) ...
-    assert wait_until(lambda: ex._room_waiters == 1, 10)
+    assert wait_until(lambda: ex.table._room_waiters == 1, 10)
     assert not outcome
     # ... until the executor fails or shuts down: then it raises at once.
     t0 = time.monotonic()

@@ -19,6 +19,7 @@ from htex_ref import (
     WorkerLost,
 )
 from htex_ref.errors import RemoteTraceback
+from htex_ref.protocol import Query
 
 pytestmark = pytest.mark.e2e
 
@@ -170,7 +171,7 @@ def test_interchange_death_fails_everything_fast(make_executor: Any) -> None:
     slow = ex.submit(sleep_then, 60, None)
     assert ex.submit(square, 2).result(30) == 4
     t0 = time.monotonic()
-    os.kill(ex._ix_proc.pid, signal.SIGKILL)
+    os.kill(ex.interchange_process.pid, signal.SIGKILL)
     with pytest.raises(BadStateException, match=r"interchange process .* exited unexpectedly"):
         slow.result(30)
     assert time.monotonic() - t0 < 10
@@ -248,7 +249,7 @@ def test_block_id_selector_fills_the_highest_numbered_block(make_executor: Any) 
                        provider=LocalProvider(init_blocks=0, max_blocks=11), prefetch_capacity=0)
     # Keep blocks "2" and "10": as strings "2" sorts last, as numbers 10 is the highest.
     ex.scale_out(11)
-    ex._cancel_blocks([b for b in ex.status() if b not in ("2", "10")])
+    ex.scale_in(block_ids=[b for b in ex.status() if b not in ("2", "10")])
     assert wait_until(lambda: len(ex.connected_managers()) == 2, 60)
     assert {ex.submit(block_of_worker).result(30) for _ in range(10)} == {"10"}
 
@@ -258,12 +259,12 @@ def test_command_times_out_when_the_interchange_is_frozen(make_executor: Any) ->
 
     ex = make_executor(max_workers_per_node=1)
     assert ex.submit(square, 3).result(30) == 9  # the pool has registered
-    pid = ex._ix_proc.pid
+    pid = ex.interchange_process.pid
     os.kill(pid, signal.SIGSTOP)
     try:
         t0 = time.monotonic()
         with pytest.raises(CommandTimeout, match=r"'managers' within 0\.5 s"):
-            ex._command("managers", timeout=0.5)
+            ex._link.query(Query.MANAGERS, timeout=0.5)
         assert time.monotonic() - t0 < 5
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -291,7 +292,7 @@ def test_pools_exit_when_the_interchange_dies(make_executor: Any, tmp_path: Any)
     ex = make_executor(max_workers_per_node=1, provider=LocalProvider(init_blocks=2, max_blocks=2),
                        heartbeat_period=1, heartbeat_threshold=3)
     assert wait_until(lambda: len(ex.connected_managers()) == 2, 30)
-    os.kill(ex._ix_proc.pid, signal.SIGKILL)
+    os.kill(ex.interchange_process.pid, signal.SIGKILL)
 
     def pools() -> list[Any]:
         # The command line read by processes_mentioning: calling p.cmdline() again races the pool's exit
@@ -356,7 +357,7 @@ def test_executor_started_from_a_thread_that_ends(make_executor: Any) -> None:
     t.join()
     ex = box[0]
     time.sleep(0.5)  # give a wrongly delivered death signal time to land
-    assert ex._ix_proc.poll() is None
+    assert ex.interchange_process.poll() is None
     assert ex.submit(square, 11).result(30) == 121
 
 
@@ -373,7 +374,7 @@ ex = HighThroughputExecutor(max_workers_per_node=1, encrypted=False, run_dir={st
                             heartbeat_period=1, heartbeat_threshold=4)
 ex.start()
 assert ex.submit(pow, 2, 3).result(30) == 8
-print(ex._ix_proc.pid, flush=True)
+print(ex.interchange_process.pid, flush=True)
 os._exit(0)  # no shutdown, no atexit: as if killed
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
@@ -403,8 +404,8 @@ def test_provider_submit_failure_fails_the_executor_with_its_message(make_execut
     assert ex.block_statuses()["0"].state.name == "MISSING"
 
 
-def test_result_thread_failure_fails_outstanding_futures(make_executor: Any, monkeypatch: Any) -> None:
-    import htex_ref.executor as executor_module
+def test_link_thread_failure_fails_outstanding_futures(make_executor: Any, monkeypatch: Any) -> None:
+    import htex_ref.link as link_module
 
     ex = make_executor(max_workers_per_node=1)
     assert ex.submit(square, 2).result(30) == 4
@@ -413,13 +414,13 @@ def test_result_thread_failure_fails_outstanding_futures(make_executor: Any, mon
     def broken(frames: Any, start: int = 1) -> Any:
         raise SystemExit("simulated internal failure")  # escapes the per-message handler
 
-    monkeypatch.setattr(executor_module, "split_results", broken)
-    with pytest.raises(BadStateException, match="result thread failed"):
+    monkeypatch.setattr(link_module, "split_results", broken)
+    with pytest.raises(BadStateException, match="link thread failed"):
         slow.result(30)
 
 
 def test_a_popped_future_always_resolves(make_executor: Any, monkeypatch: Any) -> None:
-    import htex_ref.executor as executor_module
+    import htex_ref.tasks as tasks_module
     from htex_ref import DeserializationError
 
     ex = make_executor(max_workers_per_node=1)
@@ -428,6 +429,6 @@ def test_a_popped_future_always_resolves(make_executor: Any, monkeypatch: Any) -
     def broken(outcome: Any, payload: Any) -> Any:
         raise SystemExit("simulated failure while decoding")
 
-    monkeypatch.setattr(executor_module, "decode_outcome", broken)
+    monkeypatch.setattr(tasks_module, "decode_outcome", broken)
     with pytest.raises(DeserializationError, match="SystemExit"):
         ex.submit(square, 3).result(30)

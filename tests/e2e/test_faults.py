@@ -357,10 +357,10 @@ def test_shutdown_is_bounded_whatever_is_stopped(make_executor: Any, tmp_path: P
     queued = [ex.submit(square, i) for i in range(3)]  # no free worker: they wait in the interchange
     where = where_tasks_run(markers)
     manager_pid = where[0]["manager_pid"]
-    assert ex._ix_proc is not None
+    assert ex.interchange_process is not None
     stopped = {
         "nothing": [],
-        "interchange": [ex._ix_proc.pid],
+        "interchange": [ex.interchange_process.pid],
         "manager": [manager_pid],
         "manager_and_workers": [manager_pid] + [w["worker_pid"] for w in where],
     }[frozen]
@@ -374,8 +374,8 @@ def test_shutdown_is_bounded_whatever_is_stopped(make_executor: Any, tmp_path: P
     for f in running + queued:
         with pytest.raises(ExecutorShutdown):
             f.result(0)
-    assert ex._ix_proc.poll() is not None
-    for pid in [ex._ix_proc.pid, manager_pid] + [w["worker_pid"] for w in where]:
+    assert ex.interchange_process.poll() is not None
+    for pid in [ex.interchange_process.pid, manager_pid] + [w["worker_pid"] for w in where]:
         assert wait_until(lambda pid=pid: not alive(pid), 10), f"pid {pid} survived shutdown"
     assert wait_until(lambda: not processes_mentioning(str(tmp_path)), 10)
 
@@ -389,8 +389,8 @@ def test_stopped_interchange_fails_everything_and_shutdown_returns(make_executor
     marker = tmp_path / "running"
     running = ex.submit(held, str(marker), str(tmp_path / "never"), 1)
     assert wait_until(marker.exists, 30)
-    assert ex._ix_proc is not None
-    os.kill(ex._ix_proc.pid, signal.SIGSTOP)
+    assert ex.interchange_process is not None
+    os.kill(ex.interchange_process.pid, signal.SIGSTOP)
     t0 = time.monotonic()
     queued = ex.submit(square, 4)
     with pytest.raises(BadStateException, match=r"interchange process .* has not answered .*stopped or stuck"):
@@ -405,4 +405,4 @@ def test_stopped_interchange_fails_everything_and_shutdown_returns(make_executor
     t0 = time.monotonic()
     ex.shutdown()
     assert time.monotonic() - t0 < 30
-    assert wait_until(lambda: ex._ix_proc is not None and ex._ix_proc.poll() is not None, 10)
+    assert wait_until(lambda: ex.interchange_process is not None and ex.interchange_process.poll() is not None, 10)

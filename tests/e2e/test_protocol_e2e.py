@@ -14,7 +14,7 @@ import zmq
 
 from htex_ref import BadStateException, VersionMismatch
 from htex_ref.protocol import Kind, Registration
-from htex_ref.version import PYTHON_VERSION, __version__
+from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,7 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def registration(uid: str, protocol: int = 1, python: str = PYTHON_VERSION) -> Registration:
+def registration(uid: str, protocol: int = PROTOCOL_VERSION, python: str = PYTHON_VERSION) -> Registration:
     return Registration(
         protocol_version=protocol, htex_ref_version=__version__, python_version=python, uid=uid, block_id="99",
         worker_count=1, prefetch_capacity=0, hostname=socket.gethostname(), pid=os.getpid(), cpu_count=1,
@@ -64,7 +64,7 @@ def test_malformed_frames_are_dropped_and_service_continues(make_executor: Any) 
 
 
 @pytest.mark.parametrize(("protocol", "python", "shown"), [(999, PYTHON_VERSION, "protocol=999"),
-                                                         (1, "2.7.18", "python=2.7.18")])
+                                                         (PROTOCOL_VERSION, "2.7.18", "python=2.7.18")])
 def test_version_mismatch_is_refused_and_fatal(make_executor: Any, protocol: int, python: str, shown: str) -> None:
     ex = make_executor(max_workers_per_node=1)
     pending = ex.submit(add, 1, 1)
@@ -76,7 +76,7 @@ def test_version_mismatch_is_refused_and_fatal(make_executor: Any, protocol: int
         assert s.poll(10_000)
         kind, body = s.recv_multipart()
         assert kind == Kind.REJECTED
-        assert shown.encode() in body and b"protocol=1" in body
+        assert shown.encode() in body and f"protocol={PROTOCOL_VERSION}".encode() in body
         s.close()
     finally:
         ctx.destroy(linger=0)

@@ -113,8 +113,9 @@ def test_block_whose_pool_never_registers_times_out_and_fails_the_executor(make_
     assert ex.status()["0"].state.name == "CANCELLED"
     assert ex.block_statuses()["0"].state.name == "MISSING"
     assert wait_until(lambda: not group_alive(job), 10), "the block's processes outlived the time-out"
-    # Scaling stopped with the bad state: no replacement block, however many passes.
-    assert wait_until(lambda: not ex._watch_thread.is_alive(), 10)
+    # Scaling stopped with the bad state: no replacement block, however many passes (block control
+    # runs no pass once failed: tests/unit/test_control_pass.py).
+    assert wait_until(lambda: ex._control.core.failed, 10)
     assert list(ex.blocks_to_job_id) == ["0"]
     with pytest.raises(BadStateException):
         ex.scale_out(1)

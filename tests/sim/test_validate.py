@@ -107,7 +107,7 @@ def test_the_real_side_builds_its_executor_from_the_cluster_info(tmp_path: Path)
     ex = validate_real.make_executor(cluster, "t", strategy="none")
     assert ex.address == "10.88.0.1" and ex.encrypted and ex.strategy == "none"
     assert ex.max_idletime == REAL_SETTINGS["executor"]["max_idletime"]
-    assert Path(ex._run_dir_arg).parent == tmp_path / "shared" / "runs"
+    assert Path(ex.settings.run_dir).parent == tmp_path / "shared" / "runs"
     p = ex.provider
     assert p.partition == "debug" and type(p.launcher).__name__ == "SrunLauncher"
     assert {k: getattr(p, k) for k in REAL_SETTINGS["provider"]} == REAL_SETTINGS["provider"]

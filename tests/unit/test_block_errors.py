@@ -9,21 +9,16 @@ from typing import Any
 import pytest
 
 import htex_ref
-from htex_ref import (
-    ExecutionProvider,
-    HighThroughputExecutor,
-    JobState,
-    JobStatus,
-    LocalProvider,
-    SingleNodeLauncher,
-)
+from htex_ref import HighThroughputExecutor, JobState, JobStatus, LocalProvider
 from htex_ref.block_errors import (
     noop_error_handler,
     resolve_block_error_handler,
     simple_error_handler,
     windowed_error_handler,
 )
+from htex_ref.core.blocks import Start, StatusQuery
 from htex_ref.errors import ScalingFailed
+from tests.unit.control_harness import FakeProvider, Harness
 
 FAILED, MISSING, RUNNING, COMPLETED = JobState.FAILED, JobState.MISSING, JobState.RUNNING, JobState.COMPLETED
 
@@ -129,91 +124,56 @@ def test_bad_state_fails_outstanding_futures_with_the_report(tmp_path: Path) -> 
         fut.result(0)
 
 
-# ------------------------------------------------------------------------ registration time-out glue
+# ------------------------------------------------------------------ registration time-out, in block control
 
 
-class FakeProvider(ExecutionProvider):
-    """Jobs whose state the test sets; cancel records the ids and makes the jobs CANCELLED."""
-
-    def __init__(self) -> None:
-        self.init_blocks = 1
-        self.states: dict[str, JobState] = {}
-        self.cancelled: list[str] = []
-        self.launcher = SingleNodeLauncher()
-
-    def submit(self, command: str, tasks_per_node: int, job_name: str = "x") -> str:
-        raise AssertionError("not used")
-
-    def status(self, job_ids: list[str]) -> list[JobStatus]:
-        return [JobStatus(self.states[j], stdout_path=f"/jobs/{j}.out", stderr_path=f"/jobs/{j}.err")
-                for j in job_ids]
-
-    def cancel(self, job_ids: list[str]) -> list[bool]:
-        self.cancelled += job_ids
-        for j in job_ids:
-            self.states[j] = JobState.CANCELLED
-        return [True] * len(job_ids)
+def timed(timeout: float | None, registered: list[str]) -> Harness:
+    """Block control with blocks 0 and 1 (jobs j0, j1) launched at time 0, both PENDING."""
+    h = Harness(FakeProvider(init_blocks=2, max_blocks=2), registration_timeout=timeout, registered=registered)
+    h.run(Start(), 0.0)
+    assert h.core.blocks_to_job_id == {"0": "j0", "1": "j1"}
+    return h
 
 
-def timed_executor(timeout: float | None, monkeypatch: pytest.MonkeyPatch,
-                   registered: list[str]) -> tuple[HighThroughputExecutor, FakeProvider, list[int]]:
-    provider = FakeProvider()
-    ex = HighThroughputExecutor(provider=provider, block_registration_timeout=timeout)
-    for block, job in (("0", "j0"), ("1", "j1")):
-        ex.blocks_to_job_id[block] = job
-        ex.job_ids_to_block[job] = block
-        provider.states[job] = JobState.PENDING
-    asked: list[int] = []
-
-    def connected_blocks() -> list[str]:
-        asked.append(1)
-        return list(registered)
-
-    monkeypatch.setattr(ex, "connected_blocks", connected_blocks)
-    monkeypatch.setattr(ex, "_command", lambda *a, **k: None)
-    return ex, provider, asked
+def refresh(h: Harness, now: float) -> dict[str, JobStatus]:
+    """One wake of the control thread at ``now`` with a refresh due; the statuses the error rule saw (none
+    once the executor is in bad state: block control then refreshes nothing)."""
+    h.core.last_status = None  # a refresh is due whenever the test says so
+    h.run(None, now)
+    return h.core.last_status[1] if h.core.last_status is not None else {}
 
 
-def refresh(ex: HighThroughputExecutor, now: float) -> dict[str, JobStatus]:
-    """What one pass of the control loop does, at time ``now``."""
-    statuses = ex.block_statuses()
-    ex._time_out_unregistered_blocks(statuses, now)
-    ex.handle_block_errors(statuses)
-    return statuses
-
-
-def test_time_out_counts_from_first_seen_running_then_cancels_and_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    ex, provider, asked = timed_executor(120.0, monkeypatch, registered=[])
-    provider.init_blocks = 2
-    refresh(ex, 0.0)  # both pending: the queue wait does not count
-    provider.states["j0"] = provider.states["j1"] = JobState.RUNNING
-    refresh(ex, 500.0)  # first seen running at 500
-    assert refresh(ex, 619.0)["0"].state == RUNNING
-    assert asked == [] and provider.cancelled == []  # nothing due: the interchange is not even asked
-    statuses = refresh(ex, 620.0)
-    assert provider.cancelled == ["j0", "j1"] and len(asked) == 1
+def test_time_out_counts_from_first_seen_running_then_cancels_and_fails() -> None:
+    h = timed(120.0, registered=[])
+    refresh(h, 0.0)  # both pending: the queue wait does not count
+    h.set_jobs(RUNNING)
+    refresh(h, 500.0)  # first seen running at 500
+    assert refresh(h, 619.0)["0"].state == RUNNING
+    assert h.provider.cancelled == []  # nothing due
+    statuses = refresh(h, 620.0)
+    assert h.provider.cancelled == ["j0", "j1"]
     assert statuses["0"].state == MISSING and "has been running for 120 s" in str(statuses["0"].message)
     assert "/jobs/j0.out" in str(statuses["0"].message)
-    assert ex.status()["0"].state == JobState.CANCELLED  # the provider's view
-    assert ex.block_statuses()["1"].state == MISSING  # what the handler keeps seeing
-    assert "block_registration_timeout=120 s" in str(ex.executor_exception)  # both failed: simple handler
-    refresh(ex, 1000.0)
-    assert provider.cancelled == ["j0", "j1"]  # once
+    assert h.run(StatusQuery(), 620.0)["0"].state == JobState.CANCELLED  # the provider's view
+    assert h.run(StatusQuery(with_missing=True), 620.0)["1"].state == MISSING  # what the handler keeps seeing
+    assert "block_registration_timeout=120 s" in str(h.target.failure)  # both failed: simple handler
+    refresh(h, 1000.0)
+    assert h.provider.cancelled == ["j0", "j1"]  # once
 
 
-def test_registered_block_is_not_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    ex, provider, _ = timed_executor(10.0, monkeypatch, registered=["1"])
-    provider.states["j0"] = provider.states["j1"] = JobState.RUNNING
-    refresh(ex, 0.0)
-    refresh(ex, 10.0)
-    assert provider.cancelled == ["j0"]
-    assert ex.block_statuses()["1"].state == RUNNING
-    assert not ex.bad_state_is_set  # simple handler: block 1 still runs
+def test_registered_block_is_not_timed_out() -> None:
+    h = timed(10.0, registered=["1"])
+    h.set_jobs(RUNNING)
+    refresh(h, 0.0)
+    refresh(h, 10.0)
+    assert h.provider.cancelled == ["j0"]
+    assert h.run(StatusQuery(with_missing=True), 10.0)["1"].state == RUNNING
+    assert h.target.failure is None  # simple handler: block 1 still runs
 
 
-def test_no_time_out_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    ex, provider, asked = timed_executor(None, monkeypatch, registered=[])
-    provider.states["j0"] = JobState.RUNNING
-    refresh(ex, 0.0)
-    refresh(ex, 1e9)
-    assert provider.cancelled == [] and asked == []
+def test_no_time_out_when_disabled() -> None:
+    h = timed(None, registered=[])
+    h.set_jobs(RUNNING, "0")
+    refresh(h, 0.0)
+    refresh(h, 1e9)
+    assert h.provider.cancelled == []

@@ -7,8 +7,10 @@ see tasks handed over in advance; the tests that are about advance hand-over use
 from __future__ import annotations
 
 import json
+import math
 import signal
 from collections import Counter
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,6 +32,7 @@ from htex_ref.core.manager import (
     WorkerReady,
     WorkerResult,
 )
+from htex_ref.core.notes import Note
 from htex_ref.errors import WorkerLost
 from htex_ref.protocol import Outcome
 from htex_ref.serialize import decode_outcome
@@ -39,10 +42,23 @@ LONG = 5.0  # a run time that never allows advance hand-over
 SHORT = 0.01  # one that does
 
 
-def make(workers: int = 2, *, now: float = 0.0, **kw: object) -> ManagerState:
+class Quiet(ManagerState):
+    """The manager core with its log notes kept aside (``notes``), so that tests compare actions."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.notes: list[Note] = []
+
+    def handle(self, *events: Any, now: float) -> list[Any]:
+        out = super().handle(*events, now=now)
+        self.notes += [i for i in out if isinstance(i, Note)]
+        return [i for i in out if not isinstance(i, Note)]
+
+
+def make(workers: int = 2, *, now: float = 0.0, **kw: object) -> Quiet:
     kw.setdefault("heartbeat_period", BIG)
     kw.setdefault("heartbeat_threshold", BIG)
-    return ManagerState(worker_count=workers, now=now, **kw)  # type: ignore[arg-type]
+    return Quiet(worker_count=workers, now=now, **kw)
 
 
 def tasks(*ids: int) -> TasksArrived:
@@ -351,7 +367,7 @@ def test_no_advance_hand_over_before_any_run_time_is_known():
 def test_advance_hand_over_for_short_tasks_at_most_one_per_worker():
     m = make(2, advance_max_task_time=0.1)
     m.handle(WorkerReady(0), WorkerReady(1), tasks(*range(1, 8)), now=0.0)
-    out = m.handle(done(0, 1, SHORT), now=1.0)
+    out = m.handle(done(0, 1, SHORT), now=0.01)
     # Worker 0 takes task 3 now; then, every worker being busy, each gets one task in advance.
     assert runs(out) == [(0, 3), (0, 4), (1, 5)]
     assert m.workers[0].task_id == 3 and m.workers[0].next_task.task_id == 4
@@ -359,9 +375,9 @@ def test_advance_hand_over_for_short_tasks_at_most_one_per_worker():
     assert [t.task_id for t in m.queue] == [6, 7]
     assert m.held == 6
     # Nothing more while both already hold a task in advance.
-    assert runs(m.handle(tasks(8), now=1.5)) == []
+    assert runs(m.handle(tasks(8), now=0.015)) == []
     # When task 3 ends the worker is already on task 4, and gets the next one in advance.
-    out = m.handle(done(0, 3, SHORT), now=2.0)
+    out = m.handle(done(0, 3, SHORT), now=0.02)
     assert runs(out) == [(0, 6)]
     assert m.workers[0].task_id == 4 and m.workers[0].next_task.task_id == 6
     assert sent_ids(out) == []  # tasks 7 and 8 still wait here: results are batched
@@ -405,12 +421,35 @@ def test_worker_death_requeues_task_handed_over_in_advance():
 def test_requeued_advance_task_goes_first():
     m = make(2, advance_max_task_time=0.1)
     m.handle(WorkerReady(0), WorkerReady(1), tasks(1, 2, 3, 4, 5, 6, 7), now=0.0)
-    m.handle(done(0, 1, SHORT), now=1.0)
+    m.handle(done(0, 1, SHORT), now=0.01)
     # Worker 0: 3 (+4 in advance); worker 1: 2 (+5 in advance); queue 6, 7.
-    m.handle(WorkerExited(0, 1), now=2.0)
+    m.handle(WorkerExited(0, 1), now=0.02)
     assert [t.task_id for t in m.queue] == [4, 6, 7]
-    out = m.handle(WorkerReady(0), now=3.0)
+    out = m.handle(WorkerReady(0), now=0.03)
     assert runs(out) == [(0, 4), (0, 6)]
+
+
+def test_no_advance_hand_over_to_a_worker_whose_task_runs_long():
+    # Short tasks on average, but worker 1's current task has run past advance_max_task_time: it is not
+    # handed a task in advance (one of higher priority may come before it ends); worker 0's new one is.
+    m = make(2, advance_max_task_time=0.1)
+    m.handle(WorkerReady(0), WorkerReady(1), tasks(1, 2, 3, 4, 5), now=0.0)
+    out = m.handle(done(0, 1, SHORT), now=0.5)
+    assert runs(out) == [(0, 3), (0, 4)]
+    assert m.workers[1].task_id == 2 and m.workers[1].next_task is None
+    assert [t.task_id for t in m.queue] == [5]
+
+
+def test_local_queue_runs_lowest_priority_value_first_fifo_within():
+    m = make(1)
+    m.handle(WorkerReady(0), now=0.0)
+    arrived = [(1, 9.0), (2, 5.0), (3, math.inf), (4, 1.0), (5, 5.0), (6, 1.0), (7, 3.0)]
+    m.handle(TasksArrived([PoolTask(i, (), p) for i, p in arrived]), now=0.0)
+    order = [m.workers[0].task_id]
+    for t in range(1, len(arrived)):
+        order += [tid for _, tid in runs(m.handle(done(0, order[-1], LONG), now=float(t)))]
+    # By priority, in arrival order within one; no priority (inf) last.
+    assert order == [4, 6, 7, 2, 5, 1, 3]
 
 
 def test_exit_lists_tasks_handed_over_in_advance():

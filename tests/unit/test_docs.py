@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import re
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ docgen = _docgen()
 @pytest.mark.parametrize("subject", docgen.SUBJECTS, ids=lambda s: s.title)
 def test_every_parameter_is_documented_and_every_documented_one_exists(subject: Any) -> None:
     cls = subject.load()
-    documented = set(docgen.parse_parameters(inspect.getdoc(cls) or ""))
+    documented = set(subject.documented())
     actual = set(docgen.constructor_parameters(cls))
     assert actual - documented == set(), f"{subject.title}: parameters without a docstring entry"
     assert documented - actual == set(), f"{subject.title}: docstring documents parameters that do not exist"

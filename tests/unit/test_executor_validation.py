@@ -100,7 +100,7 @@ def test_accepted_forms() -> None:
     assert ex.cpu_affinity == "LIST:0-1:2"
     assert "{block_id}" in ex.launch_cmd and "{{" not in ex.launch_cmd
     assert ex.workers_per_node == 2  # capped by the accelerators
-    assert HighThroughputExecutor(manager_selector="block_id")._selector_name == "block_id"
+    assert HighThroughputExecutor(manager_selector="block_id").settings.selector_name == "block_id"
     for handler in (True, False, "simple", "windowed", "none", functools.partial(windowed_error_handler, threshold=2),
                     functools.partial(simple_error_handler, threshold=None)):
         HighThroughputExecutor(block_error_handler=handler)

@@ -9,15 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from htex_ref.core.interchange import BlockLoad
 from htex_ref.core.planning import plan_workers
 from htex_ref.core.scaling import (
     BlockRegistration,
     blocks_all_failed,
     blocks_last_failed,
     blocks_registration_timed_out,
-    choose_blocks_to_scale_in,
     last_blocks,
 )
+from htex_ref.core.scaling import choose_blocks_to_scale_in as choose
 
 
 def plan(**kw):
@@ -129,8 +130,25 @@ def test_plan_matches_reference(max_workers, cores_per_worker, cores, mem_per_wo
 # ----------------------------------------------------------------------------------------- scaling
 
 
-def mgr(block, tasks=0, idle=0.0):
-    return {"block_id": block, "tasks": tasks, "idle_duration": idle}
+def mgr(block, tasks=0, idle=0.0, active=True):
+    return {"block_id": block, "tasks": tasks, "idle_duration": idle, "active": active}
+
+
+def loads(managers):
+    """Per-block loads as the interchange keeps them (``InterchangeState.block_loads``) for these managers:
+    a block is idle for as long as its least idle manager, and busy while any manager holds a task."""
+    out = {}
+    for b in {m["block_id"] for m in managers if m["block_id"] is not None}:
+        mine = [m for m in managers if m["block_id"] == b]
+        busy = any(m["tasks"] for m in mine)
+        out[b] = BlockLoad(managers=len(mine), active=sum(1 for m in mine if m["active"]), workers=len(mine),
+                           tasks=sum(m["tasks"] for m in mine),
+                           idle_for=None if busy else min(m["idle_duration"] for m in mine))
+    return out
+
+
+def choose_blocks_to_scale_in(n, blocks, managers):
+    return choose(n, blocks, loads(managers))
 
 
 @pytest.mark.parametrize("n", [0, -1, -5])
@@ -202,12 +220,8 @@ def test_scale_in_properties(blocks, data, n):
 
 
 def test_scale_in_prefers_blocks_whose_managers_are_all_held() -> None:
-    managers = [
-        {"block_id": "0", "tasks": 0, "idle_duration": 1.0, "active": False},
-        {"block_id": "1", "tasks": 0, "idle_duration": 50.0, "active": True},
-        {"block_id": "2", "tasks": 0, "idle_duration": 99.0, "active": False},
-        {"block_id": "2", "tasks": 0, "idle_duration": 99.0, "active": True},
-    ]
+    managers = [mgr("0", idle=1.0, active=False), mgr("1", idle=50.0), mgr("2", idle=99.0, active=False),
+                mgr("2", idle=99.0)]
     assert choose_blocks_to_scale_in(1, ["0", "1", "2"], managers) == ["0"]
     # A block with one held and one active manager still serves work: ranked by idleness.
     assert choose_blocks_to_scale_in(2, ["0", "1", "2"], managers) == ["0", "2"]

@@ -15,8 +15,6 @@ from hypothesis import strategies as st
 from htex_ref.errors import ProtocolError
 from htex_ref.framing import (
     MAX_MESSAGE,
-    NonBlockingWriter,
-    StreamReader,
     decode_body,
     encode,
     encode_body,
@@ -38,6 +36,7 @@ from htex_ref.protocol import (
     unpack_result_header,
     unpack_task_header,
 )
+from htex_ref.streams import NonBlockingWriter, StreamReader
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -166,8 +165,9 @@ def test_tasks_round_trip(tasks):
     frames = join_tasks(triples)
     assert frames[0] == Kind.TASKS
     decoded = split_tasks(frames)
-    assert [tid for tid, _ in decoded] == [t[0] for t in tasks]
-    assert [fr for _, fr in decoded] == triples
+    assert [tid for tid, _, _ in decoded] == [t[0] for t in tasks]
+    assert [prio for _, prio, _ in decoded] == [t[1] for t in tasks]
+    assert [fr for _, _, fr in decoded] == triples
 
 
 def test_results_wrong_frame_counts():

@@ -1,0 +1,321 @@
+"""``InterchangeLink``: the executor's end of its interchange, and the link thread that serves it.
+
+The link owns the interchange process (started by fork+exec, watched through a pidfd), the Unix
+socketpair to it, the queue of bytes waiting to be written to it, and the futures of queries in flight.
+Its one thread, the *link thread* (``htex-{label}-link``), moves frames both ways: it flushes what
+submitters and the control thread queued, reads result batches and hands them to the ``TaskTable``,
+answers queries, pings the interchange as ``htex_ref.core.liveness.SilenceWatch`` says, and notices
+the interchange's death (pidfd), silence, or a corrupt stream; each of those fails the executor through
+``on_failure`` within a second or ``heartbeat_threshold``.
+
+Any thread may write (``send``, ``notify``, ``query``): writes never block (``NonBlockingWriter``), and
+what the kernel does not take at once is queued for the link thread, which a pipe wakes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from htex_ref.core.liveness import Due, SilenceWatch
+from htex_ref.errors import BadStateException, CommandTimeout, ExecutorShutdown, InterchangeError, VersionMismatch
+from htex_ref.framing import Frame, encode_parts
+from htex_ref.protocol import (
+    Kind,
+    Notice,
+    Query,
+    encode_command,
+    encode_notice,
+    load_json_object,
+    split_results,
+    unpack_request_id,
+)
+from htex_ref.streams import NonBlockingWriter, StreamReader
+from htex_ref.tasks import TaskTable
+
+logger = logging.getLogger("htex_ref.link")
+
+
+class InterchangeLink:
+    """See the module docstring."""
+
+    def __init__(self, label: str, logdir: str, table: TaskTable, on_failure: Callable[[BaseException], None],
+                 heartbeat_threshold: float, heartbeat_period: float) -> None:
+        self.label = label
+        self.logdir = logdir
+        self.table = table
+        self.on_failure = on_failure
+        self.heartbeat_threshold = heartbeat_threshold
+        self.heartbeat_period = heartbeat_period
+        self.process: subprocess.Popen[bytes] | None = None
+        #: What the interchange reported when ready: its worker port and pid.
+        self.ready_info: dict[str, Any] = {}
+        self.thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._send_lock = threading.Lock()
+        self._replies: dict[int, Future[Any]] = {}
+        self._request_ids = itertools.count(1)
+        self._sock: socket.socket | None = None
+        self._writer: NonBlockingWriter | None = None
+        self._pidfd: int | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self.closed = False
+
+    # ----------------------------------------------------------------------------------- start
+
+    def start(self, cfg: dict[str, Any], timeout: float) -> int:
+        """Start the interchange with ``cfg`` and the link thread; return its worker port once it is ready."""
+        # The interchange is our child on this host, so a socketpair is its channel: private to the
+        # two processes (no port, no encryption needed) and one wake-up per message instead of ZeroMQ's four.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        self._sock = ours
+        self._writer = NonBlockingWriter(ours)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        stderr_path = os.path.join(self.logdir, "interchange.stderr")
+        cfg = {**cfg, "executor_fd": theirs.fileno()}
+        with open(stderr_path, "wb") as err:
+            # A session of its own keeps terminal signals (Ctrl-C) away from it; it stops when our end
+            # of the socketpair closes, that is when this process exits however it exits.
+            try:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "htex_ref.interchange"],
+                    stdin=subprocess.PIPE, stdout=err, stderr=err, start_new_session=True, close_fds=True,
+                    pass_fds=(theirs.fileno(),),
+                )
+            finally:
+                theirs.close()
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(cfg).encode())
+        self.process.stdin.close()
+        self._pidfd = os.pidfd_open(self.process.pid)
+        self.thread = threading.Thread(target=self._run, name=f"htex-{self.label}-link", daemon=True)
+        self.thread.start()
+        if not self._ready.wait(timeout):
+            raise InterchangeError(f"the interchange did not report ready within {timeout} s; "
+                                   f"see {self.logdir}/interchange.log and {stderr_path}")
+        if self.table.failure is not None:
+            raise InterchangeError(str(self.table.failure)) from self.table.failure
+        return int(self.ready_info["worker_port"])
+
+    # ---------------------------------------------------------------------------------- writing
+
+    def send(self, frames: list[bytes] | list[Frame]) -> None:
+        """Queue a message for the interchange. Never blocks; any thread."""
+        with self._send_lock:
+            if self.closed or self._writer is None:
+                raise ExecutorShutdown(f"executor {self.label} is shutting down")
+            self._writer.write_parts(encode_parts(frames))
+            if self._writer.pending:
+                try:
+                    os.write(self._wake_w, b"x")
+                except BlockingIOError:
+                    pass  # a wake-up is already queued
+
+    def notify(self, notice: Notice, *args: Any) -> None:
+        self.send(encode_notice(notice, *args))
+
+    def query(self, query: Query, *args: Any, timeout: float = 10.0) -> Any:
+        """Ask the interchange and wait for its answer (``CommandTimeout`` after ``timeout`` seconds)."""
+        if self.table.failure is not None:
+            raise BadStateException(self.label, self.table.failure)
+        if self.closed or self._writer is None:
+            raise RuntimeError(f"executor {self.label} is not running")
+        request_id = next(self._request_ids)
+        fut: Future[Any] = Future()
+        self._replies[request_id] = fut
+        try:
+            self.send(encode_command(request_id, query, *args))
+            try:
+                return fut.result(timeout)
+            except concurrent.futures.TimeoutError:
+                raise CommandTimeout(f"the interchange did not answer {query.value!r} within {timeout} s") from None
+        finally:
+            self._replies.pop(request_id, None)
+
+    def fail_queries(self, error: BaseException) -> None:
+        """Fail every query in flight (the executor failed or is shutting down)."""
+        for reply in list(self._replies.values()):
+            if not reply.done():
+                reply.set_exception(error)
+
+    # ------------------------------------------------------------------------------ link thread
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:
+            # The thread that resolves futures must not die silently: nobody else would resolve them.
+            logger.exception("The link thread failed")
+            if not self.closed:
+                self.on_failure(InterchangeError(
+                    f"the executor's link thread failed ({type(e).__name__}: {e}); see the log of {__name__}"))
+                self._ready.set()
+
+    def _loop(self) -> None:
+        assert self._sock is not None and self._writer is not None and self._pidfd is not None
+        sock_fd = self._sock.fileno()
+        reader = StreamReader(self._sock)
+        writer = self._writer
+        poller = zmq.Poller()
+        for fd in (sock_fd, self._pidfd, self._wake_r):
+            poller.register(fd, zmq.POLLIN)
+        writing = False
+        watch = SilenceWatch(self.heartbeat_threshold, self.heartbeat_period, time.monotonic())
+        while not self._stop.is_set():
+            self._watch(watch, time.monotonic())
+            if writer.pending != writing:
+                writing = writer.pending
+                poller.modify(sock_fd, zmq.POLLIN | (zmq.POLLOUT if writing else 0))
+            socks = dict(poller.poll(100))
+            if self._wake_r in socks:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            flags = socks.get(sock_fd, 0)
+            if flags & zmq.POLLOUT:
+                with self._send_lock:
+                    writer.flush()
+            if flags & zmq.POLLIN:
+                watch.heard(time.monotonic())
+                if not self._read(reader):
+                    return
+            if self._pidfd in socks:
+                self._interchange_exited()
+                return
+
+    def _watch(self, watch: SilenceWatch, now: float) -> None:
+        if not self.ready_info or self.table.failure is not None:
+            # Before READY the start-up time-out applies; in bad state everything has failed.
+            watch.suspend(now)
+            return
+        silent = watch.silent_for(now)
+        due = watch.due(now)
+        if due is Due.SILENT:
+            assert self.process is not None
+            self.on_failure(InterchangeError(
+                f"the interchange process (pid {self.process.pid}) has not answered for {silent:.1f} s "
+                f"(heartbeat_threshold={self.heartbeat_threshold} s): it is stopped or stuck; "
+                f"see {self.logdir}/interchange.log"))
+        elif due is Due.PING and not self.closed:
+            # No one waits for this reply: any message from the interchange counts.
+            with contextlib.suppress(ExecutorShutdown):
+                self.send(encode_command(next(self._request_ids), Query.PING))
+
+    def _read(self, reader: StreamReader) -> bool:
+        """Handle what the interchange sent; False when the stream is corrupt (the executor has failed)."""
+        try:
+            messages = reader.read_available()
+        except Exception as e:
+            # Our own child wrote something we cannot parse: nothing after it can be trusted.
+            self.on_failure(InterchangeError(f"corrupt message stream from the interchange ({type(e).__name__}: "
+                                             f"{e}); see {self.logdir}/interchange.log"))
+            return False
+        for frames in messages:
+            try:
+                if frames[0] == Kind.RESULTS:
+                    self.table.resolve(split_results(frames))
+                else:
+                    self._control_message(frames)
+            except Exception as e:
+                # Results in it would never resolve: fail loudly rather than leave them waiting.
+                logger.exception("Undecodable message from the interchange")
+                self.on_failure(InterchangeError(f"undecodable message from the interchange ({type(e).__name__}: "
+                                                 f"{e}); see {self.logdir}/interchange.log"))
+                return False
+        return True
+
+    def _control_message(self, frames: list[Frame]) -> None:
+        kind = frames[0]
+        if kind == Kind.REPLY:
+            fut = self._replies.pop(unpack_request_id(frames[1]), None)
+            body = load_json_object(frames[2])
+            if fut is None or fut.done():
+                return
+            if "error" in body:
+                fut.set_exception(InterchangeError(f"the interchange refused a query: {body['error']}"))
+            else:
+                fut.set_result(body.get("ok"))
+        elif kind == Kind.READY:
+            self.ready_info = load_json_object(frames[1])
+            self._ready.set()
+        elif kind == Kind.FATAL:
+            body = load_json_object(frames[1])
+            exc: BaseException
+            if body.get("kind") == "version_mismatch":
+                exc = VersionMismatch(str(body.get("manager")), str(body.get("interchange")))
+            else:
+                exc = InterchangeError(str(body.get("message")))
+            self.on_failure(exc)
+        else:
+            logger.warning("Ignoring message of unknown kind %r from the interchange", bytes(kind[:32]))
+
+    def _interchange_exited(self) -> None:
+        assert self.process is not None
+        code = self.process.wait()
+        if self.closed:
+            return
+        stderr = ""
+        with contextlib.suppress(OSError):
+            stderr = Path(self.logdir, "interchange.stderr").read_text(errors="replace")[-2000:]
+        exc = InterchangeError(
+            f"the interchange process (pid {self.process.pid}) exited unexpectedly with code {code}; "
+            f"see {self.logdir}/interchange.log" + (f"; its stderr ends with:\n{stderr}" if stderr else "")
+        )
+        logger.error("%s", exc)
+        self.on_failure(exc)
+        self._ready.set()
+
+    # ------------------------------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        """Stop the interchange (``stop``, then SIGTERM after 2 s, SIGKILL after 1 more) and the link thread."""
+        self.closed = True
+        self.fail_queries(ExecutorShutdown(f"executor {self.label} is shutting down"))
+        proc = self.process
+        if proc is not None and proc.poll() is None and self._writer is not None:
+            with contextlib.suppress(OSError), self._send_lock:
+                self._writer.write_parts(encode_parts([Kind.STOP]))
+                os.write(self._wake_w, b"x")
+            for wait in (2.0, 1.0):
+                try:
+                    proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    if wait == 2.0:
+                        proc.terminate()
+                        # A stopped interchange would leave SIGTERM pending until SIGKILL.
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(proc.pid, signal.SIGCONT)
+                    else:
+                        proc.kill()
+                        proc.wait()
+        self._stop.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(5)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1

@@ -1,0 +1,343 @@
+"""``ExecutorSettings``: the executor's configuration, checked once and frozen.
+
+Every parameter of ``HighThroughputExecutor`` is a field here, with the same default (a unit test keeps
+the two signatures equal) and its meaning in the ``Parameters`` section below, from which the
+configuration reference is generated. A bad value raises ``ValueError`` or ``TypeError`` at
+construction, naming the parameter and what it accepts; nothing is checked again later.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from htex_ref.block_errors import resolve_block_error_handler
+from htex_ref.core.affinity import parse_cpu_affinity
+from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
+from htex_ref.core.strategy import STRATEGY_NAMES
+from htex_ref.launch import DEFAULT_LAUNCH_CMD, check_launch_cmd
+from htex_ref.netutil import check_address
+from htex_ref.providers.base import ExecutionProvider
+from htex_ref.providers.local import LocalProvider
+
+
+def is_number(value: Any) -> bool:
+    """A real, finite number (not a bool): inf and NaN are never valid settings here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _port_range(name: str, value: Any) -> tuple[int, int]:
+    if (not isinstance(value, tuple | list) or len(value) != 2 or not all(is_int(v) for v in value)
+            or not 1 <= value[0] < value[1] <= 65535):
+        raise ValueError(f"{name} must be a pair (low, high) of ports with 1 <= low < high <= 65535, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def _seconds(name: str, value: Any, *, optional: bool = False, zero_ok: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if not is_number(value) or value < 0 or (value == 0 and not zero_ok):
+        what = f"a number of seconds {'>= 0' if zero_ok else '> 0'}"
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}{what}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorSettings:
+    """The configuration of a ``HighThroughputExecutor``. Parameters keep the names and meanings of Parsl's
+    HighThroughputExecutor.
+
+    Parameters
+    ----------
+    label : str
+        Name of the executor; logs go to ``{run_dir}/{label}``. Non-empty, without ``/``.
+    provider : ExecutionProvider | None
+        Turns blocks into jobs (``LocalProvider``, ``SlurmProvider``, ``PBSProProvider``...). ``None``
+        gives a ``LocalProvider()`` with one block.
+    launch_cmd : str | None
+        Template of the command that starts a worker pool on a node. Placeholders: ``{worker_pool}``,
+        ``{python}``, ``{block_id}`` and the pool options of the default command. Formatted once, so
+        ``{block_id}`` works as written (Parsl's ``{{block_id}}`` is accepted too).
+    address : str | None
+        Address of this host that the worker pools connect to; the interchange listens only there.
+        ``None``: it listens on every interface and the pools try each address of this host until one
+        answers (with ``LocalProvider``, the loopback address).
+    loopback_address : str
+        Address of this host that the interchange uses to talk to the executor.
+    worker_port : int | None
+        Fixed port for the pools' connection; ``None`` picks a free one in ``worker_port_range``.
+    worker_port_range : tuple[int, int]
+        Range of ports tried for the pools' connection.
+    interchange_port_range : tuple[int, int]
+        Range of ports kept for Parsl compatibility (the executor and the interchange talk over a
+        local socketpair, not TCP).
+    worker_debug : bool
+        Debug-level logs in the worker pools.
+    cores_per_worker : float
+        Cores each worker needs; the pool starts ``floor(cores / cores_per_worker)`` workers at most.
+    mem_per_worker : float | None
+        GB of memory each worker needs; caps the worker count by the node's available memory.
+    max_workers_per_node : int | None
+        Cap on workers per node; ``None`` (or 0) means no cap beyond cores, memory and accelerators.
+    cpu_affinity : str
+        ``none``, ``block``, ``block-reverse``, ``alternating`` or ``list:0-7,32-39:8-15,...``. The syntax
+        is checked here; whether the node has the threads is checked on the node, where a bad plan
+        fails the block with a clear error.
+    available_accelerators : int | Sequence[str]
+        Accelerators on a node: a count or their names. Each worker gets one (``CUDA_VISIBLE_DEVICES``
+        and friends); the worker count is capped by their number.
+    prefetch_capacity : int | None
+        Tasks a manager may hold beyond its idle workers. ``None``: automatic (prefetch only short
+        tasks, about 50 ms of work per worker); an int keeps Parsl's meaning.
+    heartbeat_threshold : float
+        Seconds of silence after which the interchange declares a manager lost (its tasks fail with
+        ``ManagerLost``), a pool gives up on the interchange, and the executor on a silent interchange.
+    heartbeat_period : float
+        Seconds between heartbeats; at most ``heartbeat_threshold``.
+    drain_period : float | None
+        Seconds after a pool registers at which it stops taking tasks, finishes its work and exits.
+    drain_before_walltime : float | None
+        Seconds before a block's walltime ends at which its pools stop taking tasks, finish their work
+        and exit, so that no task is cut off by the walltime; set it to the longest task's run time. The
+        walltime counts from the start of the job's script. Needs a provider with a walltime (Slurm,
+        PBS Pro, or a LocalProvider given one), a ``launch_cmd`` with the ``{walltime_drain}``
+        placeholder, and a ``strategy`` other than ``"none"`` to replace drained blocks. ``None``: no
+        such drain.
+    poll_period : int
+        Milliseconds the interchange waits in one poll when idle.
+    address_probe_timeout : float | None
+        Seconds a pool spends finding which of ``address`` answers (``None``: 30).
+    worker_logdir_root : str | None
+        Directory for worker-pool logs on the nodes (``{root}/{label}``); ``None`` uses the run dir.
+    manager_selector : RandomManagerSelector | BlockIdManagerSelector | str | None
+        Which manager gets the next tasks: ``random`` (the default) or ``block_id`` (fill the newest
+        block first, so older blocks go idle and can be scaled in).
+    block_error_handler : bool | str | Callable
+        When failed blocks put the executor in bad state. After each block-status refresh the handler
+        judges the status of every block; FAILED blocks and MISSING ones (ended, or timed out, before a
+        worker pool of theirs registered) count as failed. ``True`` or ``"simple"`` (the default): once
+        every block failed and there are at least ``max(1, provider.init_blocks)`` of them;
+        ``"windowed"``: once the last 3 blocks by block id failed; ``False`` or ``"none"``: never. Any
+        callable ``(executor, statuses)`` works too, e.g. ``functools.partial(windowed_error_handler,
+        threshold=2)`` (see ``htex_ref.block_errors``). In bad state every outstanding future fails with
+        ``BadStateException``, whose message gives each failed block's state, exit code and output
+        tails, and scaling stops.
+    encrypted : bool
+        CurveZMQ on the interchange-to-pool connection (the only TCP hop).
+    run_dir : str | os.PathLike | None
+        Directory for logs, submit scripts and certificates; ``None`` makes
+        ``./runinfo/{date}-{time}-{pid}-{n}``.
+    strategy : str
+        Block scaling: ``none`` (keep ``init_blocks``), ``simple`` or ``htex_auto_scale``.
+    strategy_period : float
+        Seconds between scaling decisions (and block-status refreshes).
+    max_idletime : float
+        Seconds a block may stay idle before the strategy scales it in.
+    interchange_start_timeout : float
+        Seconds ``start()`` waits for the interchange to report ready before failing.
+    block_registration_timeout : float | None
+        Seconds (not in Parsl; ``None`` disables it): a block that the provider has reported RUNNING
+        for that long, counted from the first status refresh that saw it running (time in the batch
+        queue does not count), without any manager of it registering, is cancelled through the
+        provider and reported to the block error handler as MISSING. Set it above the time your
+        ``worker_init`` and pool start-up can take.
+    max_outstanding : int | None
+        Backpressure: ``submit`` waits while this many tasks are outstanding, so a producer of millions
+        of tasks holds only this many in memory (each outstanding task costs about 2.6 KB in the
+        executor and interchange together, plus its serialized arguments). It returns when a result
+        comes in, and raises at once if the executor fails or shuts down meanwhile. Submits made from a
+        future's done-callback (on the executor's link thread, as the apps layer does for dependent
+        apps) are never held, since results could not arrive while that thread waits. ``None``: no limit.
+    """
+
+    label: str = "HighThroughputExecutor"
+    # Always a provider once constructed (None gives a LocalProvider).
+    provider: ExecutionProvider = None  # type: ignore[assignment]
+    # Always the template in the form rendering takes once constructed (None gives the default one).
+    launch_cmd: str = None  # type: ignore[assignment]
+    address: str | None = None
+    loopback_address: str = "127.0.0.1"
+    worker_port: int | None = None
+    worker_port_range: tuple[int, int] = (54000, 55000)
+    interchange_port_range: tuple[int, int] = (55000, 56000)
+    worker_debug: bool = False
+    cores_per_worker: float = 1.0
+    mem_per_worker: float | None = None
+    max_workers_per_node: int | None = None
+    cpu_affinity: str = "none"
+    available_accelerators: int | Sequence[str] = ()
+    prefetch_capacity: int | None = None
+    heartbeat_threshold: float = 120
+    heartbeat_period: float = 30
+    drain_period: float | None = None
+    drain_before_walltime: float | None = None
+    poll_period: int = 10
+    address_probe_timeout: float | None = None
+    worker_logdir_root: str | None = None
+    manager_selector: Any = None
+    block_error_handler: bool | str | Callable[..., Any] = True
+    encrypted: bool = True
+    run_dir: str | os.PathLike[str] | None = None
+    strategy: str = "none"
+    strategy_period: float = 5.0
+    max_idletime: float = 120.0
+    interchange_start_timeout: float = 30.0
+    block_registration_timeout: float | None = 120.0
+    max_outstanding: int | None = None
+
+    #: Accelerator names, one per worker at most (``available_accelerators`` as a count gives "0", "1", ...).
+    accelerators: tuple[str, ...] = field(init=False, default=())
+    #: Workers a ``list:`` cpu_affinity names threads for, else None.
+    affinity_workers: int | None = field(init=False, default=None)
+    #: The manager selector's name, as the interchange knows it.
+    selector_name: str = field(init=False, default="random")
+    #: The block error handler itself (True and "simple" give ``simple_error_handler``, and so on).
+    error_handler: Callable[..., Any] = field(init=False, default=resolve_block_error_handler(True))
+
+    def __post_init__(self) -> None:
+        self._check_identity()
+        self._check_network()
+        self._check_workers()
+        self._check_timing()
+        self._check_scaling()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _check_identity(self) -> None:
+        if not isinstance(self.label, str) or not self.label or "/" in self.label:
+            raise ValueError(f"label must be a non-empty string without '/', got {self.label!r}")
+        provider = LocalProvider() if self.provider is None else self.provider
+        if not isinstance(provider, ExecutionProvider):
+            raise TypeError(f"provider must be an htex_ref ExecutionProvider, got {type(provider).__name__}")
+        self._set("provider", provider)
+        self._set("launch_cmd", check_launch_cmd(self.launch_cmd) or DEFAULT_LAUNCH_CMD)
+        if not isinstance(self.worker_debug, bool):
+            raise TypeError(f"worker_debug must be a bool, got {self.worker_debug!r}")
+        if not isinstance(self.encrypted, bool):
+            raise TypeError(f"encrypted must be a bool, got {self.encrypted!r}")
+        for name in ("run_dir", "worker_logdir_root"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str | os.PathLike):
+                raise TypeError(f"{name} must be a path or None, got {value!r}")
+        self._set("error_handler", resolve_block_error_handler(self.block_error_handler))
+        selector = RandomManagerSelector() if self.manager_selector is None else self.manager_selector
+        name = selector if isinstance(selector, str) else getattr(selector, "name", "")
+        if not isinstance(name, str) or name not in SELECTORS:
+            raise ValueError(f"manager_selector must be one of {sorted(SELECTORS)} or an instance of "
+                             f"{RandomManagerSelector.__name__}/{BlockIdManagerSelector.__name__}, "
+                             f"got {self.manager_selector!r}")
+        self._set("manager_selector", selector)
+        self._set("selector_name", name)
+
+    def _check_network(self) -> None:
+        if self.address is not None:
+            if not isinstance(self.address, str):
+                raise TypeError(f"address must be a string or None, got {type(self.address).__name__}")
+            check_address(self.address, "address")
+        if not isinstance(self.loopback_address, str) or self.loopback_address == "*":
+            raise ValueError(f"loopback_address must be an IP address, got {self.loopback_address!r}")
+        check_address(self.loopback_address, "loopback_address")
+        port = self.worker_port
+        if port is not None and (not is_int(port) or not 1 <= port <= 65535):
+            raise ValueError(f"worker_port must be None or a port number 1..65535, got {port!r}")
+        self._set("worker_port_range", _port_range("worker_port_range", self.worker_port_range))
+        self._set("interchange_port_range", _port_range("interchange_port_range", self.interchange_port_range))
+        if not is_int(self.poll_period) or self.poll_period <= 0:
+            raise ValueError(f"poll_period must be an int number of milliseconds > 0, got {self.poll_period!r}")
+        self._set("address_probe_timeout",
+                  _seconds("address_probe_timeout", self.address_probe_timeout, optional=True))
+
+    def _check_workers(self) -> None:
+        if not is_number(self.cores_per_worker) or not self.cores_per_worker > 0:
+            raise ValueError(f"cores_per_worker must be a number > 0, got {self.cores_per_worker!r}")
+        self._set("cores_per_worker", float(self.cores_per_worker))
+        mem = self.mem_per_worker
+        if mem is not None and (not is_number(mem) or mem < 0):
+            raise ValueError(f"mem_per_worker must be None or a number of GB >= 0, got {mem!r}")
+        cap = self.max_workers_per_node
+        if cap is not None and (not is_int(cap) or cap < 0):
+            raise ValueError(f"max_workers_per_node must be None or an int >= 0, got {cap!r}")
+        # The syntax is checked here; whether a node can satisfy it is checked on the node.
+        affinity = parse_cpu_affinity(self.cpu_affinity)
+        if affinity.strategy == "list" and cap and cap != len(affinity.lists):
+            raise ValueError(f"cpu_affinity lists threads for {len(affinity.lists)} workers but "
+                             f"max_workers_per_node={cap}")
+        listed = affinity.strategy == "list"
+        self._set("cpu_affinity", self.cpu_affinity.strip() if listed else affinity.strategy)
+        self._set("affinity_workers", len(affinity.lists) if listed else None)
+        acc = self.available_accelerators
+        if is_int(acc):
+            assert isinstance(acc, int)
+            if acc < 0:
+                raise ValueError(f"available_accelerators must be >= 0, got {acc}")
+            names = [str(i) for i in range(acc)]
+        elif isinstance(acc, list | tuple) and all(isinstance(a, str) and a and " " not in a for a in acc):
+            names = list(acc)
+        else:
+            raise TypeError("available_accelerators must be an int or a sequence of non-empty names without "
+                            f"spaces, got {acc!r}")
+        # As Parsl's executor has it: the names, a count given as "0", "1", ...
+        self._set("available_accelerators", names)
+        self._set("accelerators", tuple(names))
+        prefetch = self.prefetch_capacity
+        if prefetch is not None and (not is_int(prefetch) or prefetch < 0):
+            raise ValueError(f"prefetch_capacity must be None (automatic) or an int >= 0, got {prefetch!r}")
+        limit = self.max_outstanding
+        if limit is not None and (not is_int(limit) or limit < 1):
+            raise ValueError(f"max_outstanding must be None (no limit) or an int >= 1, got {limit!r}")
+
+    def _check_timing(self) -> None:
+        for name in ("heartbeat_threshold", "heartbeat_period"):
+            value = getattr(self, name)
+            if not is_number(value) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if self.heartbeat_period > self.heartbeat_threshold:
+            raise ValueError(f"heartbeat_period ({self.heartbeat_period}) must not exceed heartbeat_threshold "
+                             f"({self.heartbeat_threshold}), or live managers would be expired between heartbeats")
+        self._set("heartbeat_threshold", float(self.heartbeat_threshold))
+        self._set("heartbeat_period", float(self.heartbeat_period))
+        if self.drain_period is not None and (not is_number(self.drain_period) or self.drain_period <= 0):
+            raise ValueError(f"drain_period must be None or a number of seconds > 0, got {self.drain_period!r}")
+        for name in ("strategy_period", "interchange_start_timeout"):
+            self._set(name, _seconds(name, getattr(self, name)))
+        self._set("max_idletime", _seconds("max_idletime", self.max_idletime, zero_ok=True))
+        if self.block_registration_timeout is not None and (
+                not is_number(self.block_registration_timeout) or self.block_registration_timeout <= 0):
+            raise ValueError("block_registration_timeout must be None (no time-out) or a number of seconds > 0, "
+                             f"got {self.block_registration_timeout!r}")
+        if self.block_registration_timeout is not None:
+            self._set("block_registration_timeout", float(self.block_registration_timeout))
+
+    def _check_scaling(self) -> None:
+        if self.strategy not in STRATEGY_NAMES:
+            raise ValueError(f"strategy must be one of {list(STRATEGY_NAMES)}, got {self.strategy!r}")
+        margin = self.drain_before_walltime
+        if margin is None:
+            return
+        if not is_number(margin) or not 0 < margin < math.inf:
+            raise ValueError(f"drain_before_walltime must be None or a number of seconds > 0, got {margin!r}")
+        walltime = self.provider.walltime_seconds
+        if walltime is None:
+            raise ValueError(f"drain_before_walltime needs a provider with a walltime; this "
+                             f"{type(self.provider).__name__} has none")
+        if margin >= walltime:
+            raise ValueError(f"drain_before_walltime ({margin} s) must be less than the "
+                             f"provider's walltime ({walltime} s), or every block would drain as it starts")
+        if "{walltime_drain}" not in self.launch_cmd:
+            raise ValueError("drain_before_walltime needs the {walltime_drain} placeholder in launch_cmd, "
+                             "where the worker pool's options go")
+        if self.strategy == "none":
+            # A drained block ends by itself; without a strategy nothing would replace it, and tasks
+            # submitted afterwards would wait for ever.
+            raise ValueError("drain_before_walltime needs a scaling strategy ('simple' or 'htex_auto_scale') "
+                             "to replace the blocks it drains; strategy='none' would leave later tasks "
+                             "waiting for ever")

@@ -1,0 +1,197 @@
+"""Whole messages over a Unix stream socket: a non-blocking reader and writer, and a blocking channel.
+
+The layout of a message is ``htex_ref.framing``'s; this module owns the sockets' side: reassembling
+messages from a byte stream (``StreamReader``), queueing writes so that no sender ever blocks
+(``NonBlockingWriter``), and the worker's simple blocking ``BlockingChannel``.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from htex_ref.errors import ProtocolError
+from htex_ref.framing import MAX_MESSAGE, U64, Frame, decode_body, encode_parts
+
+
+class StreamReader:
+    """Reassembles messages from a non-blocking socket's byte stream.
+
+    Small messages are read through a reusable staging buffer, many per system call. A message too big
+    for it gets a buffer of its own that the kernel fills directly, and its large frames are handed on
+    as memoryviews into that buffer: a 1 MiB result is copied once here, not three times.
+    """
+
+    STAGING = 1 << 18
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray(self.STAGING)
+        self._start = 0
+        self._end = 0
+        self._big: bytearray | None = None
+        self._big_got = 0
+        self.closed = False
+
+    def _recv_into(self, view: memoryview) -> int:
+        """Bytes read; 0 at end of stream (sets ``closed``); -1 when nothing is there now."""
+        try:
+            n = self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        except OSError:
+            self.closed = True
+            return 0
+        if n == 0:
+            self.closed = True
+        return n
+
+    def read_available(self) -> list[list[Frame]]:
+        """Read what the socket has now; return the complete messages. Sets ``closed`` on EOF."""
+        out: list[list[Frame]] = []
+        while not self.closed:
+            if self._big is not None:
+                n = self._recv_into(memoryview(self._big)[self._big_got :])
+                if n <= 0:
+                    break
+                self._big_got += n
+                if self._big_got == len(self._big):
+                    out.append(decode_body(self._big, share=True))
+                    self._big = None
+                continue
+            if self._start == self._end:
+                self._start = self._end = 0
+            elif self._end == len(self._buf):
+                # Move the incomplete message to the front to make room.
+                size = self._end - self._start
+                self._buf[:size] = self._buf[self._start : self._end]
+                self._start, self._end = 0, size
+            room = len(self._buf) - self._end
+            n = self._recv_into(memoryview(self._buf)[self._end :])
+            if n <= 0:
+                break
+            self._end += n
+            self._parse(out)
+            if n < room and self._big is None:
+                break  # the socket is drained; skip the extra call that would say so
+        return out
+
+    def _parse(self, out: list[list[Frame]]) -> None:
+        buf = self._buf
+        while self._end - self._start >= 8:
+            (body_len,) = U64.unpack_from(buf, self._start)
+            if body_len > MAX_MESSAGE:
+                raise ProtocolError(f"message of {body_len} bytes is over the limit")
+            have = self._end - self._start - 8
+            if have >= body_len:
+                begin = self._start + 8
+                out.append(decode_body(memoryview(buf)[begin : begin + body_len]))
+                self._start = begin + body_len
+            elif body_len > len(buf) - 8:
+                big = bytearray(body_len)
+                big[:have] = buf[self._start + 8 : self._end]
+                self._big, self._big_got = big, have
+                self._start = self._end = 0
+                return
+            else:
+                return
+
+
+class BlockingChannel:
+    """Blocking send/receive of whole messages (the worker's side)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._file = sock.makefile("rb", buffering=1 << 16)
+
+    def send(self, frames: list[Frame] | list[bytes]) -> None:
+        parts = [memoryview(p) for p in encode_parts(frames)]
+        while parts:
+            sent = self.sock.sendmsg(parts)
+            while parts and sent >= len(parts[0]):
+                sent -= len(parts[0])
+                parts.pop(0)
+            if parts and sent:
+                parts[0] = parts[0][sent:]
+
+    def recv(self) -> list[Frame] | None:
+        """The next message, or None when the peer closed the stream."""
+        head = self._file.read(8)
+        if len(head) < 8:
+            return None
+        (body_len,) = U64.unpack(head)
+        if body_len > MAX_MESSAGE:
+            raise ProtocolError(f"message of {body_len} bytes is over the limit")
+        body = self._file.read(body_len)
+        if len(body) < body_len:
+            return None
+        return decode_body(body, share=True)
+
+
+class NonBlockingWriter:
+    """Queue of outgoing bytes for a non-blocking socket: ``write`` never blocks.
+
+    What the kernel does not take at once stays queued; the owner polls for POLLOUT while ``pending``
+    and calls ``flush``. Nobody ever blocks on a send, so two peers that both write a lot cannot
+    deadlock, and a slow reader only grows this queue.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._queue: list[memoryview] = []
+        self.broken: OSError | None = None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def write(self, data: bytes) -> None:
+        if self.broken is not None:
+            raise self.broken
+        if self._queue:
+            self._queue.append(memoryview(data))
+            return
+        try:
+            sent = self.sock.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self.broken = e
+            raise
+        if sent < len(data):
+            self._queue.append(memoryview(data)[sent:])
+
+    def write_parts(self, parts: list[Frame] | list[bytes]) -> None:
+        """Like ``write`` for a message given as several buffers, without joining them first."""
+        if self.broken is not None:
+            raise self.broken
+        views = [memoryview(p) for p in parts]
+        if not self._queue:
+            try:
+                sent = self.sock.sendmsg(views, [], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                self.broken = e
+                raise
+            while views and sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            if views and sent:
+                views[0] = views[0][sent:]
+        self._queue.extend(views)
+
+    def flush(self) -> None:
+        while self._queue:
+            chunk = self._queue[0]
+            try:
+                sent = self.sock.send(chunk, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.broken = e
+                self._queue.clear()
+                return
+            if sent < len(chunk):
+                self._queue[0] = chunk[sent:]
+                return
+            self._queue.pop(0)

@@ -1,0 +1,204 @@
+"""Block control's pass as a decision table: what it observes in, the instructions it gives out, in order.
+
+Each row sets up block control (``htex_ref.core.blocks.BlockControl``) through a few steps, then runs one
+more step and compares every instruction carried out (launch, cancel, hold, report ended, fail all) with
+the row's expectation. Steps are what the control thread feeds it: a wake (``None``) or a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from htex_ref.core.blocks import (
+    BlockEnded,
+    Cancel,
+    FailAll,
+    HoldBlock,
+    Launch,
+    Launched,
+    ScaleIn,
+    ScaleOut,
+    Shutdown,
+    Start,
+)
+from htex_ref.core.interchange import BlockLoad
+from htex_ref.core.jobs import JobState
+from tests.unit.control_harness import FakeProvider, Harness
+
+R, P, C, F, TO = JobState.RUNNING, JobState.PENDING, JobState.COMPLETED, JobState.FAILED, JobState.TIMEOUT
+
+
+def idle(seconds: float, managers: int = 1, active: int = 1) -> BlockLoad:
+    return BlockLoad(managers=managers, active=active, workers=managers, tasks=0, idle_for=seconds)
+
+
+def busy(tasks: int) -> BlockLoad:
+    return BlockLoad(managers=1, active=1, workers=1, tasks=tasks, idle_for=None)
+
+
+def kinds(done: list[Any]) -> list[tuple[Any, ...]]:
+    """Instructions as comparable tuples (a FailAll by its failure's headline or error)."""
+    out: list[tuple[Any, ...]] = []
+    for ins in done:
+        if isinstance(ins, Launch):
+            out.append(("launch", ins.block_id))
+        elif isinstance(ins, Cancel):
+            out.append(("cancel", ins.block_ids, ins.scaled_in))
+        elif isinstance(ins, HoldBlock):
+            out.append(("hold", ins.block_id))
+        elif isinstance(ins, BlockEnded):
+            out.append(("ended", ins.block_id, ins.reason))
+        elif isinstance(ins, FailAll):
+            out.append(("fail all", ins.failure.headline))
+    return out
+
+
+@dataclass
+class Row:
+    name: str
+    #: Builds the harness and brings it to the state before the step under test.
+    setup: Callable[[], Harness]
+    #: The step under test: a request, or None for a wake; at ``now``.
+    step: Any
+    now: float
+    expect: list[tuple[Any, ...]]
+    kw: dict[str, Any] = field(default_factory=dict)
+
+
+def started(init: int = 1, **kw: Any) -> Harness:
+    h = Harness(FakeProvider(init_blocks=init, max_blocks=kw.pop("max_blocks", 4), min_blocks=kw.pop("min_blocks", 0)),
+                **kw)
+    h.run(Start(), 0.0)
+    return h
+
+
+def registered_running(init: int = 1, **kw: Any) -> Harness:
+    h = started(init, **kw)
+    h.set_jobs(R)
+    h.registered = [str(b) for b in range(init)]
+    h.run(None, 5.0)  # first refresh: all running and registered
+    return h
+
+
+def ended_after_registering() -> Harness:
+    h = registered_running(2)
+    h.set_jobs(C, "0")
+    return h
+
+
+def failed_before_registering() -> Harness:
+    h = started(1)
+    h.set_jobs(F, "0")
+    return h
+
+
+def timed_out() -> Harness:
+    h = started(1, registration_timeout=30.0)
+    h.set_jobs(R)
+    h.run(None, 5.0)  # first seen running at 5
+    return h
+
+
+def demand(outstanding: int, strategy: str = "simple", **kw: Any) -> Callable[[], Harness]:
+    def make() -> Harness:
+        h = started(0, strategy=strategy, **kw)
+        h.outstanding = outstanding
+        return h
+    return make
+
+
+def idle_blocks(strategy: str) -> Callable[[], Harness]:
+    def make() -> Harness:
+        h = registered_running(2, strategy=strategy, max_idletime=60.0)
+        h.loads = {"0": idle(100.0), "1": idle(10.0)}
+        h.run(None, 10.0)  # no work since the start (the idle timer runs from the first pass, at 0)
+        return h
+    return make
+
+
+def in_bad_state() -> Harness:
+    h = registered_running(1, strategy="simple")
+    h.bad_state = True
+    h.outstanding = 50
+    h.set_jobs(C, "0")
+    return h
+
+
+def shutting_down() -> Harness:
+    h = registered_running(2)
+    h.set_jobs(C, "1")
+    return h
+
+
+ROWS = [
+    Row("start launches init_blocks, even with strategy none", lambda: Harness(FakeProvider(init_blocks=2)),
+        Start(), 0.0, [("launch", "0"), ("launch", "1")]),
+    Row("a block that ended after registering is reported to the interchange once",
+        ended_after_registering, None, 10.0, [("ended", "0", "ended (COMPLETED)")]),
+    Row("a block that failed before registering fails the executor (simple rule), nothing reported",
+        failed_before_registering, None, 5.0, [("fail all", "all 1 blocks of executor hx failed:")]),
+    Row("a block that runs past the registration time-out is cancelled (not scaled in), then judged",
+        timed_out, None, 35.0, [("cancel", ("0",), False), ("fail all", "all 1 blocks of executor hx failed:")]),
+    Row("demand with no block: one block per 1-worker node per task, up to max_blocks",
+        demand(3), None, 5.0, [("launch", "0"), ("launch", "1"), ("launch", "2")]),
+    Row("demand is capped by max_blocks", demand(9, max_blocks=2), None, 5.0, [("launch", "0"), ("launch", "1")]),
+    Row("strategy none never scales on demand", demand(9, strategy="none"), None, 5.0, []),
+    Row("no work for max_idletime: hold, cancel (scaled in), report; longest idle first, down to min_blocks",
+        idle_blocks("simple"), None, 70.0,
+        [("hold", "0"), ("hold", "1"), ("cancel", ("0", "1"), True), ("ended", "0", ""), ("ended", "1", "")]),
+    Row("not yet idle for max_idletime: nothing", idle_blocks("simple"), None, 55.0, []),
+    Row("in bad state: no refresh, no report, no scaling", in_bad_state, None, 10.0, []),
+    Row("scale_in(1) takes the longest idle block: hold, cancel, report", idle_blocks("none"), ScaleIn(1), 20.0,
+        [("hold", "0"), ("cancel", ("0",), True), ("ended", "0", "")]),
+    Row("scale_in(block_ids) takes exactly the live ones named", idle_blocks("none"), ScaleIn(block_ids=("1", "7")),
+        20.0, [("hold", "1"), ("cancel", ("1",), True), ("ended", "1", "")]),
+    Row("scale_out(2) launches two blocks with the next ids", lambda: started(1), ScaleOut(2), 1.0,
+        [("launch", "1"), ("launch", "2")]),
+    Row("shutdown cancels every live block and tells the interchange nothing", shutting_down, Shutdown(), 20.0,
+        [("cancel", ("0",), True)]),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_decision_table(row: Row) -> None:
+    h = row.setup()
+    assert kinds(h.step(row.step, row.now)) == row.expect
+
+
+def test_answers_name_what_was_done() -> None:
+    h = started(1)
+    assert h.run(ScaleOut(2), 1.0) == ["1", "2"]
+    h.set_jobs(R)
+    assert h.run(ScaleIn(block_ids=("2",)), 2.0) == ["2"]
+    assert h.run(Shutdown(), 3.0) == ["0", "1"]
+
+
+def test_a_block_launched_after_shutdown_began_is_cancelled_when_its_job_id_comes_back() -> None:
+    # The control thread was inside provider.submit for block 1 when shutdown was asked for; the launch's
+    # feedback reaches block control after the Shutdown request (the race the control thread prevents,
+    # replayed here in the worst order).
+    h = started(1)
+    h.set_jobs(R)
+    assert h.run(Shutdown(), 1.0) == ["0"]
+    done = h.core.handle(Launched("1", "j9"), now=1.5)
+    assert kinds(done) == [("cancel", ("1",), True)]
+
+
+def test_a_scaling_pass_sees_the_blocks_it_just_launched() -> None:
+    # Launched blocks count as live in the next strategy pass, before any status refresh has seen them.
+    h = started(0, strategy="simple", max_blocks=4, status_interval=100.0)
+    h.outstanding = 2
+    assert kinds(h.step(None, 5.0)) == [("launch", "0"), ("launch", "1")]
+    assert kinds(h.step(None, 10.0)) == []  # no refresh since: still two pending blocks, enough for 2 tasks
+
+
+def test_registered_history_is_read_incrementally() -> None:
+    h = registered_running(2)
+    assert h.core.registered == {"0", "1"}
+    h.registered = ["0", "1", "5"]
+    h.run(None, 10.0)
+    assert h.core.registered == {"0", "1", "5"}
