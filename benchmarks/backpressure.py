@@ -33,10 +33,10 @@ me = psutil.Process()
 peak = {"executor": 0, "interchange": 0}
 done = threading.Event()
 
-def sample(ix):
+def sample(interchange):
     while not done.wait(0.05):
         peak["executor"] = max(peak["executor"], me.memory_info().rss)
-        peak["interchange"] = max(peak["interchange"], ix.memory_info().rss)
+        peak["interchange"] = max(peak["interchange"], interchange.memory_info().rss)
 
 with tempfile.TemporaryDirectory() as run_dir:
     ex = HighThroughputExecutor(provider=LocalProvider(), max_workers_per_node=2, encrypted=False,

@@ -10,13 +10,16 @@ Callbacks never run each other recursively: a callback that resolves a future wh
 more of ours queues that work on its thread, and the outermost callback drains the queue. A chain of
 ten thousand apps therefore resolves in a loop, not ten thousand frames deep.
 
-The loaded configuration (executors, join threads, the set of outstanding apps) lives in
-``htex_ref.config``; this module reaches it through ``htex_ref.config.current_session``.
+The loaded configuration (executors, join threads, the set of outstanding apps) is
+``htex_ref.config.AppSession``; this module knows it only as an ``AppSession`` (what an app call needs),
+which ``htex_ref.config.load`` registers here (``set_current_session``), so the dependency runs one
+way: config uses apps.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import inspect
@@ -26,12 +29,12 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from htex_ref.errors import HtexError
 
 if TYPE_CHECKING:
-    from htex_ref.config import Session
+    # Only for annotations: workers import this module (bash apps) and must not load the executor.
     from htex_ref.executor import HighThroughputExecutor
 
 logger = logging.getLogger(__name__)
@@ -97,6 +100,45 @@ class JoinError(HtexError):
 
 class NoConfigLoaded(HtexError, RuntimeError):
     """An app was called while no configuration is loaded."""
+
+
+# ------------------------------------------------------------------------- the loaded configuration
+
+
+class AppSession(Protocol):
+    """What an app call needs of the loaded configuration (``htex_ref.config.Session`` is one)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    def new_future(self, app_name: str) -> AppFuture: ...
+
+    def choose_executor(self, labels: tuple[str, ...] | None, app_name: str) -> HighThroughputExecutor: ...
+
+    def join_pool(self) -> concurrent.futures.ThreadPoolExecutor: ...
+
+    def closed_error(self, name: str) -> BaseException: ...
+
+
+_current: AppSession | None = None
+
+
+def set_current_session(session: AppSession | None) -> None:
+    """Make ``session`` the configuration apps use (``htex_ref.config.load`` and ``clear`` call this)."""
+    global _current
+    _current = session
+
+
+def current_session(what: str = "this app") -> AppSession:
+    """The loaded session, or ``NoConfigLoaded`` naming ``what`` was called and how to load one."""
+    session = _current
+    if session is None or session.closed:
+        raise NoConfigLoaded(f"{what} was called, but no configuration is loaded: call htex_ref.load() "
+                             "first (e.g. `with htex_ref.load(): ...`)")
+    return session
 
 
 # ------------------------------------------------------------------------------------- futures
@@ -258,7 +300,7 @@ class _Call:
 
     __slots__ = ("app", "args", "extra", "future", "kwargs", "lock", "remaining", "session", "spec", "tries_left")
 
-    def __init__(self, app: _App, session: Session, future: AppFuture, args: tuple[Any, ...],
+    def __init__(self, app: _App, session: AppSession, future: AppFuture, args: tuple[Any, ...],
                  kwargs: dict[str, Any], spec: dict[str, Any] | None, extra: Any) -> None:
         self.app = app
         self.extra = extra
@@ -267,7 +309,7 @@ class _Call:
         self.args = args
         self.kwargs = kwargs
         self.spec = spec
-        self.tries_left = app.retries if app.retries is not None else session.config.retries
+        self.tries_left = app.retries if app.retries is not None else session.retries
         self.lock = threading.Lock()
         self.remaining = 0
 
@@ -406,8 +448,6 @@ class _App:
         return f"<{self.kind} {self.__qualname__}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> AppFuture:
-        from htex_ref.config import current_session
-
         session = current_session(f"{self.kind} {self.__name__}")
         spec = kwargs.pop("parsl_resource_specification", None)
         if spec is not None and not isinstance(spec, dict):
@@ -422,7 +462,7 @@ class _App:
     def _created(self, future: AppFuture, extra: Any) -> None:
         pass
 
-    def _prepare(self, session: Session, kwargs: dict[str, Any]) -> Any:
+    def _prepare(self, session: AppSession, kwargs: dict[str, Any]) -> Any:
         """Check the call before its future exists; what it returns is kept as ``_Call.extra``."""
         session.choose_executor(self.executors, self.__name__)
         return None
@@ -483,7 +523,7 @@ class BashApp(_App):
         # One runner object per app, so the executor pickles the function once, not once per call.
         self._runner = functools.partial(run_bash_app, func, self.__name__)
 
-    def _prepare(self, session: Session, kwargs: dict[str, Any]) -> tuple[StdSpec, StdSpec]:
+    def _prepare(self, session: AppSession, kwargs: dict[str, Any]) -> tuple[StdSpec, StdSpec]:
         super()._prepare(session, kwargs)
         specs: list[StdSpec] = []
         for name in ("stdout", "stderr"):
@@ -509,7 +549,7 @@ class JoinApp(_App):
 
     kind = "join_app"
 
-    def _prepare(self, session: Session, kwargs: dict[str, Any]) -> Any:
+    def _prepare(self, session: AppSession, kwargs: dict[str, Any]) -> Any:
         return None
 
     def _created(self, future: AppFuture, extra: Any) -> None:

@@ -1,12 +1,15 @@
-"""The ``htex-ref`` command: ``htex-ref demo``, ``htex-ref bench`` and ``htex-ref sim`` (simcluster)."""
+"""The ``htex-ref`` command: ``htex-ref demo``, ``htex-ref bench``, and commands other packages add by entry
+point (``htex-ref sim``, from simcluster)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -76,6 +79,19 @@ def demo() -> int:
     return 0
 
 
+#: Commands other packages add to ``htex-ref`` (simcluster adds ``sim``), by entry point, so that htex_ref
+#: does not import them: ``[project.entry-points."htex_ref.commands"]`` in their pyproject.toml.
+PLUGIN_GROUP = "htex_ref.commands"
+
+
+def _plugin(name: str) -> Callable[[list[str]], int] | None:
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        if ep.name == name:
+            command: Callable[[list[str]], int] = ep.load()
+            return command
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     from htex_ref.version import __version__
 
@@ -85,8 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="run a small local demo", description="Run a small local demo.")
     sub.add_parser("bench", add_help=False,
                    help="benchmark htex_ref, optionally against Parsl (see htex-ref bench --help)")
-    sub.add_parser("sim", add_help=False,
-                   help="simulate a scenario on a simulated batch cluster (see htex-ref sim --help)")
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        summary = ((ep.load().__doc__ or "").strip().splitlines() or [ep.value])[0].rstrip(".")
+        sub.add_parser(ep.name, add_help=False, help=f"{summary} (see htex-ref {ep.name} --help)")
     return p
 
 
@@ -97,10 +114,9 @@ def main(argv: list[str] | None = None) -> None:
         from htex_ref.bench import runner
 
         sys.exit(runner.main(args_in[1:]))
-    if args_in and args_in[0] == "sim":
-        from simcluster.cli import main as sim_main
-
-        sys.exit(sim_main(args_in[1:]))
+    command = _plugin(args_in[0]) if args_in else None
+    if command is not None:
+        sys.exit(command(args_in[1:]))
     parser = _parser()
     args = parser.parse_args(args_in)
     if args.command == "demo":

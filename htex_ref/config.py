@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from htex_ref.apps import AppFuture, NoConfigLoaded
+from htex_ref.apps import AppFuture, NoConfigLoaded, current_session, set_current_session
 from htex_ref.errors import ExecutorShutdown
 from htex_ref.executor import HighThroughputExecutor
 from htex_ref.providers.local import LocalProvider
@@ -182,6 +182,10 @@ class Session:
                     self.config.join_threads, thread_name_prefix="htex-join")
             return self._join_pool
 
+    @property
+    def retries(self) -> int:
+        return self.config.retries
+
     def closed_error(self, name: str) -> ExecutorShutdown:
         return ExecutorShutdown(f"{name} did not finish: its configuration was closed first "
                                 "(htex_ref.clear(), or the end of its `with htex_ref.load()` block)")
@@ -233,6 +237,8 @@ def _fail(fut: AppFuture, exc: BaseException) -> None:
         pass
 
 
+# Loading and clearing are serialized by this lock; the loaded session itself is registered in
+# htex_ref.apps (``current_session``), where app calls find it.
 _current: Session | None = None
 _current_lock = threading.RLock()
 
@@ -265,6 +271,7 @@ def load(config: Config | None = None) -> Session:
                     logger.exception("Failed to shut down executor %s", ex.label)
             raise
         _current = Session(config)
+        set_current_session(_current)
         return _current
 
 
@@ -281,15 +288,10 @@ def clear(wait: bool = False, session: Session | None = None) -> None:
     with _current_lock:
         if _current is target:
             _current = None
+            set_current_session(None)
 
 
-def current_session(what: str = "this app") -> Session:
-    """The loaded session, or ``NoConfigLoaded`` naming ``what`` was called and how to load one."""
-    session = _current
-    if session is None or session.closed:
-        raise NoConfigLoaded(f"{what} was called, but no configuration is loaded: call htex_ref.load() "
-                             "first (e.g. `with htex_ref.load(): ...`)")
-    return session
+__all__ = ["Config", "Session", "clear", "current_session", "load", "local_config"]
 
 
 @atexit.register

@@ -36,12 +36,10 @@ from htex_ref.control import ControlThread
 from htex_ref.core.blocks import BlockControl, ControlSettings, HoldRequest, ScaleIn, ScaleOut, Shutdown, StatusQuery
 from htex_ref.core.planning import plan_workers
 from htex_ref.errors import BadStateException, InterchangeError
-from htex_ref.launch import PoolOptions, render
 from htex_ref.link import InterchangeLink
-from htex_ref.netutil import all_addresses, create_certificates
+from htex_ref.netutil import create_certificates
 from htex_ref.protocol import Kind, Query, pack_task_header
 from htex_ref.providers.base import ExecutionProvider, JobStatus
-from htex_ref.providers.local import LocalProvider
 from htex_ref.serialize import dumps_arguments, dumps_function
 from htex_ref.settings import ExecutorSettings, is_int
 from htex_ref.tasks import KNOWN_SPEC_KEYS, SUPPORTED_SPEC_KEYS, HtexFuture, TaskTable, priority_of
@@ -454,24 +452,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
 
     def _launch_command(self, block_id: str) -> str:
         assert self.interchange_worker_port is not None
-        s = self.settings
-        if s.address:
-            addresses = s.address
-        elif isinstance(s.provider, LocalProvider):
-            # Every block of a LocalProvider runs on this host: the loopback address reaches it.
-            addresses = s.loopback_address
-        else:
-            addresses = ",".join(all_addresses())
-        walltime = s.provider.walltime_seconds
-        return render(s.launch_cmd, block_id, PoolOptions(
-            addresses=addresses, worker_port=self.interchange_worker_port, cert_dir=self.cert_dir,
-            logdir=self.worker_logdir, debug=s.worker_debug, cores_per_worker=s.cores_per_worker,
-            mem_per_worker=s.mem_per_worker, max_workers_per_node=s.max_workers_per_node,
-            prefetch_capacity=s.prefetch_capacity, heartbeat_period=s.heartbeat_period,
-            heartbeat_threshold=s.heartbeat_threshold, drain_period=s.drain_period,
-            walltime_drain=None if s.drain_before_walltime is None or walltime is None
-            else (walltime, s.drain_before_walltime),
-            address_probe_timeout=s.address_probe_timeout, cpu_affinity=s.cpu_affinity, accelerators=s.accelerators))
+        return self.settings.launch_command(block_id, self.interchange_worker_port, self.cert_dir,
+                                            self.worker_logdir)
 
 
 _live_executors: weakref.WeakSet[HighThroughputExecutor] = weakref.WeakSet()

@@ -5,28 +5,31 @@ Data flow::
       user process                 interchange process               worker pool (one per node)
     +-------------------+        +----------------------+         +--------------------------------+
     | Executor.submit() |--task->| socket-   ROUTER     |--tasks->| Manager (DEALER)               |
-    |   Future table    |        | pair  InterchangeState<-result-|   ManagerState                 |
-    | result thread     |<-result| (unix)    (pure)     |<--hb--->|   socketpair per worker 0..n-1 |
+    |   TaskTable       |        | pair  InterchangeState<-result-|   ManagerState                 |
+    | link thread       |<-result| (unix)    (pure)     |<--hb--->|   socketpair per worker 0..n-1 |
+    | control thread    |-notice>|                      |         |                                |
     +-------------------+        +----------------------+         +--------------------------------+
-      commands, replies and pings share the socketpair    (TCP, CurveZMQ)   one process per worker
+      queries, replies and notices share the socketpair   (TCP, CurveZMQ)   one process per worker
 
-1. The executor (in the user's process) serializes each call, records a Future under a new task id and
-   writes ``task | header | function | arguments`` to the interchange. A result thread receives
-   batches of results, resolves futures, and watches the interchange process; if it dies, every
-   outstanding future fails at once.
+1. The executor (in the user's process) serializes each call, records a future under a new task id in
+   its ``TaskTable`` and writes ``task | header | function | arguments`` to the interchange. Its link
+   thread receives batches of results, resolves futures, and watches the interchange process; if it
+   dies or falls silent, every outstanding future fails at once. Its control thread asks the interchange
+   about blocks (``blocks``) and tells it when to hold a block or that one ended (notices, no reply).
 2. The interchange (this module, started by fork+exec) keeps the priority queue and the table of
    managers. It forwards task frames without opening them, to managers with free capacity
    (workers + prefetch), in batches. It forwards results in batches, expires managers whose heartbeats
-   stop (failing their tasks with ``ManagerLost``), and answers commands (managers, blocks, hold).
+   stop (failing their tasks with ``ManagerLost``), applies holds and ended blocks, and answers queries.
 3. A manager (``htex_ref.worker_pool``, started on each node by a provider's launcher) probes the
    interchange addresses, registers (protocol and Python versions are checked here), starts one
-   process per worker, hands each idle worker one task at a time, batches results back, heartbeats,
-   replaces dead workers (their task fails with ``WorkerLost``) and exits when the interchange goes
-   silent or tells it to.
+   process per worker, hands each idle worker one task at a time (lowest priority value first),
+   batches results back, heartbeats, replaces dead workers (their task fails with ``WorkerLost``) and
+   exits when the interchange goes silent or tells it to.
 4. A worker (``htex_ref.worker``) deserializes the function and arguments, runs the call, and returns
    the pickled value or the exception with its traceback.
 
-Every decision lives in the pure cores; this module only moves frames and reads the clock.
+Every decision lives in the pure cores; this module only moves frames and reads the clock. The
+executor's messages are decoded by ``htex_ref.protocol`` (one decoder for queries, one for notices).
 """
 
 from __future__ import annotations

@@ -115,3 +115,4 @@ def render(template: str, block_id: str, o: PoolOptions) -> str:
         if o.accelerators else "",
     }
     return template.format(**values)
+

@@ -19,8 +19,8 @@ from htex_ref.block_errors import resolve_block_error_handler
 from htex_ref.core.affinity import parse_cpu_affinity
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
 from htex_ref.core.strategy import STRATEGY_NAMES
-from htex_ref.launch import DEFAULT_LAUNCH_CMD, check_launch_cmd
-from htex_ref.netutil import check_address
+from htex_ref.launch import DEFAULT_LAUNCH_CMD, PoolOptions, check_launch_cmd, render
+from htex_ref.netutil import all_addresses, check_address
 from htex_ref.providers.base import ExecutionProvider
 from htex_ref.providers.local import LocalProvider
 
@@ -341,3 +341,24 @@ class ExecutorSettings:
             raise ValueError("drain_before_walltime needs a scaling strategy ('simple' or 'htex_auto_scale') "
                              "to replace the blocks it drains; strategy='none' would leave later tasks "
                              "waiting for ever")
+
+    def launch_command(self, block_id: str, worker_port: int, cert_dir: str | None, logdir: str) -> str:
+        """The command that starts block ``block_id``'s pools, for an interchange listening on ``worker_port``."""
+        if self.address:
+            addresses = self.address
+        elif isinstance(self.provider, LocalProvider):
+            # Every block of a LocalProvider runs on this host: the loopback address reaches it.
+            addresses = self.loopback_address
+        else:
+            addresses = ",".join(all_addresses())
+        walltime = self.provider.walltime_seconds
+        return render(self.launch_cmd, block_id, PoolOptions(
+            addresses=addresses, worker_port=worker_port, cert_dir=cert_dir, logdir=logdir, debug=self.worker_debug,
+            cores_per_worker=self.cores_per_worker, mem_per_worker=self.mem_per_worker,
+            max_workers_per_node=self.max_workers_per_node, prefetch_capacity=self.prefetch_capacity,
+            heartbeat_period=self.heartbeat_period, heartbeat_threshold=self.heartbeat_threshold,
+            drain_period=self.drain_period,
+            walltime_drain=None if self.drain_before_walltime is None or walltime is None
+            else (walltime, self.drain_before_walltime),
+            address_probe_timeout=self.address_probe_timeout, cpu_affinity=self.cpu_affinity,
+            accelerators=self.accelerators))

@@ -25,6 +25,7 @@ def parser(prog: str = "htex-ref sim") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "htex-ref sim") -> int:
+    """Simulate a scenario on a simulated batch cluster."""
     args = parser(prog).parse_args(argv)
     from simcluster.engine import run
     from simcluster.scenario import ScenarioError, load_scenario

@@ -8,60 +8,26 @@ the row of ``runs.csv``), its timeline and, with ``out_dir``, the CSV files and 
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import simpy
 
-from simcluster import metrics
-from simcluster.pilot import Pilot, Sample
+import simcluster.metrics as metrics
+from simcluster.pilot import Pilot
+from simcluster.results import Results, RunResult
 from simcluster.scenario import ExecutorConfig, Scenario
 from simcluster.scheduler import Scheduler
 from simcluster.workload import BatchJob, TaskPlan, background_jobs, build_tasks
 
+__all__ = ["DEFAULT_LIMIT", "Progress", "Results", "RunResult", "run", "run_one"]
+
 #: Simulated seconds after the executor's start at which a run without ``max_time`` stops anyway.
 DEFAULT_LIMIT = 30 * 86400.0
-
-
-@dataclass
-class RunResult:
-    label: str
-    config: ExecutorConfig
-    #: The ``runs.csv`` row: see ``simcluster.metrics``.
-    metrics: dict[str, Any]
-    timeline: list[Sample]
-    #: Simulated seconds (from the start of the background warm-up) and the wall seconds they took.
-    sim_seconds: float
-    wall_seconds: float
-    #: The finished simulation (tasks, blocks, managers), when ``run(..., keep=True)``.
-    pilot: Pilot | None = None
-
-    @property
-    def speed(self) -> float:
-        """Simulated seconds per wall-clock second."""
-        return self.sim_seconds / self.wall_seconds if self.wall_seconds > 0 else math.inf
-
-
-@dataclass
-class Results:
-    scenario: Scenario
-    runs: list[RunResult] = field(default_factory=list)
-    out_dir: Path | None = None
-
-    def metrics(self) -> list[dict[str, Any]]:
-        return [r.metrics for r in self.runs]
-
-    def __getitem__(self, label: str) -> RunResult:
-        for r in self.runs:
-            if r.label == label:
-                return r
-        raise KeyError(label)
 
 
 class Progress:
@@ -191,7 +157,7 @@ def run(scenario: Scenario, out_dir: str | os.PathLike[str] | None = None, *, pr
     if results.out_dir is not None:
         metrics.write_runs(results.out_dir / "runs.csv", results.metrics())
         if plots:
-            from simcluster import plots as plotting
+            import simcluster.plots as plotting
 
             for r in results.runs:
                 plotting.timeline(r, results.out_dir / r.label / "timeline.png")

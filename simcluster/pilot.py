@@ -234,7 +234,7 @@ class Pilot:
         self._control(Start())
         env.process(self._control_loop())
         env.process(self._heartbeats())
-        # After the control loop's first pass, as a user submits after start() returned.
+        # After block control's start (init_blocks), as a user submits after start() returned.
         self.wakes.call_later(0, self._release_due)
 
     @property
@@ -575,9 +575,9 @@ class Pilot:
             if needs.jobs:
                 ids = list(self.control.blocks_to_job_id.items())
                 jobs = dict(zip([b for b, _ in ids], self.provider.status([j for _, j in ids]), strict=True))
-            ix = self.interchange
-            events.append(Observed(jobs, ix.block_history if needs.interchange else None,
-                                   ix.block_loads(now) if needs.interchange else None, self.outstanding,
+            interchange = self.interchange
+            events.append(Observed(jobs, interchange.block_history if needs.interchange else None,
+                                   interchange.block_loads(now) if needs.interchange else None, self.outstanding,
                                    self.bad_state is not None))
         events.append(Tick() if event is None else event)
         return drive(self.control, events, now, self._execute)
@@ -734,7 +734,7 @@ class Pilot:
     def _finish(self, now: float, linger: bool = True) -> None:
         """Every task resolved (or the executor failed): shut down as the executor does, cancelling every
         live block, then tell the run; with ``cfg.linger`` (and ``linger``), only after that many seconds
-        of the control loop scaling in as usual, or once no block is live."""
+        of the control thread scaling in as usual, or once no block is live."""
         if self.shut_down or self.lingering:
             return
         self.finished_at = now

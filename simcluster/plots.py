@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from simcluster.engine import RunResult
+from simcluster.results import RunResult
 
 _METADATA = {"Software": None}
 

@@ -175,7 +175,7 @@ class Scenario:
     executors: tuple[ExecutorConfig, ...] = (ExecutorConfig(),)
     #: Where the file came from (for relative paths such as an SWF trace).
     base_dir: str = "."
-    #: Seconds between timeline samples (0: every control-loop wake of the executor).
+    #: Seconds between timeline samples (0: every wake of the executor's control thread).
     sample_every: float = 0.0
 
     def with_seed(self, seed: int) -> Scenario:

@@ -52,7 +52,7 @@ LINGER = 30.0
 #: least 15 s after the previous one's last task, so more than ``max_idletime`` + ``strategy_period``
 #: after it: every block is scaled in between waves. The 4-task wave needs 2 blocks only. Later waves come
 #: half-way between two strategy passes of the simulated executor (its passes are ``strategy_period``
-#: apart from 0): a real wave meets the control loop at a phase nobody controls, whose expected wait for
+#: apart from 0): a real wave meets the control thread at a phase nobody controls, whose expected wait for
 #: the next pass is half a period, while on a pass the simulated one would see the wave at once.
 WAVES: tuple[tuple[float, int], ...] = ((0.0, 60), (35.5, 4), (55.5, 90), (100.5, 60))
 CASES = ("bag", "waves")
@@ -235,7 +235,7 @@ def live_blocks(executor: Any) -> int:
     """Blocks of a real executor that are pending or running. With a batch-system provider, counted from
     the provider's own record, which a submission or a cancel updates at once, without asking the batch
     system: sampling often then costs nothing and never holds the provider's lock that the executor's
-    control loop needs. Otherwise ``executor.status()``."""
+    control thread needs. Otherwise ``executor.status()``."""
     from htex_ref.providers.cluster import ClusterProvider
 
     if isinstance(executor.provider, ClusterProvider):

@@ -306,7 +306,7 @@ def measure(managers: int, workers: int = 64, tasks: int = 50_000, processes: in
     ex.start()
     try:
         assert ex.interchange_process is not None
-        ix = psutil.Process(ex.interchange_process.pid)
+        interchange = psutil.Process(ex.interchange_process.pid)
         with FakeManagers(ex, managers, workers, processes, workdir=os.path.join(run_dir, "fake"),
                           gate=True) as fm:
             fm.wait_probed()
@@ -314,20 +314,20 @@ def measure(managers: int, workers: int = 64, tasks: int = 50_000, processes: in
             futures = [ex.submit(_noop) for _ in range(tasks)]
             t_sub = time.perf_counter()
             _wait_for(lambda: ex.interchange_stats()["pending"] >= tasks, 60.0, "tasks to reach the interchange")
-            cpu0 = sum(ix.cpu_times()[:2])
+            cpu0 = sum(interchange.cpu_times()[:2])
             t0 = time.perf_counter()
             m0 = time.monotonic()
             fm.release()
             deadline = t0 + timeout
             # The last task tends to finish last: waiting on it first means the loop below rarely
-            # blocks, so this thread does not compete with the executor's result thread for the GIL.
+            # blocks, so this thread does not compete with the executor's link thread for the GIL.
             futures[-1].exception(timeout=timeout)
             for f in futures:
                 left = deadline - time.perf_counter()
                 if f.result(timeout=max(0.0, left)) is not None:
                     raise AssertionError("a no-op task returned something")
             t1 = time.perf_counter()
-            cpu1 = sum(ix.cpu_times()[:2])
+            cpu1 = sum(interchange.cpu_times()[:2])
             last_dispatch = ex.interchange_stats()["last_dispatch_at"]
             ex.shutdown()
             ids = fm.received_ids() if keep_ids else None

@@ -96,9 +96,9 @@ def owned_processes(executor):
     """{pid: cmdline} of live processes this executor started: the interchange
     and every member of the block process group(s)."""
     pids = set(_pgrp_members(_block_pgrps(executor)))
-    ix = executor.interchange_proc
-    if ix is not None and _alive(ix.pid):
-        pids.add(ix.pid)
+    interchange = executor.interchange_proc
+    if interchange is not None and _alive(interchange.pid):
+        pids.add(interchange.pid)
     return {p: _cmdline(p) for p in sorted(pids)}
 
 
@@ -135,7 +135,7 @@ def make_executor(workers: int = 2, encrypted: bool = False, run_dir: str | None
     # when the venv python is run without activation: use absolute paths.
     scripts = sysconfig.get_path("scripts")
     pool_script = os.path.join(scripts, "process_worker_pool.py")
-    ix_script = os.path.join(scripts, "interchange.py")
+    interchange_script = os.path.join(scripts, "interchange.py")
     launch_cmd = DEFAULT_LAUNCH_CMD.replace(
         "process_worker_pool.py",
         f"{shlex.quote(sys.executable)} {shlex.quote(pool_script)}", 1)
@@ -165,7 +165,7 @@ def make_executor(workers: int = 2, encrypted: bool = False, run_dir: str | None
         encrypted=encrypted,
         worker_debug=worker_debug,
         launch_cmd=launch_cmd,
-        interchange_launch_cmd=[sys.executable, ix_script],
+        interchange_launch_cmd=[sys.executable, interchange_script],
     )
     # HTEx.__init__ resets run_dir to '.'; the DFK would set these.
     ex.run_dir = run_dir

@@ -127,7 +127,7 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
     t_start = time.monotonic()
     deadline = t_start + timeout
     victims: list[tuple[Future[Any], float]] = []
-    #: When each victim's future resolved, stamped by a done-callback on the result thread.
+    #: When each victim's future resolved, stamped by a done-callback on the link thread.
     resolved_at: dict[Future[Any], float] = {}
     killed_pool: int | None = None
     manager_kill_time: float | None = None
@@ -265,10 +265,10 @@ def memory(tasks: int = 1_000_000, workers: int = 2, samples: int = 10, run_dir:
     out: list[MemorySample] = []
     try:
         assert ex.interchange_process is not None
-        me, ix = psutil.Process(), psutil.Process(ex.interchange_process.pid)
+        me, interchange = psutil.Process(), psutil.Process(ex.interchange_process.pid)
 
         def sample(done: int) -> None:
-            s = MemorySample(done, me.memory_info().rss / 2**20, ix.memory_info().rss / 2**20)
+            s = MemorySample(done, me.memory_info().rss / 2**20, interchange.memory_info().rss / 2**20)
             out.append(s)
             if progress:
                 print(f"  {done:>9} tasks: executor {s.executor_rss_mib:.1f} MiB, "

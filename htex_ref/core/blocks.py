@@ -40,201 +40,83 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from htex_ref.core.block_messages import (
+    Answer,
+    BlockEnded,
+    Cancel,
+    CancelDone,
+    ControlSettings,
+    ErrorRule,
+    Event,
+    FailAll,
+    HoldBlock,
+    HoldRequest,
+    Instruction,
+    Launch,
+    Launched,
+    LaunchFailed,
+    Needs,
+    Observed,
+    ScaleIn,
+    ScaleOut,
+    Shutdown,
+    Start,
+    StatusQuery,
+    Tick,
+)
 from htex_ref.core.interchange import BlockLoad
 from htex_ref.core.jobs import TERMINAL_STATES, JobState, JobStatus
 from htex_ref.core.notes import ERROR, INFO, WARNING, Note
-from htex_ref.core.scaling import (
-    BlockFailure,
-    BlockRegistration,
-    blocks_registration_timed_out,
-    choose_blocks_to_scale_in,
-)
+from htex_ref.core.scaling import BlockRegistration, blocks_registration_timed_out, choose_blocks_to_scale_in
 from htex_ref.core.strategy import BlockView, Snapshot, StrategyMemory, decide
 from htex_ref.core.strategy import ScaleOut as ScaleOutDecision
+
+__all__ = [
+    "Answer", "BlockControl", "BlockEnded", "Cancel", "CancelDone", "ControlSettings", "ErrorRule", "Event", "FailAll",
+    "HoldBlock", "HoldRequest", "Instruction", "Launch", "LaunchFailed", "Launched", "Needs", "Observed", "ScaleIn",
+    "ScaleOut", "Shutdown", "Start", "StatusQuery", "Tick", "drive", "strategy_views",
+]
 
 #: States set here that a provider's later answer must not hide.
 _OWN_FINAL = (JobState.SCALED_IN, JobState.MISSING, JobState.CANCELLED)
 
-#: The block error rule: statuses of every block in, a failure (or None) out.
-ErrorRule = Callable[[Mapping[str, JobStatus]], BlockFailure | None]
+
+def missing_before_registering(block_id: str, st: JobStatus, where: str) -> JobStatus:
+    """``st`` (a job that ended) as MISSING: it ended before any worker pool of the block registered.
+    ``replace`` keeps the provider's class of status (and so its readers of the output files)."""
+    return replace(
+        st, state=JobState.MISSING,
+        message=f"block {block_id} ended ({st.state.name}"
+        + (f", exit code {st.exit_code}" if st.exit_code is not None else "")
+        + (f": {st.message}" if st.message else "")
+        + ") before any worker pool registered; " + where)
 
 
-# -------------------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class ControlSettings:
-    strategy: str
-    strategy_period: float
-    max_idletime: float
-    #: Seconds a RUNNING block may go without any manager registering; None: forever.
-    registration_timeout: float | None
-    #: Seconds between status refreshes (the provider's polling interval, at least 0.2).
-    status_interval: float = 5.0
-    init_blocks: int = 1
-    min_blocks: int = 0
-    max_blocks: int = 1
-    nodes_per_block: int = 1
-    parallelism: float = 1.0
-    #: The executor's estimate of workers per node, for scaling arithmetic.
-    workers_per_node: int = 1
-    #: Where the provider writes scripts and job output, named in messages about blocks that failed.
-    script_dir: str | None = None
-
-    @property
-    def wake_interval(self) -> float:
-        """How often the control thread wakes: often enough for both the refresh and the strategy."""
-        return max(0.1, min(self.status_interval, self.strategy_period))
-
-
-# ---------------------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class Start:
-    """The executor started: launch ``init_blocks`` now (the strategy period counts from here)."""
-
-
-@dataclass(frozen=True)
-class ScaleOut:
-    blocks: int
-
-
-@dataclass(frozen=True)
-class ScaleIn:
-    """Cancel ``blocks`` blocks chosen by ``choose_blocks_to_scale_in`` (idle ones first), or exactly
-    the live ones among ``block_ids``."""
-
-    blocks: int = 0
-    block_ids: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class HoldRequest:
-    block_id: str
-
-
-@dataclass(frozen=True)
-class StatusQuery:
-    """Answer every block's status: the provider's and the states set here (``with_missing``: as the
-    block error rule sees them, with MISSING for blocks that ended or timed out before registering)."""
-
-    with_missing: bool = False
-
-
-@dataclass(frozen=True)
-class Shutdown:
-    """Cancel every live block; scale, report and judge nothing more."""
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What the runtime saw, as ``needs`` asked: the provider's status of each block that has a job
-    (None: not observed now), the interchange's view (None: not observed, or it did not answer)."""
-
-    jobs: Mapping[str, JobStatus] | None = None
-    #: Every block that has ever had a manager register, in order of first registration (the interchange's
-    #: list only grows, so block control reads just what it has not seen).
-    registered: Sequence[str] | None = None
-    #: The interchange's per-block loads (with ``registered``).
-    loads: Mapping[str, BlockLoad] | None = None
-    #: Tasks submitted and not yet resolved.
-    outstanding: int = 0
-    #: The executor is in bad state (its interchange died, say).
-    bad_state: bool = False
-
-
-@dataclass(frozen=True)
-class Tick:
-    """A wake of the control thread, after the ``Observed`` that ``needs(None, now)`` asked for: run
-    whatever part of the control pass is due."""
-
-
-@dataclass(frozen=True)
-class Launched:
-    block_id: str
-    job_id: str
-
-
-@dataclass(frozen=True)
-class LaunchFailed:
-    block_id: str
-    error: str
-
-
-@dataclass(frozen=True)
-class CancelDone:
-    """Which of a ``Cancel``'s blocks the provider cancelled (or found already ended)."""
-
-    block_ids: tuple[str, ...]
-    ok: tuple[bool, ...]
-    scaled_in: bool = True
-
-
-Event = (Start | ScaleOut | ScaleIn | HoldRequest | StatusQuery | Shutdown | Observed | Tick | Launched
-         | LaunchFailed | CancelDone)
-
-
-# ---------------------------------------------------------------------------------- instructions
-
-
-@dataclass(frozen=True)
-class Launch:
-    block_id: str
-
-
-@dataclass(frozen=True)
-class Cancel:
-    block_ids: tuple[str, ...]
-    job_ids: tuple[str, ...]
-    #: Mark them SCALED_IN once cancelled (False: they keep the provider's state, e.g. after a time-out).
-    scaled_in: bool = True
-
-
-@dataclass(frozen=True)
-class HoldBlock:
-    """Tell the interchange to send no more tasks to the block's managers."""
-
-    block_id: str
-
-
-@dataclass(frozen=True)
-class BlockEnded:
-    """Tell the interchange the block's managers are gone (``reason`` empty: cancelled by the executor)."""
-
-    block_id: str
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class FailAll:
-    """The block error rule failed the executor: every outstanding task fails with this."""
-
-    failure: BlockFailure
-
-
-@dataclass(frozen=True)
-class Answer:
-    value: Any
-
-
-Instruction = Launch | Cancel | HoldBlock | BlockEnded | FailAll | Answer | Note
-
-
-@dataclass(frozen=True)
-class Needs:
-    """What the runtime must observe before handing an event over."""
-
-    jobs: bool = False
-    interchange: bool = False
-
-    def __bool__(self) -> bool:
-        return self.jobs or self.interchange
-
+def strategy_views(statuses: Mapping[str, JobStatus], overrides: Mapping[str, JobStatus],
+                   loads: Mapping[str, BlockLoad], registered: set[str], submitted_at: Mapping[str, float],
+                   now: float) -> tuple[BlockView, ...]:
+    """The strategy's view of the blocks that are not over (ended blocks play no part in ``decide``);
+    a block scaled in or cancelled since the last status refresh (in ``overrides``) is no longer live."""
+    views = []
+    for block_id, st in statuses.items():
+        if st.state in TERMINAL_STATES or block_id in overrides:
+            continue
+        load = loads.get(block_id)
+        views.append(BlockView(
+            block_id=block_id,
+            state=st.state.name,
+            submitted_at=submitted_at.get(block_id, now),
+            registered=load is not None or block_id in registered,
+            tasks=load.tasks if load is not None else 0,
+            idle_for=load.idle_for if load is not None else None,
+            held=load is not None and load.active == 0,
+            workers=load.workers if load is not None else None,
+        ))
+    return tuple(views)
 
 # ------------------------------------------------------------------------------------------ machine
 
@@ -337,13 +219,7 @@ class BlockControl:
         result = self.status()
         for block_id, st in result.items():
             if st.terminal and st.state not in _OWN_FINAL and block_id not in self.registered:
-                # ``replace`` keeps the provider's class of status (and so its readers of the output files).
-                result[block_id] = replace(
-                    st, state=JobState.MISSING,
-                    message=f"block {block_id} ended ({st.state.name}"
-                    + (f", exit code {st.exit_code}" if st.exit_code is not None else "")
-                    + (f": {st.message}" if st.message else "")
-                    + ") before any worker pool registered; " + self._where(st))
+                result[block_id] = missing_before_registering(block_id, st, self._where(st))
         result.update((b, failure) for b, failure in self.registration_failures.items() if b in result)
         return result
 
@@ -479,29 +355,6 @@ class BlockControl:
             statuses[block_id] = failure
         self._cancel(timed_out, scaled_in=False, answer=False)
 
-    def _views(self, statuses: Mapping[str, JobStatus], now: float) -> tuple[BlockView, ...]:
-        """The strategy's view of the blocks that are not over (ended blocks play no part in ``decide``)."""
-        views = []
-        loads = self.loads
-        overrides = self.overrides
-        for block_id, st in statuses.items():
-            # A block scaled in or cancelled since the last status refresh is no longer live.
-            if st.state in TERMINAL_STATES or block_id in overrides:
-                continue
-            state = st.state.name
-            load = loads.get(block_id)
-            views.append(BlockView(
-                block_id=block_id,
-                state=state,
-                submitted_at=self.submitted_at.get(block_id, now),
-                registered=load is not None or block_id in self.registered,
-                tasks=load.tasks if load is not None else 0,
-                idle_for=load.idle_for if load is not None else None,
-                held=load is not None and load.active == 0,
-                workers=load.workers if load is not None else None,
-            ))
-        return tuple(views)
-
     def _scale(self, now: float, statuses: Mapping[str, JobStatus], first: bool = False,
                answer: bool = False) -> bool:
         """Run the strategy and carry out its decisions; True if it launched anything."""
@@ -510,7 +363,7 @@ class BlockControl:
             now=now, strategy=s.strategy, outstanding=self.outstanding, workers_per_node=s.workers_per_node,
             nodes_per_block=s.nodes_per_block, parallelism=float(s.parallelism), init_blocks=s.init_blocks,
             min_blocks=s.min_blocks, max_blocks=s.max_blocks, max_idletime=s.max_idletime,
-            blocks=self._views(statuses, now))
+            blocks=strategy_views(statuses, self.overrides, self.loads, self.registered, self.submitted_at, now))
         decisions = decide(snap, self.memory)
         launched = False
         for decision in decisions:

@@ -1,4 +1,4 @@
-"""Backpressure: ``max_outstanding`` holds submitters, never the result thread; ``map(buffersize=)``
+"""Backpressure: ``max_outstanding`` holds submitters, never the link thread; ``map(buffersize=)``
 reads its input lazily."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_several_producers_never_overshoot_the_limit_together(make_executor: Any
 
 
 def test_a_done_callback_may_submit_beyond_the_limit(make_executor: Any, tmp_path: Path) -> None:
-    """Callbacks run on the result thread; if a submit there waited for room, no result could arrive to
+    """Callbacks run on the link thread; if a submit there waited for room, no result could arrive to
     make room. A is held, so the limit of 2 stays reached while B's callback submits two more."""
     ex = make_executor(max_workers_per_node=2, max_outstanding=2)
     release = tmp_path / "release"

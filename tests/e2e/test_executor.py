@@ -221,7 +221,7 @@ def test_encrypted_round_trip(make_executor: Any) -> None:
 
 
 def test_done_callback_may_submit(make_executor: Any) -> None:
-    """A callback runs on the result thread; submitting from it must not deadlock."""
+    """A callback runs on the link thread; submitting from it must not deadlock."""
     ex = make_executor(max_workers_per_node=2)
     done = threading.Event()
     chained: list[Any] = []

@@ -58,7 +58,7 @@ def test_walltime_kill_loses_running_tasks_with_a_reason() -> None:
     assert all(p.t_start[i] == 5 for i in range(4))
     assert all(p.t_end[i] == 100 for i in range(4))  # the work stopped when the job was killed
     assert r.metrics["lost_walltime"] == 4 and r.metrics["blocks_walltime"] == 1
-    # The control loop wakes every 5 s (strategy_period) and refreshes when 10 s passed since the last
+    # The control thread wakes every 5 s (strategy_period) and refreshes when 10 s passed since the last
     # refresh: at 5, 15, ..., 95, 105. The kill at 100 is reported, and the tasks fail, at 105.
     assert r.metrics["makespan"] == 105
     assert block_state(p, "0")[0] == "TIMEOUT"

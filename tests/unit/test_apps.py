@@ -34,6 +34,7 @@ from htex_ref.apps import (
     join_app,
     python_app,
     run_bash_app,
+    set_current_session,
 )
 from htex_ref.config import Config, Session
 from htex_ref.errors import ExecutorShutdown
@@ -71,6 +72,7 @@ def session() -> Iterator[Session]:
     s = Session(Config(executors=[HighThroughputExecutor(label="a"), HighThroughputExecutor(label="b")]))
     assert config_module._current is None
     config_module._current = s
+    set_current_session(s)  # as htex_ref.load() registers it, without starting the executors
     try:
         yield s
     finally:

@@ -19,6 +19,7 @@ from htex_ref.core.interchange import (
     AcceptRegistration,
     BlockCancelled,
     ForwardResults,
+    HoldBlock,
     HoldManager,
     InterchangeState,
     ManagerGoodbye,
@@ -464,6 +465,22 @@ def test_hold_stops_dispatch_but_results_still_forwarded():
     assert s.handle(ManagerHeartbeat(b"a"), now=4.0) == [ReplyHeartbeat(b"a")]
 
 
+def test_hold_block_holds_every_manager_registered_in_the_block_and_no_other():
+    s = new_state(selector=BlockIdManagerSelector())
+    s.handle(registered(b"a", block="2", workers=1), registered(b"b", block="2", workers=1),
+             registered(b"c", block="1", workers=1), now=0.0)
+    assert s.handle(HoldBlock("2"), now=1.0) == []
+    assert [s.managers[m].active for m in (b"a", b"b", b"c")] == [False, False, True]
+    assert s.block_loads(1.0)["2"].active == 0 and s.block_loads(1.0)["1"].active == 1
+    # Block 2 is the newest, which block_id would fill first: held, it gets nothing.
+    out = s.handle(task(1), task(2), now=2.0)
+    assert sent(out, b"c") == [1] and sent(out, b"a") == sent(out, b"b") == []
+    # Holding a block with no managers, or one that is gone, does nothing.
+    assert s.handle(HoldBlock("9"), now=3.0) == []
+    assert s.handle(HoldBlock("2"), now=3.0) == []  # again: still held, counted once
+    assert s.block_loads(3.0)["2"].active == 0
+
+
 def test_hold_unknown_manager_is_harmless():
     s = new_state()
     assert s.handle(HoldManager(b"nobody"), now=0.0) == []
@@ -761,6 +778,7 @@ class InterchangeMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.next_id = 0
         self.submitted: set[int] = set()
+        self.priority: dict[int, float] = {}
         self.forwarded: Counter[int] = Counter()
         self.dispatched: set[int] = set()
         # What each (live or gone) pool process believes it holds: late results come from here.
@@ -773,6 +791,7 @@ class InterchangeMachine(RuleBasedStateMachine):
         assert self.s is not None
         out = self.s.handle(*events, now=self.now)  # type: ignore[arg-type]
         sends: Counter[bytes] = Counter()
+        sent_now: list[int] = []
         for ins in out:
             if isinstance(ins, AcceptRegistration):
                 self.held.discard(ins.manager_id)
@@ -780,6 +799,7 @@ class InterchangeMachine(RuleBasedStateMachine):
                 d = self.registering_drain_in
                 self.drain_at[ins.manager_id] = math.inf if d is None else self.now + d
             elif isinstance(ins, SendTasks):
+                sent_now.extend(t.task_id for t in ins.tasks)
                 sends[ins.manager_id] += 1
                 mid = ins.manager_id
                 assert mid not in self.held, "task sent to a held manager"
@@ -799,6 +819,10 @@ class InterchangeMachine(RuleBasedStateMachine):
                 assert ins.manager_id not in self.s.managers
         if not self.auto:
             assert all(n == 1 for n in sends.values()), "more than one SendTasks to a manager in one call"
+        # No task is handed out while one of higher priority (lower value) is left waiting.
+        waiting = [self.priority[t] for t in self.submitted - self.dispatched]
+        if sent_now and waiting:
+            assert max(self.priority[t] for t in sent_now) <= min(waiting), "a lower priority went first"
 
     @rule(n=st.integers(1, 6), priority=st.sampled_from([0.0, 1.0, 5.0, math.inf]))
     def submit(self, n: int, priority: float) -> None:
@@ -807,6 +831,7 @@ class InterchangeMachine(RuleBasedStateMachine):
             tid = self.next_id
             self.next_id += 1
             self.submitted.add(tid)
+            self.priority[tid] = priority
             events.append(task(tid, priority))
         self.step(*events)
 
@@ -815,10 +840,17 @@ class InterchangeMachine(RuleBasedStateMachine):
         workers=st.integers(0, 3),
         prefetch=st.integers(0, 2),
         drain_in=st.one_of(st.none(), st.floats(0, 30)),
+        block=st.sampled_from(["0", "1"]),
     )
-    def register(self, mid: bytes, workers: int, prefetch: int, drain_in: float | None) -> None:
+    def register(self, mid: bytes, workers: int, prefetch: int, drain_in: float | None, block: str) -> None:
         self.registering_drain_in = drain_in
-        self.step(registered(mid, workers=workers, prefetch=prefetch, drain_in=drain_in))
+        self.step(registered(mid, workers=workers, prefetch=prefetch, drain_in=drain_in, block=block))
+
+    @rule(block=st.sampled_from(["0", "1"]))
+    def hold_block(self, block: str) -> None:
+        assert self.s is not None
+        self.held.update(mid for mid, rec in self.s.managers.items() if rec.block_id == block)
+        self.step(HoldBlock(block))
 
     @rule(
         mid=st.sampled_from(MANAGER_IDS),

@@ -159,3 +159,24 @@ def test_drain_before_walltime_reaches_the_pool_command() -> None:
     plain = HighThroughputExecutor(provider=slurm())
     plain.interchange_worker_port = 54000
     assert "walltime" not in plain._launch_command("3")
+
+
+def test_the_executor_takes_exactly_the_settings_parameters_with_the_same_defaults() -> None:
+    # ExecutorSettings holds the defaults and the checks; the executor's signature must not drift from it.
+    import dataclasses
+    import inspect
+
+    from htex_ref.settings import ExecutorSettings
+
+    params = inspect.signature(HighThroughputExecutor).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(ExecutorSettings) if f.init}
+    assert list(params) == list(fields)
+    assert {n: p.default for n, p in params.items()} == fields
+
+
+def test_every_parameter_is_an_attribute_of_the_executor() -> None:
+    ex = HighThroughputExecutor(max_workers_per_node=3, available_accelerators=2, strategy="simple")
+    assert (ex.max_workers_per_node, ex.available_accelerators, ex.strategy) == (3, ["0", "1"], "simple")
+    assert ex.launch_cmd.startswith("{worker_pool}") and ex.provider.__class__.__name__ == "LocalProvider"
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        ex.nonsense  # noqa: B018

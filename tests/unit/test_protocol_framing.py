@@ -576,3 +576,57 @@ def test_non_blocking_writer_reports_broken_peer(pair):
         writer.write(b"again")
     with pytest.raises(OSError):
         writer.write_parts([b"x"])
+
+
+# ------------------------------------------------------------------------ the executor's control vocabulary
+
+
+def test_queries_and_notices_round_trip_through_their_decoders():
+    from htex_ref.protocol import (
+        Notice,
+        Query,
+        decode_command,
+        decode_notice,
+        encode_command,
+        encode_notice,
+    )
+
+    for query in Query:
+        args = ("m1",) if query is Query.HOLD_MANAGER else ()
+        frames = encode_command(7, query, *args)
+        assert frames[0] == Kind.CMD
+        command = decode_command(frames)
+        assert (command.request_id, command.query, command.args) == (7, query, args)
+    notice = decode_notice(encode_notice(Notice.BLOCK_ENDED, "3", "ended (FAILED)"))
+    assert (notice.notice, notice.args) == (Notice.BLOCK_ENDED, ("3", "ended (FAILED)"))
+    assert decode_notice(encode_notice(Notice.HOLD_BLOCK, "3")).args == ("3",)
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    (b'{"op": "reboot", "args": []}', "unknown query 'reboot'"),
+    (b'{"op": "hold_manager", "args": []}', r"hold_manager: arguments must be \['str'\]"),
+    (b'{"op": "hold_manager", "args": [3]}', "arguments must be"),
+    (b'{"op": "managers", "args": ["x"]}', "arguments must be"),
+    (b'{"op": "hold_manager", "args": [true]}', "arguments must be"),
+    (b'{"op": "hold_manager", "args": ["' + b"x" * 2000 + b'"]}', "longer than 1000"),
+])
+def test_a_bad_query_is_refused_with_its_request_id(body, match):
+    from htex_ref.protocol import BadCommand, decode_command
+
+    with pytest.raises(BadCommand, match=match) as info:
+        decode_command([Kind.CMD, pack_request_id(42), body])
+    assert info.value.request_id == 42
+
+
+@pytest.mark.parametrize("frames", [
+    [Kind.NOTICE, b'{"op": "block_ended", "args": ["3"]}'],
+    [Kind.NOTICE, b'{"op": "managers", "args": []}'],
+    [Kind.NOTICE, b"not json"],
+    [Kind.NOTICE],
+    [Kind.CMD, b"\x01", b'{"op": "ping", "args": []}'],
+])
+def test_a_bad_notice_or_command_layout_is_a_protocol_error(frames):
+    from htex_ref.protocol import decode_command, decode_notice
+
+    with pytest.raises(ProtocolError):
+        (decode_notice if frames[0] == Kind.NOTICE else decode_command)(frames)

@@ -1,0 +1,141 @@
+"""The control thread as the one owner of block control, on real processes: the shutdown race, requests
+from other threads, and priorities under the default settings."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from htex_ref import LocalProvider
+from tests.conftest import wait_until
+from tests.e2e.test_scaling import group_alive
+
+pytestmark = pytest.mark.e2e
+
+
+class HeldProvider(LocalProvider):
+    """A LocalProvider whose ``submit`` waits for ``release`` once ``hold`` is set, after saying so."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.hold = threading.Event()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.jobs: list[str] = []
+
+    def submit(self, command: str, tasks_per_node: int, job_name: str = "htex_ref.auto") -> str:
+        if self.hold.is_set():
+            self.entered.set()
+            assert self.release.wait(60), "the test never released submit"
+        job = super().submit(command, tasks_per_node, job_name)
+        self.jobs.append(job)
+        return job
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_shutdown_while_a_scaling_pass_is_inside_submit_leaves_no_job_behind(make_executor: Any) -> None:
+    provider = HeldProvider(init_blocks=0, min_blocks=0, max_blocks=2)
+    provider.hold.set()
+    ex = make_executor(strategy="simple", strategy_period=0.2, provider=provider)
+    ex.submit(nap, 0)  # demand: the next scaling pass launches a block
+    assert provider.entered.wait(30), "the strategy never scaled out"
+    # The control thread is inside provider.submit now. shutdown() from another thread must not list the
+    # blocks before that launch is done (it did, and the block was never cancelled).
+    stopper = threading.Thread(target=ex.shutdown, kwargs={"wait": False})
+    stopper.start()
+    assert wait_until(lambda: ex._control._queue.qsize() > 0, 10), "shutdown never asked the control thread"
+    assert stopper.is_alive()  # it waits for the control thread's answer
+    provider.release.set()
+    stopper.join(60)
+    assert not stopper.is_alive()
+    assert len(provider.jobs) == 1
+    job = int(provider.jobs[0])
+    assert ex.status()["0"].state.name == "SCALED_IN"
+    assert wait_until(lambda: not group_alive(job), 10), "the block launched during shutdown outlived the executor"
+
+
+def test_block_requests_from_many_threads_are_served_one_at_a_time(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1, provider=LocalProvider(init_blocks=0, max_blocks=8))
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def scale() -> None:
+        try:
+            results.append(ex.scale_out(2))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=scale) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    launched = sorted(b for r in results for b in r)
+    assert launched == sorted(str(i) for i in range(8))  # every id once: no two requests interleaved
+    assert set(ex.status()) == set(launched)
+    assert sorted(ex.scale_in(8)) == launched
+
+
+def record(priority: float, path: str) -> float:
+    with open(path, "a") as f:
+        f.write(f"{priority:g}\n")
+    return priority
+
+
+def blocker(started: str, go: str) -> None:
+    """Run until ``go`` exists; ``started`` says so once it has run for 0.3 s (longer than a short task)."""
+    time.sleep(0.3)
+    Path(started).touch()
+    while not os.path.exists(go):
+        time.sleep(0.01)
+
+
+def test_priorities_hold_under_default_settings(make_executor: Any, tmp_path: Path) -> None:
+    # Defaults: automatic prefetch, and tasks handed to workers in advance while calls are short.
+    ex = make_executor(max_workers_per_node=2)
+    assert sum(f.result(30) for f in [ex.submit(nap, 0) for _ in range(200)]) == 0  # short: prefetch is on
+    go = [str(tmp_path / f"go{i}") for i in range(2)]
+    blocked = [ex.submit(blocker, str(tmp_path / f"started{i}"), go[i]) for i in range(2)]
+    assert wait_until(lambda: all((tmp_path / f"started{i}").exists() for i in range(2)), 30)
+    order = str(tmp_path / "order")
+    dispatched = ex.interchange_stats()["dispatched"]
+    futures = [ex.submit(record, {"priority": p}, p, order) for p in (5, 1, 3, 2, 4)]
+    # Short tasks so far: the interchange hands all five to the (busy) manager ahead of time.
+    assert wait_until(lambda: ex.interchange_stats()["dispatched"] == dispatched + 5, 30)
+    time.sleep(0.5)  # a wide margin for the one local TCP hop from the interchange to the manager
+    # One worker frees up: it runs all five in turn, and must run them by priority. A task handed to the
+    # other, still blocked, worker in advance would be missing here.
+    Path(go[0]).touch()
+    assert wait_until(lambda: os.path.exists(order) and len(Path(order).read_text().split()) == 5, 30), \
+        f"ran: {Path(order).read_text().split() if os.path.exists(order) else []}"
+    assert Path(order).read_text().split() == ["1", "2", "3", "4", "5"]
+    Path(go[1]).touch()
+    assert [f.result(30) for f in futures] == [5, 1, 3, 2, 4]
+    for f in blocked:
+        f.result(30)
+
+
+def test_a_query_the_interchange_cannot_decode_is_answered_with_an_error(make_executor: Any) -> None:
+    from concurrent.futures import Future
+
+    from htex_ref.errors import InterchangeError
+    from htex_ref.protocol import Kind, dump_json, pack_request_id
+
+    ex = make_executor(max_workers_per_node=1)
+    reply: Future[Any] = Future()
+    ex._link._replies[10**9] = reply
+    ex._link.send([Kind.CMD, pack_request_id(10**9), dump_json({"op": "reboot", "args": []})])
+    with pytest.raises(InterchangeError, match="unknown query 'reboot'"):
+        reply.result(10)
+    assert ex.interchange_stats()["bad_frames"] == 1
+    assert ex.submit(nap, 0).result(30) == 0
