@@ -28,8 +28,6 @@ everything finishing at the same instant goes to each pool's core as one call.
 
 from __future__ import annotations
 
-import functools
-import heapq
 import json
 import logging
 import math
@@ -58,61 +56,38 @@ from htex_ref.core.blocks import (
     Tick,
     drive,
 )
-from htex_ref.core.blocks import (
-    Event as ControlEvent,
-)
+from htex_ref.core.blocks import Event as ControlEvent
 from htex_ref.core.interchange import (
     BlockCancelled,
     ForwardResults,
     InterchangeState,
-    ManagerGoodbye,
-    ManagerRegistered,
     QueuedTask,
     ReplyHeartbeat,
-    ResultsReceived,
     SendTasks,
     StopManager,
     TaskSubmitted,
 )
-from htex_ref.core.interchange import (
-    HoldBlock as HoldBlockEvent,
-)
-from htex_ref.core.manager import (
-    Exit,
-    InterchangeContact,
-    ManagerState,
-    PoolTask,
-    RunTask,
-    SendHeartbeat,
-    SendResults,
-    StartWorker,
-    StopRequested,
-    TasksArrived,
-    WorkerExited,
-    WorkerReady,
-    WorkerResult,
-)
+from htex_ref.core.interchange import HoldBlock as HoldBlockEvent
+from htex_ref.core.manager import StopRequested
 from htex_ref.core.notes import Note
-from htex_ref.core.planning import drain_delay, plan_workers
+from htex_ref.core.planning import plan_workers
 from htex_ref.core.selectors import BlockIdManagerSelector, ManagerSelector, RandomManagerSelector
-from htex_ref.protocol import Outcome, Registration, ResultTuple
-from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
-from simcluster.pools import SimPool
+from htex_ref.protocol import Outcome, ResultTuple
+from simcluster.pools import PoolsMixin, SimPool
 from simcluster.provider import SimProvider
 from simcluster.scenario import ExecutorConfig, Partition
 from simcluster.scheduler import Job, Scheduler
+from simcluster.states import DEP_FAILED, DONE, FAILED, LOST, QUEUED, RUNNING, STATE_NAMES, UNFINISHED, UNSUBMITTED
 from simcluster.wakes import Wakes
 from simcluster.workload import TaskPlan
 
 logger = logging.getLogger(__name__)
 
-# Task states (one byte per task).
-UNSUBMITTED, QUEUED, RUNNING, DONE, LOST, DEP_FAILED, FAILED, UNFINISHED = range(8)
-STATE_NAMES = ("unsubmitted", "queued", "running", "done", "lost", "dep_failed", "failed", "unfinished")
+__all__ = ["DEP_FAILED", "DONE", "FAILED", "LOST", "QUEUED", "RUNNING", "STATE_NAMES", "UNFINISHED", "UNSUBMITTED",
+           "BlockRecord", "Pilot", "Sample"]
+
 _OK = Outcome.OK
 _NAN = math.nan
-#: The exit code of a worker killed by a task drawn to crash (as a task calling ``os._exit(9)`` would).
-CRASH_EXIT_CODE = 9
 
 
 @dataclass
@@ -139,7 +114,7 @@ class Sample:
     tasks_done: int
 
 
-class Pilot:
+class Pilot(PoolsMixin):
     """One executor configuration running one workload on the simulated cluster."""
 
     def __init__(self, env: simpy.Environment, cfg: ExecutorConfig, partition: Partition, scheduler: Scheduler,
@@ -281,144 +256,6 @@ class Pilot:
 
     # ---------------------------------------------------------------------------------------- pools
 
-    def _tasks_arrive(self, mid: bytes, tasks: list[QueuedTask], now: float) -> None:
-        m = self.by_mid[mid]
-        if not m.alive:
-            return  # lost in flight: the interchange fails them when it learns the pool is gone
-        self._pool([TasksArrived([PoolTask(qt.task_id, (), qt.priority) for qt in tasks])], m, now)
-
-    def _pool(self, events: list[Any], m: SimPool, now: float) -> None:
-        """Hand ``events`` to a pool's core and carry out what it says."""
-        self._carry_out(m.state.handle(*events, now=now), m, now)
-
-    def _carry_out(self, out: list[Any], m: SimPool, now: float) -> None:
-        """Carry out a pool core's instructions. Workers are given their tasks before any message leaves,
-        so that whatever the interchange sends back meets a consistent pool."""
-        sends: list[Any] | None = None
-        while out:
-            ready: list[Any] | None = None
-            for ins in out:
-                kind = type(ins)
-                if kind is RunTask:
-                    self._hand(m, ins.rank, ins.task.task_id - 1, now)
-                elif kind is StartWorker:
-                    # A replacement worker is ready at once.
-                    ready = [WorkerReady(ins.rank)] if ready is None else [*ready, WorkerReady(ins.rank)]
-                elif kind is not Note:
-                    sends = [ins] if sends is None else [*sends, ins]
-            out = m.state.handle(*ready, now=now) if ready else []
-        if sends is not None:
-            for ins in sends:
-                kind = type(ins)
-                if kind is SendResults:
-                    self.to_interchange([ResultsReceived(m.mid, ins.results)], now)
-                elif kind is SendHeartbeat:
-                    self._heartbeats_due.append(m.heartbeat)
-                elif kind is Exit and m.alive:
-                    self._pool_exits(m, ins, now)
-        state = m.state
-        if state.results_since is not None and m.alive:
-            due = state.results_due()
-            if due is not None and due < m.wake_at:
-                m.wake_at = due
-                self.wakes.call_later(due - now, functools.partial(self._pool_timer, m))
-
-    def _pool_timer(self, m: SimPool, now: float) -> None:
-        if now != m.wake_at or not m.alive or self.shut_down:
-            return
-        m.wake_at = math.inf
-        self._pool([], m, now)
-
-    def _hand(self, m: SimPool, rank: int, ti: int, now: float) -> None:
-        """The pool gave task ``ti`` to worker ``rank``: it starts now, or after the worker's current task."""
-        self.t_mgr[ti] = m.index
-        self.t_worker[ti] = rank
-        if m.current[rank] < 0:
-            m.current[rank] = ti
-            self._run(ti, now)
-        else:
-            m.next[rank] = ti
-
-    def _run(self, ti: int, now: float) -> None:
-        """Task ``ti`` (its pool and worker already in t_mgr, t_worker) starts at ``now``."""
-        self.t_start[ti] = now
-        self.state[ti] = RUNNING
-        self.running += 1
-        end = now + self.plan.duration[ti]
-        ends = self._ends
-        other = ends.get(end)
-        if other is None:
-            ends[end] = ti
-            heapq.heappush(self._heap, end)
-        elif type(other) is int:
-            ends[end] = [other, ti] if other < ti else [ti, other]
-        else:
-            assert isinstance(other, list)
-            heapq.heappush(other, ti)
-
-    def _arm(self, now: float) -> None:
-        """Make sure a wake-up is due at the earliest completion (one wake-up for the whole heap)."""
-        heap = self._heap
-        if heap and heap[0] < self._wake_at:
-            self._wake_at = heap[0]
-            self.wakes.call_later(self._wake_at - now, self._complete)
-
-    def _complete(self, now: float) -> None:
-        """Every task ending now: its worker reports it (or dies, for a task drawn to crash) and starts the
-        task it was handed in advance, if any; each pool's core hears of all its workers in one call."""
-        if now != self._wake_at:
-            return  # superseded by an earlier wake
-        self._wake_at = math.inf
-        heap, ends, managers = self._heap, self._ends, self.managers
-        duration, crash = self.plan.duration, self.plan.crash
-        t_end, t_mgr, t_worker = self.t_end, self.t_mgr, self.t_worker
-        heappop = heapq.heappop
-        events: dict[int, list[Any]] = {}
-        busy = self.busy_seconds
-        ended = 0
-        while heap and heap[0] <= now:
-            end = heap[0]
-            entry = ends[end]
-            if type(entry) is int:
-                ti = entry
-                heappop(heap)
-                del ends[end]
-            else:
-                assert isinstance(entry, list)
-                ti = heappop(entry)
-                if not entry:
-                    heappop(heap)
-                    del ends[end]
-            m = managers[t_mgr[ti]]
-            if not m.alive:
-                continue
-            rank = t_worker[ti]
-            run = duration[ti]
-            busy += run
-            ended += 1
-            batch = events.get(m.index)
-            if batch is None:
-                batch = events[m.index] = []
-            t_end[ti] = end
-            if crash[ti]:
-                # The worker dies with it; the pool's core reports the task lost, puts back the task handed
-                # to that worker in advance and starts another worker.
-                batch.append(WorkerExited(rank, CRASH_EXIT_CODE))
-                m.current[rank] = m.next[rank] = -1
-                continue
-            batch.append(WorkerResult(rank, ti + 1, _OK, b"", run))
-            nxt = m.next[rank]
-            m.current[rank] = nxt
-            if nxt >= 0:
-                m.next[rank] = -1
-                self._run(nxt, end)
-                ended -= 1  # it keeps the worker busy: running changes by -1 + 1
-        self.busy_seconds = busy
-        self.running -= ended
-        for mi, batch in events.items():
-            self._pool(batch, managers[mi], now)
-        self._arm(now)
-
     def _results(self, results: list[ResultTuple], now: float) -> None:
         state = self.state
         for tid, outcome, payload, _ in results:
@@ -512,32 +349,6 @@ class Pilot:
             self._submit(order[i:j], now)
         if j < n:
             self.wakes.call_later(t0 + release[order[j]] - now, self._release_due)
-
-    def _heartbeats(self) -> Any:
-        """Every ``heartbeat_period``: each live pool's core runs its timers (it is handed the interchange's
-        answer to its last heartbeat first) and the heartbeats it sends go to the interchange in one batch."""
-        env = self.env
-        period = self.cfg.heartbeat_period
-        contact = InterchangeContact()
-        while not self.shut_down:
-            yield env.timeout(period)
-            if self.shut_down:
-                return
-            now = env.now
-            due = self._heartbeats_due
-            for m in list(self.live.values()):
-                if m.contact:
-                    m.contact = False
-                    out = m.state.handle(contact, now=now)
-                else:
-                    out = m.state.handle(now=now)
-                if len(out) == 1 and type(out[0]) is SendHeartbeat:
-                    due.append(m.heartbeat)  # what nearly every tick gives, carried out in place
-                elif out:
-                    self._carry_out(out, m, now)
-            if self._heartbeats_due:
-                due, self._heartbeats_due = self._heartbeats_due, []
-                self.to_interchange(due, now)
 
     def _control_loop(self) -> Any:
         env = self.env
@@ -636,42 +447,6 @@ class Pilot:
 
         self.env.timeout(self.cfg.job_start_latency).callbacks.append(register)
 
-    def _register(self, job: Job) -> None:
-        if job.ended or self.shut_down:
-            return
-        block_id = self.job_block[job.job_id]
-        rec = self.blocks[block_id]
-        now = self.env.now
-        cfg = self.cfg
-        events = []
-        pools = []
-        # The pool's own rule (htex_ref.core.planning), on the simulated clock; the job script records
-        # its start, as htex_ref's scripts do.
-        drain_in = drain_delay(now=now, pool_started=now, drain_period=cfg.drain_period, walltime=cfg.walltime,
-                               drain_before_walltime=cfg.drain_before_walltime, job_started=job.start)
-        workers = self.workers_per_node
-        for node in job.alloc:
-            index = len(self.managers)
-            uid = f"{self.label}-b{block_id}-n{node}"
-            hostname = f"{job.partition}-{node}"
-            m = SimPool(index, uid.encode(), block_id, node, workers,
-                        ManagerState(workers, cfg.heartbeat_period, cfg.heartbeat_threshold, now, hostname))
-            self.managers.append(m)
-            self.by_mid[m.mid] = m
-            self.live[index] = m
-            rec.managers.append(index)
-            self.workers += workers
-            pools.append(m)
-            events.append(ManagerRegistered(m.mid, Registration(
-                protocol_version=PROTOCOL_VERSION, htex_ref_version=__version__, python_version=PYTHON_VERSION,
-                uid=uid, block_id=block_id, worker_count=workers, prefetch_capacity=self.prefetch,
-                hostname=hostname, pid=0, cpu_count=self.provider.cores_per_node or 1,
-                total_memory=int((self.provider.mem_per_node or 0) * 2**30), os="Linux", drain_in=drain_in)))
-        for m in pools:
-            # Its workers started while it registered (as htex-worker-pool starts them), ready at once here.
-            self._pool([WorkerReady(rank) for rank in range(workers)], m, now)
-        self.to_interchange(events, now)
-
     def _job_ended(self, job: Job) -> None:
         block_id = self.job_block.get(job.job_id)
         if block_id is None:
@@ -689,23 +464,6 @@ class Pilot:
             m = self.managers[mi]
             if m.alive:
                 self._pool_dies(m, now)
-
-    def _pool_dies(self, m: SimPool, now: float) -> None:
-        """The node's pool is gone (its job ended, or it exited): its tasks stop; the interchange learns it
-        from a goodbye, or later."""
-        m.alive = False
-        m.died_at = now
-        self.live.pop(m.index, None)
-        self.workers -= m.workers
-
-    def _pool_exits(self, m: SimPool, ins: Exit, now: float) -> None:
-        """The pool's core decided to exit (told to stop, or drained): it says goodbye, and the block's job
-        ends once all its pools did."""
-        self._pool_dies(m, now)
-        self.to_interchange([ManagerGoodbye(m.mid, ins.reason)], now)
-        rec = self.blocks[m.block]
-        if all(not self.managers[i].alive for i in rec.managers):
-            self.scheduler.complete(rec.job_id)
 
     # -------------------------------------------------------------------------------------- failure
 
