@@ -687,7 +687,12 @@ class InterchangeState:
         avg = rec.avg_task_time
         if avg is None or avg > self.auto_prefetch_max_task_time:
             return 0
-        per_worker = AUTO_PREFETCH_MAX_PER_WORKER if avg <= 0 else int(AUTO_PREFETCH_BUFFER_S / avg)
+        # Compared before dividing: a tiny average (a run time of 5e-324 s is a valid header) would make
+        # the quotient infinite.
+        if avg <= AUTO_PREFETCH_BUFFER_S / AUTO_PREFETCH_MAX_PER_WORKER:
+            per_worker = AUTO_PREFETCH_MAX_PER_WORKER
+        else:
+            per_worker = int(AUTO_PREFETCH_BUFFER_S / avg)
         per_worker = max(1, min(AUTO_PREFETCH_MAX_PER_WORKER, per_worker))
         allowance = rec.worker_count * per_worker
         room = rec.capacity + allowance - len(rec.tasks)

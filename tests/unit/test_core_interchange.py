@@ -481,6 +481,16 @@ def test_hold_block_holds_every_manager_registered_in_the_block_and_no_other():
     assert s.block_loads(3.0)["2"].active == 0
 
 
+@pytest.mark.parametrize("run_time", [0.0, 5e-324, 1e-300, 1e-9])
+def test_automatic_prefetch_survives_any_tiny_run_time(run_time):
+    # Found by the stateful test: a denormal run time made the prefetch allowance infinite (OverflowError),
+    # which would have ended the interchange process on one result header.
+    s = new_state(auto_prefetch=True)
+    s.handle(registered(b"a", workers=1), task(1), now=0.0)
+    out = s.handle(ResultsReceived(b"a", [ok(1, run_time)]), *[task(i) for i in range(2, 200)], now=1.0)
+    assert len(sent(out, b"a")) == 1 + 64  # its free slot, and the most automatic prefetch gives one worker
+
+
 def test_hold_unknown_manager_is_harmless():
     s = new_state()
     assert s.handle(HoldManager(b"nobody"), now=0.0) == []
