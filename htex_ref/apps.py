@@ -477,16 +477,9 @@ class _App:
                 kwargs: dict[str, Any]) -> Future[Any]:
         executor: HighThroughputExecutor = call.session.choose_executor(self.executors, self.__name__)
         call.future.executor_label = executor.label
-        # By keyword: a positional specification would be taken for an argument unless its keys are known.
-        if "resource_specification" in kwargs:
-            # The executor reads that keyword itself, so the function's own keyword of that name travels
-            # inside the arguments.
-            return executor.submit(_call_with, target, args, kwargs, resource_specification=call.spec)
-        return executor.submit(target, *args, resource_specification=call.spec, **kwargs)
-
-
-def _call_with(target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return target(*args, **kwargs)
+        # Parsl's form: the specification has a place of its own, so every keyword (even one named
+        # resource_specification) reaches the function.
+        return executor.parsl_submit(target, call.spec, *args, **kwargs)
 
 
 class PythonApp(_App):

@@ -42,9 +42,9 @@ from htex_ref.protocol import Kind, Query, pack_task_header
 from htex_ref.providers.base import ExecutionProvider, JobStatus
 from htex_ref.serialize import dumps_arguments, dumps_function
 from htex_ref.settings import ExecutorSettings, is_int
-from htex_ref.tasks import KNOWN_SPEC_KEYS, SUPPORTED_SPEC_KEYS, HtexFuture, TaskTable, priority_of
+from htex_ref.tasks import SUPPORTED_SPEC_KEYS, HtexFuture, TaskTable, priority_of
 
-__all__ = ["KNOWN_SPEC_KEYS", "SUPPORTED_SPEC_KEYS", "HighThroughputExecutor", "HtexFuture"]
+__all__ = ["SUPPORTED_SPEC_KEYS", "HighThroughputExecutor", "HtexFuture"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     ``htex_ref.settings.ExecutorSettings`` and readable as an attribute (``executor.max_workers_per_node``).
     Bad values raise ``ValueError`` or ``TypeError`` here, naming the parameter and what it accepts.
 
-    ``submit`` takes either Parsl's form ``submit(func, resource_specification, *args, **kwargs)`` or
-    ``concurrent.futures``' form ``submit(func, *args, **kwargs)``: the second positional argument is a
-    resource specification when it is ``None`` or a dict whose keys are all resource-specification keys
-    (``{}`` included). Pass ``resource_specification=...`` by keyword to be explicit.
+    ``submit(fn, *args, **kwargs)`` is ``concurrent.futures``' ``submit``, exactly: every argument goes to
+    ``fn``, and a resource specification goes by keyword (``resource_specification={"priority": 1}``).
+    Parsl's positional form, ``submit(func, resource_specification, *args, **kwargs)``, is
+    ``parsl_submit`` (the Parsl adapter calls it).
     """
 
     def __init__(
@@ -297,14 +297,16 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     # ---------------------------------------------------------------------------------- tasks
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> HtexFuture:
-        """``submit(func, resource_specification, *args, **kwargs)`` or ``submit(func, *args, **kwargs)``."""
-        if "resource_specification" in kwargs:
-            spec = kwargs.pop("resource_specification")
-        elif args and (args[0] is None or (type(args[0]) is dict and set(args[0]) <= KNOWN_SPEC_KEYS)):
-            spec, args = args[0], args[1:]
-        else:
-            spec = None
+        """Run ``fn(*args, **kwargs)`` on a worker, as ``concurrent.futures.Executor.submit`` does. A resource
+        specification goes by keyword only: ``submit(fn, x, resource_specification={"priority": 1})``
+        (Parsl's positional form is ``parsl_submit``)."""
+        spec = kwargs.pop("resource_specification", None)
         return self._submit(fn, spec, args, kwargs)
+
+    def parsl_submit(self, fn: Callable[..., Any], resource_specification: dict[str, Any] | None, /,
+                     *args: Any, **kwargs: Any) -> HtexFuture:
+        """Parsl's executor form: ``parsl_submit(func, resource_specification, *args, **kwargs)``."""
+        return self._submit(fn, resource_specification, args, kwargs)
 
     def validate_resource_spec(self, spec: Any) -> float:
         """Check a resource specification; return the task's priority (inf when none)."""

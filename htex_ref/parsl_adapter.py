@@ -27,7 +27,6 @@ from typing import Any
 
 from parsl.executors.base import ParslExecutor
 
-from htex_ref.apps import _call_with
 from htex_ref.executor import HighThroughputExecutor
 
 
@@ -53,10 +52,7 @@ class HtexRefExecutor(ParslExecutor):
 
     def submit(self, func: Callable[..., Any], resource_specification: dict[str, Any] | None, *args: Any,
                **kwargs: Any) -> Future[Any]:
-        spec = resource_specification or None
-        if "resource_specification" in kwargs:
-            return self.executor.submit(_call_with, func, args, kwargs, resource_specification=spec)
-        return self.executor.submit(func, *args, resource_specification=spec, **kwargs)
+        return self.executor.parsl_submit(func, resource_specification or None, *args, **kwargs)
 
     def shutdown(self) -> None:
         if self._started:

@@ -28,12 +28,6 @@ from htex_ref.settings import is_number
 
 #: Resource-specification keys this executor supports.
 SUPPORTED_SPEC_KEYS = frozenset({"priority"})
-#: Keys Parsl's executors know. A dict made only of these, in the resource-specification position of
-#: ``submit``, is taken as a resource specification (and unsupported ones are refused loudly).
-KNOWN_SPEC_KEYS = frozenset(
-    {"priority", "num_nodes", "ranks_per_node", "num_ranks", "launcher_options", "cores", "memory", "disk",
-     "gpus", "running_time_min"}
-)
 
 
 class HtexFuture(Future[Any]):

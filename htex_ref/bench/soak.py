@@ -175,7 +175,7 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
                     report.manager_kills += 1
             elif now >= next_kill and done_echo < 0.9 * tasks:
                 marker = os.path.join(run_dir, f"victim-{report.worker_kills}")
-                vf = ex.submit(victim, {"priority": -1}, marker)
+                vf = ex.submit(victim, marker, resource_specification={"priority": -1})
                 vf.add_done_callback(lambda f: resolved_at.setdefault(f, time.monotonic()))
                 t0 = time.monotonic()
                 while not os.path.exists(marker) and not vf.done() and time.monotonic() - t0 < 60:

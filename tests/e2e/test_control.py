@@ -116,7 +116,7 @@ def test_priorities_hold_under_default_settings(make_executor: Any, tmp_path: Pa
     assert wait_until(lambda: all((tmp_path / f"started{i}").exists() for i in range(2)), 30)
     order = str(tmp_path / "order")
     dispatched = ex.interchange_stats()["dispatched"]
-    futures = [ex.submit(record, {"priority": p}, p, order) for p in (5, 1, 3, 2, 4)]
+    futures = [ex.submit(record, p, order, resource_specification={"priority": p}) for p in (5, 1, 3, 2, 4)]
     # The interchange hands all five to the (busy) manager ahead of time.
     assert wait_until(lambda: ex.interchange_stats()["dispatched"] == dispatched + 5, 30)
     time.sleep(0.5)  # a wide margin for the one local TCP hop from the interchange to the manager

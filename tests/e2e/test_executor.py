@@ -51,15 +51,29 @@ class Unpicklable:
         raise TypeError("cannot pickle this")
 
 
+def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
 def test_results_both_submit_forms_map_and_closures(make_executor: Any) -> None:
     ex = make_executor(max_workers_per_node=2)
     assert ex.submit(square, 7).result(30) == 49
-    assert ex.submit(square, {}, 8).result(30) == 64  # Parsl's form
-    assert ex.submit(square, None, 9).result(30) == 81
+    assert ex.parsl_submit(square, {}, 8).result(30) == 64  # Parsl's form
+    assert ex.parsl_submit(square, None, 9).result(30) == 81
+    assert ex.parsl_submit(square, {"priority": 1}, 10).result(30) == 100
     assert ex.submit(square, 3, resource_specification={"priority": 1}).result(30) == 9
     offset = 100
     assert ex.submit(lambda y: y + offset, 1).result(30) == 101
     assert ex.submit(len, {"a": 1, "b": 2}).result(30) == 2  # a dict that is not a resource spec
+
+
+@pytest.mark.parametrize("argument", [None, {}, {"priority": 1}, {"num_nodes": 2}])
+def test_submit_passes_every_positional_argument_to_the_function(make_executor: Any, argument: Any) -> None:
+    # concurrent.futures' meaning, exactly: None, {} and dicts that look like resource specifications are
+    # arguments like any other, never taken for a setting.
+    ex = make_executor(max_workers_per_node=1)
+    assert ex.submit(echo, argument, 2, k=3).result(30) == ((argument, 2), {"k": 3})
+    assert ex.submit(echo, argument).result(30) == ((argument,), {})
     assert list(ex.map(square, range(20))) == [i * i for i in range(20)]
     assert ex.outstanding == 0
 
@@ -87,9 +101,9 @@ def test_serialization_error_at_submit(make_executor: Any) -> None:
 def test_invalid_resource_specification(make_executor: Any) -> None:
     ex = make_executor(max_workers_per_node=1)
     with pytest.raises(InvalidResourceSpecification, match="num_nodes"):
-        ex.submit(square, {"num_nodes": 2}, 3)
+        ex.submit(square, 3, resource_specification={"num_nodes": 2})
     with pytest.raises(InvalidResourceSpecification, match="priority"):
-        ex.submit(square, {"priority": "high"}, 3)
+        ex.parsl_submit(square, {"priority": "high"}, 3)
     assert ex.outstanding == 0
 
 
@@ -97,7 +111,7 @@ def test_priorities_lowest_first_fifo_within(make_executor: Any) -> None:
     ex = make_executor(max_workers_per_node=1, provider=LocalProvider(init_blocks=0), prefetch_capacity=0)
     plan = [("p5-a", 5), ("none-a", None), ("p1-a", 1), ("p5-b", 5), ("p1-b", 1), ("none-b", None), ("p-3", -3)]
     futures = [
-        ex.submit(stamp, None if prio is None else {"priority": prio}, label) for label, prio in plan
+        ex.parsl_submit(stamp, None if prio is None else {"priority": prio}, label) for label, prio in plan
     ]
     # Queued before any worker exists; the order they run in is the queue's order.
     assert ex.interchange_stats()["pending"] == len(plan)

@@ -527,7 +527,7 @@ def test_a_hanging_squeue_never_hangs_the_executor(tmp_path: Path, fake: FakeSlu
                                 heartbeat_period=1, heartbeat_threshold=5)
     ex.start()
     try:
-        fut = ex.submit(int, None, "5")
+        fut = ex.submit(int, "5")
         deadline = time.monotonic() + 20
         while len(fake.calls("squeue")) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
