@@ -42,6 +42,7 @@ _LAZY = {
     "InterchangeError": "htex_ref.errors",
     "InvalidResourceSpecification": "htex_ref.errors",
     "ManagerLost": "htex_ref.errors",
+    "NoBlocks": "htex_ref.errors",
     "RemoteError": "htex_ref.errors",
     "SerializationError": "htex_ref.errors",
     "VersionMismatch": "htex_ref.errors",

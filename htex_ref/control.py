@@ -6,7 +6,8 @@ interchange's view of the blocks) and hands over a ``Tick``; user calls (``scale
 ``hold_block``, ``status``, ``shutdown``) are requests queued to it and answered through futures. Each
 instruction the core returns is carried out here: ``Launch`` and ``Cancel`` through the provider,
 ``HoldBlock`` and ``BlockEnded`` as one-way notices to the interchange, ``FailAll`` by failing the
-executor, ``Note`` into the log; what a launch or cancel gave goes back to the core.
+executor, ``FailOutstanding`` by failing the tasks that wait for a block nothing will start, ``Note``
+into the log; what a launch or cancel gave goes back to the core.
 
 Because one thread does all of it, a scaling pass that is inside ``provider.submit`` when ``shutdown()``
 is called finishes first, and the shutdown's cancel sees the new block. Once the thread has stopped, a
@@ -33,6 +34,7 @@ from htex_ref.core.blocks import (
     CancelDone,
     Event,
     FailAll,
+    FailOutstanding,
     HoldBlock,
     Launch,
     Launched,
@@ -46,6 +48,7 @@ from htex_ref.core.blocks import (
 from htex_ref.core.interchange import BlockLoad
 from htex_ref.core.jobs import JobStatus
 from htex_ref.core.notes import Note
+from htex_ref.errors import NoBlocks
 from htex_ref.link import InterchangeLink
 from htex_ref.protocol import Notice, Query
 from htex_ref.providers.base import ExecutionProvider
@@ -180,7 +183,8 @@ class ControlThread:
                 logger.warning("Could not ask the interchange about its blocks: %s", e)
         return Observed(jobs, registered, loads, len(self.table), self.table.failure is not None)
 
-    def _execute(self, ins: Launch | Cancel | HoldBlock | BlockEnded | FailAll | Note) -> Iterable[Event]:
+    def _execute(self, ins: Launch | Cancel | HoldBlock | BlockEnded | FailAll | FailOutstanding | Note
+                 ) -> Iterable[Event]:
         if isinstance(ins, Launch):
             try:
                 job_id = self.provider.submit(self.launch_command(ins.block_id), 1,
@@ -207,6 +211,9 @@ class ControlThread:
                 logger.warning("Could not tell the interchange about block %s: %s", ins.block_id, e)
         elif isinstance(ins, FailAll):
             self.fail_all(failure_exception(ins.failure))
+        elif isinstance(ins, FailOutstanding):
+            logger.error("%s", ins.reason)
+            self.table.fail_outstanding(NoBlocks(ins.reason))
         else:
             logger.log(ins.level, "%s", ins.text)
         return ()

@@ -134,6 +134,12 @@ class BadStateException(HtexError):
         return f"Executor {self.label} failed due to: {self.reason}"
 
 
+class NoBlocks(HtexError, RuntimeError):
+    """Tasks waited while no block of the executor was running or pending and nothing would start one
+    (strategy ``none`` after the last block ended or was scaled in, or ``max_blocks=0``). The executor
+    stays usable: start a block (``scale_out``) and submit again."""
+
+
 class ScalingFailed(HtexError):
     """A provider could not start a block."""
 

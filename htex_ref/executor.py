@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Any, cast
 
 from htex_ref.control import ControlThread
-from htex_ref.core.blocks import BlockControl, ControlSettings, HoldRequest, ScaleIn, ScaleOut, Shutdown, StatusQuery
+from htex_ref.core.blocks import (
+    EXTERNAL,
+    BlockControl,
+    ControlSettings,
+    HoldRequest,
+    ScaleIn,
+    ScaleOut,
+    Shutdown,
+    StatusQuery,
+)
 from htex_ref.core.planning import plan_workers
 from htex_ref.errors import BadStateException, InterchangeError
 from htex_ref.link import InterchangeLink
@@ -94,7 +103,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         block_error_handler: bool | str | Callable[..., Any] = True,
         encrypted: bool = True,
         run_dir: str | os.PathLike[str] | None = None,
-        strategy: str = "none",
+        strategy: str = "simple",
         strategy_period: float = 5.0,
         max_idletime: float = 120.0,
         interchange_start_timeout: float = 30.0,
@@ -129,6 +138,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self._lifecycle_lock = threading.RLock()
         self._started = False
         self._shutdown = False
+        #: Set by ``htex_ref.parsl_adapter`` before ``start``: Parsl's DataFlowKernel scales the blocks.
+        self._external_scaling = False
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that are not ordinary attributes: the parameters.
@@ -241,7 +252,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     def _control_settings(self) -> ControlSettings:
         s, p = self.settings, self.settings.provider
         return ControlSettings(
-            strategy=s.strategy, strategy_period=s.strategy_period, max_idletime=s.max_idletime,
+            strategy=EXTERNAL if self._external_scaling else s.strategy, strategy_period=s.strategy_period,
+            max_idletime=s.max_idletime, label=s.label,
             registration_timeout=s.block_registration_timeout,
             status_interval=max(0.2, float(p.status_polling_interval)), init_blocks=p.init_blocks,
             min_blocks=p.min_blocks, max_blocks=p.max_blocks, nodes_per_block=p.nodes_per_block,

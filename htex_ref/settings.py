@@ -136,7 +136,12 @@ class ExecutorSettings:
         Directory for logs, submit scripts and certificates; ``None`` makes
         ``./runinfo/{date}-{time}-{pid}-{n}``.
     strategy : str
-        Block scaling: ``none`` (keep ``init_blocks``), ``simple`` or ``htex_auto_scale``.
+        Block scaling: ``simple`` (the default, as in Parsl's Config: blocks start when tasks wait and
+        go after ``max_idletime`` without work, between ``min_blocks`` and ``max_blocks``),
+        ``htex_auto_scale`` (``simple``, and idle blocks also go while other blocks still work) or
+        ``none`` (only ``init_blocks``, and what you start with ``scale_out``). Whatever the strategy,
+        tasks that wait ``5`` seconds with no block running or pending and none coming fail with
+        ``NoBlocks``, rather than wait for ever.
     strategy_period : float
         Seconds between scaling decisions (and block-status refreshes).
     max_idletime : float
@@ -186,7 +191,7 @@ class ExecutorSettings:
     block_error_handler: bool | str | Callable[..., Any] = True
     encrypted: bool = True
     run_dir: str | os.PathLike[str] | None = None
-    strategy: str = "none"
+    strategy: str = "simple"
     strategy_period: float = 5.0
     max_idletime: float = 120.0
     interchange_start_timeout: float = 30.0

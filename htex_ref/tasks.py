@@ -163,6 +163,16 @@ class TaskTable:
         self.wake_submitters()
         return self.failure
 
+    def fail_outstanding(self, exception: BaseException) -> int:
+        """Fail every outstanding future with ``exception``; the table stays open. Returns how many."""
+        with self._lock:
+            pending = list(self.futures.values())
+            self.futures.clear()
+        for fut in pending:
+            _settle(fut, False, exception)
+        self.wake_submitters()
+        return len(pending)
+
     def close(self) -> None:
         """Refuse new tasks and fail the outstanding ones with ``ExecutorShutdown``."""
         with self._lock:

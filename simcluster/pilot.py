@@ -46,6 +46,7 @@ from htex_ref.core.blocks import (
     CancelDone,
     ControlSettings,
     FailAll,
+    FailOutstanding,
     HoldBlock,
     Launch,
     Launched,
@@ -150,7 +151,7 @@ class Pilot(PoolsMixin):
             status_interval=max(0.2, float(cfg.status_polling_interval)), init_blocks=cfg.init_blocks,
             min_blocks=cfg.min_blocks, max_blocks=cfg.max_blocks, nodes_per_block=cfg.nodes_per_block,
             parallelism=cfg.parallelism, workers_per_node=self.workers_per_node,
-            script_dir=self.provider.script_dir),
+            script_dir=self.provider.script_dir, label=cfg.label),
             error_rule(resolve_block_error_handler(cfg.block_error_handler), self, cfg.init_blocks))
         self.prefetch = cfg.prefetch_capacity or 0
         self.bad_state: BaseException | None = None
@@ -393,7 +394,8 @@ class Pilot(PoolsMixin):
         events.append(Tick() if event is None else event)
         return drive(self.control, events, now, self._execute)
 
-    def _execute(self, ins: Launch | Cancel | HoldBlock | BlockEnded | FailAll | Note) -> Iterable[ControlEvent]:
+    def _execute(self, ins: Launch | Cancel | HoldBlock | BlockEnded | FailAll | FailOutstanding | Note
+                 ) -> Iterable[ControlEvent]:
         now = self.env.now
         if isinstance(ins, Launch):
             try:
@@ -408,6 +410,8 @@ class Pilot(PoolsMixin):
             self.to_interchange([BlockCancelled(ins.block_id, ins.reason)], now)
         elif isinstance(ins, FailAll):
             self.set_bad_state_and_fail_all(failure_exception(ins.failure))
+        elif isinstance(ins, FailOutstanding):
+            self.fail_outstanding(ins.reason)
         elif logger.isEnabledFor(ins.level):
             logger.log(ins.level, "%s", ins.text)
         return ()
@@ -479,6 +483,19 @@ class Pilot(PoolsMixin):
                 self._fail(ti, FAILED, reason, now)
         self.outstanding = 0
         self._finish(now)
+
+    def fail_outstanding(self, reason: str) -> None:
+        """Block control's no-silent-wait rule: the tasks waiting for a block that nothing will start fail
+        (the executor goes on; tasks not yet submitted still are)."""
+        now = self.env.now
+        failed = 0
+        for ti in range(len(self.plan)):
+            if self.state[ti] in (QUEUED, RUNNING):
+                self._fail(ti, FAILED, f"NoBlocks: {reason}", now)
+                failed += 1
+        self.outstanding -= failed
+        if self.resolved >= self.n_tasks:
+            self._finish(now)
 
     def _fail(self, ti: int, state: int, reason: str, now: float) -> None:
         if self.state[ti] == RUNNING:

@@ -37,6 +37,11 @@ class ControlSettings:
     workers_per_node: int = 1
     #: Where the provider writes scripts and job output, named in messages about blocks that failed.
     script_dir: str | None = None
+    #: The executor's label, named in messages.
+    label: str = "executor"
+    #: Seconds tasks may wait with no block live or pending and none coming before they fail with
+    #: ``FailOutstanding`` (time for a user who calls ``scale_out`` after ``submit``).
+    no_block_grace: float = 5.0
 
     @property
     def wake_interval(self) -> float:
@@ -171,11 +176,19 @@ class FailAll:
 
 
 @dataclass(frozen=True)
+class FailOutstanding:
+    """Tasks are outstanding, no block is live or pending, and nothing will start one: fail those tasks
+    (the executor stays usable)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Answer:
     value: Any
 
 
-Instruction = Launch | Cancel | HoldBlock | BlockEnded | FailAll | Answer | Note
+Instruction = Launch | Cancel | HoldBlock | BlockEnded | FailAll | FailOutstanding | Answer | Note
 
 
 @dataclass(frozen=True)

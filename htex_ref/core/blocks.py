@@ -16,8 +16,9 @@ Events
     ``Launched`` / ``LaunchFailed`` / ``CancelDone`` (what a ``Launch`` or ``Cancel`` gave).
 Instructions
     ``Launch`` and ``Cancel`` (through the provider), ``HoldBlock`` and ``BlockEnded`` (one-way notices to
-    the interchange), ``FailAll`` (the executor enters bad state), ``Answer`` (the value of a request),
-    ``Note`` (a line for the log).
+    the interchange), ``FailAll`` (the executor enters bad state), ``FailOutstanding`` (tasks wait for a
+    block nothing will start: they fail, the executor stays usable), ``Answer`` (the value of a
+    request), ``Note`` (a line for the log).
 
 One pass, on ``Tick`` (after the ``Observed`` that ``needs(None, now)`` asked for):
 
@@ -30,6 +31,9 @@ One pass, on ``Tick`` (after the ``Observed`` that ``needs(None, now)`` asked fo
    threshold later);
 2. every ``strategy_period`` seconds, unless the strategy is ``none``: ``htex_ref.core.strategy.decide``
    over a snapshot, carried out as ``Launch`` and ``HoldBlock`` + ``Cancel``.
+
+3. no silent wait: when tasks are outstanding, no block is live or pending, and no strategy will start
+   one (strategy ``none``, or ``max_blocks=0``) for ``no_block_grace`` seconds, they fail.
 
 Nothing is reported, judged or scaled once the executor is in bad state or shutting down. After
 ``Shutdown`` (which cancels every live block) a block whose launch was still under way when the request
@@ -53,6 +57,7 @@ from htex_ref.core.block_messages import (
     ErrorRule,
     Event,
     FailAll,
+    FailOutstanding,
     HoldBlock,
     HoldRequest,
     Instruction,
@@ -77,9 +82,15 @@ from htex_ref.core.strategy import ScaleOut as ScaleOutDecision
 
 __all__ = [
     "Answer", "BlockControl", "BlockEnded", "Cancel", "CancelDone", "ControlSettings", "ErrorRule", "Event", "FailAll",
+    "FailOutstanding",
     "HoldBlock", "HoldRequest", "Instruction", "Launch", "LaunchFailed", "Launched", "Needs", "Observed", "ScaleIn",
     "ScaleOut", "Shutdown", "Start", "StatusQuery", "Tick", "drive", "strategy_views",
 ]
+
+#: The strategy of an executor whose blocks another scheduler starts and stops (Parsl's DataFlowKernel,
+#: through ``htex_ref.parsl_adapter``): block control launches nothing by itself, not even init_blocks, but
+#: still refreshes, times out, reports and cancels at shutdown.
+EXTERNAL = "external"
 
 #: States set here that a provider's later answer must not hide.
 _OWN_FINAL = (JobState.SCALED_IN, JobState.MISSING, JobState.CANCELLED)
@@ -168,6 +179,8 @@ class BlockControl:
         #: The executor is in bad state: judge, report and scale nothing more.
         self.failed = False
         self._pending: _Pending | None = None
+        #: Since when tasks have waited with no block live or pending and none coming (None: they have not).
+        self._no_block_since: float | None = None
         self._ids = itertools.count()
         self._out: list[Instruction] = []
 
@@ -198,7 +211,7 @@ class BlockControl:
 
     @property
     def strategy_active(self) -> bool:
-        return self.settings.strategy != "none"
+        return self.settings.strategy not in ("none", EXTERNAL)
 
     def live_blocks(self) -> list[str]:
         """Blocks not known to have ended, by the last observation and the states set here."""
@@ -241,7 +254,7 @@ class BlockControl:
 
     def _on_start(self, ev: Start, now: float) -> None:
         self.last_pass = now
-        if not self._scale(now, {}, first=True, answer=True):
+        if self.settings.strategy == EXTERNAL or not self._scale(now, {}, first=True, answer=True):
             self._out.append(Answer([]))
 
     def _on_scale_out(self, ev: ScaleOut, now: float) -> None:
@@ -306,6 +319,30 @@ class BlockControl:
                 statuses = self.last_status[1] if self.last_status is not None else {}
                 self._scale(now, statuses)
         self._loads_fresh = False
+        if not self.failed:
+            self._no_silent_wait(now)
+
+    def _no_silent_wait(self, now: float) -> None:
+        """Tasks never wait for a block that nothing will start: after ``no_block_grace`` seconds of tasks
+        outstanding with no block live or pending and no strategy that would launch one, they fail."""
+        s = self.settings
+        stuck = (self.outstanding > 0 and s.strategy != EXTERNAL and not self.launching
+                 and not self.live_blocks() and (not self.strategy_active or s.max_blocks == 0))
+        if not stuck:
+            self._no_block_since = None
+            return
+        if self._no_block_since is None:
+            self._no_block_since = now
+            return
+        if now - self._no_block_since < s.no_block_grace:
+            return
+        self._no_block_since = None
+        why = ("max_blocks=0 allows no block" if s.max_blocks == 0 else
+               f"strategy='{s.strategy}' starts none (init_blocks=0, or every block ended, drained or was scaled in)")
+        self._out.append(FailOutstanding(
+            f"{self.outstanding} task(s) of executor {s.label} waited {s.no_block_grace:g} s with no block running "
+            f"or pending, and {why}; start one with scale_out(), or use strategy='simple' (or 'htex_auto_scale') "
+            "to start blocks on demand, or raise init_blocks / min_blocks"))
 
     def _strategy_due(self, now: float) -> bool:
         return self.strategy_active and now - self.last_pass >= self.settings.strategy_period - 1e-3
@@ -463,7 +500,8 @@ class BlockControl:
 
 
 def drive(control: BlockControl, events: Iterable[Event], now: float,
-          execute: Callable[[Launch | Cancel | HoldBlock | BlockEnded | FailAll | Note], Iterable[Event]]) -> Any:
+          execute: Callable[[Launch | Cancel | HoldBlock | BlockEnded | FailAll | FailOutstanding | Note],
+                            Iterable[Event]]) -> Any:
     """Hand ``events`` to ``control`` at ``now``, carry out each instruction with ``execute`` (which returns
     the events it gave, such as ``Launched``) and hand those back, until none is left. Returns the value of
     the last ``Answer``, or None. Both runtimes (the executor's control thread and simcluster's pilot)

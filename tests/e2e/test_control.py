@@ -146,3 +146,55 @@ def test_a_query_the_interchange_cannot_decode_is_answered_with_an_error(make_ex
         reply.result(10)
     assert ex.interchange_stats()["bad_frames"] == 1
     assert ex.submit(nap, 0).result(30) == 0
+
+
+# ------------------------------------------------------------------------------------- no silent wait
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fails_with_no_blocks(fut: Any, t0: float) -> str:
+    from htex_ref.errors import NoBlocks
+
+    with pytest.raises(NoBlocks) as info:
+        fut.result(30)
+    assert time.monotonic() - t0 < 5 + 5  # the grace, and a status refresh or two
+    return str(info.value)
+
+
+def test_the_default_strategy_starts_a_block_for_waiting_tasks(make_executor: Any) -> None:
+    # Parsl's Config defaults to strategy 'simple'; so does the bare executor: init_blocks=0 is not a hang.
+    ex = make_executor(provider=LocalProvider(init_blocks=0, max_blocks=2), strategy_period=0.5)
+    assert ex.settings.strategy == "simple"
+    assert ex.submit(square, 4).result(60) == 16
+
+
+def test_strategy_none_and_no_block_fails_tasks_within_seconds(make_executor: Any) -> None:
+    ex = make_executor(strategy="none", provider=LocalProvider(init_blocks=0))
+    t0 = time.monotonic()
+    text = fails_with_no_blocks(ex.submit(square, 3), t0)
+    assert "no block running or pending" in text and "strategy='none'" in text and "scale_out()" in text
+    # The executor is not broken: start a block and go on.
+    assert not ex.bad_state_is_set
+    ex.scale_out(1)
+    assert ex.submit(square, 5).result(60) == 25
+
+
+def test_tasks_after_every_block_drained_fail_within_seconds(make_executor: Any) -> None:
+    ex = make_executor(strategy="none", drain_period=1, max_workers_per_node=1)
+    assert ex.submit(square, 2).result(60) == 4
+    assert wait_until(lambda: all(s.terminal for s in ex.status().values()), 30), "the block did not drain"
+    t0 = time.monotonic()
+    assert "every block ended, drained or was scaled in" in fails_with_no_blocks(ex.submit(square, 3), t0)
+
+
+def test_tasks_after_every_block_was_scaled_in_fail_within_seconds(make_executor: Any) -> None:
+    ex = make_executor(strategy="none", max_workers_per_node=1)
+    assert ex.submit(square, 2).result(60) == 4
+    assert ex.scale_in(1) == ["0"]
+    t0 = time.monotonic()
+    fails_with_no_blocks(ex.submit(square, 3), t0)
+    # shutdown() does not wait for ever on tasks nothing would run.
+    ex.shutdown()

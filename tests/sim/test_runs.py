@@ -146,9 +146,22 @@ def test_same_seed_same_results_other_seed_other_results(tmp_path: object) -> No
     assert any(not same(a[0][k], c[0][k]) for k in a[0])
 
 
-def test_a_configuration_that_never_gets_a_block_stops_at_max_time() -> None:
-    # strategy "none" with init_blocks 0: nothing ever runs; the run ends at max_time, tasks unfinished.
+def test_a_configuration_that_starts_no_block_fails_its_tasks_within_seconds() -> None:
+    # strategy "none" with init_blocks 0: nothing will ever run them, and block control says so (NoBlocks)
+    # after its grace, rather than leave them waiting until max_time.
     sc = scenario(max_time=3600, executor={"strategy": "none", "init_blocks": 0})
+    r, p = simulate(sc)
+    assert r.metrics["failed"] == 20 and r.metrics["unfinished"] == 0
+    assert "NoBlocks: 20 task(s) of executor x waited 5 s" in p.reasons[0] and "strategy='none'" in p.reasons[0]
+    assert 5 <= p.finished_at - p.t0 <= 5 + 2 * 10  # the grace, and up to two status refreshes
+    assert conservation_errors(p) == []
+
+
+def test_a_block_that_never_starts_leaves_tasks_unfinished_at_max_time() -> None:
+    # Another user's job holds every node for longer than the run: the block stays pending (it is coming,
+    # so its tasks wait), and the run ends at max_time with them unfinished.
+    sc = scenario(max_time=3600, executor={"strategy": "none", "init_blocks": 1},
+                  background={"jobs": [{"submit": -1, "nodes": 4, "runtime": 10**6, "walltime": 2 * 10**6}]})
     r, p = simulate(sc)
     assert r.metrics["unfinished"] == 20 and "time limit (3600 s" in p.reasons[0]
     assert conservation_errors(p) == []

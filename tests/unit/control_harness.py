@@ -16,6 +16,7 @@ from htex_ref.core.blocks import (
     ControlSettings,
     Event,
     FailAll,
+    FailOutstanding,
     HoldBlock,
     Launch,
     Launched,
@@ -86,6 +87,7 @@ class Harness:
     strategy_period: float = 5.0
     max_idletime: float = 120.0
     status_interval: float = 5.0
+    no_block_grace: float = 5.0
     #: What the interchange says: blocks that ever registered, and per-block loads now.
     registered: list[str] = field(default_factory=list)
     loads: dict[str, BlockLoad] = field(default_factory=dict)
@@ -101,7 +103,8 @@ class Harness:
             ControlSettings(strategy=self.strategy, strategy_period=self.strategy_period,
                             max_idletime=self.max_idletime, registration_timeout=self.registration_timeout,
                             status_interval=self.status_interval, init_blocks=p.init_blocks,
-                            min_blocks=p.min_blocks, max_blocks=p.max_blocks, script_dir=p.script_dir),
+                            min_blocks=p.min_blocks, max_blocks=p.max_blocks, script_dir=p.script_dir,
+                            label="hx", no_block_grace=self.no_block_grace),
             error_rule(resolve_block_error_handler(self.block_error_handler), self.target, p.init_blocks))
 
     def execute(self, ins: Any) -> Iterable[Event]:
@@ -118,7 +121,7 @@ class Harness:
             return [CancelDone(ins.block_ids, tuple(self.provider.cancel(list(ins.job_ids))), ins.scaled_in)]
         if isinstance(ins, FailAll):
             self.target.set_bad_state_and_fail_all(failure_exception(ins.failure))
-        assert isinstance(ins, HoldBlock | BlockEnded | FailAll)
+        assert isinstance(ins, HoldBlock | BlockEnded | FailAll | FailOutstanding)
         return ()
 
     def observed(self, now: float, event: Event | None = None) -> Observed | None:

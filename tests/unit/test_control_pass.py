@@ -17,6 +17,7 @@ from htex_ref.core.blocks import (
     BlockEnded,
     Cancel,
     FailAll,
+    FailOutstanding,
     HoldBlock,
     Launch,
     Launched,
@@ -24,6 +25,7 @@ from htex_ref.core.blocks import (
     ScaleOut,
     Shutdown,
     Start,
+    Tick,
 )
 from htex_ref.core.interchange import BlockLoad
 from htex_ref.core.jobs import JobState
@@ -54,6 +56,8 @@ def kinds(done: list[Any]) -> list[tuple[Any, ...]]:
             out.append(("ended", ins.block_id, ins.reason))
         elif isinstance(ins, FailAll):
             out.append(("fail all", ins.failure.headline))
+        elif isinstance(ins, FailOutstanding):
+            out.append(("fail outstanding",))
     return out
 
 
@@ -202,3 +206,48 @@ def test_registered_history_is_read_incrementally() -> None:
     h.registered = ["0", "1", "5"]
     h.run(None, 10.0)
     assert h.core.registered == {"0", "1", "5"}
+
+
+# ------------------------------------------------------------------------------------- no silent wait
+
+
+def waiting(strategy: str = "none", init: int = 0, max_blocks: int = 4, since: float = 5.0) -> Harness:
+    """Three tasks outstanding from ``since`` on, and (unless the strategy starts one) no block."""
+    h = started(init, strategy=strategy, max_blocks=max_blocks)
+    h.outstanding = 3
+    h.run(None, since)
+    return h
+
+
+def all_scaled_in() -> Harness:
+    h = registered_running(2)
+    assert h.run(ScaleIn(2), 6.0) == ["0", "1"]
+    h.outstanding = 3
+    h.run(None, 10.0)
+    return h
+
+
+@pytest.mark.parametrize(("setup", "now", "fails"), [
+    (lambda: waiting(), 9.9, False),  # within the grace (5 s): a user may still call scale_out
+    (lambda: waiting(), 10.0, True),  # strategy none, init_blocks=0: nothing will ever start a block
+    (lambda: waiting(strategy="simple"), 10.0, False),  # the strategy launched a block instead
+    (lambda: waiting(strategy="simple", max_blocks=0), 10.0, True),  # ... unless max_blocks forbids it
+    (lambda: waiting(init=1), 10.0, False),  # a pending block will run them
+    (all_scaled_in, 15.0, True),  # every block scaled in, strategy none
+])
+def test_tasks_never_wait_for_a_block_nothing_will_start(setup: Any, now: float, fails: bool) -> None:
+    h = setup()
+    assert (("fail outstanding",) in kinds(h.step(None, now))) is fails
+
+
+def test_the_grace_starts_again_after_tasks_are_failed_or_a_block_appears() -> None:
+    h = waiting()
+    assert kinds(h.step(None, 10.0)) == [("fail outstanding",)]
+    reason = next(i.reason for i in h.done if isinstance(i, FailOutstanding))
+    assert "3 task(s) of executor hx waited 5 s" in reason and "strategy='none'" in reason
+    assert "scale_out()" in reason and "strategy='simple'" in reason
+    assert kinds(h.step(None, 11.0)) == []  # new tasks get a grace of their own
+    assert h.run(ScaleOut(1), 12.0) == ["0"]
+    assert kinds(h.step(None, 30.0)) == []  # a block is pending: they wait for it
+    fail = [i for i in h.core.handle(Tick(), now=31.0) if isinstance(i, FailOutstanding)]
+    assert fail == []

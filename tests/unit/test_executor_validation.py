@@ -139,7 +139,8 @@ def slurm(walltime: str = "00:10:00") -> Any:
     ({"drain_before_walltime": 600}, r"drain_before_walltime \(600 s\) must be less than the provider's walltime"),
     ({"drain_before_walltime": 60, "launch_cmd": "htex-worker-pool --block-id={block_id}"},
      r"drain_before_walltime needs the \{walltime_drain\} placeholder in launch_cmd"),
-    ({"drain_before_walltime": 60}, r"drain_before_walltime needs a scaling strategy .* strategy='none'"),
+    ({"drain_before_walltime": 60, "strategy": "none"},
+     r"drain_before_walltime needs a scaling strategy .* strategy='none'"),
 ])
 def test_drain_before_walltime_checks_what_it_needs(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
