@@ -114,6 +114,9 @@ class AppSession(Protocol):
     @property
     def retries(self) -> int: ...
 
+    @property
+    def retry_handler(self) -> Callable[[BaseException, dict[str, Any]], float] | None: ...
+
     def new_future(self, app_name: str) -> AppFuture: ...
 
     def choose_executor(self, labels: tuple[str, ...] | None, app_name: str) -> HighThroughputExecutor: ...
@@ -298,7 +301,8 @@ def _substitute(obj: Any, depth: int = 0) -> Any:
 class _Call:
     """One app call: waits for its dependencies, then runs (and re-runs, on failure) until resolved."""
 
-    __slots__ = ("app", "args", "extra", "future", "kwargs", "lock", "remaining", "session", "spec", "tries_left")
+    __slots__ = ("app", "args", "budget", "extra", "fail_cost", "fail_count", "future", "kwargs", "lock", "remaining",
+                 "session", "spec")
 
     def __init__(self, app: _App, session: AppSession, future: AppFuture, args: tuple[Any, ...],
                  kwargs: dict[str, Any], spec: dict[str, Any] | None, extra: Any) -> None:
@@ -309,7 +313,11 @@ class _Call:
         self.args = args
         self.kwargs = kwargs
         self.spec = spec
-        self.tries_left = app.retries if app.retries is not None else session.retries
+        #: Failures cost 1 each (or what the configuration's ``retry_handler`` says); a call is retried while
+        #: the cost so far is within ``budget``, as in Parsl.
+        self.budget: float = app.retries if app.retries is not None else session.retries
+        self.fail_cost = 0.0
+        self.fail_count = 0
         self.lock = threading.Lock()
         self.remaining = 0
 
@@ -390,14 +398,37 @@ class _Call:
             return
         if self.session.closed and isinstance(exc, CancelledError):
             exc = self.session.closed_error(self.future.name)  # a join body dropped from the join threads
-        if self.tries_left > 0 and not self.session.closed and not isinstance(exc, JoinError | DependencyError):
-            self.tries_left -= 1
-            logger.info("%s failed on attempt %d (%s); retrying", self.future.name, self.future.attempts,
-                        _reason(exc))
-            self._attempt()
-            return
+        if not self.session.closed and not isinstance(exc, JoinError | DependencyError):
+            exc = self._charge(exc)
+            if self.fail_cost <= self.budget:
+                logger.info("%s failed on attempt %d (%s); retrying", self.future.name, self.future.attempts,
+                            _reason(exc))
+                self._attempt()
+                return
         self._drop()
         _settle(self.future, exc=exc)
+
+    def _charge(self, exc: BaseException) -> BaseException:
+        """Add this failure's cost; returns the exception to report (the retry handler's, if it raised)."""
+        self.fail_count += 1
+        handler = self.session.retry_handler
+        if handler is None:
+            self.fail_cost += 1
+            return exc
+        try:
+            self.fail_cost += float(handler(exc, self.record()))
+        except Exception as e:
+            logger.exception("retry_handler raised an exception for %s: no more retries", self.future.name)
+            self.fail_cost = self.budget + 1
+            return e
+        return exc
+
+    def record(self) -> dict[str, Any]:
+        """What a ``retry_handler`` is given about the call (the keys of Parsl's task record it reads)."""
+        fut = self.future
+        return {"id": fut.task_id, "func_name": self.app.__name__, "fail_count": self.fail_count,
+                "fail_cost": self.fail_cost, "try_id": fut.attempts - 1, "args": self.args, "kwargs": self.kwargs,
+                "executor": fut.executor_label, "resource_specification": self.spec or {}}
 
 
 # --------------------------------------------------------------------------------------- apps

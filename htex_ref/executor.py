@@ -229,6 +229,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
     def _make_run_dir(self) -> None:
         if self.settings.run_dir is not None:
             run_dir = Path(self.settings.run_dir)
+        elif self.run_dir:
+            run_dir = Path(self.run_dir)  # given before start(), as Parsl's DataFlowKernel and load() do
         else:
             run_dir = Path("runinfo") / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_run_counter)}"
         self.run_dir = str(run_dir.absolute())

@@ -8,6 +8,7 @@ in tests/e2e/test_apps.py.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import random
 import threading
@@ -39,6 +40,7 @@ from htex_ref.apps import (
 from htex_ref.config import Config, Session
 from htex_ref.errors import ExecutorShutdown
 from htex_ref.executor import HighThroughputExecutor
+from htex_ref.providers.local import LocalProvider
 
 WAIT = 10  # seconds; every result below is expected at once, this only keeps a bug from hanging the run
 
@@ -558,3 +560,95 @@ def test_bash_app_passes_stdout_only_to_functions_that_declare_it(session: Sessi
     assert (b.stdout, b.stderr) == ("b.out", "b.err")
     with pytest.raises(TypeError, match="stdout must be"):
         does_not(1, stdout=3)
+
+
+# ------------------------------------------------------------------------------ Parsl's Config keywords
+
+
+def test_config_scaling_settings_apply_to_its_executors_and_conflicts_are_refused() -> None:
+    cfg = Config(executors=[HighThroughputExecutor(label="a"), HighThroughputExecutor(label="b")], strategy="none",
+                 strategy_period=2, max_idletime=30)
+    assert [(e.strategy, e.strategy_period, e.max_idletime) for e in cfg.executors] == [("none", 2.0, 30.0)] * 2
+    assert Config(executors=[HighThroughputExecutor(label="a")], strategy=None).executors[0].strategy == "none"
+    # An executor's own setting applies when the Config leaves it at its default ...
+    own = Config(executors=[HighThroughputExecutor(label="a", strategy="htex_auto_scale")])
+    assert own.executors[0].strategy == "htex_auto_scale"
+    # ... and two different settings in two places are refused.
+    with pytest.raises(ValueError, match=r"executor a has strategy='htex_auto_scale' but the Config has "
+                                         r"strategy='none'; set strategy in one place"):
+        Config(executors=[HighThroughputExecutor(label="a", strategy="htex_auto_scale")], strategy="none")
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        Config(executors=[HighThroughputExecutor(label="a")], strategy="auto")
+    with pytest.raises(ValueError, match="max_idletime"):
+        Config(executors=[HighThroughputExecutor(label="a")], max_idletime=-1)
+
+
+@pytest.mark.parametrize(("keyword", "value"), [
+    ("app_cache", True), ("checkpoint_mode", "task_exit"), ("checkpoint_files", ["x"]),
+    ("checkpoint_period", "01:00:00"), ("memoizer", object()), ("monitoring", object()),
+    ("dependency_resolver", object()), ("std_autopath", print), ("usage_tracking", 3), ("project_name", "p"),
+])
+def test_parsl_features_left_to_parsl_are_refused_naming_them_and_the_adapter(keyword: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=rf"Config\.{keyword}=.*htex_ref\.parsl_adapter"):
+        Config(executors=[HighThroughputExecutor(label="a")], **{keyword: value})
+
+
+def test_parsl_config_keywords_at_their_harmless_values_are_accepted() -> None:
+    cfg = Config(executors=[HighThroughputExecutor(label="a")], app_cache=False, checkpoint_mode=None,
+                 usage_tracking=0, garbage_collect=False, initialize_logging=False, internal_tasks_max_threads=4,
+                 exit_mode="skip", run_dir="elsewhere")
+    assert (cfg.join_threads, cfg.exit_mode, cfg.run_dir, cfg.initialize_logging) == (4, "skip", "elsewhere", False)
+    with pytest.raises(ValueError, match="join_threads or internal_tasks_max_threads"):
+        Config(executors=[HighThroughputExecutor(label="b")], join_threads=3, internal_tasks_max_threads=4)
+
+
+def test_load_numbers_runs_under_run_dir_and_logs_there(tmp_path: Path) -> None:
+    (tmp_path / "runs" / "007").mkdir(parents=True)
+    with htex_ref.load(Config(executors=[HighThroughputExecutor(label="a", provider=LocalProvider(init_blocks=0),
+                                                               strategy="none")],
+                              run_dir=str(tmp_path / "runs"))) as session:
+        assert session.run_dir == str(tmp_path / "runs" / "008")
+        assert session.executors["a"].logdir == str(tmp_path / "runs" / "008" / "a")
+        logging.getLogger("htex_ref.test").info("hello from the test")
+    assert "hello from the test" in (tmp_path / "runs" / "008" / "htex_ref.log").read_text()
+    assert not any(isinstance(h, config_module._LogHandlers) for h in logging.getLogger("htex_ref").handlers)
+
+
+def test_retry_handler_sets_the_cost_of_each_failure(session: Session) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def cost(exc: BaseException, record: dict[str, Any]) -> float:
+        seen.append(dict(record))
+        return 0.5 if isinstance(exc, KeyError) else 10
+
+    session.config.retries = 1
+    session.config.retry_handler = cost
+    calls: list[int] = []
+
+    @join_app
+    def flaky(kind: str) -> Future[Any]:
+        calls.append(1)
+        raise KeyError("k") if kind == "key" else ValueError("v")
+
+    # KeyError costs 0.5: tries while the cost so far is <= 1, so three attempts (costs 0.5, 1.0, 1.5).
+    assert isinstance(flaky("key").exception(timeout=WAIT), KeyError) and len(calls) == 3
+    assert [(r["fail_count"], r["fail_cost"], r["try_id"]) for r in seen] == [(1, 0.0, 0), (2, 0.5, 1), (3, 1.0, 2)]
+    assert seen[0]["func_name"] == "flaky" and seen[0]["args"] == ("key",)
+    calls.clear()
+    assert isinstance(flaky("value").exception(timeout=WAIT), ValueError) and len(calls) == 1  # cost 10 > 1
+
+
+def test_a_retry_handler_that_raises_ends_the_retries_with_its_exception(session: Session) -> None:
+    def broken(exc: BaseException, record: dict[str, Any]) -> float:
+        raise RuntimeError("handler broke")
+
+    session.config.retries = 5
+    session.config.retry_handler = broken
+
+    @join_app
+    def fails() -> Future[Any]:
+        raise ValueError("task")
+
+    out = fails()
+    err = out.exception(timeout=WAIT)
+    assert isinstance(err, RuntimeError) and str(err) == "handler broke" and out.attempts == 1
