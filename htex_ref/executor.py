@@ -18,6 +18,7 @@ See ``htex_ref.interchange`` for the path of a task, and docs/architecture.md fo
 from __future__ import annotations
 
 import atexit
+import base64
 import collections
 import concurrent.futures
 import dataclasses
@@ -109,6 +110,13 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         interchange_start_timeout: float = 30.0,
         block_registration_timeout: float | None = 120.0,
         max_outstanding: int | None = None,
+        interchange_launch_cmd: Sequence[str] | None = None,
+        max_workers: int | float | None = None,
+        worker_ports: tuple[int, int] | None = None,
+        managed: bool = True,
+        storage_access: Sequence[Any] | None = None,
+        working_dir: str | None = None,
+        remote_monitoring_radio: Any = None,
     ) -> None:
         # The settings turn None into a LocalProvider and the default launch command.
         self.settings = ExecutorSettings(
@@ -125,6 +133,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             run_dir=run_dir, strategy=strategy, strategy_period=strategy_period, max_idletime=max_idletime,
             interchange_start_timeout=interchange_start_timeout,
             block_registration_timeout=block_registration_timeout, max_outstanding=max_outstanding,
+            interchange_launch_cmd=interchange_launch_cmd, max_workers=max_workers, worker_ports=worker_ports,
+            managed=managed, storage_access=storage_access, working_dir=working_dir,
+            remote_monitoring_radio=remote_monitoring_radio,
         )
         #: The block error handler itself (True and "simple" give ``simple_error_handler``, and so on).
         self.block_error_handler: Callable[..., Any] = self.settings.error_handler
@@ -215,7 +226,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             self._link = InterchangeLink(s.label, self.logdir, self.table, self.set_bad_state_and_fail_all,
                                          s.heartbeat_threshold, s.heartbeat_period)
             try:
-                self.interchange_worker_port = self._link.start(self._interchange_config(), s.interchange_start_timeout)
+                self.interchange_worker_port = self._link.start(self._interchange_config(), s.interchange_start_timeout,
+                                                                s.interchange_launch_cmd)
             except BaseException:
                 self._teardown()
                 raise
@@ -249,6 +261,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             "heartbeat_threshold": s.heartbeat_threshold, "manager_selector": s.selector_name,
             "cert_dir": self.cert_dir, "logdir": self.logdir, "debug": s.worker_debug, "poll_period": s.poll_period,
             "parent_pid": os.getpid(), "auto_prefetch": s.prefetch_capacity is None,
+            "manager_selector_pickle": base64.b64encode(s.selector_pickle).decode() if s.selector_pickle else None,
         }
 
     def _control_settings(self) -> ControlSettings:

@@ -66,7 +66,7 @@ from htex_ref.core.interchange import (
     TaskSubmitted,
 )
 from htex_ref.core.notes import Note
-from htex_ref.core.selectors import selector_from_name
+from htex_ref.core.selectors import CustomSelector, ManagerSelector, selector_from_name
 from htex_ref.errors import ProtocolError
 from htex_ref.framing import encode_parts
 from htex_ref.netutil import Contexts, tcp_url
@@ -98,6 +98,17 @@ _REGISTERED_BODY = dump_json({"interchange_version": __version__})
 DRAIN_LIMIT = 2000
 
 
+def _selector(cfg: dict[str, Any]) -> ManagerSelector:
+    pickled = cfg.get("manager_selector_pickle")
+    if pickled:
+        import base64
+
+        import cloudpickle
+
+        return CustomSelector(cloudpickle.loads(base64.b64decode(pickled)))
+    return selector_from_name(cfg.get("manager_selector", "random"))
+
+
 class Interchange:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
@@ -113,7 +124,7 @@ class Interchange:
         self.worker_port = self._bind_router()
         self.state = InterchangeState(
             heartbeat_threshold=float(cfg["heartbeat_threshold"]),
-            selector=selector_from_name(cfg.get("manager_selector", "random")),
+            selector=_selector(cfg),
             check_python_version=bool(cfg.get("check_python_version", True)),
             auto_prefetch=bool(cfg.get("auto_prefetch", False)),
         )

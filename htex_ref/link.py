@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -80,8 +80,9 @@ class InterchangeLink:
 
     # ----------------------------------------------------------------------------------- start
 
-    def start(self, cfg: dict[str, Any], timeout: float) -> int:
-        """Start the interchange with ``cfg`` and the link thread; return its worker port once it is ready."""
+    def start(self, cfg: dict[str, Any], timeout: float, argv: Sequence[str] | None = None) -> int:
+        """Start the interchange (``argv``, default this Python with ``-m htex_ref.interchange``) with ``cfg``
+        and the link thread; return its worker port once it is ready."""
         # The interchange is our child on this host, so a socketpair is its channel: private to the
         # two processes (no port, no encryption needed) and one wake-up per message instead of ZeroMQ's four.
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -96,7 +97,7 @@ class InterchangeLink:
             # of the socketpair closes, that is when this process exits however it exits.
             try:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "htex_ref.interchange"],
+                    list(argv) if argv else [sys.executable, "-m", "htex_ref.interchange"],
                     stdin=subprocess.PIPE, stdout=err, stderr=err, start_new_session=True, close_fds=True,
                     pass_fds=(theirs.fileno(),),
                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,9 +118,11 @@ class ExecutorSettings:
         Seconds a pool spends finding which of ``address`` answers (``None``: 30).
     worker_logdir_root : str | None
         Directory for worker-pool logs on the nodes (``{root}/{label}``); ``None`` uses the run dir.
-    manager_selector : RandomManagerSelector | BlockIdManagerSelector | str | None
-        Which manager gets the next tasks: ``random`` (the default) or ``block_id`` (fill the newest
-        block first, so older blocks go idle and can be scaled in).
+    manager_selector : RandomManagerSelector | BlockIdManagerSelector | str | Any | None
+        Which manager gets the next tasks: ``random`` (the default), ``block_id`` (fill the newest
+        block first, so older blocks go idle and can be scaled in), or an object of your own with a
+        ``choose(candidates)`` method (the protocol in ``htex_ref.core.selectors``; it is pickled into
+        the interchange process).
     block_error_handler : bool | str | Callable
         When failed blocks put the executor in bad state. After each block-status refresh the handler
         judges the status of every block; FAILED blocks and MISSING ones (ended, or timed out, before a
@@ -161,6 +164,27 @@ class ExecutorSettings:
         comes in, and raises at once if the executor fails or shuts down meanwhile. Submits made from a
         future's done-callback (on the executor's link thread, as the apps layer does for dependent
         apps) are never held, since results could not arrive while that thread waits. ``None``: no limit.
+    interchange_launch_cmd : Sequence[str] | None
+        The argv that starts the interchange process; ``None``: this Python with ``-m htex_ref.interchange``.
+        It must run htex_ref's interchange (``htex-interchange`` or ``python -m htex_ref.interchange``,
+        possibly behind a wrapper such as ``nice`` or ``taskset``): it reads its settings on stdin and
+        inherits its channel to the executor. Parsl's ``interchange.py`` is not htex_ref's.
+    max_workers : int | float | None
+        Deprecated alias of ``max_workers_per_node`` (Parsl 1's name); warns. ``inf`` means no cap.
+    worker_ports : tuple[int, int] | None
+        Deprecated (Parsl 1's two ports for the pools' connection); warns. htex_ref's pools connect on one
+        port: the first is used as ``worker_port``.
+    managed : bool
+        Parsl 1's flag; ``True`` (managed: the executor's blocks are scaled) is what every executor is.
+        ``False`` is refused: use ``strategy='none'`` for an executor that starts only ``init_blocks``.
+    storage_access : Sequence | None
+        Parsl's file staging providers. htex_ref stages no files: ``None`` or an empty list only; Parsl's
+        staging works through ``htex_ref.parsl_adapter``.
+    working_dir : str | None
+        The directory Parsl's file staging uses; htex_ref stages no files: ``None`` only (the adapter
+        accepts it and gives it to Parsl).
+    remote_monitoring_radio : Any
+        How Parsl's workers send monitoring messages; htex_ref's workers send none: ``None`` only.
     """
 
     label: str = "HighThroughputExecutor"
@@ -197,17 +221,27 @@ class ExecutorSettings:
     interchange_start_timeout: float = 30.0
     block_registration_timeout: float | None = 120.0
     max_outstanding: int | None = None
+    interchange_launch_cmd: Sequence[str] | None = None
+    max_workers: int | float | None = None
+    worker_ports: tuple[int, int] | None = None
+    managed: bool = True
+    storage_access: Sequence[Any] | None = None
+    working_dir: str | None = None
+    remote_monitoring_radio: Any = None
 
     #: Accelerator names, one per worker at most (``available_accelerators`` as a count gives "0", "1", ...).
     accelerators: tuple[str, ...] = field(init=False, default=())
     #: Workers a ``list:`` cpu_affinity names threads for, else None.
     affinity_workers: int | None = field(init=False, default=None)
-    #: The manager selector's name, as the interchange knows it.
+    #: The manager selector's name, as the interchange knows it ("custom": ``selector_pickle`` holds it).
     selector_name: str = field(init=False, default="random")
+    #: A selector of the user's own, pickled for the interchange process.
+    selector_pickle: bytes | None = field(init=False, default=None)
     #: The block error handler itself (True and "simple" give ``simple_error_handler``, and so on).
     error_handler: Callable[..., Any] = field(init=False, default=resolve_block_error_handler(True))
 
     def __post_init__(self) -> None:
+        self._parsl_names()
         self._check_identity()
         self._check_network()
         self._check_workers()
@@ -216,6 +250,46 @@ class ExecutorSettings:
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
+
+    def _parsl_names(self) -> None:
+        """Parameters of Parsl's executor (1.x and 2026): deprecated aliases, and those left to Parsl."""
+        if self.max_workers is not None:
+            if self.max_workers_per_node is not None:
+                raise ValueError("give max_workers_per_node, not also max_workers (its deprecated alias)")
+            if not (is_int(self.max_workers) or self.max_workers == math.inf) or self.max_workers < 0:
+                raise ValueError(f"max_workers must be an int >= 0 or inf, got {self.max_workers!r}")
+            warnings.warn("max_workers is deprecated: use max_workers_per_node", FutureWarning, stacklevel=5)
+            self._set("max_workers_per_node", None if self.max_workers == math.inf else int(self.max_workers))
+            self._set("max_workers", None)
+        if self.worker_ports is not None:
+            if self.worker_port is not None:
+                raise ValueError("give worker_port, not also worker_ports (deprecated)")
+            ports = self.worker_ports
+            if (not isinstance(ports, tuple | list) or len(ports) != 2
+                    or not all(is_int(p) and 1 <= p <= 65535 for p in ports)):
+                raise ValueError(f"worker_ports must be a pair of port numbers 1..65535, got {ports!r}")
+            first = int(ports[0])
+            warnings.warn(f"worker_ports is deprecated: htex_ref's pools connect on one port; using "
+                          f"worker_port={first}", FutureWarning, stacklevel=5)
+            self._set("worker_port", first)
+            self._set("worker_ports", None)
+        if self.managed is not True:
+            raise ValueError(f"managed={self.managed!r}: every htex_ref executor manages its blocks; for one that "
+                             "starts only init_blocks use strategy='none'")
+        if self.storage_access not in (None, [], ()):
+            raise ValueError("storage_access: htex_ref stages no files; use Parsl's staging through "
+                             "htex_ref.parsl_adapter.HtexRefExecutor")
+        if self.working_dir is not None:
+            raise ValueError("working_dir is for Parsl's file staging, which htex_ref does not do; use it with "
+                             "htex_ref.parsl_adapter.HtexRefExecutor")
+        if self.remote_monitoring_radio is not None:
+            raise ValueError("remote_monitoring_radio: htex_ref's workers send no Parsl monitoring messages; "
+                             "leave it None")
+        cmd = self.interchange_launch_cmd
+        if cmd is not None:
+            if isinstance(cmd, str) or not cmd or not all(isinstance(w, str) and w for w in cmd):
+                raise TypeError(f"interchange_launch_cmd must be a non-empty list of strings (an argv), got {cmd!r}")
+            self._set("interchange_launch_cmd", tuple(cmd))
 
     def _check_identity(self) -> None:
         if not isinstance(self.label, str) or not self.label or "/" in self.label:
@@ -234,14 +308,29 @@ class ExecutorSettings:
             if value is not None and not isinstance(value, str | os.PathLike):
                 raise TypeError(f"{name} must be a path or None, got {value!r}")
         self._set("error_handler", resolve_block_error_handler(self.block_error_handler))
+        self._check_selector()
+
+    def _check_selector(self) -> None:
         selector = RandomManagerSelector() if self.manager_selector is None else self.manager_selector
-        name = selector if isinstance(selector, str) else getattr(selector, "name", "")
-        if not isinstance(name, str) or name not in SELECTORS:
-            raise ValueError(f"manager_selector must be one of {sorted(SELECTORS)} or an instance of "
-                             f"{RandomManagerSelector.__name__}/{BlockIdManagerSelector.__name__}, "
-                             f"got {self.manager_selector!r}")
-        self._set("manager_selector", selector)
-        self._set("selector_name", name)
+        if isinstance(selector, str | RandomManagerSelector | BlockIdManagerSelector):
+            name = selector if isinstance(selector, str) else selector.name
+            if name not in SELECTORS:
+                raise ValueError(f"manager_selector must be one of {sorted(SELECTORS)}, a selector object with a "
+                                 f"choose(candidates) method, or None; got {self.manager_selector!r}")
+            self._set("manager_selector", selector)
+            self._set("selector_name", name)
+            return
+        if not callable(getattr(selector, "choose", None)):
+            raise TypeError(f"manager_selector must be one of {sorted(SELECTORS)} or an object with a "
+                            f"choose(candidates) method (see htex_ref.core.selectors), got {selector!r}")
+        import cloudpickle
+
+        try:
+            self._set("selector_pickle", cloudpickle.dumps(selector))
+        except Exception as e:
+            raise TypeError(f"manager_selector {selector!r} cannot be pickled into the interchange process: "
+                            f"{type(e).__name__}: {e}") from None
+        self._set("selector_name", "custom")
 
     def _check_network(self) -> None:
         if self.address is not None:

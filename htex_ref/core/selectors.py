@@ -9,6 +9,11 @@ A selector has two faces:
   O(log n), whatever the number of managers. A pool must choose as ``choose`` would over its members.
 
 Candidates are managers that are registered, active, not draining and have room for work.
+
+A selector of your own is any object with ``choose(candidates) -> manager id``, where ``candidates`` maps
+manager ids (bytes) to objects with a ``block_id``; it may add ``new_pool()`` for a faster pool. It is
+pickled (cloudpickle) into the interchange process, so it must not hold sockets, threads or locks.
+``CustomSelector`` wraps one for the interchange (a ``ScanPool`` when it has no ``new_pool``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Candidate(Protocol):
@@ -214,6 +219,61 @@ SELECTORS: dict[str, type[RandomManagerSelector] | type[BlockIdManagerSelector]]
     "random": RandomManagerSelector,
     "block_id": BlockIdManagerSelector,
 }
+
+
+class _Member:
+    __slots__ = ("block_id",)
+
+    def __init__(self, block_id: str | None) -> None:
+        self.block_id = block_id
+
+
+class ScanPool:
+    """The pool of a selector that has only ``choose``: its members, and a scan of them per choice
+    (O(members), where the built-in selectors' pools are O(1) or O(log n))."""
+
+    __slots__ = ("_members", "_selector")
+
+    def __init__(self, selector: Any) -> None:
+        self._selector = selector
+        self._members: dict[bytes, _Member] = {}
+
+    def add(self, manager_id: bytes, block_id: str | None) -> None:
+        self._members.setdefault(manager_id, _Member(block_id))
+
+    def discard(self, manager_id: bytes) -> None:
+        self._members.pop(manager_id, None)
+
+    def choose(self) -> bytes:
+        chosen = self._selector.choose(self._members)
+        if chosen not in self._members:
+            raise ValueError(f"manager selector {self._selector!r} chose {chosen!r}, which is not a candidate")
+        return bytes(chosen)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, manager_id: object) -> bool:
+        return manager_id in self._members
+
+
+class CustomSelector:
+    """A user's selector as the interchange uses it: ``choose`` over the candidates (the protocol a class
+    must implement), and ``new_pool`` from the object when it has one, else a ``ScanPool``."""
+
+    def __init__(self, selector: Any) -> None:
+        if not callable(getattr(selector, "choose", None)):
+            raise TypeError(f"a manager selector needs a choose(candidates) method, got {selector!r}")
+        self._selector = selector
+        self.name = str(getattr(selector, "name", type(selector).__name__))
+
+    def choose(self, candidates: Mapping[bytes, Candidate]) -> bytes:
+        return bytes(self._selector.choose(candidates))
+
+    def new_pool(self) -> CandidatePool:
+        make = getattr(self._selector, "new_pool", None)
+        pool: CandidatePool = make() if callable(make) else ScanPool(self._selector)
+        return pool
 
 
 def selector_from_name(name: str) -> ManagerSelector:

@@ -198,3 +198,53 @@ def test_tasks_after_every_block_was_scaled_in_fail_within_seconds(make_executor
     fails_with_no_blocks(ex.submit(square, 3), t0)
     # shutdown() does not wait for ever on tasks nothing would run.
     ex.shutdown()
+
+
+# ----------------------------------------------------------------------------- Parsl's parameters
+
+
+class PreferBlockZero:
+    """A selector of the user's own: block 0's manager whenever it can take work."""
+
+    def choose(self, candidates: Any) -> bytes:
+        for mid, candidate in sorted(candidates.items()):
+            if candidate.block_id == "0":
+                return mid  # type: ignore[no-any-return]
+        return next(iter(candidates))  # type: ignore[no-any-return]
+
+
+def block_of_worker() -> str:
+    return os.environ["PARSL_WORKER_BLOCK_ID"]
+
+
+def test_a_custom_manager_selector_is_used(make_executor: Any) -> None:
+    ex = make_executor(max_workers_per_node=1, prefetch_capacity=0, manager_selector=PreferBlockZero(),
+                       provider=LocalProvider(init_blocks=2, max_blocks=2))
+    assert ex.settings.selector_name == "custom"
+    assert wait_until(lambda: len(ex.connected_managers()) == 2, 30)
+    # One at a time, both managers free: the random selector would send about half to block 1.
+    assert {ex.submit(block_of_worker).result(30) for _ in range(12)} == {"0"}
+
+
+def test_interchange_launch_cmd_runs_the_interchange_behind_a_wrapper(make_executor: Any) -> None:
+    import sys
+
+    ex = make_executor(interchange_launch_cmd=["nice", "-n", "1", sys.executable, "-m", "htex_ref.interchange"])
+    assert ex.submit(square, 6).result(30) == 36
+    assert os.getpriority(os.PRIO_PROCESS, ex.interchange_process.pid) >= 1
+
+
+def test_deprecated_parsl_names_warn_and_apply() -> None:
+    from htex_ref import HighThroughputExecutor
+
+    with pytest.warns(FutureWarning, match="max_workers is deprecated: use max_workers_per_node"):
+        ex = HighThroughputExecutor(max_workers=3)
+    assert ex.max_workers_per_node == 3
+    with pytest.warns(FutureWarning, match="max_workers is deprecated"):
+        assert HighThroughputExecutor(max_workers=float("inf")).max_workers_per_node is None
+    with pytest.warns(FutureWarning, match="worker_ports is deprecated: .* using worker_port=50100"):
+        assert HighThroughputExecutor(worker_ports=(50100, 50101)).worker_port == 50100
+    for kwargs, match in [({"managed": False}, "strategy='none'"), ({"storage_access": ["x"]}, "parsl_adapter"),
+                          ({"working_dir": "/tmp"}, "parsl_adapter"), ({"remote_monitoring_radio": object()}, "None")]:
+        with pytest.raises(ValueError, match=match):
+            HighThroughputExecutor(**kwargs)

@@ -56,7 +56,7 @@ BAD: list[tuple[str, Any, type[Exception]]] = [
     ("address_probe_timeout", 0, ValueError),
     ("worker_logdir_root", 5, TypeError),
     ("manager_selector", "fastest", ValueError),
-    ("manager_selector", object(), ValueError),
+    ("manager_selector", object(), TypeError),
     ("block_error_handler", "sometimes", ValueError),
     ("block_error_handler", 3, TypeError),
     ("block_error_handler", functools.partial(windowed_error_handler, threshold=0), ValueError),
