@@ -77,12 +77,35 @@ class Launcher(ABC):
     Subclasses keep their constructor arguments as attributes of the same name; ``repr`` shows them.
     """
 
-    @abstractmethod
+    #: Parsl's ``debug``: the job's output says what the launcher starts, where and when.
+    _debug = False
+
+    @property
+    def debug(self) -> bool:
+        return self._debug
+
+    def _set_debug(self, debug: object) -> None:
+        if not isinstance(debug, bool):
+            raise ConfigurationError(f"{type(self).__name__}.debug must be a bool, got {debug!r}")
+        self._debug = debug
+
     def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         """Shell text that runs ``command`` tasks_per_node * nodes_per_block times."""
+        text = self._launch(command, tasks_per_node, nodes_per_block)
+        if not self._debug:
+            return text
+        return (f'echo "htex_ref {type(self).__name__}: {tasks_per_node * nodes_per_block} cop(ies) of the '
+                f'worker-pool command, {nodes_per_block} node(s), from $(hostname) at $(date -u +%FT%TZ)"\n' + text)
+
+    @abstractmethod
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+        """The launcher's shell text (``__call__`` adds the debug line)."""
 
     def _params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        params = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        if self._debug:
+            params["debug"] = True
+        return params
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
@@ -96,9 +119,18 @@ class Launcher(ABC):
 
 
 class SimpleLauncher(Launcher):
-    """Run the command once, as is (the batch system or an MPI launcher places it)."""
+    """Run the command once, as is (the batch system or an MPI launcher places it).
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    Parameters
+    ----------
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
+    """
+
+    def __init__(self, debug: bool = False) -> None:
+        self._set_debug(debug)
+
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         self._check(command, tasks_per_node, nodes_per_block)
         if nodes_per_block > 1 or tasks_per_node > 1:
             logger.warning("SimpleLauncher starts one copy of the command although tasks_per_node=%d and "
@@ -114,12 +146,15 @@ class WrappedLauncher(Launcher):
     prepend : str
         Words put before the command, as written (``"apptainer exec image.sif"``); one line. ``""`` runs
         the command as is.
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
     """
 
-    def __init__(self, prepend: str = "") -> None:
+    def __init__(self, prepend: str = "", debug: bool = False) -> None:
         self.prepend = _check_str("WrappedLauncher", "prepend", prepend)
+        self._set_debug(debug)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         self._check(command, tasks_per_node, nodes_per_block)
         if tasks_per_node > 1:
             logger.warning("WrappedLauncher ignores tasks_per_node=%d: it starts one copy", tasks_per_node)
@@ -140,14 +175,17 @@ class SingleNodeLauncher(Launcher):
     fail_on_any : bool
         Fail the job when any copy fails (with the first non-zero exit code); ``False``: only when every
         copy failed.
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
     """
 
-    def __init__(self, fail_on_any: bool = False) -> None:
+    def __init__(self, fail_on_any: bool = False, debug: bool = False) -> None:
+        self._set_debug(debug)
         if not isinstance(fail_on_any, bool):
             raise ConfigurationError(f"SingleNodeLauncher.fail_on_any must be a bool, got {fail_on_any!r}")
         self.fail_on_any = fail_on_any
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         count = self._check(command, tasks_per_node, nodes_per_block)
         return f"""\
 export CORES=$(getconf _NPROCESSORS_ONLN)
@@ -189,12 +227,15 @@ class SrunLauncher(Launcher):
     ----------
     overrides : str
         Extra srun options, added to the srun line as written (``"--cpu-bind=none --mpi=none"``); one line.
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
     """
 
-    def __init__(self, overrides: str = "") -> None:
+    def __init__(self, overrides: str = "", debug: bool = False) -> None:
         self.overrides = _check_str("SrunLauncher", "overrides", overrides)
+        self._set_debug(debug)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         count = self._check(command, tasks_per_node, nodes_per_block)
         srun = _join("srun", f"--ntasks={count}", f"--ntasks-per-node={tasks_per_node}",
                      f"--nodes={nodes_per_block}", "-l", self.overrides, 'bash "$HTEX_CMD_FILE"')
@@ -219,12 +260,15 @@ class SrunMPILauncher(Launcher):
     ----------
     overrides : str
         Extra srun options, added to every step's srun line as written (``"--mpi=pmi2"``); one line.
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
     """
 
-    def __init__(self, overrides: str = "") -> None:
+    def __init__(self, overrides: str = "", debug: bool = False) -> None:
         self.overrides = _check_str("SrunMPILauncher", "overrides", overrides)
+        self._set_debug(debug)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         steps = self._check(command, tasks_per_node, nodes_per_block)
         by_cores = _join("srun", '--ntasks="$HTEX_SHARE"', "-l", self.overrides, 'bash "$HTEX_CMD_FILE" &')
         by_nodes = _join("srun", "--exclusive", '--nodes="$HTEX_SHARE"', '--ntasks="$HTEX_SHARE"', "-l",
@@ -285,9 +329,12 @@ class MpiExecLauncher(Launcher):
         option, without spaces (other options go in ``overrides``); ``""`` leaves binding to mpiexec.
     overrides : str
         Extra mpiexec options, added to the mpiexec line as written (``"--envall"``); one line.
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
     """
 
-    def __init__(self, bind_cmd: str = "--bind-to", overrides: str = "") -> None:
+    def __init__(self, bind_cmd: str = "--bind-to", overrides: str = "", debug: bool = False) -> None:
+        self._set_debug(debug)
         self.bind_cmd = _check_str("MpiExecLauncher", "bind_cmd", bind_cmd)
         if any(c.isspace() for c in bind_cmd):
             # " none" is added after it: "--bind-to none" would become "--bind-to none none".
@@ -297,7 +344,7 @@ class MpiExecLauncher(Launcher):
                 f"{bind_cmd!r}")
         self.overrides = _check_str("MpiExecLauncher", "overrides", overrides)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         count = self._check(command, tasks_per_node, nodes_per_block)
         bind = f"{self.bind_cmd} none" if self.bind_cmd else ""
         mpiexec = _join("mpiexec", f"-n {count}", f"-ppn {tasks_per_node}", '--hostfile "$HTEX_HOSTFILE"',
@@ -315,15 +362,18 @@ class MpiRunLauncher(Launcher):
         it may carry words (``"/usr/bin/env bash"``); quote a path with spaces yourself. Not empty.
     overrides : str
         Extra mpirun options, added to the mpirun line as written (``"--map-by node"``); one line.
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
     """
 
-    def __init__(self, bash_location: str = "/bin/bash", overrides: str = "") -> None:
+    def __init__(self, bash_location: str = "/bin/bash", overrides: str = "", debug: bool = False) -> None:
+        self._set_debug(debug)
         self.bash_location = _check_str("MpiRunLauncher", "bash_location", bash_location)
         if not self.bash_location.strip():
             raise ConfigurationError(f"MpiRunLauncher.bash_location must name a shell, got {bash_location!r}")
         self.overrides = _check_str("MpiRunLauncher", "overrides", overrides)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         count = self._check(command, tasks_per_node, nodes_per_block)
         mpirun = _join("mpirun", f"-np {count}", self.overrides, self.bash_location, '"$HTEX_CMD_FILE"')
         return write_command_file(command) + mpirun + "\n"
@@ -336,12 +386,15 @@ class AprunLauncher(Launcher):
     ----------
     overrides : str
         Extra aprun options, added to the aprun line as written (``"-cc none"``); one line.
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
     """
 
-    def __init__(self, overrides: str = "") -> None:
+    def __init__(self, overrides: str = "", debug: bool = False) -> None:
         self.overrides = _check_str("AprunLauncher", "overrides", overrides)
+        self._set_debug(debug)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         count = self._check(command, tasks_per_node, nodes_per_block)
         aprun = _join("aprun", f"-n {count}", f"-N {tasks_per_node}", self.overrides, '/bin/bash "$HTEX_CMD_FILE"')
         return write_command_file(command) + aprun + "\n"
@@ -354,12 +407,15 @@ class JsrunLauncher(Launcher):
     ----------
     overrides : str
         Extra jsrun options, added to the jsrun line as written (``"-c 7 -g 1"``); one line.
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
     """
 
-    def __init__(self, overrides: str = "") -> None:
+    def __init__(self, overrides: str = "", debug: bool = False) -> None:
         self.overrides = _check_str("JsrunLauncher", "overrides", overrides)
+        self._set_debug(debug)
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         count = self._check(command, tasks_per_node, nodes_per_block)
         jsrun = _join("jsrun", f"-n {count}", f"-r {tasks_per_node}", self.overrides, '/bin/bash "$HTEX_CMD_FILE"')
         return write_command_file(command) + jsrun + "\n"
@@ -374,9 +430,17 @@ class GnuParallelLauncher(Launcher):
     environment (``--env _``) only if ``parallel --record-env`` has been run once, as GNU parallel
     requires; without it they get their login environment (Parsl always passes ``--env _``, which
     makes parallel refuse to run at all until then).
+
+    Parameters
+    ----------
+    debug : bool
+        Say in the job's output what the launcher starts, where and when (Parsl's ``debug``).
     """
 
-    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
+    def __init__(self, debug: bool = False) -> None:
+        self._set_debug(debug)
+
+    def _launch(self, command: str, tasks_per_node: int, nodes_per_block: int) -> str:
         count = self._check(command, tasks_per_node, nodes_per_block)
         return write_command_file(command) + f"""\
 export CORES=$(getconf _NPROCESSORS_ONLN)

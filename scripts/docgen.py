@@ -84,6 +84,13 @@ SUBJECTS: list[Subject] = [
             "max_outstanding": [0, 2.5],
             "worker_port": [70000],
             "worker_port_range": [(5, 1)],
+            "interchange_launch_cmd": ["python -m htex_ref.interchange"],
+            "max_workers": [-1],
+            "worker_ports": [(0, 1)],
+            "managed": [False],
+            "storage_access": [["staging"]],
+            "working_dir": ["/scratch"],
+            "remote_monitoring_radio": ["udp"],
         },
     ),
     Subject(
@@ -125,6 +132,8 @@ SUBJECTS: list[Subject] = [
             "status_polling_interval": [0],
             "absent_grace": [-1, _NAN],
             "query_failure_limit": [0, -1, _NAN, _INF],
+            "regex_job_id": ["Submitted batch job (\\d+)", "(?P<id>"],
+            "status_batch_size": [0],
         },
     ),
     Subject(
@@ -156,7 +165,7 @@ SUBJECTS: list[Subject] = [
         "htex_ref.launchers:SingleNodeLauncher", "SingleNodeLauncher",
         "Starts every worker pool of the block on the node that runs the job script (the `LocalProvider` and "
         "`PBSProProvider` default).",
-        bad={"fail_on_any": ["yes", 1]},
+        bad={"fail_on_any": ["yes", 1], "debug": ["yes"]},
     ),
     Subject(
         "htex_ref.launchers:SrunLauncher", "SrunLauncher",

@@ -161,6 +161,21 @@ def parse_sacct(stdout: str) -> dict[str, JobStatus]:
     return found
 
 
+def _check_regex_job_id(value: object) -> re.Pattern[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"SlurmProvider.regex_job_id must be a regular expression string, got {value!r}")
+    try:
+        pattern = re.compile(value)
+    except re.error as e:
+        raise ConfigurationError(f"SlurmProvider.regex_job_id is not a regular expression: {e}") from None
+    if "id" not in pattern.groupindex:
+        raise ConfigurationError(f"SlurmProvider.regex_job_id must have a group named id, as (?P<id>\\d+); "
+                                 f"got {value!r}")
+    return pattern
+
+
 def parse_sbatch(stdout: str) -> str | None:
     """The job id in ``sbatch --parsable`` output ("123" or "123;cluster") or in the classic
     "Submitted batch job 123 [on cluster X]" line; None when there is none."""
@@ -341,6 +356,13 @@ class SlurmProvider(ClusterProvider):
     query_failure_limit : float
         Seconds of status queries (sacct and squeue) failing without a break after which live jobs are
         reported UNKNOWN (until a query works again); until then they keep their last known states.
+    regex_job_id : str | None
+        As in Parsl: a regular expression with a group named ``id`` that finds the job id in a line of
+        sbatch's output (for a site whose sbatch wrapper prints something else). With it, sbatch runs
+        without ``--parsable`` and each line is matched from its start. ``None``: htex_ref reads
+        ``sbatch --parsable`` itself.
+    status_batch_size : int
+        Job ids per ``sacct`` or ``squeue`` call (Parsl: 50).
     """
 
     _repr_params = (
@@ -375,8 +397,15 @@ class SlurmProvider(ClusterProvider):
         status_polling_interval: float = 10,
         absent_grace: float = 30,
         query_failure_limit: float = 600,
+        regex_job_id: str | None = None,
+        status_batch_size: int = STATUS_BATCH_SIZE,
     ) -> None:
         owner = type(self).__name__
+        self._job_id_pattern = _check_regex_job_id(regex_job_id)
+        self.regex_job_id = regex_job_id
+        if not isinstance(status_batch_size, int) or isinstance(status_batch_size, bool) or status_batch_size < 1:
+            raise ConfigurationError(f"SlurmProvider.status_batch_size must be an int >= 1, got {status_batch_size!r}")
+        self.status_batch_size = status_batch_size
         self.partition = check_optional_word(owner, "partition", partition)
         self.account = check_optional_word(owner, "account", account)
         self.qos = check_optional_word(owner, "qos", qos)
@@ -437,10 +466,17 @@ class SlurmProvider(ClusterProvider):
         return [f"--clusters={self.clusters}"] if self.clusters else []
 
     def submit_command(self, script_path: str) -> list[str]:
-        return ["sbatch", "--parsable", *self._cluster_args(), script_path]
+        parsable = [] if self._job_id_pattern is not None else ["--parsable"]
+        return ["sbatch", *parsable, *self._cluster_args(), script_path]
 
     def parse_submit_output(self, stdout: str) -> str | None:
-        return parse_sbatch(stdout)
+        if self._job_id_pattern is None:
+            return parse_sbatch(stdout)
+        for line in stdout.splitlines():
+            m = self._job_id_pattern.match(line)
+            if m and m.group("id"):
+                return m.group("id")
+        return None
 
     def cancel_command(self, job_ids: list[str]) -> list[str]:
         return ["scancel", *self._cluster_args(), *job_ids]
@@ -453,7 +489,7 @@ class SlurmProvider(ClusterProvider):
         sacct_answered = False
         if self.accounting is not False:
             sacct_failure = None
-            for batch in _chunks(rest, STATUS_BATCH_SIZE):
+            for batch in _chunks(rest, self.status_batch_size):
                 result = self._run(sacct_command(batch, self.clusters))
                 if result.ok:
                     if self.accounting is None:
@@ -474,7 +510,7 @@ class SlurmProvider(ClusterProvider):
             sacct_answered = bool(self.accounting) and sacct_failure is None
             # Jobs sacct does not list yet (it lags sbatch by seconds) are asked of squeue below.
             rest = [j for j in rest if j not in found]
-        for batch in _chunks(rest, STATUS_BATCH_SIZE):
+        for batch in _chunks(rest, self.status_batch_size):
             result = self._run(squeue_command(batch, self.clusters))
             if result.ok:
                 # Only what was asked: sacct's answer for the other jobs is the better one.

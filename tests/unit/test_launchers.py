@@ -274,3 +274,15 @@ def test_bad_call_arguments_are_named(launcher: Launcher) -> None:
         launcher("cmd", 1, True)
     with pytest.raises(ConfigurationError, match="command"):
         launcher("  ", 1, 1)
+
+
+@pytest.mark.parametrize("cls", ALL_LAUNCHERS, ids=lambda c: c.__name__)
+def test_debug_says_what_the_launcher_starts_and_is_off_by_default(cls: type[Launcher]) -> None:
+    plain, loud = cls(), cls(debug=True)  # type: ignore[call-arg]
+    assert plain.debug is False and loud.debug is True and "debug=True" in repr(loud)
+    text = loud("echo hi", 2, 1)
+    assert text.startswith(f'echo "htex_ref {cls.__name__}: 2 cop(ies) of the worker-pool command, 1 node(s)')
+    assert text.endswith(plain("echo hi", 2, 1))
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    with pytest.raises(ConfigurationError, match=f"{cls.__name__}.debug must be a bool"):
+        cls(debug="yes")  # type: ignore[call-arg]

@@ -543,3 +543,31 @@ def test_a_hanging_squeue_never_hangs_the_executor(tmp_path: Path, fake: FakeSlu
     assert time.monotonic() - t0 < 30
     assert fut.done()
     assert fake.calls("scancel"), "shutdown did not cancel the block"
+
+
+def test_regex_job_id_reads_a_site_specific_sbatch_line(tmp_path: Path, fake: FakeSlurm) -> None:
+    # As Parsl: a regex with a group named id, for sites whose sbatch prints something else.
+    fake.command("sbatch", 'echo "NOTICE: charged to project x"; echo "Job <7731> is queued in partition debug"')
+    p = provider(tmp_path, regex_job_id=r"Job <(?P<id>\d+)> is queued")
+    assert p.submit("my-pool", 1, "htex_ref.slurm.block-0") == "7731"
+    (call,) = fake.calls("sbatch")
+    assert "--parsable" not in call  # the site's own output, not sbatch --parsable
+    assert p.regex_job_id == r"Job <(?P<id>\d+)> is queued"
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    (r"Submitted batch job (\d+)", "group named id"), ("(?P<id>", "not a regular expression"), (42, "string")])
+def test_a_bad_regex_job_id_is_refused(value: object, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"regex_job_id .*{match}"):
+        SlurmProvider(regex_job_id=value)  # type: ignore[arg-type]
+
+
+def test_status_batch_size_sets_the_job_ids_per_query(tmp_path: Path, fake: FakeSlurm) -> None:
+    fake.command("sacct", "exit 1")  # no accounting: squeue answers
+    fake.command("squeue", "exit 0")
+    p = provider(tmp_path, status_batch_size=2, status_source="squeue")
+    jobs = [p.submit("my-pool", 1, f"htex_ref.slurm.block-{i}") for i in range(5)]
+    p.status(jobs)
+    assert [c.split("--jobs=")[1].count(",") + 1 for c in fake.calls("squeue")] == [2, 2, 1]
+    with pytest.raises(ConfigurationError, match="status_batch_size must be an int >= 1"):
+        SlurmProvider(status_batch_size=0)
