@@ -8,6 +8,7 @@ id and where the interchange listens.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import string
@@ -19,17 +20,23 @@ from typing import Any
 DEFAULT_LAUNCH_CMD = (
     "{worker_pool}{debug} --addresses={addresses} --port={worker_port} --cert-dir={cert_dir} "
     "--block-id={block_id} --cores-per-worker={cores_per_worker} --mem-per-worker={mem_per_worker} "
-    "--max-workers-per-node={max_workers_per_node} --prefetch-capacity={prefetch_capacity} "
+    "{max_workers_per_node} --prefetch-capacity={prefetch_capacity} "
     "--hb-period={heartbeat_period} --hb-threshold={heartbeat_threshold} --drain-period={drain_period} "
-    "--address-probe-timeout={address_probe_timeout} --cpu-affinity={cpu_affinity} --logdir={logdir}"
-    "{accelerators}{walltime_drain}"
+    "--address-probe-timeout={address_probe_timeout} --cpu-affinity={cpu_affinity} --logdir={logdir} "
+    "--available-accelerators {accelerators}{walltime_drain}"
 )
+#: htex_ref's placeholders, and those of Parsl's launch commands (2026 and 1.x), with Parsl's meanings.
 LAUNCH_CMD_FIELDS = frozenset(
     {"worker_pool", "debug", "addresses", "worker_port", "cert_dir", "block_id", "cores_per_worker",
      "mem_per_worker", "max_workers_per_node", "prefetch_capacity", "heartbeat_period", "heartbeat_threshold",
      "drain_period", "address_probe_timeout", "cpu_affinity", "logdir", "accelerators", "python",
-     "walltime_drain"}
+     "walltime_drain",
+     # Parsl's own
+     "poll_period", "logconf", "address_probe_timeout_string", "enable_mpi_mode", "mpi_launcher", "task_url",
+     "result_url", "nodes_per_block"}
 )
+#: Parsl's worker-pool program; in a launch command it runs htex_ref's pool, which takes its options.
+PARSL_POOL_PROGRAM = "process_worker_pool.py"
 
 
 def check_launch_cmd(launch_cmd: object) -> str | None:
@@ -40,6 +47,9 @@ def check_launch_cmd(launch_cmd: object) -> str | None:
         raise TypeError(f"launch_cmd must be a non-empty string, got {launch_cmd!r}")
     # Parsl formats its launch command twice, so its users write {{block_id}}; we format once.
     template = launch_cmd.replace("{{block_id}}", "{block_id}")
+    # A command written for Parsl names its pool program: htex_ref's pool takes its options (a Parsl pool
+    # could not talk to htex_ref's interchange), found on PATH as Parsl's is, inside a container too.
+    template = re.sub(rf"(?<![\w./-]){re.escape(PARSL_POOL_PROGRAM)}(?![\w.-])", "htex-worker-pool", template)
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as e:
@@ -83,6 +93,8 @@ class PoolOptions:
     address_probe_timeout: float | None
     cpu_affinity: str
     accelerators: tuple[str, ...]
+    poll_period: int = 10
+    nodes_per_block: int = 1
 
 
 def render(template: str, block_id: str, o: PoolOptions) -> str:
@@ -101,7 +113,8 @@ def render(template: str, block_id: str, o: PoolOptions) -> str:
         "block_id": q(block_id),
         "cores_per_worker": o.cores_per_worker,
         "mem_per_worker": q(o.mem_per_worker),
-        "max_workers_per_node": o.max_workers_per_node or 0,
+        # Parsl's meaning: the whole option, or nothing for no cap.
+        "max_workers_per_node": f"--max_workers_per_node={o.max_workers_per_node}" if o.max_workers_per_node else "",
         "prefetch_capacity": o.prefetch_capacity or 0,
         "heartbeat_period": o.heartbeat_period,
         "heartbeat_threshold": o.heartbeat_threshold,
@@ -111,8 +124,17 @@ def render(template: str, block_id: str, o: PoolOptions) -> str:
         "address_probe_timeout": o.address_probe_timeout or 30,
         "cpu_affinity": q(o.cpu_affinity),
         "logdir": q(o.logdir),
-        "accelerators": (" --available-accelerators " + " ".join(q(a) for a in o.accelerators))
-        if o.accelerators else "",
+        # Parsl's meaning: the names, after the --available-accelerators option the template writes.
+        "accelerators": " ".join(q(a) for a in o.accelerators),
+        "poll_period": o.poll_period,
+        "logconf": "None",
+        "address_probe_timeout_string": "" if o.address_probe_timeout is None
+        else f"--address_probe_timeout={o.address_probe_timeout}",
+        "enable_mpi_mode": "",
+        "mpi_launcher": "mpiexec",
+        "task_url": q(f"tcp://{o.addresses.split(',')[0]}:{o.worker_port}"),
+        "result_url": q(f"tcp://{o.addresses.split(',')[0]}:{o.worker_port}"),
+        "nodes_per_block": o.nodes_per_block,
     }
     return template.format(**values)
 

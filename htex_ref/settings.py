@@ -65,8 +65,12 @@ class ExecutorSettings:
         gives a ``LocalProvider()`` with one block.
     launch_cmd : str | None
         Template of the command that starts a worker pool on a node. Placeholders: ``{worker_pool}``,
-        ``{python}``, ``{block_id}`` and the pool options of the default command. Formatted once, so
-        ``{block_id}`` works as written (Parsl's ``{{block_id}}`` is accepted too).
+        ``{python}``, ``{block_id}``, the pool options of the default command, and every placeholder of
+        Parsl's launch commands with Parsl's meaning (``{max_workers_per_node}`` is the whole option,
+        ``{accelerators}`` the names, ``{task_url}`` for Parsl 1.x, ...). Formatted once, so
+        ``{block_id}`` works as written (Parsl's ``{{block_id}}`` is accepted too). The program name
+        ``process_worker_pool.py`` runs htex_ref's pool (``htex-worker-pool``, on PATH), which takes
+        Parsl's options: a command written for Parsl, a container-wrapped one included, works unchanged.
     address : str | None
         Address of this host that the worker pools connect to; the interchange listens only there.
         ``None``: it listens on every interface and the pools try each address of this host until one
@@ -455,4 +459,5 @@ class ExecutorSettings:
             walltime_drain=None if self.drain_before_walltime is None or walltime is None
             else (walltime, self.drain_before_walltime),
             address_probe_timeout=self.address_probe_timeout, cpu_affinity=self.cpu_affinity,
-            accelerators=self.accelerators))
+            accelerators=self.accelerators, poll_period=self.poll_period,
+            nodes_per_block=self.provider.nodes_per_block))

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from typing import Any, NoReturn
@@ -112,9 +113,20 @@ def _max_workers(value: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The pool's options, under htex_ref's names and Parsl's (a launch command written for Parsl's
+    ``process_worker_pool.py``, 2026 or 1.x, runs this pool unchanged)."""
     p = argparse.ArgumentParser(prog="htex-worker-pool", description="htex_ref worker pool (one per node)")
-    p.add_argument("-a", "--addresses", required=True, help="comma-separated interchange addresses to probe")
-    p.add_argument("-P", "--port", required=True, type=int, help="interchange port for managers")
+    p.add_argument("-a", "--addresses", default=None, help="comma-separated interchange addresses to probe")
+    p.add_argument("-P", "--port", type=int, default=None, help="interchange port for managers")
+    p.add_argument("--task_url", "--task-url", dest="task_url", default=None,
+                   help="Parsl 1.x: tcp://address:port of the interchange (gives --addresses and --port)")
+    p.add_argument("--result_url", "--result-url", dest="result_url", default=None,
+                   help="Parsl 1.x: accepted; htex_ref's pools send results on the task connection")
+    p.add_argument("-L", "--logconf", default="None", help="Parsl's pickled log configuration: only None")
+    p.add_argument("--enable_mpi_mode", "--enable-mpi-mode", dest="enable_mpi_mode", action="store_true",
+                   help="Parsl's MPI mode (not available in htex_ref yet)")
+    p.add_argument("--mpi-launcher", "--mpi_launcher", dest="mpi_launcher", default=None,
+                   choices=("srun", "aprun", "mpiexec"), help="Parsl's MPI launcher (for --enable_mpi_mode)")
     p.add_argument("--cert-dir", "--cert_dir", dest="cert_dir", default="None", help="CurveZMQ certificates or None")
     p.add_argument("-b", "--block-id", "--block_id", dest="block_id", default=None)
     p.add_argument("-u", "--uid", default=None)
@@ -140,6 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--debug", action="store_true")
     p.add_argument("--poll", type=int, default=10, help="accepted for Parsl compatibility; unused")
     return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Settle the options that come in several forms; ``p.error`` (exit 2, the reason on stderr) otherwise."""
+    if args.task_url is not None:
+        url = urllib.parse.urlsplit(args.task_url)
+        if url.scheme != "tcp" or not url.hostname or url.port is None:
+            p.error(f"--task_url must be tcp://address:port, got {args.task_url!r}")
+        args.addresses = args.addresses or url.hostname
+        args.port = args.port or url.port
+    if not args.addresses or not args.port:
+        p.error("the interchange is needed: --addresses and --port (or Parsl 1.x's --task_url)")
+    if args.enable_mpi_mode:
+        p.error("--enable_mpi_mode: htex_ref's pools have no MPI mode yet")
+    if args.logconf not in ("None", "none", ""):
+        p.error(f"--logconf {args.logconf!r}: Parsl's pickled log configurations are not read here; pass None")
+    return args
 
 
 def probe_addresses(contexts: Contexts, addresses: list[str], port: int, timeout: float) -> str:
@@ -484,7 +513,8 @@ class WorkerPool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = check_args(parser, parser.parse_args(argv))
     uid = args.uid or uuid.uuid4().hex[:12]
     logdir = os.path.join(args.logdir, f"block-{args.block_id}", uid)
     os.makedirs(logdir, exist_ok=True)

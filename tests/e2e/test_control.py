@@ -248,3 +248,46 @@ def test_deprecated_parsl_names_warn_and_apply() -> None:
                           ({"working_dir": "/tmp"}, "parsl_adapter"), ({"remote_monitoring_radio": object()}, "None")]:
         with pytest.raises(ValueError, match=match):
             HighThroughputExecutor(**kwargs)
+
+
+#: The launch command of Parsl 2026.10's HighThroughputExecutor, as its users copy and wrap it.
+PARSL_LAUNCH_CMD = (
+    "process_worker_pool.py {debug} {max_workers_per_node} -a {addresses} -p {prefetch_capacity} "
+    "-c {cores_per_worker} -m {mem_per_worker} --poll {poll_period} --port={worker_port} --cert_dir {cert_dir} "
+    "--logdir={logdir} --logconf={logconf} --block_id={{block_id}} --hb_period={heartbeat_period} "
+    "{address_probe_timeout_string} --hb_threshold={heartbeat_threshold} --drain_period={drain_period} "
+    "--cpu-affinity {cpu_affinity} {enable_mpi_mode} --mpi-launcher={mpi_launcher} "
+    "--available-accelerators {accelerators}"
+)
+#: Parsl 1.x's form (the seed API page's example), with the task and result URLs.
+PARSL1_LAUNCH_CMD = ("process_worker_pool.py {debug} -c {cores_per_worker} --task_url={task_url} "
+                     "--result_url={result_url} --cert_dir {cert_dir} --logdir={logdir} --block_id={{block_id}}")
+
+
+def environment() -> dict[str, str]:
+    return {"rank": os.environ["PARSL_WORKER_RANK"], "count": os.environ["PARSL_WORKER_COUNT"],
+            "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "wrapped": os.environ.get("IN_CONTAINER", "")}
+
+
+@pytest.mark.parametrize("template", [PARSL_LAUNCH_CMD, PARSL1_LAUNCH_CMD], ids=["parsl-2026", "parsl-1"])
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_parsl_launch_cmd_wrapped_in_a_container_command_starts_a_pool(make_executor: Any, tmp_path: Path,
+                                                                       template: str, encrypted: bool) -> None:
+    import sys
+
+    container = tmp_path / "fake-container"
+    # "fake-container run IMAGE -- COMMAND...": runs the command, marking its environment as a container's.
+    container.write_text('#!/bin/bash\nshift 2; [ "$1" = "--" ] && shift\nexport IN_CONTAINER=yes\nexec "$@"\n')
+    container.chmod(0o755)
+    venv_bin = os.path.dirname(sys.executable)
+    ex = make_executor(launch_cmd=f"{container} run pool.sif -- {template}", encrypted=encrypted,
+                       max_workers_per_node=2, available_accelerators=2,
+                       provider=LocalProvider(worker_init=f"export PATH={venv_bin}:$PATH"))
+    assert "htex-worker-pool" in ex._launch_command("0") and "process_worker_pool.py" not in ex._launch_command("0")
+    seen = [ex.submit(environment).result(60) for _ in range(4)]
+    assert {s["wrapped"] for s in seen} == {"yes"}
+    if template is PARSL_LAUNCH_CMD:
+        # {max_workers_per_node} and --available-accelerators {accelerators} reached the pool.
+        assert {s["count"] for s in seen} == {"2"} and {s["devices"] for s in seen} <= {"0", "1"}
+    else:
+        assert {s["devices"] for s in seen} == {""}  # Parsl 1.x's command passes no accelerators

@@ -181,3 +181,48 @@ def test_every_parameter_is_an_attribute_of_the_executor() -> None:
     assert ex.launch_cmd.startswith("{worker_pool}") and ex.provider.__class__.__name__ == "LocalProvider"
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         ex.nonsense  # noqa: B018
+
+
+def test_parsl_placeholders_render_with_parsl_meanings() -> None:
+    ex = HighThroughputExecutor(max_workers_per_node=3, available_accelerators=["a", "b"], address_probe_timeout=7,
+                                launch_cmd="process_worker_pool.py {max_workers_per_node} "
+                                           "--available-accelerators {accelerators} {address_probe_timeout_string} "
+                                           "--poll {poll_period} --logconf={logconf} {enable_mpi_mode} "
+                                           "--mpi-launcher={mpi_launcher} --task_url={task_url} {nodes_per_block}")
+    ex.interchange_worker_port = 5555
+    words = ex._launch_command("4").split()
+    assert words[0] == "htex-worker-pool"
+    assert words[1:5] == ["--max_workers_per_node=3", "--available-accelerators", "a", "b"]
+    assert "--address_probe_timeout=7.0" in words and "--logconf=None" in words and "--mpi-launcher=mpiexec" in words
+    assert "--task_url=tcp://127.0.0.1:5555" in words and words[-1] == "1"
+    # No cap and no accelerators: the option and the names are empty, as in Parsl.
+    plain = HighThroughputExecutor(launch_cmd="x {max_workers_per_node}| --available-accelerators {accelerators}|")
+    plain.interchange_worker_port = 5555
+    assert plain._launch_command("0") == "x | --available-accelerators |"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--task_url=tcp://10.1.2.3:5000", "--cert_dir", "None"],
+    ["-a", "10.1.2.3", "--port=5000", "--logconf=None", "--mpi-launcher=srun", "--poll", "10"],
+])
+def test_the_pool_takes_parsls_options(argv: list[str]) -> None:
+    from htex_ref.worker_pool import build_parser, check_args
+
+    p = build_parser()
+    args = check_args(p, p.parse_args(argv))
+    assert (args.addresses, args.port) == ("10.1.2.3", 5000)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--cert_dir", "None"], "--addresses and --port"),
+    (["-a", "x", "--port=1", "--enable_mpi_mode"], "no MPI mode"),
+    (["-a", "x", "--port=1", "--logconf=/tmp/log.pkl"], "log configurations"),
+    (["--task_url=http://x:1"], "tcp://address:port"),
+])
+def test_the_pool_refuses_what_it_cannot_do(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from htex_ref.worker_pool import build_parser, check_args
+
+    p = build_parser()
+    with pytest.raises(SystemExit) as info:
+        check_args(p, p.parse_args(argv))
+    assert info.value.code == 2 and message in capsys.readouterr().err
