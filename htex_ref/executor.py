@@ -51,7 +51,7 @@ from htex_ref.netutil import create_certificates
 from htex_ref.protocol import Kind, Query, pack_task_header
 from htex_ref.providers.base import ExecutionProvider, JobStatus
 from htex_ref.serialize import dumps_arguments, dumps_function
-from htex_ref.settings import ExecutorSettings, is_int
+from htex_ref.settings import ExecutorSettings, is_int, is_number
 from htex_ref.tasks import SUPPORTED_SPEC_KEYS, HtexFuture, TaskTable, priority_of
 
 __all__ = ["SUPPORTED_SPEC_KEYS", "HighThroughputExecutor", "HtexFuture"]
@@ -441,28 +441,33 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         launched: list[str] = self._blocks(ScaleOut(blocks))
         return launched
 
-    def scale_in(self, blocks: int = 0, block_ids: Sequence[str] | None = None) -> list[str]:
+    def scale_in(self, blocks: int = 0, max_idletime: float | None = None, *,
+                 block_ids: Sequence[str] | None = None) -> list[str]:
         """Cancel ``blocks`` blocks, idle ones first, or exactly the live ones of ``block_ids`` (not both);
-        returns the ids cancelled. ``scale_in(0)`` does nothing."""
+        returns the ids cancelled. ``scale_in(0)`` does nothing. With ``max_idletime`` (Parsl's form) only
+        blocks whose workers have all been idle for more than that many seconds are cancelled."""
         if not is_int(blocks) or blocks < 0:
             raise ValueError(f"blocks must be an int >= 0, got {blocks!r}")
+        if max_idletime is not None and (not is_number(max_idletime) or max_idletime < 0):
+            raise ValueError(f"max_idletime must be None or a number of seconds >= 0, got {max_idletime!r}")
         if block_ids is not None:
-            if blocks:
-                raise ValueError("scale_in takes blocks or block_ids, not both")
+            if blocks or max_idletime is not None:
+                raise ValueError("scale_in takes blocks (with max_idletime) or block_ids, not both")
             if isinstance(block_ids, str) or not all(isinstance(b, str) for b in block_ids):
                 raise TypeError(f"block_ids must be a list of block id strings, got {block_ids!r}")
             cancelled: list[str] = self._blocks(ScaleIn(block_ids=tuple(block_ids)))
             return cancelled
         if blocks == 0:
             return []
-        cancelled = self._blocks(ScaleIn(blocks))
+        cancelled = self._blocks(ScaleIn(blocks, max_idletime=None if max_idletime is None else float(max_idletime)))
         return cancelled
 
-    def status(self) -> dict[str, JobStatus]:
-        """The state of every block this executor launched (or failed to launch)."""
+    def status(self, fresh: bool = True) -> dict[str, JobStatus]:
+        """The state of every block this executor launched (or failed to launch); ``fresh=False``: as last
+        seen (the last status refresh, and the states the executor set since), without asking the provider."""
         if self._control is None:
             return {}
-        statuses: dict[str, Any] = self._control.request(StatusQuery())
+        statuses: dict[str, Any] = self._control.request(StatusQuery(fresh=fresh))
         return {b: JobStatus.of(st) for b, st in statuses.items()}
 
     def block_statuses(self) -> dict[str, JobStatus]:

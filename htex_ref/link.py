@@ -61,6 +61,8 @@ class InterchangeLink:
         self.logdir = logdir
         self.table = table
         self.on_failure = on_failure
+        #: Why the link itself failed (the interchange died, went silent or sent garbage); None while it works.
+        self.broken: BaseException | None = None
         self.heartbeat_threshold = heartbeat_threshold
         self.heartbeat_period = heartbeat_period
         self.process: subprocess.Popen[bytes] | None = None
@@ -135,8 +137,10 @@ class InterchangeLink:
 
     def query(self, query: Query, *args: Any, timeout: float = 10.0) -> Any:
         """Ask the interchange and wait for its answer (``CommandTimeout`` after ``timeout`` seconds)."""
-        if self.table.failure is not None:
-            raise BadStateException(self.label, self.table.failure)
+        if self.broken is not None:
+            # The interchange cannot answer. In bad state for another reason (failed blocks) it still can:
+            # what ran and where stays visible for the diagnosis.
+            raise BadStateException(self.label, self.table.failure or self.broken)
         if self.closed or self._writer is None:
             raise RuntimeError(f"executor {self.label} is not running")
         request_id = next(self._request_ids)
@@ -150,6 +154,11 @@ class InterchangeLink:
                 raise CommandTimeout(f"the interchange did not answer {query.value!r} within {timeout} s") from None
         finally:
             self._replies.pop(request_id, None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.broken is None:
+            self.broken = exc
+        self.on_failure(exc)
 
     def fail_queries(self, error: BaseException) -> None:
         """Fail every query in flight (the executor failed or is shutting down)."""
@@ -166,7 +175,7 @@ class InterchangeLink:
             # The thread that resolves futures must not die silently: nobody else would resolve them.
             logger.exception("The link thread failed")
             if not self.closed:
-                self.on_failure(InterchangeError(
+                self._fail(InterchangeError(
                     f"the executor's link thread failed ({type(e).__name__}: {e}); see the log of {__name__}"))
                 self._ready.set()
 
@@ -210,7 +219,7 @@ class InterchangeLink:
         due = watch.due(now)
         if due is Due.SILENT:
             assert self.process is not None
-            self.on_failure(InterchangeError(
+            self._fail(InterchangeError(
                 f"the interchange process (pid {self.process.pid}) has not answered for {silent:.1f} s "
                 f"(heartbeat_threshold={self.heartbeat_threshold} s): it is stopped or stuck; "
                 f"see {self.logdir}/interchange.log"))
@@ -225,7 +234,7 @@ class InterchangeLink:
             messages = reader.read_available()
         except Exception as e:
             # Our own child wrote something we cannot parse: nothing after it can be trusted.
-            self.on_failure(InterchangeError(f"corrupt message stream from the interchange ({type(e).__name__}: "
+            self._fail(InterchangeError(f"corrupt message stream from the interchange ({type(e).__name__}: "
                                              f"{e}); see {self.logdir}/interchange.log"))
             return False
         for frames in messages:
@@ -237,7 +246,7 @@ class InterchangeLink:
             except Exception as e:
                 # Results in it would never resolve: fail loudly rather than leave them waiting.
                 logger.exception("Undecodable message from the interchange")
-                self.on_failure(InterchangeError(f"undecodable message from the interchange ({type(e).__name__}: "
+                self._fail(InterchangeError(f"undecodable message from the interchange ({type(e).__name__}: "
                                                  f"{e}); see {self.logdir}/interchange.log"))
                 return False
         return True
@@ -263,7 +272,7 @@ class InterchangeLink:
                 exc = VersionMismatch(str(body.get("manager")), str(body.get("interchange")))
             else:
                 exc = InterchangeError(str(body.get("message")))
-            self.on_failure(exc)
+            self._fail(exc)
         else:
             logger.warning("Ignoring message of unknown kind %r from the interchange", bytes(kind[:32]))
 
@@ -280,7 +289,7 @@ class InterchangeLink:
             f"see {self.logdir}/interchange.log" + (f"; its stderr ends with:\n{stderr}" if stderr else "")
         )
         logger.error("%s", exc)
-        self.on_failure(exc)
+        self._fail(exc)
         self._ready.set()
 
     # ------------------------------------------------------------------------------------ stop

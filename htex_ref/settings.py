@@ -293,7 +293,7 @@ class ExecutorSettings:
         if cmd is not None:
             if isinstance(cmd, str) or not cmd or not all(isinstance(w, str) and w for w in cmd):
                 raise TypeError(f"interchange_launch_cmd must be a non-empty list of strings (an argv), got {cmd!r}")
-            self._set("interchange_launch_cmd", tuple(cmd))
+            self._set("interchange_launch_cmd", list(cmd))
 
     def _check_identity(self) -> None:
         if not isinstance(self.label, str) or not self.label or "/" in self.label:
@@ -444,7 +444,7 @@ class ExecutorSettings:
         """The command that starts block ``block_id``'s pools, for an interchange listening on ``worker_port``."""
         if self.address:
             addresses = self.address
-        elif isinstance(self.provider, LocalProvider):
+        elif self.provider.same_host:
             # Every block of a LocalProvider runs on this host: the loopback address reaches it.
             addresses = self.loopback_address
         else:

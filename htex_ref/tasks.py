@@ -62,7 +62,10 @@ def priority_of(spec: Any) -> float:
     return float(priority)
 
 
-def _settle(fut: Future[Any], ok: bool, value: Any) -> None:
+def _settle(fut: Future[Any], ok: bool, value: Any,
+            translate: Callable[[BaseException], BaseException] | None = None) -> None:
+    if not ok and translate is not None:
+        value = translate(value)
     try:
         if ok:
             fut.set_result(value)
@@ -88,6 +91,8 @@ class TaskTable:
         #: Why the executor failed (its bad state), once it has.
         self.failure: BaseException | None = None
         self.closed = False
+        #: Maps each exception a future fails with (the Parsl adapter gives Parsl's classes); None: as is.
+        self.translate: Callable[[BaseException], BaseException] | None = None
 
     def __len__(self) -> int:
         return len(self.futures)
@@ -145,7 +150,7 @@ class TaskTable:
             except BaseException as e:  # never leave a popped future unresolved
                 ok, value = False, DeserializationError(
                     f"result of task {task_id} could not be decoded: {type(e).__name__}: {e}")
-            _settle(fut, ok, value)
+            _settle(fut, ok, value, self.translate)
         if self._room_waiters:
             self.wake_submitters()
 
@@ -159,7 +164,7 @@ class TaskTable:
             self.futures.clear()
         err = BadStateException(self.label, self.failure)
         for fut in pending:
-            _settle(fut, False, err)
+            _settle(fut, False, err, self.translate)
         self.wake_submitters()
         return self.failure
 
@@ -169,7 +174,7 @@ class TaskTable:
             pending = list(self.futures.values())
             self.futures.clear()
         for fut in pending:
-            _settle(fut, False, exception)
+            _settle(fut, False, exception, self.translate)
         self.wake_submitters()
         return len(pending)
 
@@ -182,7 +187,7 @@ class TaskTable:
         for fut in pending:
             if not fut.done():
                 _settle(fut, False, ExecutorShutdown(
-                    f"executor {self.label} was shut down before task {fut.task_id} finished"))
+                    f"executor {self.label} was shut down before task {fut.task_id} finished"), self.translate)
         self.wake_submitters()
 
     def wake_submitters(self) -> None:

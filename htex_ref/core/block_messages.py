@@ -69,6 +69,9 @@ class ScaleIn:
 
     blocks: int = 0
     block_ids: tuple[str, ...] | None = None
+    #: Only blocks whose managers have all been idle (no task) for more than this many seconds
+    #: (Parsl's ``scale_in(blocks, max_idletime)``); blocks that never registered are not idle.
+    max_idletime: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class StatusQuery:
     block error rule sees them, with MISSING for blocks that ended or timed out before registering)."""
 
     with_missing: bool = False
+    #: Ask the provider first (False: what is known now, from the last refresh and the states set here).
+    fresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,15 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class ExternalPass:
+    """A pass of the scheduler that starts and stops the blocks of an executor with the ``external``
+    strategy (Parsl's job-status poller, through the adapter), with the executor's outstanding tasks:
+    two such passes that start nothing while tasks wait with no block live or pending mean none will come."""
+
+    outstanding: int
+
+
+@dataclass(frozen=True)
 class Launched:
     block_id: str
     job_id: str
@@ -133,8 +147,8 @@ class CancelDone:
     scaled_in: bool = True
 
 
-Event = (Start | ScaleOut | ScaleIn | HoldRequest | StatusQuery | Shutdown | Observed | Tick | Launched
-         | LaunchFailed | CancelDone)
+Event = (Start | ScaleOut | ScaleIn | HoldRequest | StatusQuery | Shutdown | Observed | Tick | ExternalPass
+         | Launched | LaunchFailed | CancelDone)
 
 
 # ---------------------------------------------------------------------------------- instructions

@@ -56,6 +56,7 @@ from htex_ref.core.block_messages import (
     ControlSettings,
     ErrorRule,
     Event,
+    ExternalPass,
     FailAll,
     FailOutstanding,
     HoldBlock,
@@ -81,8 +82,8 @@ from htex_ref.core.strategy import BlockView, Snapshot, StrategyMemory, decide
 from htex_ref.core.strategy import ScaleOut as ScaleOutDecision
 
 __all__ = [
-    "Answer", "BlockControl", "BlockEnded", "Cancel", "CancelDone", "ControlSettings", "ErrorRule", "Event", "FailAll",
-    "FailOutstanding",
+    "Answer", "BlockControl", "BlockEnded", "Cancel", "CancelDone", "ControlSettings", "ErrorRule", "Event",
+    "ExternalPass", "FailAll", "FailOutstanding",
     "HoldBlock", "HoldRequest", "Instruction", "Launch", "LaunchFailed", "Launched", "Needs", "Observed", "ScaleIn",
     "ScaleOut", "Shutdown", "Start", "StatusQuery", "Tick", "drive", "strategy_views",
 ]
@@ -181,6 +182,7 @@ class BlockControl:
         self._pending: _Pending | None = None
         #: Since when tasks have waited with no block live or pending and none coming (None: they have not).
         self._no_block_since: float | None = None
+        self._external_passes = 0
         self._ids = itertools.count()
         self._out: list[Instruction] = []
 
@@ -198,6 +200,8 @@ class BlockControl:
         if isinstance(event, ScaleIn):
             return Needs(jobs=True, interchange=not self.failed)
         if isinstance(event, StatusQuery):
+            if not event.fresh:
+                return Needs()
             return Needs(jobs=True, interchange=event.with_missing and not self.failed)
         if isinstance(event, Shutdown):
             return Needs(jobs=True)
@@ -268,7 +272,7 @@ class BlockControl:
         if ev.block_ids is not None:
             chosen = [b for b in ev.block_ids if b in live]
         else:
-            chosen = choose_blocks_to_scale_in(ev.blocks, live, {} if self.failed else self.loads)
+            chosen = choose_blocks_to_scale_in(ev.blocks, live, {} if self.failed else self.loads, ev.max_idletime)
         for block_id in chosen:
             self._out.append(HoldBlock(block_id))
         self._cancel(chosen, scaled_in=True, answer=True)
@@ -277,7 +281,18 @@ class BlockControl:
         self._out.extend([HoldBlock(ev.block_id), Answer(None)])
 
     def _on_status_query(self, ev: StatusQuery, now: float) -> None:
+        if ev.with_missing and self._jobs_fresh and not (self.stopping or self.failed):
+            # Fresh statuses were observed for this query: they are this pass's refresh, so an external
+            # scheduler that polls (Parsl's) does not make the provider answer twice per interval.
+            self._jobs_fresh = False
+            self._refresh(now)
         self._out.append(Answer(self.block_statuses() if ev.with_missing else self.status()))
+
+    def _on_external_pass(self, ev: ExternalPass, now: float) -> None:
+        self.outstanding = ev.outstanding
+        if not (self.stopping or self.failed):
+            self._no_silent_wait(now, external_pass=True)
+        self._out.append(Answer(None))
 
     def _on_shutdown(self, ev: Shutdown, now: float) -> None:
         self.stopping = True
@@ -322,21 +337,33 @@ class BlockControl:
         if not self.failed:
             self._no_silent_wait(now)
 
-    def _no_silent_wait(self, now: float) -> None:
+    def _no_silent_wait(self, now: float, external_pass: bool = False) -> None:
         """Tasks never wait for a block that nothing will start: after ``no_block_grace`` seconds of tasks
-        outstanding with no block live or pending and no strategy that would launch one, they fail."""
+        outstanding with no block live or pending and no strategy that would launch one, they fail. With the
+        ``external`` strategy, "would launch none" is seen: two of its passes (``ExternalPass``) came and
+        launched nothing."""
         s = self.settings
-        stuck = (self.outstanding > 0 and s.strategy != EXTERNAL and not self.launching
-                 and not self.live_blocks() and (not self.strategy_active or s.max_blocks == 0))
+        external = s.strategy == EXTERNAL
+        stuck = (self.outstanding > 0 and not self.launching and not self.live_blocks()
+                 and (external or not self.strategy_active or s.max_blocks == 0))
         if not stuck:
             self._no_block_since = None
             return
         if self._no_block_since is None:
-            self._no_block_since = now
+            self._no_block_since, self._external_passes = now, 0
+        if external_pass:
+            self._external_passes += 1
+        if now - self._no_block_since < s.no_block_grace or (external and self._external_passes < 2):
             return
-        if now - self._no_block_since < s.no_block_grace:
+        waited, self._no_block_since = now - self._no_block_since, None
+        if external:
+            why = (f"the scheduler that scales it (Parsl's strategy) started none in {self._external_passes} passes "
+                   "(strategy='none' with init_blocks=0 or after every block ended, or max_blocks=0?)")
+            self._out.append(FailOutstanding(
+                f"{self.outstanding} task(s) of executor {s.label} waited {waited:.0f} s with no block running "
+                f"or pending, and {why}; use Config(strategy='simple') to start blocks on demand, or raise "
+                "init_blocks / min_blocks / max_blocks"))
             return
-        self._no_block_since = None
         why = ("max_blocks=0 allows no block" if s.max_blocks == 0 else
                f"strategy='{s.strategy}' starts none (init_blocks=0, or every block ended, drained or was scaled in)")
         self._out.append(FailOutstanding(
@@ -493,6 +520,7 @@ class BlockControl:
         Shutdown: _on_shutdown,
         Observed: _on_observed,
         Tick: _on_tick,
+        ExternalPass: _on_external_pass,
         Launched: _on_launched,
         LaunchFailed: _on_launch_failed,
         CancelDone: _on_cancel_done,

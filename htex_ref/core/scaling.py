@@ -7,7 +7,10 @@ who asks for n blocks to go, so it may take busy blocks last, as Parsl does.
 ``choose_blocks_to_scale_in`` ranks live blocks so that the cheapest to lose go first: blocks whose
 managers are all held (they get no work anyway), then blocks with no tasks before busy ones, and among
 those the longest idle first; a block that never registered counts as idle forever. ``n <= 0`` chooses
-nothing (Parsl's ``scale_in(0)`` kills every idle block).
+nothing (Parsl's ``scale_in(0)`` kills every idle block). With ``max_idletime`` (Parsl's
+``scale_in(n, max_idletime)``, which its ``htex_auto_scale`` strategy calls) only registered blocks with
+no task, idle for more than ``max_idletime`` seconds, are candidates: unlike Parsl, a block still
+waiting in the queue is not "idle", so that strategy does not cancel pending blocks it just asked for.
 
 The block-failure rules decide when failed blocks put the executor in bad state: ``blocks_all_failed``
 (Parsl's "simple" handler) and ``blocks_last_failed`` (its "windowed" handler); ``AllFailedRule`` and
@@ -26,11 +29,16 @@ from htex_ref.core.jobs import FAILED_STATES, JobStatus
 from htex_ref.core.selectors import block_rank
 
 
-def choose_blocks_to_scale_in(n: int, live_blocks: Iterable[str], loads: Mapping[str, BlockLoad]) -> list[str]:
+def choose_blocks_to_scale_in(n: int, live_blocks: Iterable[str], loads: Mapping[str, BlockLoad],
+                              max_idletime: float | None = None) -> list[str]:
     """The ``n`` live blocks cheapest to lose, cheapest first; ``loads`` is the interchange's view of each
-    block with registered managers (``InterchangeState.block_loads``)."""
+    block with registered managers (``InterchangeState.block_loads``); ``max_idletime``: see the module
+    docstring."""
     if n <= 0:
         return []
+    if max_idletime is not None:
+        live_blocks = [b for b in live_blocks if (load := loads.get(b)) is not None and load.managers > 0
+                       and load.tasks == 0 and load.idle_for is not None and load.idle_for > max_idletime]
 
     def key(b: str) -> tuple[bool, bool, float, int, tuple[int, int, str]]:
         load = loads.get(b)

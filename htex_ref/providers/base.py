@@ -157,6 +157,8 @@ class ExecutionProvider(ABC):
     script_dir: str | None = None
     #: Seconds each block may run before the batch system ends it; None where there is no such limit.
     walltime_seconds: float | None = None
+    #: Every block runs on this host, so the loopback address reaches its worker pools.
+    same_host: bool = False
 
     @abstractmethod
     def submit(self, command: str, tasks_per_node: int, job_name: str = "htex_ref.auto") -> str:

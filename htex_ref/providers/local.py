@@ -96,6 +96,8 @@ class LocalProvider(ExecutionProvider):
         tried on one machine. ``None``: jobs run until they end or are cancelled.
     """
 
+    same_host = True
+
     def __init__(
         self,
         nodes_per_block: int = 1,

@@ -192,6 +192,8 @@ def test_interchange_death_fails_everything_fast(make_executor: Any) -> None:
     assert ex.bad_state_is_set
     with pytest.raises(BadStateException):
         ex.submit(square, 3)
+    with pytest.raises(BadStateException, match="exited unexpectedly"):
+        ex.connected_managers()  # the interchange is gone: no query waits for it
 
 
 def test_bad_launch_command_fails_loudly(make_executor: Any) -> None:

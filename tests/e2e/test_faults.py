@@ -328,6 +328,8 @@ def test_block_that_never_starts_fails_the_executor(
         ex.submit(square, 1)
     assert time.monotonic() - t1 < 1
     assert ex.block_statuses()["0"].state.name == "MISSING"
+    # The interchange still runs: what connected (nothing) stays visible for the diagnosis.
+    assert ex.connected_blocks() == [] and ex.connected_managers() == []
 
 
 # ----------------------------------------------------------------------------- no leaks between tasks

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from htex_ref.core.blocks import (
+    EXTERNAL,
     BlockEnded,
     Cancel,
+    ExternalPass,
     FailAll,
     FailOutstanding,
     HoldBlock,
@@ -25,6 +27,7 @@ from htex_ref.core.blocks import (
     ScaleOut,
     Shutdown,
     Start,
+    StatusQuery,
     Tick,
 )
 from htex_ref.core.interchange import BlockLoad
@@ -124,6 +127,14 @@ def idle_blocks(strategy: str) -> Callable[[], Harness]:
     return make
 
 
+def idle_and_pending() -> Harness:
+    """Block 0 registered and idle 100 s, block 1 registered and idle 10 s, block 2 busy, block 3 pending."""
+    h = registered_running(3, max_idletime=60.0)
+    h.loads = {"0": idle(100.0), "1": idle(10.0), "2": busy(1)}
+    h.run(ScaleOut(1), 6.0)
+    return h
+
+
 def in_bad_state() -> Harness:
     h = registered_running(1, strategy="simple")
     h.bad_state = True
@@ -160,6 +171,18 @@ ROWS = [
         [("hold", "0"), ("cancel", ("0",), True), ("ended", "0", "")]),
     Row("scale_in(block_ids) takes exactly the live ones named", idle_blocks("none"), ScaleIn(block_ids=("1", "7")),
         20.0, [("hold", "1"), ("cancel", ("1",), True), ("ended", "1", "")]),
+    Row("scale_in(n, max_idletime) takes only registered blocks idle for longer, never a pending one",
+        idle_and_pending, ScaleIn(3, max_idletime=30.0), 20.0, [("hold", "0"), ("cancel", ("0",), True),
+                                                                 ("ended", "0", "")]),
+    Row("scale_in(n, max_idletime=0): every idle registered block, still none pending or busy",
+        idle_and_pending, ScaleIn(4, max_idletime=0.0), 20.0,
+        [("hold", "0"), ("hold", "1"), ("cancel", ("0", "1"), True), ("ended", "0", ""), ("ended", "1", "")]),
+    Row("external strategy: start launches nothing, not even init_blocks",
+        lambda: Harness(FakeProvider(init_blocks=2), strategy=EXTERNAL), Start(), 0.0, []),
+    Row("external strategy: no scaling on demand (the other scheduler decides)",
+        demand(9, strategy=EXTERNAL), None, 5.0, []),
+    Row("a status query with fresh statuses is this pass's refresh: a block that ended is reported",
+        ended_after_registering, StatusQuery(with_missing=True), 6.0, [("ended", "0", "ended (COMPLETED)")]),
     Row("scale_out(2) launches two blocks with the next ids", lambda: started(1), ScaleOut(2), 1.0,
         [("launch", "1"), ("launch", "2")]),
     Row("shutdown cancels every live block and tells the interchange nothing", shutting_down, Shutdown(), 20.0,
@@ -238,6 +261,33 @@ def all_scaled_in() -> Harness:
 def test_tasks_never_wait_for_a_block_nothing_will_start(setup: Any, now: float, fails: bool) -> None:
     h = setup()
     assert (("fail outstanding",) in kinds(h.step(None, now))) is fails
+
+
+def test_under_an_external_scheduler_tasks_fail_after_two_passes_that_start_nothing() -> None:
+    h = started(0, strategy=EXTERNAL)
+    h.outstanding = 3
+    h.run(None, 1.0)  # tasks wait from 1 s on; the wake alone never fails them
+    assert kinds(h.step(None, 30.0)) == []
+    assert kinds(h.step(ExternalPass(3), 31.0)) == []  # one pass that started nothing
+    # The next pass (the scheduler's period later) launched nothing either: nothing will.
+    assert kinds(h.step(ExternalPass(3), 36.0)) == [("fail outstanding",)]
+    reason = next(i.reason for i in h.done if isinstance(i, FailOutstanding))
+    assert "3 task(s) of executor hx waited 35 s" in reason and "started none in 2 passes" in reason
+    assert "Config(strategy='simple')" in reason
+
+
+def test_under_an_external_scheduler_a_pass_that_launches_keeps_tasks_waiting() -> None:
+    # As under the adapter: the other scheduler judges failed blocks, block control does not.
+    h = started(0, strategy=EXTERNAL, block_error_handler=False)
+    h.outstanding = 3
+    assert kinds(h.step(ExternalPass(3), 1.0)) == []
+    assert h.run(ScaleOut(1), 1.1) == ["0"]  # the scheduler's strategy, after its pass
+    assert kinds(h.step(ExternalPass(3), 6.0)) == []
+    assert kinds(h.step(ExternalPass(3), 11.0)) == []  # the block is pending: the tasks wait for it
+    h.set_jobs(JobState.COMPLETED)  # it ended; nothing replaces it in the next two passes
+    assert kinds(h.step(None, 12.0)) == [("ended", "0", "ended (MISSING)")]  # it never registered
+    assert kinds(h.step(ExternalPass(3), 16.0)) == []
+    assert kinds(h.step(ExternalPass(3), 21.0)) == [("fail outstanding",)]
 
 
 def test_the_grace_starts_again_after_tasks_are_failed_or_a_block_appears() -> None:
