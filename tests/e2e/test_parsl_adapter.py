@@ -1,4 +1,6 @@
-"""Parsl's own apps on htex_ref through ``htex_ref.parsl_adapter`` (run by the ``parsl_adapter`` nox session).
+"""Parsl's own apps on htex_ref through ``htex_ref.parsl_adapter`` under Parsl's own ``Config`` (run by the
+``parsl_adapter`` nox session): Parsl's strategy scales the blocks, Parsl's error handler judges them,
+errors reach Parsl code as Parsl's classes, block and task states reach Parsl's monitoring.
 
 Skipped where Parsl is not installed (the main test environment does not install it).
 """
@@ -14,6 +16,7 @@ import pytest
 
 from htex_ref.providers import LocalProvider
 from tests.conftest import processes_mentioning, wait_until
+from tests.seed_examples import SEED_EXAMPLES, SeedExample, make_worker_view
 
 parsl = pytest.importorskip("parsl")
 
@@ -46,6 +49,21 @@ def fail_until(counter: str, failures: int) -> int:
 @parsl.bash_app
 def echo(text: str, stdout: Any = None) -> str:
     return f"echo {text}"
+
+
+@parsl.python_app
+def exit_worker() -> None:
+    import os
+
+    os._exit(7)
+
+
+@parsl.python_app
+def sleep_for(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
 
 
 @parsl.join_app
@@ -94,3 +112,194 @@ def test_parsl_apps_run_on_htex_ref(parsl_on_htex_ref: Any, tmp_path: Path) -> N
 
     assert fib(10).result(timeout=60) == 55
     assert executor.executor.run_dir.startswith(str(tmp_path))
+
+
+def _config(tmp_path: Path, executor: Any, **kw: Any) -> Any:
+    kw.setdefault("strategy_period", 0.5)
+    return parsl.Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), **kw)
+
+
+@pytest.fixture
+def loaded(tmp_path: Path) -> Iterator[Any]:
+    """``loaded(executor, **config)`` loads a Parsl Config with that executor; everything is cleaned up after."""
+    dfks: list[Any] = []
+
+    def load(executor: Any, **kw: Any) -> Any:
+        dfk = parsl.load(_config(tmp_path, executor, **kw))
+        dfks.append(dfk)
+        return dfk
+
+    yield load
+    for dfk in dfks:
+        if not dfk.cleanup_called:
+            dfk.cleanup()
+    parsl.clear()
+    assert wait_until(lambda: not processes_mentioning(str(tmp_path)), 15), "processes left behind"
+
+
+def adapter(provider: Any, **kw: Any) -> Any:
+    from htex_ref.parsl_adapter import HtexRefExecutor
+
+    kw.setdefault("max_workers_per_node", 1)
+    return HtexRefExecutor(label="ad", provider=provider, encrypted=False, address="127.0.0.1", heartbeat_period=1,
+                           heartbeat_threshold=5, **kw)
+
+
+def block_states(ex: Any) -> dict[str, str]:
+    return {b: st.state.name for b, st in ex.status_facade.items()}
+
+
+@pytest.mark.parametrize("kind", ["parsl", "htex_ref"])
+def test_parsl_strategy_scales_out_from_zero_and_in_after_max_idletime(loaded: Any, kind: str) -> None:
+    from parsl.providers import LocalProvider as ParslLocalProvider
+
+    from htex_ref.parsl_adapter import ParslProvider
+
+    provider = (ParslLocalProvider if kind == "parsl" else LocalProvider)(init_blocks=0, max_blocks=1)
+    dfk = loaded(adapter(provider), strategy="simple", max_idletime=1.0)
+    ex = dfk.executors["ad"]
+    assert isinstance(ex.executor.provider, ParslProvider) is (kind == "parsl")
+    assert block_states(ex) == {}  # init_blocks=0: Parsl's strategy starts a block when a task comes
+    assert add(1, 2).result(timeout=60) == 3
+    assert list(ex.connected_blocks()) == ["0"]
+    # No task for max_idletime (1 s): Parsl's strategy scales the block in, and its pool goes away.
+    assert wait_until(lambda: block_states(ex) == {"0": "SCALED_IN"}, 30), block_states(ex)
+    assert wait_until(lambda: ex.connected_managers() == [], 30)
+    # A new task brings a new block.
+    assert add(2, 2).result(timeout=60) == 4
+    assert block_states(ex).get("1") in ("PENDING", "RUNNING")
+
+
+def test_scale_in_with_max_idletime_takes_only_blocks_idle_that_long(loaded: Any) -> None:
+    import parsl.executors
+
+    dfk = loaded(adapter(LocalProvider(init_blocks=2, max_blocks=2)), strategy="none")
+    ex = dfk.executors["ad"]
+    assert isinstance(ex, parsl.executors.HighThroughputExecutor)  # so htex_auto_scale scales it in
+    assert wait_until(lambda: len(ex.connected_managers()) == 2, 30)
+    assert ex.scale_in_facade(2, max_idletime=3600) == []  # nobody has been idle for an hour
+    assert wait_until(lambda: all(m["idle_duration"] > 0.2 for m in ex.connected_managers()), 10)
+    gone = ex.scale_in_facade(1, max_idletime=0.1)
+    assert len(gone) == 1 and block_states(ex)[gone[0]] == "SCALED_IN"
+    assert wait_until(lambda: [m["block_id"] for m in ex.connected_managers()] == [str(1 - int(gone[0]))], 30)
+
+
+def test_errors_that_cross_are_parsl_classes(loaded: Any) -> None:
+    from parsl.executors.errors import InvalidResourceSpecification as ParslInvalidSpec
+    from parsl.executors.high_throughput.errors import WorkerLost as ParslWorkerLost
+
+    from htex_ref import errors
+
+    dfk = loaded(adapter(LocalProvider(init_blocks=1, max_blocks=1)), strategy="none", retries=0)
+    with pytest.raises(ParslInvalidSpec) as spec_error:
+        add(1, 2, parsl_resource_specification={"num_nodes": 2}).result(timeout=60)
+    assert isinstance(spec_error.value, errors.InvalidResourceSpecification)
+    assert spec_error.value.invalid_keys == {"num_nodes"}
+
+    with pytest.raises(ParslWorkerLost) as lost:
+        exit_worker().result(timeout=60)
+    assert isinstance(lost.value, errors.WorkerLost) and "loss of worker" in str(lost.value)
+    assert add(2, 3).result(timeout=60) == 5  # the pool replaced its worker; the executor is fine
+    assert not dfk.executors["ad"].bad_state_is_set
+
+
+def test_parsl_block_error_handler_fails_the_executor_with_parsl_bad_state(loaded: Any) -> None:
+    from parsl.executors.errors import BadStateException as ParslBadState
+    from parsl.providers import LocalProvider as ParslLocalProvider
+
+    provider = ParslLocalProvider(init_blocks=1, max_blocks=1, worker_init="exit 3")
+    dfk = loaded(adapter(provider), strategy="simple", retries=0)
+    with pytest.raises(ParslBadState) as failed:
+        add(1, 1).result(timeout=60)
+    assert "EXIT CODE: 3" in str(failed.value)
+    assert dfk.executors["ad"].bad_state_is_set
+
+
+def test_strategy_none_with_no_block_fails_tasks_instead_of_waiting(loaded: Any) -> None:
+    from parsl.executors.errors import ExecutorError
+
+    from htex_ref.errors import NoBlocks
+
+    loaded(adapter(LocalProvider(init_blocks=0, max_blocks=1)), strategy="none", retries=0)
+    with pytest.raises(ExecutorError) as stuck:
+        add(1, 1).result(timeout=60)
+    assert isinstance(stuck.value, NoBlocks)
+    assert "Config(strategy='simple')" in str(stuck.value)
+
+
+def test_adapter_refuses_settings_that_belong_to_the_config() -> None:
+    from htex_ref.parsl_adapter import HtexRefExecutor
+
+    for name, value in (("strategy", "simple"), ("strategy_period", 1), ("max_idletime", 5)):
+        with pytest.raises(TypeError, match=f"Config\\({name}="):
+            HtexRefExecutor(**{name: value})
+    from parsl.monitoring.radios.htex import HTEXRadio
+
+    with pytest.raises(ValueError, match="FilesystemRadio"):
+        HtexRefExecutor(remote_monitoring_radio=HTEXRadio())
+    with pytest.raises(ValueError, match="block_error_handler"):
+        HtexRefExecutor(block_error_handler="sometimes")
+
+
+def test_monitoring_records_blocks_tasks_and_resources(loaded: Any, tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    import sqlite3
+
+    from parsl.monitoring import MonitoringHub
+
+    db = tmp_path / "monitoring.db"
+    hub = MonitoringHub(logging_endpoint=f"sqlite:///{db}", resource_monitoring_interval=0.2)
+    loaded(adapter(LocalProvider(init_blocks=1, max_blocks=1)), strategy="none", monitoring=hub)
+    assert sleep_for(1.0).result(timeout=60) == 1.0
+    assert add(1, 1).result(timeout=60) == 2
+    parsl.dfk().cleanup()  # the database is written by the time cleanup returns
+    with sqlite3.connect(db) as con:
+        tasks = con.execute("SELECT task_func_name FROM task").fetchall()
+        blocks = con.execute("SELECT DISTINCT status FROM block WHERE executor_label = 'ad'").fetchall()
+        resources = con.execute("SELECT COUNT(*) FROM resource").fetchone()[0]
+    assert sorted(t[0] for t in tasks) == ["add", "sleep_for"]
+    assert ("PENDING",) in blocks
+    assert resources > 0
+
+
+@pytest.mark.parametrize("example", SEED_EXAMPLES, ids=[e.name for e in SEED_EXAMPLES])
+def test_seed_example_runs_under_parsl_config_with_the_adapter(example: SeedExample, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from parsl.providers import LocalProvider as ParslLocalProvider
+
+    from htex_ref.parsl_adapter import HtexRefExecutor
+
+    monkeypatch.chdir(tmp_path)  # the examples name no run_dir: runinfo/ lands here
+    namespace: dict[str, Any] = {"Config": parsl.Config, "HighThroughputExecutor": HtexRefExecutor,
+                                 "LocalProvider": ParslLocalProvider}
+    exec(example.code, namespace)
+    view = parsl.python_app(make_worker_view())
+    with parsl.load(namespace["config"]):
+        seen = [f.result(timeout=60) for f in [view() for _ in range(6)]]
+    parsl.clear()
+    assert example.check(seen), seen
+    assert wait_until(lambda: not processes_mentioning(str(tmp_path)), 15), "processes left behind"
+
+
+def test_polaris_config_of_switching_from_parsl_builds_with_parsl_providers() -> None:
+    """The door-1 example of docs/switching-from-parsl.md (PBS Pro cannot run here: it is built, not loaded)."""
+    import re
+
+    from htex_ref.parsl_adapter import ParslProvider
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "switching-from-parsl.md").read_text()
+    code = re.search(r"```python\n(import parsl\n.*?)\nwith parsl.load", page, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    exec(code.group(1), namespace)
+    (ex,) = namespace["polaris_config"].executors
+    assert isinstance(ex, parsl.executors.HighThroughputExecutor) and ex.label == "htex"
+    assert isinstance(ex.executor.provider, ParslProvider)
+    assert ex.executor.provider.walltime_seconds == 600 and ex.executor.provider.cores_per_node is None
+    assert ex.workers_per_node == 4  # four GPUs bound the count
+    assert list(ex.available_accelerators) == ["0", "1", "2", "3"]
+    assert ex.cpu_affinity == "block-reverse"
+    ex.max_workers_per_node = 2  # set after construction, as Parsl users do: the inner executor follows
+    assert ex.executor.settings.max_workers_per_node == 2
+    with pytest.raises(ValueError, match="max_workers_per_node"):
+        ex.max_workers_per_node = -1

@@ -125,3 +125,15 @@ def test_every_no_run_example_says_why() -> None:
     for page in _pages():
         for reason in re.findall(r"<!-- no-run(.*?)-->", page.read_text()):
             assert reason.strip(" :"), f"{page.relative_to(ROOT)}: a no-run marker without a reason"
+
+
+def test_every_parsl_test_that_cannot_run_on_the_adapter_is_listed_with_its_reason() -> None:
+    from tests.parsl_suite.run import CANNOT_RUN
+
+    rows = [line for line in (Path(__file__).resolve().parents[2] / "docs" / "differences-from-parsl.md")
+            .read_text().splitlines() if line.startswith("| test_")]
+    listed = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in rows}
+    assert set(listed) == set(CANNOT_RUN)
+    for test, why in CANNOT_RUN.items():
+        # The page formats names as code; the words are the same.
+        assert listed[test].replace("`", "") == why, test
