@@ -24,6 +24,14 @@ def parser(prog: str = "htex-ref sim") -> argparse.ArgumentParser:
     return p
 
 
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None, prog: str = "htex-ref sim") -> int:
     """Simulate a scenario on a simulated batch cluster."""
     args = parser(prog).parse_args(argv)
@@ -46,8 +54,10 @@ def main(argv: list[str] | None = None, prog: str = "htex-ref sim") -> int:
         scenario = dataclasses.replace(scenario, executors=tuple(e for e in scenario.executors
                                                                  if e.label in args.only))
     out = Path(args.out) if args.out else Path("sim-out") / scenario.name
+    # Plots are the one part that needs an extra: without matplotlib the CSV files are the report.
+    plots = not args.no_plots and _have_matplotlib()
     try:
-        results = run(scenario, out, progress=None if not args.quiet else False, plots=not args.no_plots)
+        results = run(scenario, out, progress=None if not args.quiet else False, plots=plots)
     except ScenarioError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
@@ -60,4 +70,7 @@ def main(argv: list[str] | None = None, prog: str = "htex-ref sim") -> int:
                   f"{m['blocks_submitted']} blocks; simulated {r.sim_seconds:.0f} s in {r.wall_seconds:.2f} s "
                   f"({r.speed:.0f}x)", file=sys.stderr)
         print(f"report in {out}/", file=sys.stderr)
+        if not plots and not args.no_plots:
+            print("no plots: matplotlib is not installed (pip install 'htex-ref[sim]' adds timeline.png and "
+                  "comparison.png)", file=sys.stderr)
     return 0

@@ -15,8 +15,9 @@ FILES = ["runs.csv", "comparison.png"] + [f"{label}/{name}" for label in ("simpl
                                                        "timeline.png")]
 
 
-def sim(*args: str, hash_seed: str = "0") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+def sim(*args: str, hash_seed: str = "0", env_extra: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "htex_ref.cli", "sim", *args], capture_output=True, text=True,
                           env=env, timeout=120)
 
@@ -68,3 +69,19 @@ def test_python_m_simcluster(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "runs.csv").exists()
+
+
+def test_without_matplotlib_the_csv_files_are_written_and_one_line_says_how_to_get_plots(tmp_path: Path) -> None:
+    # A matplotlib that cannot be imported, first on the path: as on a machine without the sim extra.
+    fake = tmp_path / "no-mpl" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('matplotlib is not installed here')\n")
+    r = sim(str(SMOKE), "-o", str(tmp_path / "out"),
+            env_extra={"PYTHONPATH": f"{fake.parent}{os.pathsep}{os.getcwd()}"})
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    hints = [line for line in r.stderr.splitlines() if "htex-ref[sim]" in line]
+    assert hints == ["no plots: matplotlib is not installed (pip install 'htex-ref[sim]' adds timeline.png and "
+                     "comparison.png)"]
+    assert (tmp_path / "out" / "runs.csv").exists() and (tmp_path / "out" / "simple" / "tasks.csv").exists()
+    assert not list((tmp_path / "out").rglob("*.png"))
