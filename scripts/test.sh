@@ -10,16 +10,18 @@ root=$(pwd)
 basetemp="$root/.pytest-tmp"
 
 cleanup() {
-    # Every run directory of the tests lives under $basetemp, so any process still naming it is one
-    # this run started (an interchange, worker pool or worker left by a failed test).
-    local pids
-    pids=$(pgrep -f -- "$basetemp" || true)
-    if [ -n "$pids" ]; then
-        echo "cleanup: stopping leftover test processes: $pids" >&2
-        kill $pids 2>/dev/null || true
-        sleep 1
-        kill -9 $pids 2>/dev/null || true
-    fi
+    # Every run directory of the tests lives under these folders, so any process still naming one is
+    # one this run started (an interchange, worker pool or worker left by a failed test).
+    local pids dir
+    for dir in "$basetemp" "$root/.pytest-tmp-parsl" "$root/.parsl-suite-out"; do
+        pids=$(pgrep -f -- "$dir" || true)
+        if [ -n "$pids" ]; then
+            echo "cleanup: stopping leftover test processes: $pids" >&2
+            kill $pids 2>/dev/null || true
+            sleep 1
+            kill -9 $pids 2>/dev/null || true
+        fi
+    done
 }
 trap cleanup EXIT
 
@@ -50,6 +52,19 @@ echo "== pytest"
 rm -rf "$basetemp"
 failed=()
 .venv/bin/python -m pytest -n 2 --basetemp="$basetemp" -p no:cacheprovider "$@" || failed+=(pytest)
+
+echo "== Parsl adapter: Parsl's Config on htex_ref, and Parsl's own CI test selection on both executors"
+# Its own venv: Parsl's test suite needs pytest 7 (the main suite uses pytest 8).
+.venv-parsl/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf .venv-parsl; python3 -m venv .venv-parsl; }
+if .venv-parsl/bin/python -m pip install -q -e . -r tests/parsl_suite/requirements.txt; then
+    rm -rf "$root/.pytest-tmp-parsl"
+    .venv-parsl/bin/python -m pytest tests/e2e/test_parsl_adapter.py -q -p no:cacheprovider \
+        --basetemp="$root/.pytest-tmp-parsl" || failed+=(parsl-adapter)
+    .venv-parsl/bin/python tests/parsl_suite/run.py --only config --out "$root/.parsl-suite-out" \
+        || failed+=(parsl-suite)
+else
+    failed+=(parsl-install)
+fi
 
 if [ "${HTEX_SKIP_CLUSTERS:-0}" = 1 ]; then
     echo "== cluster tests skipped (HTEX_SKIP_CLUSTERS=1)"

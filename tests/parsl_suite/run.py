@@ -66,16 +66,24 @@ def run(name: str, args: list[str], out: Path) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", "--tb=line",
            "--show-capture=no"]
-    print(f"== {name}: {' '.join(cmd)}", flush=True)
     work = out / name
     work.mkdir(parents=True, exist_ok=True)
-    subprocess.run(cmd, cwd=work, env=env, check=False)
+    log = out / f"{name}.log"
+    print(f"== {name}: pytest output in {log}", flush=True)
+    with open(log, "w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        subprocess.run(cmd, cwd=work, env=env, check=False, stdout=f, stderr=subprocess.STDOUT)
+    lines = log.read_text(errors="replace").splitlines()
+    print("   " + (lines[-1] if lines else "(no output)"), flush=True)
     return outcomes(xml)
 
 
 def outcomes(xml: Path) -> dict[str, str]:
     """Each test's outcome by id ``test_dir/test_module.py::test_name[params]``, from pytest's JUnit XML."""
     result: dict[str, str] = {}
+    if not xml.exists():
+        return result  # pytest did not get as far as running tests: nothing passed
     for case in ET.parse(xml).getroot().iter("testcase"):
         module = case.get("classname", "").split("parsl.tests.", 1)[-1].replace(".", "/") + ".py"
         kinds = {child.tag for child in case}
@@ -120,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             "adapter_failures_outside_cannot_run": regressions,
         }
         summary[name] = entry
-        ok = ok and not regressions
+        ok = ok and not regressions and bool(on_adapter) and bool(on_parsl)
         print(f"\n{name}: Parsl's HTEx {fmt(entry['parsl_htex'])}; adapter {fmt(entry['adapter'])}, of which "
               f"{len(internal)} failed test(s) of Parsl's internals (CANNOT_RUN) and {len(regressions)} other(s)")
         for t in regressions:
