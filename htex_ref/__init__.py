@@ -52,6 +52,7 @@ _LAZY = {
     "SubmitException": "htex_ref.errors",
     "HighThroughputExecutor": "htex_ref.executor",
     "HtexFuture": "htex_ref.executor",
+    "MPIExecutor": "htex_ref.mpi_executor",
     "Launcher": "htex_ref.launchers",
     "SimpleLauncher": "htex_ref.launchers",
     "SingleNodeLauncher": "htex_ref.launchers",
@@ -116,6 +117,7 @@ if TYPE_CHECKING:
         SrunMPILauncher,
         WrappedLauncher,
     )
+    from htex_ref.mpi_executor import MPIExecutor
     from htex_ref.providers import (
         ClusterProvider,
         ExecutionProvider,
@@ -166,6 +168,7 @@ __all__ = [
     "JsrunLauncher",
     "Launcher",
     "LocalProvider",
+    "MPIExecutor",
     "ManagerLost",
     "MpiExecLauncher",
     "MpiRunLauncher",

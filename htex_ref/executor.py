@@ -52,7 +52,7 @@ from htex_ref.protocol import Kind, Query, pack_task_header
 from htex_ref.providers.base import ExecutionProvider, JobStatus
 from htex_ref.serialize import dumps_arguments, dumps_function
 from htex_ref.settings import ExecutorSettings, is_int, is_number
-from htex_ref.tasks import SUPPORTED_SPEC_KEYS, HtexFuture, TaskTable, priority_of
+from htex_ref.tasks import SUPPORTED_SPEC_KEYS, HtexFuture, TaskTable, read_spec
 
 __all__ = ["SUPPORTED_SPEC_KEYS", "HighThroughputExecutor", "HtexFuture"]
 
@@ -117,6 +117,11 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         storage_access: Sequence[Any] | None = None,
         working_dir: str | None = None,
         remote_monitoring_radio: Any = None,
+        enable_mpi_mode: bool = False,
+        mpi_launcher: str = "mpiexec",
+        mpi_nodes: Sequence[str] | None = None,
+        mpi_share_nodes: bool = False,
+        mpi_policy: str = "backfill",
     ) -> None:
         # The settings turn None into a LocalProvider and the default launch command.
         self.settings = ExecutorSettings(
@@ -135,7 +140,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             block_registration_timeout=block_registration_timeout, max_outstanding=max_outstanding,
             interchange_launch_cmd=interchange_launch_cmd, max_workers=max_workers, worker_ports=worker_ports,
             managed=managed, storage_access=storage_access, working_dir=working_dir,
-            remote_monitoring_radio=remote_monitoring_radio,
+            remote_monitoring_radio=remote_monitoring_radio, enable_mpi_mode=enable_mpi_mode,
+            mpi_launcher=mpi_launcher, mpi_nodes=mpi_nodes, mpi_share_nodes=mpi_share_nodes, mpi_policy=mpi_policy,
         )
         #: The block error handler itself (True and "simple" give ``simple_error_handler``, and so on).
         self.block_error_handler: Callable[..., Any] = self.settings.error_handler
@@ -337,12 +343,12 @@ class HighThroughputExecutor(concurrent.futures.Executor):
 
     def validate_resource_spec(self, spec: Any) -> float:
         """Check a resource specification; return the task's priority (inf when none)."""
-        return priority_of(spec)
+        return read_spec(spec, mpi_max_nodes=self.settings.mpi_max_nodes)[0]
 
     def _submit(self, fn: Callable[..., Any], spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> HtexFuture:
         if not callable(fn):
             raise TypeError(f"submit needs a callable, got {type(fn).__name__}")
-        priority = priority_of(spec)
+        priority, mpi = read_spec(spec, mpi_max_nodes=self.settings.mpi_max_nodes)
         fn_bytes = dumps_function(fn)
         arg_bytes = dumps_arguments(fn, args, kwargs)
         link = self._link
@@ -350,7 +356,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         def send(task_id: int) -> None:
             assert link is not None
             try:
-                link.send([Kind.TASK, pack_task_header(task_id, priority), fn_bytes, arg_bytes])
+                link.send([Kind.TASK, pack_task_header(task_id, priority, mpi), fn_bytes, arg_bytes])
             except OSError as e:
                 raise InterchangeError(f"cannot reach the interchange: {e}") from e
 

@@ -23,14 +23,14 @@ DEFAULT_LAUNCH_CMD = (
     "{max_workers_per_node} --prefetch-capacity={prefetch_capacity} "
     "--hb-period={heartbeat_period} --hb-threshold={heartbeat_threshold} --drain-period={drain_period} "
     "--address-probe-timeout={address_probe_timeout} --cpu-affinity={cpu_affinity} --logdir={logdir} "
-    "--available-accelerators {accelerators}{walltime_drain}"
+    "--available-accelerators {accelerators}{walltime_drain}{mpi_options}"
 )
 #: htex_ref's placeholders, and those of Parsl's launch commands (2026 and 1.x), with Parsl's meanings.
 LAUNCH_CMD_FIELDS = frozenset(
     {"worker_pool", "debug", "addresses", "worker_port", "cert_dir", "block_id", "cores_per_worker",
      "mem_per_worker", "max_workers_per_node", "prefetch_capacity", "heartbeat_period", "heartbeat_threshold",
      "drain_period", "address_probe_timeout", "cpu_affinity", "logdir", "accelerators", "python",
-     "walltime_drain",
+     "walltime_drain", "mpi_options",
      # Parsl's own
      "poll_period", "logconf", "address_probe_timeout_string", "enable_mpi_mode", "mpi_launcher", "task_url",
      "result_url", "nodes_per_block"}
@@ -95,6 +95,9 @@ class PoolOptions:
     accelerators: tuple[str, ...]
     poll_period: int = 10
     nodes_per_block: int = 1
+    #: The pool's MPI options (empty outside MPI mode).
+    mpi_options: tuple[str, ...] = ()
+    mpi_launcher: str = "mpiexec"
 
 
 def render(template: str, block_id: str, o: PoolOptions) -> str:
@@ -130,8 +133,10 @@ def render(template: str, block_id: str, o: PoolOptions) -> str:
         "logconf": "None",
         "address_probe_timeout_string": "" if o.address_probe_timeout is None
         else f"--address_probe_timeout={o.address_probe_timeout}",
-        "enable_mpi_mode": "",
-        "mpi_launcher": "mpiexec",
+        "mpi_options": "".join(f" {q(opt)}" for opt in o.mpi_options),
+        # Parsl's meaning: the option turning MPI mode on (here with the rest of htex_ref's MPI options).
+        "enable_mpi_mode": " ".join(q(opt) for opt in o.mpi_options),
+        "mpi_launcher": q(o.mpi_launcher),
         "task_url": q(f"tcp://{o.addresses.split(',')[0]}:{o.worker_port}"),
         "result_url": q(f"tcp://{o.addresses.split(',')[0]}:{o.worker_port}"),
         "nodes_per_block": o.nodes_per_block,

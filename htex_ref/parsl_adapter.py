@@ -65,7 +65,6 @@ from htex_ref.core.jobs import JobState
 from htex_ref.executor import _SETTING_NAMES, HighThroughputExecutor
 from htex_ref.providers.base import ExecutionProvider, JobStatus
 from htex_ref.providers.cluster import parse_walltime
-from htex_ref.tasks import priority_of
 
 __all__ = [
     "BadStateException", "CommandClientTimeoutError", "DeserializationError", "ExecutorError", "HtexRefExecutor",
@@ -338,7 +337,7 @@ class HtexRefExecutor(BlockProviderExecutor):
     def validate_resource_spec(self, resource_specification: dict[str, Any]) -> None:
         """Raise Parsl's ``InvalidResourceSpecification`` for a specification this executor cannot honour."""
         try:
-            priority_of(resource_specification or None)
+            self.executor.validate_resource_spec(resource_specification or None)
         except errors.InvalidResourceSpecification as e:
             raise self._to_parsl(e) from None
 

@@ -27,10 +27,14 @@ Layouts (``|`` separates frames)::
                               hb
                               tasks | batch(TaskHeader, function, arguments, TaskHeader, ...)
                               shutdown | JSON {"reason": str}
-    manager -> worker         task | TaskHeader | function | arguments
+    manager -> worker         task | TaskHeader | function | arguments [| JSON {variable: value}]
                               stop
     worker -> manager         ready | JSON {"pid": int}
                               result | ResultHeader | payload
+
+A TaskHeader is ``struct "<qd"`` (task id, priority), followed only for MPI tasks by their resource
+specification as a JSON object, which the pool in MPI mode reads to place the task on nodes. The
+optional last frame to a worker holds the variables that worker sets for that one task.
 
 A ``batch(...)`` is one frame holding many (``htex_ref.framing.encode_body``): handing ZeroMQ one frame
 per message instead of three per task is what keeps the interchange's cost per task low.
@@ -87,6 +91,7 @@ class Outcome(enum.IntEnum):
     EXCEPTION = 1  # payload: a pickled htex_ref.serialize.ExceptionPackage
     WORKER_LOST = 2  # payload: JSON {"worker": rank, "host": str, "detail": str}
     MANAGER_LOST = 3  # payload: JSON {"manager": id, "host": str, "detail": str}
+    REFUSED = 4  # payload: JSON {"host": str, "detail": str}: a pool that could never run the task
 
 
 _TASK_HEADER = struct.Struct("<qd")  # task id, priority (inf when none)
@@ -96,18 +101,42 @@ TASK_FRAMES = 3  # header, function, arguments
 RESULT_FRAMES = 2  # header, payload
 
 
-def pack_task_header(task_id: int, priority: float) -> bytes:
-    return _TASK_HEADER.pack(task_id, priority)
+_TASK_HEADER_SIZE = _TASK_HEADER.size
+#: Longest resource specification a task header may carry.
+MAX_TASK_SPEC = 4096
+
+
+def pack_task_header(task_id: int, priority: float, spec: dict[str, Any] | None = None) -> bytes:
+    """The fixed header, followed by the task's resource specification as JSON for MPI tasks only."""
+    header = _TASK_HEADER.pack(task_id, priority)
+    return header if spec is None else header + dump_json(spec)
 
 
 def unpack_task_header(frame: Frame) -> tuple[int, float]:
+    """(task id, priority); a header with a specification after it must carry a JSON object there."""
+    size = len(frame)
     try:
-        task_id, priority = _TASK_HEADER.unpack(frame)
+        if size == _TASK_HEADER_SIZE:
+            task_id, priority = _TASK_HEADER.unpack(frame)
+        else:
+            task_id, priority = _TASK_HEADER.unpack_from(frame)
     except struct.error as e:
-        raise ProtocolError(f"bad task header ({len(frame)} bytes): {e}") from None
+        raise ProtocolError(f"bad task header ({size} bytes): {e}") from None
     if math.isnan(priority):
         raise ProtocolError("bad task header: priority is NaN")
+    if size != _TASK_HEADER_SIZE:
+        task_spec(frame)
     return task_id, priority
+
+
+def task_spec(frame: Frame) -> dict[str, Any] | None:
+    """The resource specification a task header carries (None: a plain task)."""
+    size = len(frame)
+    if size <= _TASK_HEADER_SIZE:
+        return None
+    if size > _TASK_HEADER_SIZE + MAX_TASK_SPEC:
+        raise ProtocolError(f"bad task header: a specification of {size - _TASK_HEADER_SIZE} bytes")
+    return load_json_object(memoryview(frame)[_TASK_HEADER_SIZE:])
 
 
 def task_id_at(buf: bytes | memoryview, offset: int) -> int:

@@ -25,6 +25,7 @@ import cloudpickle
 
 from htex_ref.errors import (
     DeserializationError,
+    InvalidResourceSpecification,
     ManagerLost,
     RemoteError,
     RemoteTraceback,
@@ -135,6 +136,8 @@ def decode_outcome(outcome: Outcome, payload: bytes | memoryview) -> tuple[bool,
         info = {}
     if not isinstance(info, dict):
         info = {}
+    if outcome is Outcome.REFUSED:
+        return False, InvalidResourceSpecification(set(), str(info.get("detail", "the worker pool refused the task")))
     if outcome is Outcome.WORKER_LOST:
         return False, WorkerLost(info.get("worker", "?"), info.get("host", "?"), info.get("detail", ""))
     return False, ManagerLost(info.get("manager", "?"), info.get("host", "?"), info.get("detail", ""))

@@ -18,6 +18,7 @@ from typing import Any
 
 from htex_ref.block_errors import resolve_block_error_handler
 from htex_ref.core.affinity import parse_cpu_affinity
+from htex_ref.core.mpi import MPI_LAUNCHERS, check_mpi_nodes, mpi_policy
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
 from htex_ref.core.strategy import STRATEGY_NAMES
 from htex_ref.launch import DEFAULT_LAUNCH_CMD, PoolOptions, check_launch_cmd, render
@@ -189,6 +190,25 @@ class ExecutorSettings:
         accepts it and gives it to Parsl).
     remote_monitoring_radio : Any
         How Parsl's workers send monitoring messages; htex_ref's workers send none: ``None`` only.
+    enable_mpi_mode : bool
+        MPI mode (see the MPI page): one worker pool per block, on its first node, places tasks that ask
+        for ``num_nodes``/``ranks_per_node``/``num_ranks``/``launcher_options`` on the block's nodes and
+        gives each its ``PARSL_MPI_PREFIX``. Needs a provider whose launcher is a ``SimpleLauncher``.
+        Tasks without MPI keys still run (on the pool's node).
+    mpi_launcher : str
+        The launcher ``PARSL_MPI_PREFIX`` is written for: ``"mpiexec"`` (default), ``"srun"`` or ``"aprun"``.
+    mpi_nodes : Sequence[str] | None
+        MPI mode, not in Parsl: the block's nodes as ``"host"`` or ``"host:slots"``, for runs without a
+        batch system (``["localhost"]`` on one machine). ``None``: from ``SLURM_NODELIST`` (through
+        ``scontrol show hostnames``) or ``PBS_NODEFILE`` in the block's job.
+    mpi_share_nodes : bool
+        MPI mode, not in Parsl: ``False`` gives every MPI task whole nodes (Parsl's behaviour); ``True``
+        counts each node in slots (its CPUs, from Slurm, the node file or ``host:slots``) and lets tasks
+        whose ``ranks_per_node`` fit share a node. Leave it off when ranks use more than one core each.
+    mpi_policy : str
+        MPI mode, not in Parsl: the order tasks start in. ``"backfill"`` (default: in order, a task that
+        does not fit may be passed by at most 8 later ones, then it is reserved the nodes it waits for),
+        ``"fifo"`` (strictly in order) or ``"smallest_first"`` (Parsl's; can starve large tasks).
     """
 
     label: str = "HighThroughputExecutor"
@@ -232,6 +252,11 @@ class ExecutorSettings:
     storage_access: Sequence[Any] | None = None
     working_dir: str | None = None
     remote_monitoring_radio: Any = None
+    enable_mpi_mode: bool = False
+    mpi_launcher: str = "mpiexec"
+    mpi_nodes: Sequence[str] | None = None
+    mpi_share_nodes: bool = False
+    mpi_policy: str = "backfill"
 
     #: Accelerator names, one per worker at most (``available_accelerators`` as a count gives "0", "1", ...).
     accelerators: tuple[str, ...] = field(init=False, default=())
@@ -251,6 +276,7 @@ class ExecutorSettings:
         self._check_workers()
         self._check_timing()
         self._check_scaling()
+        self._check_mpi()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -440,6 +466,52 @@ class ExecutorSettings:
                              "to replace the blocks it drains; strategy='none' would leave later tasks "
                              "waiting for ever")
 
+    def _check_mpi(self) -> None:
+        if not isinstance(self.enable_mpi_mode, bool):
+            raise TypeError(f"enable_mpi_mode must be True or False, got {self.enable_mpi_mode!r}")
+        if self.mpi_launcher not in MPI_LAUNCHERS:
+            raise ValueError(f"mpi_launcher must be one of {list(MPI_LAUNCHERS)}, got {self.mpi_launcher!r}")
+        if not isinstance(self.mpi_share_nodes, bool):
+            raise TypeError(f"mpi_share_nodes must be True or False, got {self.mpi_share_nodes!r}")
+        mpi_policy(self.mpi_policy)
+        self._set("mpi_nodes", check_mpi_nodes(self.mpi_nodes))
+        if not self.enable_mpi_mode:
+            extra = [name for name, default in (("mpi_nodes", None), ("mpi_share_nodes", False),
+                                                ("mpi_policy", "backfill")) if getattr(self, name) != default]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} only mean something in MPI mode: set enable_mpi_mode=True "
+                                 "(or use MPIExecutor)")
+            return
+        launcher = getattr(self.provider, "launcher", None)
+        if launcher is None or not any(c.__name__ == "SimpleLauncher" for c in type(launcher).__mro__):
+            # One pool per block, on its first node: any other launcher would start one per node, each
+            # believing it owns every node of the block.
+            raise TypeError("MPI mode needs the provider's launcher to be a SimpleLauncher (one worker pool per "
+                            f"block), got {type(launcher).__name__}")
+        if "{mpi_options}" not in self.launch_cmd and "{enable_mpi_mode}" not in self.launch_cmd:
+            raise ValueError("MPI mode needs the {mpi_options} placeholder (or Parsl's {enable_mpi_mode}) in "
+                             "launch_cmd, where the worker pool's MPI options go")
+
+    @property
+    def mpi_max_nodes(self) -> int | None:
+        """The most nodes an MPI task can ask for (None: not in MPI mode)."""
+        if not self.enable_mpi_mode:
+            return None
+        if self.mpi_nodes is not None:
+            return len(self.mpi_nodes)
+        return int(self.provider.nodes_per_block)
+
+    def mpi_options(self) -> tuple[str, ...]:
+        """The worker pool's MPI options (none outside MPI mode)."""
+        if not self.enable_mpi_mode:
+            return ()
+        opts = ["--enable_mpi_mode", f"--mpi-launcher={self.mpi_launcher}", f"--mpi-policy={self.mpi_policy}"]
+        if self.mpi_nodes:
+            opts.append(f"--mpi-nodes={','.join(self.mpi_nodes)}")
+        if self.mpi_share_nodes:
+            opts.append("--mpi-share-nodes")
+        return tuple(opts)
+
     def launch_command(self, block_id: str, worker_port: int, cert_dir: str | None, logdir: str) -> str:
         """The command that starts block ``block_id``'s pools, for an interchange listening on ``worker_port``."""
         if self.address:
@@ -460,4 +532,5 @@ class ExecutorSettings:
             else (walltime, self.drain_before_walltime),
             address_probe_timeout=self.address_probe_timeout, cpu_affinity=self.cpu_affinity,
             accelerators=self.accelerators, poll_period=self.poll_period,
-            nodes_per_block=self.provider.nodes_per_block))
+            nodes_per_block=self.provider.nodes_per_block, mpi_options=self.mpi_options(),
+            mpi_launcher=self.mpi_launcher))

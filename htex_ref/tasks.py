@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
+from htex_ref.core.mpi import MPI_SPEC_KEYS, parse_mpi_request
 from htex_ref.errors import BadStateException, DeserializationError, ExecutorShutdown, InvalidResourceSpecification
 from htex_ref.protocol import ResultTuple
 from htex_ref.serialize import decode_outcome
@@ -42,24 +43,40 @@ class HtexFuture(Future[Any]):
         return self.task_id
 
 
-def priority_of(spec: Any) -> float:
-    """Check a resource specification; return the task's priority (inf when none)."""
+def read_spec(spec: Any, *, mpi_max_nodes: int | None = None) -> tuple[float, dict[str, Any] | None]:
+    """Check a resource specification: the task's priority (inf when none) and, for an MPI task, its
+    checked MPI request (None otherwise). ``mpi_max_nodes`` is None outside MPI mode, where MPI keys are
+    refused; in MPI mode it is the most nodes a task may ask for."""
     if spec is None:
-        return math.inf
+        return math.inf, None
     if not isinstance(spec, dict):
         raise InvalidResourceSpecification(set(), f"resource_specification must be a dict, got {type(spec).__name__}")
-    invalid = set(spec) - SUPPORTED_SPEC_KEYS
+    supported = SUPPORTED_SPEC_KEYS if mpi_max_nodes is None else SUPPORTED_SPEC_KEYS | MPI_SPEC_KEYS
+    invalid = set(spec) - supported
     if invalid:
+        if mpi_max_nodes is None and not invalid - MPI_SPEC_KEYS:
+            raise InvalidResourceSpecification(
+                invalid, f"resource_specification keys {sorted(invalid)} are for MPI tasks, and this executor is "
+                         "not in MPI mode: set enable_mpi_mode=True (with a SimpleLauncher) or use MPIExecutor")
         raise InvalidResourceSpecification(
             invalid, f"resource_specification keys {sorted(invalid)} are not supported by "
-                     f"HighThroughputExecutor; supported: {sorted(SUPPORTED_SPEC_KEYS)}"
+                     f"HighThroughputExecutor; supported: {sorted(supported)}"
         )
+    mpi = None
+    if mpi_max_nodes is not None:
+        request = parse_mpi_request(spec, nodes_per_block=mpi_max_nodes)
+        mpi = None if request is None else request.as_spec()
     if "priority" not in spec:
-        return math.inf
+        return math.inf, mpi
     priority = spec["priority"]
     if not is_number(priority):
         raise InvalidResourceSpecification({"priority"}, f"priority must be a finite real number, got {priority!r}")
-    return float(priority)
+    return float(priority), mpi
+
+
+def priority_of(spec: Any) -> float:
+    """Check a resource specification outside MPI mode; return the task's priority (inf when none)."""
+    return read_spec(spec)[0]
 
 
 def _settle(fut: Future[Any], ok: bool, value: Any,

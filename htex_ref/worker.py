@@ -38,17 +38,30 @@ def serve(fd: int) -> None:
             kind = frames[0]
             if kind == Kind.STOP:
                 return
-            if kind != Kind.TASK or len(frames) != 4:
+            if kind != Kind.TASK or len(frames) not in (4, 5):
                 logger.warning("Ignoring unexpected message %r with %d frames", kind[:32], len(frames))
                 continue
             task_id = unpack_task_header(frames[1])[0]
             started = time.perf_counter()
+            saved: dict[str, str | None] = {}
             try:
+                if len(frames) == 5:
+                    # This task's own variables (an MPI task's nodes and prefixes): set now, undone below,
+                    # so that nothing leaks into the next task this worker runs.
+                    task_env = {str(k): str(v) for k, v in json.loads(bytes(frames[4])).items()}
+                    saved = {k: os.environ.get(k) for k in task_env}
+                    os.environ.update(task_env)
                 fn = cache.load(frames[2])
                 args, kwargs = loads(frames[3])
                 outcome, payload = dumps_result(fn(*args, **kwargs))
             except Exception as e:
                 outcome, payload = Outcome.EXCEPTION, dumps_exception(e)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             chan.send([Kind.RESULT, pack_result_header(task_id, outcome, time.perf_counter() - started), payload])
     finally:
         chan.sock.close()

@@ -53,6 +53,18 @@ from htex_ref.core.manager import (
     WorkerExited,
     WorkerReady,
     WorkerResult,
+    make_pool_task,
+)
+from htex_ref.core.mpi import (
+    MPI_LAUNCHERS,
+    MPI_POLICIES,
+    MpiScheduler,
+    Node,
+    expand_slurm_cpus,
+    mpi_policy,
+    nodes_from_hostnames,
+    nodes_from_list,
+    nodes_from_nodefile,
 )
 from htex_ref.core.notes import Note
 from htex_ref.core.planning import drain_delay, plan_workers
@@ -65,7 +77,9 @@ from htex_ref.protocol import (
     dump_json,
     join_results,
     load_json_object,
+    pack_task_header,
     split_tasks,
+    task_spec,
     unpack_result_header,
 )
 from htex_ref.streams import NonBlockingWriter, StreamReader
@@ -78,6 +92,9 @@ logger = logging.getLogger("htex_ref.worker_pool")
 POOL_STARTED = time.time()
 #: Epoch seconds at which the batch job started: htex_ref's job scripts export it first thing.
 JOB_START_VARIABLES = ("HTEX_REF_JOB_START", "SLURM_JOB_START_TIME")
+
+#: A task header without a resource specification after it.
+HEADER_SIZE = len(pack_task_header(0, 0.0))
 
 EXIT_NO_INTERCHANGE = 2
 EXIT_BAD_PLAN = 3
@@ -124,9 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Parsl 1.x: accepted; htex_ref's pools send results on the task connection")
     p.add_argument("-L", "--logconf", default="None", help="Parsl's pickled log configuration: only None")
     p.add_argument("--enable_mpi_mode", "--enable-mpi-mode", dest="enable_mpi_mode", action="store_true",
-                   help="Parsl's MPI mode (not available in htex_ref yet)")
+                   help="MPI mode: place MPI tasks on the block's nodes (this pool runs on its first node)")
     p.add_argument("--mpi-launcher", "--mpi_launcher", dest="mpi_launcher", default=None,
-                   choices=("srun", "aprun", "mpiexec"), help="Parsl's MPI launcher (for --enable_mpi_mode)")
+                   choices=MPI_LAUNCHERS, help="the launcher PARSL_MPI_PREFIX is written for (default mpiexec)")
+    p.add_argument("--mpi-nodes", dest="mpi_nodes", default=None,
+                   help="MPI mode: the block's nodes, 'host[:slots],...' (default: from Slurm or PBS)")
+    p.add_argument("--mpi-share-nodes", dest="mpi_share_nodes", action="store_true",
+                   help="MPI mode: tasks whose ranks fit share a node (counted in CPUs)")
+    p.add_argument("--mpi-policy", dest="mpi_policy", default="backfill", choices=sorted(MPI_POLICIES),
+                   help="MPI mode: the order tasks start in")
     p.add_argument("--cert-dir", "--cert_dir", dest="cert_dir", default="None", help="CurveZMQ certificates or None")
     p.add_argument("-b", "--block-id", "--block_id", dest="block_id", default=None)
     p.add_argument("-u", "--uid", default=None)
@@ -164,11 +187,45 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
         args.port = args.port or url.port
     if not args.addresses or not args.port:
         p.error("the interchange is needed: --addresses and --port (or Parsl 1.x's --task_url)")
-    if args.enable_mpi_mode:
-        p.error("--enable_mpi_mode: htex_ref's pools have no MPI mode yet")
+    if args.enable_mpi_mode and args.mpi_launcher is None:
+        args.mpi_launcher = "mpiexec"
+    if not args.enable_mpi_mode and (args.mpi_nodes or args.mpi_share_nodes):
+        p.error("--mpi-nodes and --mpi-share-nodes need --enable_mpi_mode")
     if args.logconf not in ("None", "none", ""):
         p.error(f"--logconf {args.logconf!r}: Parsl's pickled log configurations are not read here; pass None")
     return args
+
+
+def discover_nodes(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[list[Node], str]:
+    """The block's nodes and where they came from: --mpi-nodes, else Slurm's node list (through
+    ``scontrol show hostnames``), else the PBS node file. Raises RuntimeError with what to do."""
+    default_slots = os.cpu_count() or 1
+    if args.mpi_nodes:
+        return nodes_from_list(args.mpi_nodes.split(","), default_slots), "--mpi-nodes"
+    if env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST"):
+        nodelist = env.get("SLURM_JOB_NODELIST") or env["SLURM_NODELIST"]
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                 timeout=60, check=True).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            raise RuntimeError(f"cannot expand SLURM_NODELIST={nodelist!r} with scontrol: {e}") from e
+        cpus = None
+        if env.get("SLURM_JOB_CPUS_PER_NODE"):
+            try:
+                cpus = expand_slurm_cpus(env["SLURM_JOB_CPUS_PER_NODE"])
+            except ValueError as e:
+                logger.warning("%s; counting %d slots per node", e, default_slots)
+        return nodes_from_hostnames(out.splitlines(), cpus, default_slots), f"SLURM_NODELIST={nodelist}"
+    if env.get("PBS_NODEFILE"):
+        path = env["PBS_NODEFILE"]
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as e:
+            raise RuntimeError(f"cannot read PBS_NODEFILE={path}: {e}") from e
+        return nodes_from_nodefile(text, default_slots), f"PBS_NODEFILE={path}"
+    raise RuntimeError("MPI mode needs the block's nodes, and none of SLURM_NODELIST, PBS_NODEFILE or "
+                       "--mpi-nodes is set; on one machine, give the executor mpi_nodes=['localhost']")
 
 
 def probe_addresses(contexts: Contexts, addresses: list[str], port: int, timeout: float) -> str:
@@ -423,7 +480,10 @@ class WorkerPool:
             kind = frames[0]
             try:
                 if kind == Kind.TASKS:
-                    events.append(TasksArrived([PoolTask(tid, fr, prio) for tid, prio, fr in split_tasks(frames)]))
+                    events.append(TasksArrived([
+                        PoolTask(tid, fr, prio) if len(fr[0]) == HEADER_SIZE
+                        else make_pool_task(tid, fr, prio, task_spec(fr[0]))
+                        for tid, prio, fr in split_tasks(frames)]))
                 elif kind == Kind.SHUTDOWN:
                     reason = load_json_object(frames[1]).get("reason", "") if len(frames) > 1 else ""
                     events.append(StopRequested(f"the interchange asked this pool to stop: {reason}"))
@@ -471,7 +531,10 @@ class WorkerPool:
     def _execute(self, ins: Any) -> int | None:
         if isinstance(ins, RunTask):
             try:
-                self.writers[ins.rank].write_parts(encode_parts([Kind.TASK, *ins.task.frames]))
+                parts = [Kind.TASK, *ins.task.frames]
+                if ins.env is not None:
+                    parts.append(dump_json(ins.env))
+                self.writers[ins.rank].write_parts(encode_parts(parts))
             except OSError as e:
                 # The worker is dying; its pidfd turns this into WorkerLost for the task.
                 logger.warning("Could not send task %d to worker %d: %s", ins.task.task_id, ins.rank, e)
@@ -559,6 +622,17 @@ def main(argv: list[str] | None = None) -> None:
     if cpu_plan is not None:
         logger.info("CPU affinity %s: %s", args.cpu_affinity, format_cpu_affinity(cpu_plan))
 
+    scheduler = None
+    if args.enable_mpi_mode:
+        try:
+            nodes, source = discover_nodes(args, os.environ)
+            scheduler = MpiScheduler(nodes, share=args.mpi_share_nodes, policy=mpi_policy(args.mpi_policy))
+        except (RuntimeError, ValueError) as e:
+            _fail(f"MPI mode on {socket.gethostname()}: {e}")
+        logger.info("MPI mode: launcher %s, policy %s, %s nodes from %s: %s", args.mpi_launcher, args.mpi_policy,
+                    "shared" if args.mpi_share_nodes else "whole", source,
+                    ",".join(f"{n.name}:{n.slots}" for n in nodes))
+
     pool = WorkerPool(args, uid, logdir, cpu_plan, devices)
     code = EXIT_ERROR
     try:
@@ -578,7 +652,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"htex-worker-pool: {e}", file=sys.stderr, flush=True)
             code = EXIT_REJECTED
             return
-        state = ManagerState(plan.count, args.hb_period, args.hb_threshold, time.monotonic(), pool.hostname)
+        state = ManagerState(plan.count, args.hb_period, args.hb_threshold, time.monotonic(), pool.hostname,
+                             mpi=scheduler, mpi_launcher=args.mpi_launcher or "mpiexec")
         code = pool.run(state)
     except Exception:
         logger.exception("Worker pool failed")

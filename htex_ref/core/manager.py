@@ -28,7 +28,12 @@ Rules it keeps:
    fail as lost with its pool (ManagerLost), not as a worker's own death. If the pool's own stop
    arrives within ``term_grace`` seconds, the task goes out with the pool's goodbye; otherwise it is
    reported as ``WORKER_LOST`` when the grace ends.
-7. Results go back at once when no task is waiting here for a worker (someone may be waiting on
+7. In MPI mode (``mpi`` given) the waiting tasks live in an ``MpiScheduler``: a task starts when a
+   worker is idle and the scheduler's policy gives it its nodes; the nodes come back when its result
+   arrives or its worker dies. A task that no state of the block's nodes could run, or whose MPI
+   request cannot be read, is refused at once (``REFUSED``) rather than left waiting. Nothing is
+   handed over in advance in MPI mode: nodes are given when a task starts, not before.
+8. Results go back at once when no task is waiting here for a worker (someone may be waiting on
    them); while tasks wait, results are held up to ``result_batch_delay`` seconds or
    ``result_batch_size`` results, so that under load they travel in batches.
 """
@@ -44,7 +49,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from htex_ref.core.mpi import MpiRequest, MpiScheduler, compose_prefixes, parse_mpi_request
 from htex_ref.core.notes import INFO, WARNING, Note
+from htex_ref.errors import InvalidResourceSpecification
 from htex_ref.framing import Frame
 from htex_ref.protocol import Outcome, ResultTuple
 
@@ -55,6 +62,20 @@ class PoolTask:
     frames: tuple[Any, ...]
     #: Lower runs first (the task header's priority; infinity when the task has none).
     priority: float = math.inf
+    #: What an MPI task asks for (None: not an MPI task).
+    request: MpiRequest | None = None
+    #: Why the task's MPI request could not be read (it is refused on arrival).
+    refused: str | None = None
+
+
+def make_pool_task(task_id: int, frames: tuple[Any, ...], priority: float, spec: dict[str, Any] | None) -> PoolTask:
+    """A task as the pool holds it, its MPI request (the task header's specification) checked."""
+    if spec is None:
+        return PoolTask(task_id, frames, priority)
+    try:
+        return PoolTask(task_id, frames, priority, parse_mpi_request(spec))
+    except InvalidResourceSpecification as e:
+        return PoolTask(task_id, frames, priority, refused=str(e))
 
 
 @dataclass(slots=True)
@@ -207,6 +228,8 @@ Event = (
 class RunTask:
     rank: int
     task: PoolTask
+    #: Variables the worker sets for this task only (an MPI task's prefixes and nodes).
+    env: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +272,11 @@ class ManagerState:
         reconnect_grace: float = 10.0,
         advance_max_task_time: float = 0.1,
         term_grace: float = 2.0,
+        mpi: MpiScheduler | None = None,
+        mpi_launcher: str = "mpiexec",
     ) -> None:
+        self.mpi = mpi
+        self.mpi_launcher = mpi_launcher
         self.term_grace = term_grace
         #: (deadline, result) of tasks whose worker was killed by SIGTERM, held for ``term_grace``.
         self._deferred: list[tuple[float, ResultTuple]] = []
@@ -267,7 +294,7 @@ class ManagerState:
         self.heartbeat_threshold = heartbeat_threshold
         self.max_startup_failures = max_startup_failures
         self.workers = {rank: WorkerSlot(rank) for rank in range(worker_count)}
-        self.queue = LocalQueue()
+        self.queue: LocalQueue | MpiScheduler = mpi if mpi is not None else LocalQueue()
         self._busy = 0
         self.last_contact = now
         self.last_heartbeat = now
@@ -324,7 +351,21 @@ class ManagerState:
     # events
 
     def _on_tasks(self, ev: TasksArrived, now: float) -> None:
-        self.queue.extend(ev.tasks)
+        if self.mpi is None and not any(t.request is not None or t.refused for t in ev.tasks):
+            self.queue.extend(ev.tasks)
+            return
+        for task in ev.tasks:
+            why = task.refused
+            if why is None and task.request is not None:
+                why = ("this worker pool is not in MPI mode" if self.mpi is None
+                       else self.mpi.unsatisfiable(task.request))
+            if why is None:
+                self.queue.append(task)
+            else:
+                detail = f"MPI task refused by the worker pool on {self.hostname}: {why}"
+                self._out.append(Note(WARNING, f"Task {task.task_id}: {detail}"))
+                payload = json.dumps({"host": self.hostname, "detail": detail}).encode()
+                self._results.append((task.task_id, Outcome.REFUSED, payload, 0.0))
 
     def _on_ready(self, ev: WorkerReady, now: float) -> None:
         slot = self.workers.get(ev.rank)
@@ -342,6 +383,8 @@ class ManagerState:
                                            "that was not running it"))
             return
         self._results.append((ev.task_id, ev.outcome, ev.payload, ev.run_time))
+        if self.mpi is not None:
+            self.mpi.release(ev.task_id)
         avg = self.avg_task_time
         self.avg_task_time = ev.run_time if avg is None else 0.9 * avg + 0.1 * ev.run_time
         if slot.next_task is not None:
@@ -360,6 +403,8 @@ class ManagerState:
         if slot is None:
             return
         if slot.state == "busy" and slot.task_id is not None:
+            if self.mpi is not None:
+                self.mpi.release(slot.task_id)
             detail = f"worker process exited with code {ev.exit_code} while running the task"
             payload = json.dumps({"worker": ev.rank, "host": self.hostname, "detail": detail}).encode()
             lost: ResultTuple = (slot.task_id, Outcome.WORKER_LOST, payload, 0.0)
@@ -418,7 +463,11 @@ class ManagerState:
     # helpers
 
     def _assign(self, now: float) -> None:
+        if self.mpi is not None:
+            self._assign_mpi(now, self.mpi)
+            return
         queue = self.queue
+        assert isinstance(queue, LocalQueue)
         while queue.count and self._idle:
             rank = self._idle.popleft()
             task = queue.popleft()
@@ -439,6 +488,24 @@ class ManagerState:
                 if slot.next_task is None and now - slot.started_at < limit:
                     slot.next_task = queue.popleft()
                     self._out.append(RunTask(slot.rank, slot.next_task))
+
+    def _assign_mpi(self, now: float, mpi: MpiScheduler) -> None:
+        while self._idle:
+            picked = mpi.pop_next()
+            if picked is None:
+                return
+            task, nodes = picked
+            rank = self._idle.popleft()
+            slot = self.workers[rank]
+            slot.state = "busy"
+            slot.task_id = task.task_id
+            slot.started_at = now
+            self._busy += 1
+            env = None
+            if nodes is not None and task.request is not None:
+                env = compose_prefixes(self.mpi_launcher, nodes, task.request)
+                self._out.append(Note(INFO, f"Task {task.task_id} runs on worker {rank} with nodes {','.join(nodes)}"))
+            self._out.append(RunTask(rank, task, env))
 
     def _timers(self, now: float) -> None:
         # Each test compares ``now`` with the same sum next_deadline() reports, so a call at the

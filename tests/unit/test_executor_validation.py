@@ -215,7 +215,7 @@ def test_the_pool_takes_parsls_options(argv: list[str]) -> None:
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--cert_dir", "None"], "--addresses and --port"),
-    (["-a", "x", "--port=1", "--enable_mpi_mode"], "no MPI mode"),
+    (["-a", "x", "--port=1", "--mpi-nodes=n1"], "need --enable_mpi_mode"),
     (["-a", "x", "--port=1", "--logconf=/tmp/log.pkl"], "log configurations"),
     (["--task_url=http://x:1"], "tcp://address:port"),
 ])
