@@ -493,12 +493,17 @@ class ExecutorSettings:
                              "launch_cmd, where the worker pool's MPI options go")
 
     @property
-    def mpi_max_nodes(self) -> int | None:
-        """The most nodes an MPI task can ask for (None: not in MPI mode)."""
+    def mpi_max_nodes(self) -> float | None:
+        """The most nodes an MPI task can ask for, as far as is known before a block runs (None: not in
+        MPI mode; inf: known only to the block's pool, which refuses tasks that ask for more)."""
         if not self.enable_mpi_mode:
             return None
         if self.mpi_nodes is not None:
             return len(self.mpi_nodes)
+        if self.provider.same_host:
+            # A LocalProvider's nodes_per_block says nothing of the node list its job may export
+            # (a PBS_NODEFILE set in worker_init, say).
+            return math.inf
         return int(self.provider.nodes_per_block)
 
     def mpi_options(self) -> tuple[str, ...]:

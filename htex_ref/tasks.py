@@ -43,10 +43,10 @@ class HtexFuture(Future[Any]):
         return self.task_id
 
 
-def read_spec(spec: Any, *, mpi_max_nodes: int | None = None) -> tuple[float, dict[str, Any] | None]:
+def read_spec(spec: Any, *, mpi_max_nodes: float | None = None) -> tuple[float, dict[str, Any] | None]:
     """Check a resource specification: the task's priority (inf when none) and, for an MPI task, its
     checked MPI request (None otherwise). ``mpi_max_nodes`` is None outside MPI mode, where MPI keys are
-    refused; in MPI mode it is the most nodes a task may ask for."""
+    refused; in MPI mode it is the most nodes a task may ask for (inf: no bound known here)."""
     if spec is None:
         return math.inf, None
     if not isinstance(spec, dict):

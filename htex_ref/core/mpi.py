@@ -80,7 +80,7 @@ def _positive_int(spec: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
-def parse_mpi_request(spec: Mapping[str, Any], *, nodes_per_block: int | None = None) -> MpiRequest | None:
+def parse_mpi_request(spec: Mapping[str, Any], *, nodes_per_block: float | None = None) -> MpiRequest | None:
     """The MPI part of a resource specification, checked; None when it has no MPI key.
 
     ``num_nodes`` defaults to 1; ``ranks_per_node`` to ``num_ranks / num_nodes`` (which must divide) or
@@ -108,7 +108,7 @@ def parse_mpi_request(spec: Mapping[str, Any], *, nodes_per_block: int | None = 
         rpn = 1
     if nodes_per_block is not None and nodes > nodes_per_block:
         raise InvalidResourceSpecification(
-            {"num_nodes"}, f"num_nodes={nodes} is more than a block has ({nodes_per_block} node"
+            {"num_nodes"}, f"num_nodes={nodes} is more than a block has ({nodes_per_block:g} node"
                            f"{'s' if nodes_per_block != 1 else ''}: the provider's nodes_per_block, or mpi_nodes); "
                            "no block could ever run this task")
     options = spec.get("launcher_options", "")
