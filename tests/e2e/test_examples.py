@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +82,21 @@ def test_polaris_config_needs_an_account(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(EXAMPLES / "4_hello_polaris.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "give --account (on Polaris) or --local" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None and os.environ.get("CI") != "true",
+                    reason="needs MPICH's mpiexec (scripts/test.sh installs it as root)")
+def test_mpi_ensemble_runs_real_ranks_on_the_nodes_each_task_got(tmp_path: Path) -> None:
+    out = run_example("5_mpi_ensemble.py", tmp_path)
+    runs = re.split(r"^(?=\{)", out, flags=re.M)
+    got = {}
+    for run in filter(None, runs):
+        head, *lines = run.strip().splitlines()
+        got[head.rsplit(": ", 1)[0]] = [ln.split() for ln in lines]
+    # mpiexec -n R -ppn P -hosts localhost[,127.0.0.1]: ranks in order, P per node, on the nodes given.
+    assert [(r[1], r[3], r[5]) for r in got["{'num_nodes': 1, 'ranks_per_node': 2}"]] == [
+        ("0", "2", "localhost"), ("1", "2", "localhost")]
+    assert [(r[1], r[3], r[5]) for r in got["{'num_nodes': 2, 'ranks_per_node': 1}"]] == [
+        ("0", "2", "localhost"), ("1", "2", "127.0.0.1")]
+    assert [(r[1], r[5]) for r in got["{'num_nodes': 2, 'num_ranks': 4}"]] == [
+        ("0", "localhost"), ("1", "localhost"), ("2", "127.0.0.1"), ("3", "127.0.0.1")]
