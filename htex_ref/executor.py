@@ -278,7 +278,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             registration_timeout=s.block_registration_timeout,
             status_interval=max(0.2, float(p.status_polling_interval)), init_blocks=p.init_blocks,
             min_blocks=p.min_blocks, max_blocks=p.max_blocks, nodes_per_block=p.nodes_per_block,
-            parallelism=float(p.parallelism), workers_per_node=self.workers_per_node, script_dir=p.script_dir)
+            parallelism=float(p.parallelism), workers_per_node=self.workers_per_node, script_dir=p.script_dir,
+            mpi_mode=s.enable_mpi_mode)
 
     def _error_rule(self) -> Any:
         from htex_ref.block_errors import error_rule

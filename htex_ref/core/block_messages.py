@@ -42,6 +42,14 @@ class ControlSettings:
     #: Seconds tasks may wait with no block live or pending and none coming before they fail with
     #: ``FailOutstanding`` (time for a user who calls ``scale_out`` after ``submit``).
     no_block_grace: float = 5.0
+    #: MPI mode: each block runs one pool (on its first node), so a block runs ``workers_per_node``
+    #: tasks at once, not ``nodes_per_block`` times that.
+    mpi_mode: bool = False
+
+    @property
+    def pools_per_block(self) -> int:
+        """Worker pools a block runs, for scaling arithmetic: one per node, or one in MPI mode."""
+        return 1 if self.mpi_mode else self.nodes_per_block
 
     @property
     def wake_interval(self) -> float:

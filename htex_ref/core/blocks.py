@@ -425,7 +425,7 @@ class BlockControl:
         s = self.settings
         snap = Snapshot(
             now=now, strategy=s.strategy, outstanding=self.outstanding, workers_per_node=s.workers_per_node,
-            nodes_per_block=s.nodes_per_block, parallelism=float(s.parallelism), init_blocks=s.init_blocks,
+            nodes_per_block=s.pools_per_block, parallelism=float(s.parallelism), init_blocks=s.init_blocks,
             min_blocks=s.min_blocks, max_blocks=s.max_blocks, max_idletime=s.max_idletime,
             blocks=strategy_views(statuses, self.overrides, self.loads, self.registered, self.submitted_at, now))
         decisions = decide(snap, self.memory)

@@ -88,6 +88,8 @@ class Harness:
     max_idletime: float = 120.0
     status_interval: float = 5.0
     no_block_grace: float = 5.0
+    #: More ControlSettings fields (nodes_per_block, workers_per_node, mpi_mode, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
     #: What the interchange says: blocks that ever registered, and per-block loads now.
     registered: list[str] = field(default_factory=list)
     loads: dict[str, BlockLoad] = field(default_factory=dict)
@@ -104,7 +106,7 @@ class Harness:
                             max_idletime=self.max_idletime, registration_timeout=self.registration_timeout,
                             status_interval=self.status_interval, init_blocks=p.init_blocks,
                             min_blocks=p.min_blocks, max_blocks=p.max_blocks, script_dir=p.script_dir,
-                            label="hx", no_block_grace=self.no_block_grace),
+                            label="hx", no_block_grace=self.no_block_grace, **self.extra),
             error_rule(resolve_block_error_handler(self.block_error_handler), self.target, p.init_blocks))
 
     def execute(self, ins: Any) -> Iterable[Event]:
