@@ -21,6 +21,7 @@ from __future__ import annotations
 from simcluster.engine import Results, RunResult, run, run_one
 from simcluster.scenario import (
     Background,
+    Choice,
     Cluster,
     Distribution,
     ExecutorConfig,
@@ -34,6 +35,7 @@ from simcluster.scenario import (
 
 __all__ = [
     "Background",
+    "Choice",
     "Cluster",
     "Distribution",
     "ExecutorConfig",

@@ -65,9 +65,14 @@ def main(argv: list[str] | None = None, prog: str = "htex-ref sim") -> int:
         for r in results.runs:
             m = r.metrics
             mk = m["makespan"]
+            mpi = ""
+            if m["mpi_policy"] and not math.isnan(m["wait_max"]):
+                shared = ", shared nodes" if r.config.mpi_share_nodes else ""
+                mpi = (f"MPI {m['mpi_policy']}{shared}: node utilization {m['utilization']:.0%}, longest wait "
+                       f"{m['wait_max']:.0f} s; ")
             print(f"{r.label}: makespan {'-' if math.isnan(mk) else f'{mk:.0f} s'}, {m['done']}/{m['tasks']} done, "
                   f"{m['node_hours_allocated']:.1f} node-hours allocated ({m['idle_node_hours']:.1f} idle), "
-                  f"{m['blocks_submitted']} blocks; simulated {r.sim_seconds:.0f} s in {r.wall_seconds:.2f} s "
+                  f"{m['blocks_submitted']} blocks; {mpi}simulated {r.sim_seconds:.0f} s in {r.wall_seconds:.2f} s "
                   f"({r.speed:.0f}x)", file=sys.stderr)
         print(f"report in {out}/", file=sys.stderr)
         if not plots and not args.no_plots:

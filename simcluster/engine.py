@@ -135,7 +135,8 @@ def run(scenario: Scenario, out_dir: str | os.PathLike[str] | None = None, *, pr
         on_run: Callable[[RunResult], None] | None = None) -> Results:
     """Simulate every executor configuration of ``scenario``; with ``out_dir``, write the report there:
     ``runs.csv``, and per configuration ``{label}/tasks.csv``, ``blocks.csv``, ``timeline.csv``,
-    ``jobs.csv``, ``timeline.png``, plus ``comparison.png`` (plots need matplotlib: the ``sim`` extra)."""
+    ``jobs.csv``, ``timeline.png`` (and ``mpi_tasks.csv`` in MPI mode), plus ``comparison.png`` (plots
+    need matplotlib: the ``sim`` extra)."""
     results = Results(scenario, out_dir=Path(out_dir) if out_dir is not None else None)
     plan = build_tasks(scenario.workload, scenario.seed)
     bar = Progress(progress)
@@ -149,6 +150,8 @@ def run(scenario: Scenario, out_dir: str | os.PathLike[str] | None = None, *, pr
             metrics.write_blocks(d / "blocks.csv", r.pilot)
             metrics.write_timeline(d / "timeline.csv", r.pilot)
             metrics.write_jobs(d / "jobs.csv", r.pilot)
+            if cfg.enable_mpi_mode:
+                metrics.write_mpi_tasks(d / "mpi_tasks.csv", r.pilot)
         if not keep:
             r.pilot = None
         results.runs.append(r)

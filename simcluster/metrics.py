@@ -13,12 +13,20 @@ Per run (``runs.csv``, one row per executor configuration):
   ``block_wait_mean`` (seconds from a block's submission to its job starting);
 - task counts by end: ``done``, ``lost_walltime`` and ``lost_node_failure`` (running or queued on a block
   whose job was killed for those reasons), ``lost_other``, ``dep_failed``, ``failed`` (the executor went
-  to bad state), ``unfinished`` (``max_time`` reached).
+  to bad state), ``unfinished`` (``max_time`` reached);
+- ``wait_max``: the longest wait of any task that started;
+- ``mpi_policy``: the MPI policy of an executor in MPI mode (empty otherwise). In MPI mode
+  ``node_hours_used`` is the node-hours MPI tasks held (a node counts from the moment a task is given it
+  until the task's result arrives or its worker or node dies; with ``mpi_share_nodes``, while any task
+  holds part of it), so ``utilization`` is the node utilization: busy node-seconds / allocated
+  node-seconds. Tasks without MPI keys hold no node and do not count.
 
 Per task (``tasks.csv``): ``task_id,submit,start,end,duration,block,node,worker,state,reason``. Per block
 (``blocks.csv``): ``block_id,job_id,nodes,submit,start,end,state,reason``. Over time (``timeline.csv``):
-``time,blocks_pending,blocks_running,workers,tasks_queued,tasks_running,tasks_ended``. Times are seconds
-from the executor's start, with 3 decimals; an empty field means "never".
+``time,blocks_pending,blocks_running,workers,tasks_queued,tasks_running,tasks_ended``. In MPI mode, per
+MPI task (``mpi_tasks.csv``): ``task_id,num_nodes,ranks_per_node,nodes,submit,start,end,state``
+(``nodes``: the node names it was given, space-separated). Times are seconds from the executor's start,
+with 3 decimals; an empty field means "never".
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ RUN_FIELDS = (
     "label", "strategy", "max_idletime", "tasks", "makespan", "wait_mean", "wait_p50", "wait_p95", "wait_p99",
     "node_hours_allocated", "node_hours_used", "idle_node_hours", "utilization", "blocks_submitted",
     "blocks_scaled_in", "blocks_walltime", "blocks_failed", "blocks_missing", "block_wait_mean", "done",
-    "lost_walltime", "lost_node_failure", "lost_other", "dep_failed", "failed", "unfinished",
+    "lost_walltime", "lost_node_failure", "lost_other", "dep_failed", "failed", "unfinished", "wait_max",
+    "mpi_policy",
 )
 
 
@@ -61,6 +70,37 @@ def block_state(p: Pilot, block_id: str) -> tuple[str, str]:
         st = p.control.overrides[block_id]
         return st.state.name, st.message or ""
     return rec.state, rec.reason
+
+
+def node_intervals(p: Pilot) -> dict[str, list[tuple[float, float, int]]]:
+    """MPI mode: per node, ``(start, end, task index)`` of every task that was given it, by start; times
+    on the simulation clock. A task holds its nodes from its start to its end (its result, or the death
+    of its worker or node), or to the end of the run if it never ended."""
+    stop = p.env.now
+    out: dict[str, list[tuple[float, float, int]]] = {}
+    for ti, names in p.t_nodes.items():
+        start, end = p.t_start[ti], p.t_end[ti]
+        end = stop if math.isnan(end) else end
+        for name in names.split(","):
+            out.setdefault(name, []).append((start, end, ti))
+    for spans in out.values():
+        spans.sort()
+    return out
+
+
+def busy_node_seconds(p: Pilot) -> float:
+    """MPI mode: node-seconds during which some task held the node (overlaps, with shared nodes, once)."""
+    total = 0.0
+    for spans in node_intervals(p).values():
+        lo = hi = -math.inf
+        for start, end, _ in spans:
+            if start > hi:
+                total += hi - lo if hi > lo else 0.0
+                lo, hi = start, end
+            else:
+                hi = max(hi, end)
+        total += hi - lo if hi > lo else 0.0
+    return total
 
 
 def compute(p: Pilot) -> dict[str, Any]:
@@ -91,7 +131,8 @@ def compute(p: Pilot) -> dict[str, Any]:
             allocated += rec.nodes * (end - rec.start)
             block_waits.append(rec.start - rec.submit)
     allocated /= 3600.0
-    used = p.busy_seconds / max(1, p.workers_per_node) / 3600.0
+    mpi = p.cfg.enable_mpi_mode
+    used = (busy_node_seconds(p) if mpi else p.busy_seconds / max(1, p.workers_per_node)) / 3600.0
     return {
         "label": p.label,
         "strategy": p.cfg.strategy,
@@ -119,6 +160,8 @@ def compute(p: Pilot) -> dict[str, Any]:
         "dep_failed": counts["dep_failed"],
         "failed": counts["failed"],
         "unfinished": counts["unfinished"],
+        "wait_max": waits[-1] if waits else math.nan,
+        "mpi_policy": p.cfg.mpi_policy if mpi else "",
     }
 
 
@@ -178,6 +221,19 @@ def write_tasks(path: Path, p: Pilot) -> None:
                 STATE_NAMES[state], reasons.get(i - 1, ""),
             ))
         fh.write("".join(lines))
+
+
+def write_mpi_tasks(path: Path, p: Pilot) -> None:
+    """MPI mode: each MPI task's request and the nodes it was given."""
+    t0 = p.t0
+    plan = p.plan
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(("task_id", "num_nodes", "ranks_per_node", "nodes", "submit", "start", "end", "state"))
+        for i in range(len(plan.num_nodes)):
+            if plan.num_nodes[i]:
+                w.writerow((i + 1, plan.num_nodes[i], plan.ranks_per_node[i], p.t_nodes.get(i, "").replace(",", " "),
+                            _t(p.t_submit[i], t0), _t(p.t_start[i], t0), _t(p.t_end[i], t0), STATE_NAMES[p.state[i]]))
 
 
 def write_blocks(path: Path, p: Pilot) -> None:

@@ -140,18 +140,26 @@ class Pilot(PoolsMixin):
         self.provider.on_start = self._job_started
         self.provider.on_end = self._job_ended
         accelerators = [str(i) for i in range(cfg.accelerators)]
-        # The executor's estimate and each node's own plan agree here: every node of a partition is alike.
-        self.workers_per_node = plan_workers(
-            max_workers_per_node=cfg.max_workers_per_node or None, cores_per_worker=cfg.cores_per_worker,
-            mem_per_worker=cfg.mem_per_worker or None, cores=partition.cores, mem_gb=partition.memory_gb,
-            accelerators=accelerators).count
+        self.partition = partition
+        if cfg.enable_mpi_mode:
+            # As MPIExecutor: max_workers_per_block workers in the block's one pool, whatever the node's
+            # cores; the scaling arithmetic counts one pool per block (ControlSettings.mpi_mode).
+            self.workers_per_node = plan_workers(
+                max_workers_per_node=cfg.max_workers_per_block, cores_per_worker=1e-9, mem_per_worker=None,
+                cores=partition.cores, mem_gb=partition.memory_gb).count
+        else:
+            # The executor's estimate and each node's own plan agree here: every node of a partition is alike.
+            self.workers_per_node = plan_workers(
+                max_workers_per_node=cfg.max_workers_per_node or None, cores_per_worker=cfg.cores_per_worker,
+                mem_per_worker=cfg.mem_per_worker or None, cores=partition.cores, mem_gb=partition.memory_gb,
+                accelerators=accelerators).count
         self.control = BlockControl(ControlSettings(
             strategy=cfg.strategy, strategy_period=cfg.strategy_period, max_idletime=cfg.max_idletime,
             registration_timeout=cfg.block_registration_timeout,
             status_interval=max(0.2, float(cfg.status_polling_interval)), init_blocks=cfg.init_blocks,
             min_blocks=cfg.min_blocks, max_blocks=cfg.max_blocks, nodes_per_block=cfg.nodes_per_block,
             parallelism=cfg.parallelism, workers_per_node=self.workers_per_node,
-            script_dir=self.provider.script_dir, label=cfg.label),
+            script_dir=self.provider.script_dir, label=cfg.label, mpi_mode=cfg.enable_mpi_mode),
             error_rule(resolve_block_error_handler(cfg.block_error_handler), self, cfg.init_blocks))
         self.prefetch = cfg.prefetch_capacity or 0
         self.bad_state: BaseException | None = None
@@ -165,6 +173,8 @@ class Pilot(PoolsMixin):
         self.t_worker = array("i", [-1]) * n
         self.state = bytearray(n)
         self.reasons: dict[int, str] = {}
+        #: MPI mode: the nodes each started MPI task was given (the ``PARSL_MPI_NODELIST`` its worker got).
+        self.t_nodes: dict[int, str] = {}
         self.outstanding = 0
         self.resolved = 0
         self.busy_seconds = 0.0

@@ -7,6 +7,10 @@ What is modelled here is only what the real pool does with its processes: a work
 the task's drawn duration; a task marked to crash kills its worker instead of returning; a replaced
 worker is ready at once. The pilot (``simcluster.pilot``) carries out the messages: results to the
 interchange, heartbeats in one batch per heartbeat period.
+
+In MPI mode (``ExecutorConfig.enable_mpi_mode``) a block has one pool, on its first node, whose core holds
+an ``htex_ref.core.mpi.MpiScheduler`` over the block's nodes: the core decides which nodes each task gets
+and when, and the nodes each task was given (its ``PARSL_MPI_NODELIST``) are recorded in ``t_nodes``.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ from htex_ref.core.manager import (
     WorkerExited,
     WorkerReady,
     WorkerResult,
+    make_pool_task,
 )
+from htex_ref.core.mpi import MpiScheduler, Node, mpi_policy
 from htex_ref.core.notes import Note
 from htex_ref.core.planning import drain_delay
 from htex_ref.protocol import Outcome, Registration
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 from simcluster.provider import SimProvider
-from simcluster.scenario import ExecutorConfig
+from simcluster.scenario import ExecutorConfig, Partition
 from simcluster.scheduler import Job, Scheduler
 from simcluster.states import RUNNING
 from simcluster.wakes import Wakes
@@ -95,6 +101,8 @@ class PoolsMixin:
     t_end: array[float]
     t_mgr: array[int]
     t_worker: array[int]
+    t_nodes: dict[int, str]
+    partition: Partition
     state: bytearray
     running: int
     busy_seconds: float
@@ -117,7 +125,13 @@ class PoolsMixin:
         m = self.by_mid[mid]
         if not m.alive:
             return  # lost in flight: the interchange fails them when it learns the pool is gone
-        self._pool([TasksArrived([PoolTask(qt.task_id, (), qt.priority) for qt in tasks])], m, now)
+        if m.state.mpi is None:
+            self._pool([TasksArrived([PoolTask(qt.task_id, (), qt.priority) for qt in tasks])], m, now)
+            return
+        # MPI mode: the pool reads each task's request from its specification, as htex-worker-pool does.
+        spec = self.plan.mpi_spec
+        self._pool([TasksArrived([make_pool_task(qt.task_id, (), qt.priority, spec(qt.task_id - 1))
+                                  for qt in tasks])], m, now)
 
     def _pool(self, events: list[Any], m: SimPool, now: float) -> None:
         """Hand ``events`` to a pool's core and carry out what it says."""
@@ -132,6 +146,8 @@ class PoolsMixin:
             for ins in out:
                 kind = type(ins)
                 if kind is RunTask:
+                    if ins.env is not None:
+                        self.t_nodes[ins.task.task_id - 1] = ins.env["PARSL_MPI_NODELIST"]
                     self._hand(m, ins.rank, ins.task.task_id - 1, now)
                 elif kind is StartWorker:
                     # A replacement worker is ready at once.
@@ -291,12 +307,18 @@ class PoolsMixin:
         drain_in = drain_delay(now=now, pool_started=now, drain_period=cfg.drain_period, walltime=cfg.walltime,
                                drain_before_walltime=cfg.drain_before_walltime, job_started=job.start)
         workers = self.workers_per_node
-        for node in job.alloc:
+        # MPI mode: one pool, on the block's first node (a SimpleLauncher), knowing every node of the block.
+        nodes = job.alloc[:1] if cfg.enable_mpi_mode else job.alloc
+        for node in nodes:
             index = len(self.managers)
             uid = f"{self.label}-b{block_id}-n{node}"
             hostname = f"{job.partition}-{node}"
+            mpi = None
+            if cfg.enable_mpi_mode:
+                mpi = MpiScheduler([Node(f"{job.partition}-{n}", self.partition.cores) for n in job.alloc],
+                                   share=cfg.mpi_share_nodes, policy=mpi_policy(cfg.mpi_policy))
             m = SimPool(index, uid.encode(), block_id, node, workers,
-                        ManagerState(workers, cfg.heartbeat_period, cfg.heartbeat_threshold, now, hostname))
+                        ManagerState(workers, cfg.heartbeat_period, cfg.heartbeat_threshold, now, hostname, mpi=mpi))
             self.managers.append(m)
             self.by_mid[m.mid] = m
             self.live[index] = m

@@ -17,8 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from htex_ref.core.mpi import MPI_POLICIES, MpiScheduler, Node, parse_mpi_request
 from htex_ref.core.selectors import SELECTORS
 from htex_ref.core.strategy import STRATEGY_NAMES
+from htex_ref.errors import InvalidResourceSpecification
 
 
 class ScenarioError(ValueError):
@@ -79,6 +81,15 @@ class Distribution:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A whole number drawn per task: one of ``values``, with ``weights`` (all equal when empty). In TOML
+    an int (that number for every task) or ``{ values = [1, 2, 8], weights = [6, 3, 1] }``."""
+
+    values: tuple[int, ...] = (1,)
+    weights: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class Background:
     """Other users' jobs: ``none``, ``synthetic`` (Poisson arrivals sized to keep ``load`` of the nodes
     busy on average) or ``swf`` (a Standard Workload Format trace)."""
@@ -123,6 +134,16 @@ class Phase:
     #: returning, as a task calling ``os._exit`` would: each fails with ``WorkerLost`` and the worker is
     #: replaced.
     crash_fraction: float = 0.0
+    #: MPI tasks: the nodes each task asks for (``resource_specification={"num_nodes": n}``), drawn per
+    #: task; None (and ``ranks_per_node`` None): not MPI tasks.
+    num_nodes: Choice | None = None
+    #: MPI tasks: ranks on each of its nodes (what counts against a node's cores with ``mpi_share_nodes``).
+    ranks_per_node: Choice | None = None
+
+    @property
+    def mpi(self) -> bool:
+        """Whether the phase's tasks carry MPI keys (the executor must be in MPI mode)."""
+        return self.num_nodes is not None or self.ranks_per_node is not None
 
 
 @dataclass(frozen=True)
@@ -161,6 +182,14 @@ class ExecutorConfig:
     #: Seconds the executor stays up after its last task, scaling in as its strategy says, before it shuts
     #: down (sooner once no block is live); 0: it shuts down at once, cancelling its blocks.
     linger: float = 0.0
+    #: MPI mode (``MPIExecutor``, or ``enable_mpi_mode=True``): one pool per block, on its first node, with
+    #: ``max_workers_per_block`` workers, places MPI tasks on the block's nodes (``htex_ref.core.mpi``).
+    enable_mpi_mode: bool = False
+    max_workers_per_block: int = 1
+    #: The order MPI tasks start in: ``backfill``, ``fifo`` or ``smallest_first``.
+    mpi_policy: str = "backfill"
+    #: Tasks whose ranks fit share a node, counted in its cores (False: whole nodes, Parsl's behaviour).
+    mpi_share_nodes: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,6 +263,12 @@ class _Fields:
             raise ScenarioError(f"{self._name(key)} must be an int >= {low}, got {v!r}")
         return v
 
+    def boolean(self, key: str, default: bool) -> bool:
+        v = self.get(key, default)
+        if not isinstance(v, bool):
+            raise ScenarioError(f"{self._name(key)} must be true or false, got {v!r}")
+        return v
+
     def text(self, key: str, default: str, choices: tuple[str, ...] | None = None) -> str:
         v = self.get(key, default)
         if not isinstance(v, str):
@@ -272,6 +307,33 @@ def _distribution(raw: Any, where: str, default: Distribution) -> Distribution:
     if d.dist == "uniform" and d.high < d.low:
         raise ScenarioError(f"{where}: high ({d.high}) is below low ({d.low})")
     return d
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _choice(raw: Any, where: str) -> Choice | None:
+    """``num_nodes`` / ``ranks_per_node``: absent, an int >= 1, or ``{values = [...], weights = [...]}``."""
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping):
+        f = _Fields(raw, where)
+        values = f.get("values", None)
+        weights = f.get("weights", [])
+        f.done()
+        if not isinstance(values, list) or not values or not all(_whole(v) for v in values):
+            raise ScenarioError(f"{where}.values must be a non-empty array of ints >= 1, got {values!r}")
+        if not isinstance(weights, list) or (weights and len(weights) != len(values)) \
+                or not all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                           for w in weights) or (weights and not sum(weights) > 0):
+            raise ScenarioError(f"{where}.weights must be an array of {len(values)} numbers >= 0, not all 0 "
+                                f"(one per value; leave it out for equal weights), got {weights!r}")
+        return Choice(tuple(values), tuple(float(w) for w in weights))
+    if not _whole(raw):
+        raise ScenarioError(f"{where} must be an int >= 1 or a table {{ values = [...], weights = [...] }}, "
+                            f"got {raw!r}")
+    return Choice((raw,))
 
 
 def _partition(raw: Any, where: str) -> Partition:
@@ -325,8 +387,26 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
         linger=f.number("linger", 0.0),
         drain_period=f.maybe_number("drain_period", None),
         drain_before_walltime=f.maybe_number("drain_before_walltime", None),
+        enable_mpi_mode=f.boolean("enable_mpi_mode", False),
+        max_workers_per_block=f.integer("max_workers_per_block", 1, low=1),
+        mpi_policy=f.text("mpi_policy", "backfill", tuple(MPI_POLICIES)),
+        mpi_share_nodes=f.boolean("mpi_share_nodes", False),
     )
     f.done()
+    table = f.table
+    if cfg.enable_mpi_mode:
+        # As MPIExecutor: the block's one pool runs max_workers_per_block workers, whatever the node.
+        sizing = [k for k in ("max_workers_per_node", "cores_per_worker", "mem_per_worker", "accelerators")
+                  if k in table]
+        if sizing:
+            raise ScenarioError(f"{where}.{sizing[0]}: in MPI mode the block's one pool runs "
+                                "max_workers_per_block workers (as MPIExecutor, which does not take "
+                                f"{', '.join(sizing)}); set max_workers_per_block instead")
+    else:
+        extra = [k for k in ("max_workers_per_block", "mpi_policy", "mpi_share_nodes") if k in table]
+        if extra:
+            raise ScenarioError(f"{where}.{extra[0]} only means something in MPI mode: set enable_mpi_mode = true "
+                                "in this executor table")
     if cfg.parallelism > 1:
         raise ScenarioError(f"{where}.parallelism must be between 0 and 1, got {cfg.parallelism}")
     if cfg.min_blocks > cfg.max_blocks:
@@ -438,6 +518,8 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
             duration=_distribution(f.get("duration", None), f"{where}.duration", Phase.duration),
             priority=math.inf if prio is None else float(prio),
             crash_fraction=f.number("crash_fraction", 0.0),
+            num_nodes=_choice(f.get("num_nodes", None), f"{where}.num_nodes"),
+            ranks_per_node=_choice(f.get("ranks_per_node", None), f"{where}.ranks_per_node"),
         ))
         if phases[-1].crash_fraction > 1:
             raise ScenarioError(f"{where}.crash_fraction must be between 0 and 1, got {phases[-1].crash_fraction}")
@@ -455,6 +537,10 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
     for label in labels:
         if not label or "/" in label or label.startswith("."):
             raise ScenarioError(f"executor label {label!r} cannot name a folder")
+    for i, phase in enumerate(phases):
+        if phase.mpi:
+            for j, cfg in enumerate(executors):
+                _check_mpi_phase(phase, f"workload[{i}]", cfg, f"executor[{j}]", cluster.partition(cfg.partition))
 
     scenario = Scenario(
         name=top.text("name", name),
@@ -469,6 +555,33 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
     )
     top.done()
     return scenario
+
+
+def _check_mpi_phase(phase: Phase, where: str, cfg: ExecutorConfig, ewhere: str, part: Partition) -> None:
+    """Refuse, before anything runs, MPI tasks the executor would refuse at submit (no MPI mode, more
+    nodes than a block has) or that its pools would refuse on arrival (ranks that fit on too few nodes
+    when they are shared): with the real checks, ``parse_mpi_request`` and ``MpiScheduler.unsatisfiable``."""
+    key = "num_nodes" if phase.num_nodes is not None else "ranks_per_node"
+    if not cfg.enable_mpi_mode:
+        raise ScenarioError(f"{where}.{key}: MPI tasks need an executor in MPI mode, and {ewhere} "
+                            f"({cfg.label!r}) is not: set enable_mpi_mode = true there (the executor refuses "
+                            "MPI keys at submit outside MPI mode)")
+    nodes = (phase.num_nodes or Choice()).values
+    ranks = (phase.ranks_per_node or Choice()).values
+    block = MpiScheduler([Node(f"{part.name}-{k}", part.cores) for k in range(cfg.nodes_per_block)],
+                         share=cfg.mpi_share_nodes)
+    for n in sorted(set(nodes)):
+        for r in sorted(set(ranks)):
+            try:
+                request = parse_mpi_request({"num_nodes": n, "ranks_per_node": r}, nodes_per_block=cfg.nodes_per_block)
+            except InvalidResourceSpecification as e:
+                raise ScenarioError(f"{where}.num_nodes: {e} ({ewhere} {cfg.label!r} has nodes_per_block = "
+                                    f"{cfg.nodes_per_block}); the executor refuses such a task at submit") from None
+            assert request is not None
+            why = block.unsatisfiable(request)
+            if why is not None:
+                raise ScenarioError(f"{where}.ranks_per_node: {why} ({ewhere} {cfg.label!r} shares nodes of "
+                                    f"{part.cores} cores); its pools would refuse such a task")
 
 
 def load_scenario(path: str | Path) -> Scenario:

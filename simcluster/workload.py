@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simcluster.scenario import Background, Distribution, Partition, Phase, ScenarioError
+from simcluster.scenario import Background, Choice, Distribution, Partition, Phase, ScenarioError
 
 
 def rng_for(seed: int, purpose: str) -> random.Random:
@@ -119,9 +119,26 @@ class TaskPlan:
     next_group: list[int]
     #: 1 for a task that kills its worker instead of returning (``Phase.crash_fraction``).
     crash: bytearray = field(default_factory=bytearray)
+    #: MPI tasks: nodes and ranks per node each task asks for (0: not an MPI task). Both empty when no
+    #: phase has MPI tasks.
+    num_nodes: array[int] = field(default_factory=lambda: array("i"))
+    ranks_per_node: array[int] = field(default_factory=lambda: array("i"))
+
+    def mpi_spec(self, i: int) -> dict[str, int] | None:
+        """Task ``i``'s MPI keys, as its ``resource_specification`` would carry them (None: none)."""
+        if not self.num_nodes or not self.num_nodes[i]:
+            return None
+        return {"num_nodes": self.num_nodes[i], "ranks_per_node": self.ranks_per_node[i]}
 
     def __len__(self) -> int:
         return len(self.duration)
+
+
+def choices(c: Choice, rng: random.Random, n: int) -> list[int]:
+    """``n`` draws of ``c`` (no draw at all for a single value)."""
+    if len(c.values) == 1:
+        return [c.values[0]] * n
+    return rng.choices(c.values, weights=c.weights or None, k=n)
 
 
 def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
@@ -134,6 +151,9 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
     gate: list[int] = []
     next_group: list[int] = []
     crash = bytearray()
+    mpi = any(p.mpi for p in phases)
+    num_nodes: array[int] = array("i")
+    ranks_per_node: array[int] = array("i")
     for i, p in enumerate(phases):
         rng = rng_for(seed, f"workload-{i}")
         durations = sampler(p.duration, rng)
@@ -174,10 +194,17 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
             crash.extend(1 if draw() < p.crash_fraction else 0 for _ in times)
         else:
             crash.extend(bytes(len(times)))
+        if p.mpi:
+            # Streams of their own: adding MPI keys to a phase changes none of its other draws.
+            num_nodes.extend(choices(p.num_nodes or Choice(), rng_for(seed, f"num-nodes-{i}"), len(times)))
+            ranks_per_node.extend(choices(p.ranks_per_node or Choice(), rng_for(seed, f"ranks-{i}"), len(times)))
+        elif mpi:
+            num_nodes.extend([0] * len(times))
+            ranks_per_node.extend([0] * len(times))
     # By time, then index: the sort is stable and the indices go in in increasing order.
     order = sorted([i for i, r in enumerate(release) if r == r], key=release.__getitem__)
     return TaskPlan(duration, priority, release, array("i", order), group, group_first, group_size, gate, next_group,
-                    crash)
+                    crash, num_nodes, ranks_per_node)
 
 
 # ----------------------------------------------------------------------------------- background jobs
