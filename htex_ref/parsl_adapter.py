@@ -30,6 +30,8 @@ What this module owns, and why it is shaped so:
   code, retry handlers and htex_ref code all catch it.
 - ``ParslProvider`` lets a Parsl execution provider (with its Parsl launcher) start the blocks, so a Parsl
   configuration needs only its executor's import changed.
+- ``HtexRefMPIExecutor`` is the same for Parsl's ``MPIExecutor``: Parsl's MPIExecutor parameters, and an
+  inner htex_ref ``HighThroughputExecutor`` in MPI mode (``enable_mpi_mode=True``).
 
 The inner executor is built from the keyword arguments at construction (so bad values fail there) and
 built again in ``start`` with the run directory Parsl chose, unless ``run_dir`` was given.
@@ -49,6 +51,7 @@ from parsl.executors.high_throughput import errors as parsl_htex_errors
 from parsl.executors.high_throughput.manager_selector import BlockIdManagerSelector as ParslBlockIdManagerSelector
 from parsl.executors.high_throughput.manager_selector import ManagerSelector as ParslManagerSelector
 from parsl.executors.high_throughput.manager_selector import RandomManagerSelector as ParslRandomManagerSelector
+from parsl.executors.high_throughput.mpi_executor import MPIExecutor as ParslMPIExecutor
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs import error_handlers as parsl_error_handlers
 from parsl.jobs.states import JobState as ParslJobState
@@ -65,10 +68,11 @@ from htex_ref.core.jobs import JobState
 from htex_ref.executor import _SETTING_NAMES, HighThroughputExecutor
 from htex_ref.providers.base import ExecutionProvider, JobStatus
 from htex_ref.providers.cluster import parse_walltime
+from htex_ref.settings import is_int
 
 __all__ = [
     "BadStateException", "CommandClientTimeoutError", "DeserializationError", "ExecutorError", "HtexRefExecutor",
-    "InvalidResourceSpecification", "ManagerLost", "NoBlocks", "ParslProvider", "ScalingFailed",
+    "HtexRefMPIExecutor", "InvalidResourceSpecification", "ManagerLost", "NoBlocks", "ParslProvider", "ScalingFailed",
     "SerializationError", "VersionMismatch", "WorkerLost", "to_parsl",
 ]
 
@@ -349,7 +353,7 @@ class HtexRefExecutor(BlockProviderExecutor):
         return self.executor.outstanding
 
     @property
-    def workers_per_node(self) -> int:
+    def workers_per_node(self) -> int | float:
         return self.executor.workers_per_node
 
     def set_bad_state_and_fail_all(self, exception: Exception) -> None:
@@ -448,3 +452,104 @@ class HtexRefExecutor(BlockProviderExecutor):
 # ``htex_auto_scale`` scales in only executors that are Parsl HighThroughputExecutors; the adapter
 # implements the ``scale_in(blocks, max_idletime)`` that strategy calls.
 ParslHighThroughputExecutor.register(HtexRefExecutor)
+
+
+# -------------------------------------------------------------------------------- MPI mode
+
+#: Parsl HighThroughputExecutor parameters that Parsl's MPIExecutor does not take: the block's one pool runs
+#: ``max_workers_per_block`` workers, whatever the node has.
+_MPI_EXCLUDED = ("cores_per_worker", "mem_per_worker", "max_workers_per_node", "cpu_affinity",
+                 "available_accelerators", "manager_selector")
+
+
+def _workers_per_block(value: Any) -> int:
+    if isinstance(value, bool) or not is_int(value) or value < 1:
+        raise ValueError(f"max_workers_per_block must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+class HtexRefMPIExecutor(HtexRefExecutor):
+    """A Parsl executor for multi-node (MPI) tasks backed by htex_ref's MPI mode: Parsl's ``MPIExecutor``.
+
+    The provider must use a ``SimpleLauncher`` (Parsl's or htex_ref's): one worker pool runs on the first
+    node of each block, knows the block's nodes (from ``SLURM_NODELIST``, ``PBS_NODEFILE`` or
+    ``mpi_nodes``) and gives each task that asks for ``num_nodes``, ``ranks_per_node``, ``num_ranks`` or
+    ``launcher_options`` its own nodes and ``PARSL_MPI_PREFIX`` (``$PARSL_MPI_PREFIX ./app`` in a bash app).
+
+    Parameters
+    ----------
+    label : str
+        Name of the executor (default ``"MPIExecutor"``, as Parsl's).
+    max_workers_per_block : int
+        How many tasks one block runs at once (default 1).
+    mpi_launcher : str
+        The launcher ``PARSL_MPI_PREFIX`` is written for: ``"mpiexec"`` (default), ``"srun"`` or ``"aprun"``.
+    encrypted : bool
+        CurveZMQ between the interchange and the pools; off by default, as in Parsl's MPIExecutor.
+
+    Every other parameter is Parsl's HighThroughputExecutor's with the adapter's meaning (see
+    ``HtexRefExecutor``), except those that size workers on a node, which an MPI executor does not take.
+    htex_ref's own settings are keywords too: ``mpi_nodes``, ``mpi_share_nodes``, ``mpi_policy``,
+    ``drain_before_walltime``, ``block_registration_timeout``, ``max_outstanding``, ``run_dir``, ...
+
+    Unlike Parsl's, a task without MPI keys is not refused: it runs on the pool's node and takes no nodes.
+    """
+
+    def __init__(self, label: str = "MPIExecutor", provider: Any = None, launch_cmd: str | None = None,
+                 interchange_launch_cmd: Sequence[str] | None = None, address: str | None = None,
+                 loopback_address: str = "127.0.0.1", worker_port: int | None = None,
+                 worker_port_range: tuple[int, int] = (54000, 55000),
+                 interchange_port_range: tuple[int, int] = (55000, 56000),
+                 storage_access: Sequence[Any] | None = None, working_dir: str | None = None,
+                 worker_debug: bool = False, max_workers_per_block: int = 1, prefetch_capacity: int | None = 0,
+                 heartbeat_threshold: float = 120, heartbeat_period: float = 30, drain_period: float | None = None,
+                 poll_period: int = 10, address_probe_timeout: float | None = None,
+                 worker_logdir_root: str | None = None, mpi_launcher: str = "mpiexec",
+                 block_error_handler: bool | str | Callable[..., None] = True, encrypted: bool = False,
+                 remote_monitoring_radio: RadioConfig | None = None, **options: Any) -> None:
+        if "enable_mpi_mode" in options:
+            raise TypeError("HtexRefMPIExecutor takes no 'enable_mpi_mode': it is always in MPI mode")
+        for name in _MPI_EXCLUDED:
+            if name in options:
+                raise TypeError(f"HtexRefMPIExecutor takes no {name!r}: each block runs one worker pool with "
+                                "max_workers_per_block workers (use HtexRefExecutor(enable_mpi_mode=True, ...) to "
+                                "size them yourself)")
+        super().__init__(
+            label=label, provider=provider, block_error_handler=block_error_handler, storage_access=storage_access,
+            working_dir=working_dir, remote_monitoring_radio=remote_monitoring_radio,
+            # The block's one pool runs exactly max_workers_per_block workers, whatever the node's cores.
+            enable_mpi_mode=True, cores_per_worker=1e-9,
+            max_workers_per_node=_workers_per_block(max_workers_per_block), mpi_launcher=mpi_launcher,
+            launch_cmd=launch_cmd, interchange_launch_cmd=interchange_launch_cmd, address=address,
+            loopback_address=loopback_address, worker_port=worker_port, worker_port_range=worker_port_range,
+            interchange_port_range=interchange_port_range, worker_debug=worker_debug,
+            prefetch_capacity=prefetch_capacity, heartbeat_threshold=heartbeat_threshold,
+            heartbeat_period=heartbeat_period, drain_period=drain_period, poll_period=poll_period,
+            address_probe_timeout=address_probe_timeout, worker_logdir_root=worker_logdir_root, encrypted=encrypted,
+            **options)
+
+    def __repr__(self) -> str:
+        return f"HtexRefMPIExecutor({self.executor!r})"
+
+    @property
+    def max_workers_per_block(self) -> int:
+        return self.executor.settings.max_workers_per_node or 1  # always set: max_workers_per_block
+
+    @max_workers_per_block.setter
+    def max_workers_per_block(self, value: int) -> None:
+        self.max_workers_per_node = _workers_per_block(value)  # the inner executor is built again
+
+    @property
+    def workers_per_node(self) -> float:
+        # Parsl's strategy counts nodes_per_block x workers_per_node task slots in a block; in MPI mode a
+        # block runs one pool of max_workers_per_block workers, so report that share per node (Parsl's own
+        # MPIExecutor counts nodes_per_block times too many, and scales out too little).
+        return self.max_workers_per_block / max(1, int(getattr(self.provider, "nodes_per_block", 1) or 1))
+
+    def monitor_resources(self) -> bool:
+        """False, as Parsl's MPIExecutor: a task's processes are spread over nodes, beyond one process tree."""
+        return False
+
+
+# Parsl code that asks for an MPIExecutor (or, as for the HTEx adapter, a HighThroughputExecutor) gets one.
+ParslMPIExecutor.register(HtexRefMPIExecutor)

@@ -13,7 +13,7 @@ cleanup() {
     # Every run directory of the tests lives under these folders, so any process still naming one is
     # one this run started (an interchange, worker pool or worker left by a failed test).
     local pids dir
-    for dir in "$basetemp" "$root/.pytest-tmp-parsl" "$root/.parsl-suite-out"; do
+    for dir in "$basetemp" "$root/.pytest-tmp-parsl" "$root/.parsl-suite-out" "$root/.parsl-suite-out-mpi"; do
         pids=$(pgrep -f -- "$dir" || true)
         if [ -n "$pids" ]; then
             echo "cleanup: stopping leftover test processes: $pids" >&2
@@ -62,6 +62,9 @@ if .venv-parsl/bin/python -m pip install -q -e . -r tests/parsl_suite/requiremen
         --basetemp="$root/.pytest-tmp-parsl" || failed+=(parsl-adapter)
     .venv-parsl/bin/python tests/parsl_suite/run.py --only config --out "$root/.parsl-suite-out" \
         || failed+=(parsl-suite)
+    # Parsl's MPI tests (parsl/tests/test_htex/mpi) on Parsl's MPIExecutor and on the adapter's.
+    .venv-parsl/bin/python tests/parsl_suite/run.py --only mpi --out "$root/.parsl-suite-out-mpi" \
+        || failed+=(parsl-suite-mpi)
 else
     failed+=(parsl-install)
 fi

@@ -66,6 +66,18 @@ def sleep_for(seconds: float) -> float:
     return seconds
 
 
+@parsl.python_app
+def parsl_env(parsl_resource_specification: dict[str, Any] | None = None) -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith("PARSL_")}
+
+
+@parsl.bash_app
+def echo_mpi_prefix(parsl_resource_specification: dict[str, Any] | None = None, stdout: Any = None) -> str:
+    return 'echo "$PARSL_MPI_PREFIX hostname"'
+
+
 @parsl.join_app
 def fib(n: int) -> Any:
     if n < 2:
@@ -303,3 +315,86 @@ def test_polaris_config_of_switching_from_parsl_builds_with_parsl_providers() ->
     assert ex.executor.settings.max_workers_per_node == 2
     with pytest.raises(ValueError, match="max_workers_per_node"):
         ex.max_workers_per_node = -1
+
+
+@pytest.mark.parametrize("nodes_from", ["PBS_NODEFILE", "mpi_nodes"])
+def test_mpi_tasks_under_parsl_config_get_their_nodes_and_prefix(loaded: Any, tmp_path: Path,
+                                                                 nodes_from: str) -> None:
+    """Parsl's Config with the MPI adapter: the block's nodes come from a PBS node file set in worker_init
+    (as Parsl's own MPI tests do) or from mpi_nodes; each MPI task gets its nodes and Parsl's variables."""
+    from parsl.executors import MPIExecutor as ParslMPIExecutor
+    from parsl.executors.errors import InvalidResourceSpecification as ParslInvalidSpec
+    from parsl.launchers import SimpleLauncher
+    from parsl.providers import LocalProvider as ParslLocalProvider
+
+    from htex_ref.parsl_adapter import HtexRefMPIExecutor
+
+    nodes = ["n1", "n2", "n3", "n4"]
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("".join(f"{n}\n" for n in nodes))
+    # (Slurm's node list would come first, were these tests run inside a Slurm job.)
+    worker_init = "unset SLURM_NODELIST SLURM_JOB_NODELIST; " + (
+        f"export PBS_NODEFILE={nodefile}" if nodes_from == "PBS_NODEFILE" else "unset PBS_NODEFILE")
+    provider = ParslLocalProvider(init_blocks=1, max_blocks=1, launcher=SimpleLauncher(), worker_init=worker_init)
+    ex = HtexRefMPIExecutor(label="mpi", provider=provider, max_workers_per_block=2, mpi_launcher="srun",
+                            address="127.0.0.1", heartbeat_period=1, heartbeat_threshold=5,
+                            **({"mpi_nodes": nodes} if nodes_from == "mpi_nodes" else {}))
+    assert isinstance(ex, ParslMPIExecutor) and isinstance(ex, parsl.executors.HighThroughputExecutor)
+    loaded(ex, strategy="none", retries=0)
+
+    env = parsl_env(parsl_resource_specification={"num_nodes": 3, "ranks_per_node": 5}).result(timeout=60)
+    hosts = env["PARSL_MPI_NODELIST"].split(",")
+    assert len(hosts) == 3 and set(hosts) <= set(nodes), env
+    assert env["PARSL_NUM_RANKS"] == "15" and env["PARSL_NUM_NODES"] == "3" and env["PARSL_RANKS_PER_NODE"] == "5"
+    assert env["PARSL_MPI_PREFIX"] == env["PARSL_SRUN_PREFIX"] == (
+        f"srun --ntasks 15 --ntasks-per-node 5 --nodelist {','.join(hosts)} --nodes 3")
+    assert env["PARSL_MPIEXEC_PREFIX"] == f"mpiexec -n 15 -ppn 5 -hosts {','.join(hosts)}"
+
+    out = tmp_path / "prefix.out"
+    spec = {"num_nodes": 2, "num_ranks": 4, "launcher_options": "--cpu-bind=none"}
+    assert echo_mpi_prefix(parsl_resource_specification=spec, stdout=str(out)).result(timeout=60) == 0
+    assert out.read_text().startswith("srun --ntasks 4 --ntasks-per-node 2 --nodelist ")
+    assert out.read_text().endswith(" --nodes 2 --cpu-bind=none hostname\n")
+
+    # Unlike Parsl's MPIExecutor, a task without MPI keys runs (on the pool's node, with no MPI variables).
+    assert "PARSL_MPI_PREFIX" not in parsl_env().result(timeout=60)
+    with pytest.raises(ParslInvalidSpec) as bad:
+        parsl_env(parsl_resource_specification={"num_nodes": 2, "BAD_OPT": 1}).result(timeout=60)
+    assert bad.value.invalid_keys == {"BAD_OPT"}
+    with pytest.raises(ParslInvalidSpec, match="num_nodes=5"):  # more nodes than the block has
+        parsl_env(parsl_resource_specification={"num_nodes": 5}).result(timeout=60)
+
+
+def test_mpi_adapter_takes_parsl_mpiexecutor_parameters() -> None:
+    from parsl.executors.errors import InvalidResourceSpecification as ParslInvalidSpec
+    from parsl.launchers import SimpleLauncher, SrunLauncher
+    from parsl.providers import LocalProvider as ParslLocalProvider
+    from parsl.providers import SlurmProvider as ParslSlurmProvider
+
+    from htex_ref.launchers import SimpleLauncher as HtexRefSimpleLauncher
+    from htex_ref.parsl_adapter import HtexRefMPIExecutor
+
+    with pytest.raises(TypeError, match="SimpleLauncher"):
+        HtexRefMPIExecutor(provider=ParslSlurmProvider(launcher=SrunLauncher()))
+    with pytest.raises(TypeError, match="SimpleLauncher"):
+        HtexRefMPIExecutor()  # the default LocalProvider starts its pool with a SingleNodeLauncher
+    with pytest.raises(ValueError, match="mpi_launcher"):
+        HtexRefMPIExecutor(mpi_launcher="bad_launcher", provider=ParslLocalProvider(launcher=SimpleLauncher()))
+    with pytest.raises(TypeError, match="max_workers_per_block"):
+        HtexRefMPIExecutor(provider=ParslLocalProvider(launcher=SimpleLauncher()), max_workers_per_node=2)
+    with pytest.raises(ValueError, match="max_workers_per_block"):
+        HtexRefMPIExecutor(provider=ParslLocalProvider(launcher=SimpleLauncher()), max_workers_per_block=0)
+
+    ex = HtexRefMPIExecutor(provider=LocalProvider(launcher=HtexRefSimpleLauncher()), mpi_policy="fifo")
+    assert (ex.label, ex.encrypted, ex.max_workers_per_block, ex.mpi_launcher) == ("MPIExecutor", False, 1, "mpiexec")
+    assert ex.enable_mpi_mode and ex.mpi_policy == "fifo" and not ex.monitor_resources()
+    ex.max_workers_per_block = 3  # set after construction, as Parsl users do: the inner executor follows
+    assert ex.executor.settings.max_workers_per_node == 3 and ex.executor.settings.enable_mpi_mode
+    # Parsl's strategy counts nodes_per_block x workers_per_node slots: a block runs 4 tasks, not 8.
+    wide = HtexRefMPIExecutor(provider=ParslLocalProvider(launcher=SimpleLauncher(), nodes_per_block=2),
+                              max_workers_per_block=4)
+    assert wide.workers_per_node * wide.provider.nodes_per_block == 4
+    ex.validate_resource_spec({"num_nodes": 1, "ranks_per_node": 2, "launcher_options": "--debug"})
+    ex.validate_resource_spec({})  # Parsl's MPIExecutor refuses this (its issue 3427); htex_ref runs such tasks
+    with pytest.raises(ParslInvalidSpec):
+        ex.validate_resource_spec({"num_nodes": 1, "BAD_OPT": 1})
