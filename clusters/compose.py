@@ -64,7 +64,8 @@ LOCAL_BASE_IMAGE = "local/debian:bookworm"
 SOURCE_LABEL = "org.htex-ref.inputs"
 #: Candidate /24 networks; the local namespace cluster (clusters/local_slurm.py) takes from 10.88-10.99.
 SUBNET_CANDIDATES = [f"10.{i}.0.0/24" for i in range(100, 112)]
-NODES = ["c1", "c2"]
+#: Three, so that a block can hold MPI tasks of one, two and three nodes (tests/cluster/test_mpi.py).
+NODES = ["c1", "c2", "c3"]
 CONTROLLER = "controller"
 CPUS_PER_NODE = 2
 PARTITION = "debug"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local Slurm cluster (clusters/local_slurm.py) needs: munge, slurmctld,
-# slurmd and the client commands, plus slurmdbd and MariaDB for accounting (sacct), and the network tools
-# the namespaces use. Fast when everything is already there; never starts a service (the cluster script
-# starts its own daemons and stops them by PID). Needs root.
+# slurmd and the client commands, plus slurmdbd and MariaDB for accounting (sacct), the network tools
+# the namespaces use, and MPICH (mpiexec; mpicc and mpi.h from libmpich-dev) for the MPI-mode tests
+# (tests/cluster/test_mpi.py build an MPI program and run it across the nodes). Fast when everything is
+# already there; never starts a service (the cluster script starts its own daemons and stops them by
+# PID). Needs root.
 set -euo pipefail
 
-packages=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server iproute2 iptables util-linux)
+packages=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server iproute2 iptables util-linux mpich libmpich-dev)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -120,7 +120,10 @@ class ClusterExecutors:
         return str(path)
 
     def __call__(self, provider: SlurmProvider | None = None, start: bool = True,
+                 executor_class: type[HighThroughputExecutor] = HighThroughputExecutor,
                  **kwargs: Any) -> HighThroughputExecutor:
+        """An executor of ``executor_class`` (e.g. ``MPIExecutor``) set up to reach this cluster, started
+        unless ``start=False``."""
         kwargs.setdefault("address", self.info.address)
         kwargs.setdefault("run_dir", self.run_dir())
         kwargs.setdefault("heartbeat_period", 2)
@@ -128,7 +131,7 @@ class ClusterExecutors:
         kwargs.setdefault("block_registration_timeout", 120)
         if self.info.worker_pool_cmd:
             kwargs.setdefault("launch_cmd", DEFAULT_LAUNCH_CMD.replace("{worker_pool}", self.info.worker_pool_cmd))
-        ex = HighThroughputExecutor(provider=provider or self.provider(), **kwargs)
+        ex = executor_class(provider=provider or self.provider(), **kwargs)
         self.made.append(ex)
         if start:
             ex.start()
