@@ -210,3 +210,31 @@ def test_enable_mpi_mode_on_the_executor(make_mpi: Any) -> None:
                   mpi_nodes=["x1", "x2"])
     r = ex.submit(mpi_env, resource_specification={"num_nodes": 2, "ranks_per_node": 4}).result(60)
     assert r["PARSL_MPI_PREFIX"] == "aprun -n 8 -N 4 -node-list x1,x2"
+
+
+def test_parsl_docs_mpi_executor_example_with_htex_ref_imports() -> None:
+    # The MPIExecutor configuration of Parsl's MPI apps guide, as written there, imports changed.
+    from htex_ref import PBSProProvider
+
+    config = Config(executors=[MPIExecutor(
+        max_workers_per_block=2,  # Assuming 2 nodes per task
+        provider=PBSProProvider(
+            account="parsl",
+            worker_init="module load miniconda; source activate /lus/eagle/projects/parsl/envs/",
+            walltime="1:00:00",
+            queue="debug",
+            scheduler_options="#PBS -l filesystems=home:eagle:grand",
+            launcher=SimpleLauncher(),
+            select_options="ngpus=4",
+            nodes_per_block=4,
+            max_blocks=1,
+            cpus_per_node=64,
+        ),
+    )])
+    ex = config.executors[0]
+    assert isinstance(ex, MPIExecutor) and ex.settings.mpi_max_nodes == 4
+    cmd = ex.settings.launch_command("0", 54000, None, "/tmp/logs")
+    assert "--enable_mpi_mode" in cmd and "--mpi-launcher=mpiexec" in cmd and "--max_workers_per_node=2" in cmd
+    with pytest.raises(InvalidResourceSpecification, match="num_nodes=5"):
+        ex.validate_resource_spec({"num_nodes": 5, "ranks_per_node": 2})
+    assert ex.validate_resource_spec({"num_nodes": 2, "ranks_per_node": 2}) == float("inf")
