@@ -91,6 +91,11 @@ SUBJECTS: list[Subject] = [
             "storage_access": [["staging"]],
             "working_dir": ["/scratch"],
             "remote_monitoring_radio": ["udp"],
+            "enable_mpi_mode": ["yes"],
+            "mpi_launcher": ["jsrun"],
+            "mpi_nodes": ["n1", ["n1", "n1"]],
+            "mpi_share_nodes": ["no", True],
+            "mpi_policy": ["lottery"],
         },
     ),
     Subject(
