@@ -9,7 +9,6 @@ htex_ref's own MPI settings (``mpi_nodes``, ``mpi_share_nodes``, ``mpi_policy``)
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,8 +17,24 @@ from htex_ref.providers.base import ExecutionProvider
 from htex_ref.settings import is_int
 
 #: HighThroughputExecutor parameters an MPIExecutor does not take (its workers are fixed by the block).
-EXCLUDED_PARAMETERS = frozenset({"cores_per_worker", "mem_per_worker", "max_workers_per_node", "cpu_affinity",
-                                 "available_accelerators", "manager_selector", "enable_mpi_mode"})
+EXCLUDED_PARAMETERS = ("cores_per_worker", "mem_per_worker", "max_workers_per_node", "cpu_affinity",
+                       "available_accelerators", "manager_selector", "enable_mpi_mode")
+
+
+def check_mpi_options(owner: str, options: dict[str, Any]) -> None:
+    """Refuse, by name, the parameters an MPI executor does not take."""
+    for name in EXCLUDED_PARAMETERS:
+        if name in options:
+            why = ("it is always in MPI mode" if name == "enable_mpi_mode" else
+                   "each block runs one worker pool with max_workers_per_block workers (use "
+                   "HighThroughputExecutor(enable_mpi_mode=True, ...) to size workers yourself)")
+            raise TypeError(f"{owner} takes no {name!r}: {why}")
+
+
+def check_workers_per_block(value: Any) -> int:
+    if isinstance(value, bool) or not is_int(value) or value < 1:
+        raise ValueError(f"max_workers_per_block must be an int >= 1, got {value!r}")
+    return int(value)
 
 
 class MPIExecutor(HighThroughputExecutor):
@@ -37,8 +52,10 @@ class MPIExecutor(HighThroughputExecutor):
     encrypted : bool
         CurveZMQ on the executor's sockets; off by default, as in Parsl's MPIExecutor.
 
-    The other parameters are HighThroughputExecutor's (see its documentation), except those that size
-    workers on a node: the provider must use a ``SimpleLauncher``.
+    The other parameters are Parsl's MPIExecutor's, with HighThroughputExecutor's meanings; htex_ref's own
+    settings (``mpi_nodes``, ``mpi_share_nodes``, ``mpi_policy``, ``strategy``, ``run_dir``,
+    ``drain_before_walltime``, ``max_outstanding``, ...) are keywords too. Those that size workers on a
+    node are refused: the provider must use a ``SimpleLauncher``.
     """
 
     def __init__(
@@ -67,40 +84,22 @@ class MPIExecutor(HighThroughputExecutor):
         block_error_handler: bool | str | Callable[..., Any] = True,
         encrypted: bool = False,
         remote_monitoring_radio: Any = None,
-        drain_before_walltime: float | None = None,
-        run_dir: str | os.PathLike[str] | None = None,
-        strategy: str = "simple",
-        strategy_period: float = 5.0,
-        max_idletime: float = 120.0,
-        interchange_start_timeout: float = 30.0,
-        block_registration_timeout: float | None = 120.0,
-        max_outstanding: int | None = None,
-        max_workers: int | float | None = None,
-        worker_ports: tuple[int, int] | None = None,
-        managed: bool = True,
-        mpi_nodes: Sequence[str] | None = None,
-        mpi_share_nodes: bool = False,
-        mpi_policy: str = "backfill",
+        **options: Any,
     ) -> None:
-        if isinstance(max_workers_per_block, bool) or not is_int(max_workers_per_block) or max_workers_per_block < 1:
-            raise ValueError(f"max_workers_per_block must be an int >= 1, got {max_workers_per_block!r}")
+        check_mpi_options("MPIExecutor", options)
         super().__init__(
             # The block's one pool runs exactly max_workers_per_block workers, whatever the node's cores.
-            cores_per_worker=1e-9, max_workers_per_node=max_workers_per_block, enable_mpi_mode=True,
-            label=label, provider=provider, launch_cmd=launch_cmd, interchange_launch_cmd=interchange_launch_cmd,
-            address=address, loopback_address=loopback_address, worker_port=worker_port,
-            worker_port_range=worker_port_range, interchange_port_range=interchange_port_range,
-            storage_access=storage_access, working_dir=working_dir, worker_debug=worker_debug,
-            prefetch_capacity=prefetch_capacity, heartbeat_threshold=heartbeat_threshold,
-            heartbeat_period=heartbeat_period, drain_period=drain_period, poll_period=poll_period,
-            address_probe_timeout=address_probe_timeout, worker_logdir_root=worker_logdir_root,
-            mpi_launcher=mpi_launcher, block_error_handler=block_error_handler, encrypted=encrypted,
-            remote_monitoring_radio=remote_monitoring_radio, drain_before_walltime=drain_before_walltime,
-            run_dir=run_dir, strategy=strategy, strategy_period=strategy_period, max_idletime=max_idletime,
-            interchange_start_timeout=interchange_start_timeout,
-            block_registration_timeout=block_registration_timeout, max_outstanding=max_outstanding,
-            max_workers=max_workers, worker_ports=worker_ports, managed=managed, mpi_nodes=mpi_nodes,
-            mpi_share_nodes=mpi_share_nodes, mpi_policy=mpi_policy,
+            cores_per_worker=1e-9, max_workers_per_node=check_workers_per_block(max_workers_per_block),
+            enable_mpi_mode=True, label=label, provider=provider, launch_cmd=launch_cmd,
+            interchange_launch_cmd=interchange_launch_cmd, address=address, loopback_address=loopback_address,
+            worker_port=worker_port, worker_port_range=worker_port_range,
+            interchange_port_range=interchange_port_range, storage_access=storage_access, working_dir=working_dir,
+            worker_debug=worker_debug, prefetch_capacity=prefetch_capacity,
+            heartbeat_threshold=heartbeat_threshold, heartbeat_period=heartbeat_period, drain_period=drain_period,
+            poll_period=poll_period, address_probe_timeout=address_probe_timeout,
+            worker_logdir_root=worker_logdir_root, mpi_launcher=mpi_launcher,
+            block_error_handler=block_error_handler, encrypted=encrypted,
+            remote_monitoring_radio=remote_monitoring_radio, **options,
         )
         self.max_workers_per_block = max_workers_per_block
 

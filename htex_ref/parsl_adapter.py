@@ -66,9 +66,9 @@ from htex_ref import errors
 from htex_ref.core.block_messages import ExternalPass
 from htex_ref.core.jobs import JobState
 from htex_ref.executor import _SETTING_NAMES, HighThroughputExecutor
+from htex_ref.mpi_executor import check_mpi_options, check_workers_per_block
 from htex_ref.providers.base import ExecutionProvider, JobStatus
 from htex_ref.providers.cluster import parse_walltime
-from htex_ref.settings import is_int
 
 __all__ = [
     "BadStateException", "CommandClientTimeoutError", "DeserializationError", "ExecutorError", "HtexRefExecutor",
@@ -456,18 +456,6 @@ ParslHighThroughputExecutor.register(HtexRefExecutor)
 
 # -------------------------------------------------------------------------------- MPI mode
 
-#: Parsl HighThroughputExecutor parameters that Parsl's MPIExecutor does not take: the block's one pool runs
-#: ``max_workers_per_block`` workers, whatever the node has.
-_MPI_EXCLUDED = ("cores_per_worker", "mem_per_worker", "max_workers_per_node", "cpu_affinity",
-                 "available_accelerators", "manager_selector")
-
-
-def _workers_per_block(value: Any) -> int:
-    if isinstance(value, bool) or not is_int(value) or value < 1:
-        raise ValueError(f"max_workers_per_block must be an int >= 1, got {value!r}")
-    return int(value)
-
-
 class HtexRefMPIExecutor(HtexRefExecutor):
     """A Parsl executor for multi-node (MPI) tasks backed by htex_ref's MPI mode: Parsl's ``MPIExecutor``.
 
@@ -507,19 +495,13 @@ class HtexRefMPIExecutor(HtexRefExecutor):
                  worker_logdir_root: str | None = None, mpi_launcher: str = "mpiexec",
                  block_error_handler: bool | str | Callable[..., None] = True, encrypted: bool = False,
                  remote_monitoring_radio: RadioConfig | None = None, **options: Any) -> None:
-        if "enable_mpi_mode" in options:
-            raise TypeError("HtexRefMPIExecutor takes no 'enable_mpi_mode': it is always in MPI mode")
-        for name in _MPI_EXCLUDED:
-            if name in options:
-                raise TypeError(f"HtexRefMPIExecutor takes no {name!r}: each block runs one worker pool with "
-                                "max_workers_per_block workers (use HtexRefExecutor(enable_mpi_mode=True, ...) to "
-                                "size them yourself)")
+        check_mpi_options("HtexRefMPIExecutor", options)
         super().__init__(
             label=label, provider=provider, block_error_handler=block_error_handler, storage_access=storage_access,
             working_dir=working_dir, remote_monitoring_radio=remote_monitoring_radio,
             # The block's one pool runs exactly max_workers_per_block workers, whatever the node's cores.
             enable_mpi_mode=True, cores_per_worker=1e-9,
-            max_workers_per_node=_workers_per_block(max_workers_per_block), mpi_launcher=mpi_launcher,
+            max_workers_per_node=check_workers_per_block(max_workers_per_block), mpi_launcher=mpi_launcher,
             launch_cmd=launch_cmd, interchange_launch_cmd=interchange_launch_cmd, address=address,
             loopback_address=loopback_address, worker_port=worker_port, worker_port_range=worker_port_range,
             interchange_port_range=interchange_port_range, worker_debug=worker_debug,
@@ -537,7 +519,7 @@ class HtexRefMPIExecutor(HtexRefExecutor):
 
     @max_workers_per_block.setter
     def max_workers_per_block(self, value: int) -> None:
-        self.max_workers_per_node = _workers_per_block(value)  # the inner executor is built again
+        self.max_workers_per_node = check_workers_per_block(value)  # the inner executor is built again
 
     @property
     def workers_per_node(self) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 
 from htex_ref.core.mpi import MPI_SPEC_KEYS, parse_mpi_request
 from htex_ref.errors import BadStateException, DeserializationError, ExecutorShutdown, InvalidResourceSpecification
-from htex_ref.protocol import ResultTuple
+from htex_ref.protocol import MAX_TASK_SPEC, ResultTuple, dump_json
 from htex_ref.serialize import decode_outcome
 from htex_ref.settings import is_number
 
@@ -66,6 +66,12 @@ def read_spec(spec: Any, *, mpi_max_nodes: float | None = None) -> tuple[float, 
     if mpi_max_nodes is not None:
         request = parse_mpi_request(spec, nodes_per_block=mpi_max_nodes)
         mpi = None if request is None else request.as_spec()
+        if mpi is not None and len(dump_json(mpi)) > MAX_TASK_SPEC:
+            # The interchange drops a task header whose specification is longer: refuse it here, where the
+            # caller hears of it, rather than send a task that would never come back.
+            raise InvalidResourceSpecification(
+                {"launcher_options"}, f"launcher_options is too long ({len(mpi['launcher_options'])} characters; "
+                                      f"the specification must fit in {MAX_TASK_SPEC} bytes as JSON)")
     if "priority" not in spec:
         return math.inf, mpi
     priority = spec["priority"]

@@ -223,8 +223,6 @@ class MpiScheduler:
         self._front = itertools.count(-1, -1)
         #: Tasks queued (read on every manager call, as LocalQueue's).
         self.count = 0
-        #: Tasks started ahead of a waiting one, summed (for observing the policy).
-        self.bypasses = 0
 
     # queue interface
 
@@ -313,7 +311,6 @@ class MpiScheduler:
                 continue
             for b in blocked:
                 b.bypassed += 1
-            self.bypasses += len(blocked)
             del self._waiting[index]
             self.count -= 1
             if placement is None:

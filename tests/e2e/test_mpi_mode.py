@@ -172,6 +172,9 @@ def test_settings_are_checked_at_construction() -> None:
         MPIExecutor(mpi_launcher="jsrun", provider=LocalProvider(launcher=SimpleLauncher()))
     with pytest.raises(ValueError, match="max_workers_per_block"):
         MPIExecutor(max_workers_per_block=0, provider=LocalProvider(launcher=SimpleLauncher()))
+    for name, value in (("cores_per_worker", 2), ("max_workers_per_node", 2), ("enable_mpi_mode", False)):
+        with pytest.raises(TypeError, match=f"MPIExecutor takes no '{name}'"):
+            MPIExecutor(provider=LocalProvider(launcher=SimpleLauncher()), **{name: value})
     with pytest.raises(ValueError, match="only mean something in MPI mode"):
         HighThroughputExecutor(mpi_nodes=["n1"])
     with pytest.raises(ValueError, match="mpi_policy"):

@@ -92,6 +92,15 @@ def test_mpi_keys_outside_mpi_mode_point_to_mpi_mode() -> None:
     assert info.value.invalid_keys == {"cores"}
 
 
+@pytest.mark.parametrize("options", ["x" * 5000, "\u00e9" * 700])
+def test_launcher_options_too_long_for_the_task_header_fail_at_submit(options: str) -> None:
+    # (700 accented letters are 4,200 bytes as JSON escapes: the wire limit, not the length, decides.)
+    with pytest.raises(InvalidResourceSpecification, match="launcher_options is too long") as info:
+        read_spec({"num_nodes": 1, "launcher_options": options}, mpi_max_nodes=2)
+    assert info.value.invalid_keys == {"launcher_options"}
+    assert read_spec({"launcher_options": "x" * 3000}, mpi_max_nodes=2)[1] is not None
+
+
 def test_read_spec_gives_priority_and_the_checked_request() -> None:
     priority, mpi = read_spec({"priority": -1, "num_ranks": 6, "num_nodes": 3}, mpi_max_nodes=4)
     assert priority == -1.0
