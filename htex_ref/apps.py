@@ -474,13 +474,21 @@ class _App:
         self.__doc__ = getattr(func, "__doc__", None)
         self.__module__ = getattr(func, "__module__", __name__)
         self.__wrapped__ = func
+        try:
+            params = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        #: A function that declares ``parsl_resource_specification`` (as Parsl's MPI apps do, to read
+        #: their ranks) gets it as well as the executor; others do not see it.
+        self.takes_spec = "parsl_resource_specification" in params
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.__qualname__}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> AppFuture:
         session = current_session(f"{self.kind} {self.__name__}")
-        spec = kwargs.pop("parsl_resource_specification", None)
+        spec = kwargs.get("parsl_resource_specification") if self.takes_spec else (
+            kwargs.pop("parsl_resource_specification", None))
         if spec is not None and not isinstance(spec, dict):
             raise TypeError(f"parsl_resource_specification must be a dict, got {type(spec).__name__}")
         # Bad labels and bad stdout= values fail here, in the caller, not later on a future.

@@ -254,6 +254,11 @@ def takes_spec(resource_specification: Any) -> Any:
     return resource_specification
 
 
+@python_app
+def reads_parsl_spec(parsl_resource_specification: dict[str, Any]) -> Any:
+    return parsl_resource_specification
+
+
 def test_resource_specifications(session: Session) -> None:
     # Parsl's keyword for per-call resource specifications reaches the executor, not the function.
     assert echo(1, parsl_resource_specification={"priority": 5}).result(timeout=WAIT) == 1
@@ -264,3 +269,8 @@ def test_resource_specifications(session: Session) -> None:
         echo(1, parsl_resource_specification=5)
     # A function's own parameter of the executor's keyword name still gets its value.
     assert takes_spec(resource_specification={"mine": 1}).result(timeout=WAIT) == {"mine": 1}
+    # A function that declares parsl_resource_specification (Parsl's MPI apps read their ranks from it)
+    # gets it too, and the executor still checks it.
+    assert reads_parsl_spec(parsl_resource_specification={"priority": 2}).result(timeout=WAIT) == {"priority": 2}
+    err = reads_parsl_spec(parsl_resource_specification={"cores": 2}).exception(timeout=WAIT)
+    assert isinstance(err, InvalidResourceSpecification)

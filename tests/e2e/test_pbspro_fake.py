@@ -215,3 +215,46 @@ def test_a_block_deleted_from_outside_fails_its_tasks_and_a_new_block_takes_over
     after = ex.submit(where, 1).result(60)
     assert after[0] != first_job and after[0] in ex.blocks_to_job_id.values()
     assert p.status([first_job])[0].state is JobState.CANCELLED
+
+
+def test_parsl_docs_mpi_example_runs_with_htex_ref_imports(tmp_path: Path, pbs: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MPIExecutor configuration of Parsl's MPI apps guide, imports changed, on the fake PBS server:
+    a 4-node job (its node file names x1..x4), tasks of 2 nodes placed on disjoint nodes, 2 at a time."""
+    import htex_ref
+    from htex_ref import Config, MPIExecutor, bash_app
+    from htex_ref.providers.pbspro import PBSProProvider as DocsPBSProProvider
+
+    monkeypatch.setenv("FAKE_PBS_NODE_NAMES", "x1,x2,x3,x4")
+    monkeypatch.chdir(tmp_path)  # the default run directory, runinfo/, goes here
+    config = Config(executors=[MPIExecutor(
+        max_workers_per_block=2,  # Assuming 2 nodes per task
+        provider=DocsPBSProProvider(
+            account="parsl",
+            worker_init="module load miniconda; source activate /lus/eagle/projects/parsl/envs/",
+            walltime="1:00:00",
+            queue="debug",
+            scheduler_options="#PBS -l filesystems=home:eagle:grand",
+            launcher=SimpleLauncher(),
+            select_options="ngpus=4",
+            nodes_per_block=4,
+            max_blocks=1,
+            cpus_per_node=64,
+        ),
+    )])
+
+    @bash_app
+    def lammps_mpi_application(infile: str, parsl_resource_specification: dict[str, Any],
+                               stdout: str = "") -> str:
+        return f"echo $PARSL_MPI_PREFIX lmp_mpi -in {infile}"
+
+    spec = {"num_nodes": 2, "ranks_per_node": 2}
+    with htex_ref.load(config):
+        futures = [lammps_mpi_application(f"in.{i}", parsl_resource_specification=spec,
+                                          stdout=str(tmp_path / f"out.{i}")) for i in range(4)]
+        assert [f.result(120) for f in futures] == [0, 0, 0, 0]
+    lines = [(tmp_path / f"out.{i}").read_text().strip() for i in range(4)]
+    for i, line in enumerate(lines):
+        assert line.startswith("mpiexec -n 4 -ppn 2 -hosts x") and line.endswith(f"lmp_mpi -in in.{i}")
+        hosts = line.split("-hosts ")[1].split()[0].split(",")
+        assert len(hosts) == 2 and set(hosts) <= {"x1", "x2", "x3", "x4"}

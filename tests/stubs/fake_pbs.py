@@ -13,7 +13,9 @@ job's group (SIGKILL after 2 s) and finishes a queued job without an exit status
 
 Test controls (files in ``$FAKE_PBS_DIR``): ``qsub.fail`` makes qsub print its text on stderr and exit 2;
 ``qstat.fail`` makes qstat fail as when the server cannot be reached; ``qstat.hang`` makes qstat sleep;
-``no_history`` makes finished jobs vanish (history disabled).
+``no_history`` makes finished jobs vanish (history disabled). ``$FAKE_PBS_NODE_NAMES`` (comma-separated)
+names the chunks' hosts in ``PBS_NODEFILE``, as a real server lists each chunk's own node; by default
+every chunk is this host.
 
 Usage: ``fake_pbs.py TOOL ARGS...``; ``install(directory)`` writes ``qsub``/``qstat``/``qdel`` wrappers.
 """
@@ -163,7 +165,9 @@ def run_job(seq: str) -> int:
         job = load(seq)
         if job is None or job["deleted"]:
             return 0
-        nodefile.write_text("".join(f"{host}\n" * job["ncpus"] for _ in range(job["chunks"])))
+        names = [n for n in os.environ.get("FAKE_PBS_NODE_NAMES", "").split(",") if n]
+        chunk_hosts = [names[i % len(names)] if names else host for i in range(job["chunks"])]
+        nodefile.write_text("".join(f"{h}\n" * job["ncpus"] for h in chunk_hosts))
         env = {**os.environ, "PBS_JOBID": f"{seq}.{SERVER}", "PBS_NODEFILE": str(nodefile),
                "PBS_O_WORKDIR": job["workdir"], "PBS_JOBNAME": job["name"]}
         with open(job["stdout"], "w") as out, open(job["stderr"], "w") as err:
