@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
+from htex_ref.core.manager import check_walltime
 from htex_ref.errors import HtexError
 
 if TYPE_CHECKING:
@@ -481,6 +482,11 @@ class _App:
         #: A function that declares ``parsl_resource_specification`` (as Parsl's MPI apps do, to read
         #: their ranks) gets it as well as the executor; others do not see it.
         self.takes_spec = "parsl_resource_specification" in params
+        #: Parsl's convention: a function that declares ``walltime`` gets a time limit from it (its
+        #: default, or the call's value), which the worker pool enforces by stopping the task's worker.
+        self.takes_walltime = "walltime" in params
+        default = params["walltime"].default if self.takes_walltime else None
+        self.walltime_default = None if default is inspect.Parameter.empty else default
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.__qualname__}>"
@@ -491,6 +497,10 @@ class _App:
             kwargs.pop("parsl_resource_specification", None))
         if spec is not None and not isinstance(spec, dict):
             raise TypeError(f"parsl_resource_specification must be a dict, got {type(spec).__name__}")
+        if self.takes_walltime:
+            walltime = kwargs.get("walltime", self.walltime_default)
+            if walltime is not None:
+                spec = dict(spec or {}, walltime=check_walltime(walltime))
         # Bad labels and bad stdout= values fail here, in the caller, not later on a future.
         extra = self._prepare(session, kwargs)
         future = session.new_future(self.__name__)
@@ -666,6 +676,9 @@ def python_app(function: Callable[..., Any] | None = None, *, executors: str | S
     """Make ``function`` an app that runs on a worker: ``@python_app`` or ``@python_app(executors=[...])``.
 
     Calling the app returns an ``AppFuture`` at once; futures among its arguments are waited for first.
+    A function that declares a ``walltime`` parameter (Parsl's convention) gets a time limit from it, its
+    default or the call's value: past it, the task's worker is stopped and replaced, and the future fails
+    with ``TaskTimeout`` (the value still reaches the function).
 
     Parameters
     ----------
@@ -694,7 +707,8 @@ def bash_app(function: Callable[..., Any] | None = None, *, executors: str | Seq
 
     Its future's result is 0; a non-zero exit raises ``BashExitFailure`` with the exit code and command.
     ``stdout=`` and ``stderr=`` of a call (or the function's defaults for them) are files that the
-    command's output is appended to, or ``(path, mode)`` pairs.
+    command's output is appended to, or ``(path, mode)`` pairs. A ``walltime`` parameter limits the run as
+    for ``python_app``: the command and every process it started are stopped with its worker.
 
     Parameters
     ----------

@@ -7,6 +7,15 @@ catch them by name (``WorkerLost``, ``ManagerLost``, ``BadStateException``, ``Se
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+
+def _attempts_text(attempts: Sequence[Any]) -> str:
+    if len(attempts) < 2:
+        return ""
+    return f" (after {len(attempts)} attempts: " + "; ".join(str(a) for a in attempts) + ")"
+
 
 class HtexError(Exception):
     """Base class of every htex_ref error."""
@@ -68,31 +77,78 @@ class RemoteError(HtexError):
 
 
 class WorkerLost(HtexError):
-    """The worker process running a task died before returning a result."""
+    """The worker process running a task died before returning a result. ``attempts`` lists every run
+    of the task that ended this way (more than one with ``max_retries_on_system_failure``)."""
 
-    def __init__(self, worker_id: int | str, hostname: str, detail: str = "") -> None:
+    def __init__(self, worker_id: int | str, hostname: str, detail: str = "", attempts: Sequence[Any] = ()) -> None:
         super().__init__(worker_id, hostname, detail)
+        self.worker_id = worker_id
+        self.hostname = hostname
+        self.detail = detail
+        self.attempts = tuple(attempts)
+
+    def __str__(self) -> str:
+        msg = f"Task failure due to loss of worker {self.worker_id} on host {self.hostname}"
+        return (f"{msg}: {self.detail}" if self.detail else msg) + _attempts_text(self.attempts)
+
+
+class CrashLimitExceeded(WorkerLost):
+    """A task's worker died on ``crash_limit`` of its attempts: the task itself is the likely cause, and
+    it is not run again (the executor's ``crash_limit``)."""
+
+    def __str__(self) -> str:
+        return (f"Task is the likely cause of its workers' deaths: the worker running it died on each of "
+                f"{len(self.attempts)} attempts, the crash limit; it is not retried. Last: worker "
+                f"{self.worker_id} on host {self.hostname}: {self.detail}" + _attempts_text(self.attempts))
+
+
+class ManagerLost(HtexError):
+    """The worker pool (manager) that held a task went away before returning its result. ``attempts``
+    lists every run of the task lost to the infrastructure (see ``WorkerLost``)."""
+
+    def __init__(self, manager_id: str, hostname: str, detail: str = "", attempts: Sequence[Any] = ()) -> None:
+        super().__init__(manager_id, hostname, detail)
+        self.manager_id = manager_id
+        self.hostname = hostname
+        self.detail = detail
+        self.attempts = tuple(attempts)
+
+    def __str__(self) -> str:
+        msg = f"Task failure due to loss of manager {self.manager_id} on host {self.hostname}"
+        return (f"{msg}: {self.detail}" if self.detail else msg) + _attempts_text(self.attempts)
+
+
+class TaskTimeout(HtexError, TimeoutError):
+    """A task ran past its ``walltime`` (resource specification or app keyword): its worker was stopped,
+    with every process the task started, and replaced."""
+
+    def __init__(self, limit: float, worker_id: int | str, hostname: str, detail: str = "") -> None:
+        super().__init__(limit, worker_id, hostname, detail)
+        self.limit = limit
         self.worker_id = worker_id
         self.hostname = hostname
         self.detail = detail
 
     def __str__(self) -> str:
-        msg = f"Task failure due to loss of worker {self.worker_id} on host {self.hostname}"
-        return f"{msg}: {self.detail}" if self.detail else msg
+        return (f"Task exceeded its walltime of {self.limit:g} s on worker {self.worker_id} on host "
+                f"{self.hostname}" + (f": {self.detail}" if self.detail else ""))
 
 
-class ManagerLost(HtexError):
-    """The worker pool (manager) that held a task went away before returning its result."""
+class TaskMemoryExceeded(HtexError, MemoryError):
+    """A task went over its worker's memory limit (``enforce_memory``), or the kernel's OOM killer ended
+    its worker. ``limit`` and ``peak_rss`` are bytes (None where not known)."""
 
-    def __init__(self, manager_id: str, hostname: str, detail: str = "") -> None:
-        super().__init__(manager_id, hostname, detail)
-        self.manager_id = manager_id
+    def __init__(self, limit: int | None, peak_rss: int | None, worker_id: int | str, hostname: str,
+                 detail: str = "") -> None:
+        super().__init__(limit, peak_rss, worker_id, hostname, detail)
+        self.limit = limit
+        self.peak_rss = peak_rss
+        self.worker_id = worker_id
         self.hostname = hostname
         self.detail = detail
 
     def __str__(self) -> str:
-        msg = f"Task failure due to loss of manager {self.manager_id} on host {self.hostname}"
-        return f"{msg}: {self.detail}" if self.detail else msg
+        return f"Task exceeded its memory on worker {self.worker_id} on host {self.hostname}: {self.detail}"
 
 
 class VersionMismatch(HtexError):

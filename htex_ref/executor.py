@@ -45,10 +45,11 @@ from htex_ref.core.blocks import (
     StatusQuery,
 )
 from htex_ref.core.planning import plan_workers
-from htex_ref.errors import BadStateException, InterchangeError
+from htex_ref.core.retry import RetryPolicy
+from htex_ref.errors import BadStateException, ExecutorShutdown, InterchangeError
 from htex_ref.link import InterchangeLink
 from htex_ref.netutil import create_certificates
-from htex_ref.protocol import Kind, Query, pack_task_header
+from htex_ref.protocol import MAX_CANCEL_IDS, Kind, Query, pack_cancel, pack_task_header
 from htex_ref.providers.base import ExecutionProvider, JobStatus
 from htex_ref.serialize import dumps_arguments, dumps_function
 from htex_ref.settings import ExecutorSettings, is_int, is_number
@@ -122,6 +123,11 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         mpi_nodes: Sequence[str] | None = None,
         mpi_share_nodes: bool = False,
         mpi_policy: str = "backfill",
+        cancel_running: bool = False,
+        task_kill_grace: float = 2.0,
+        max_retries_on_system_failure: int = 0,
+        crash_limit: int = 2,
+        enforce_memory: bool = False,
     ) -> None:
         # The settings turn None into a LocalProvider and the default launch command.
         self.settings = ExecutorSettings(
@@ -142,10 +148,15 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             managed=managed, storage_access=storage_access, working_dir=working_dir,
             remote_monitoring_radio=remote_monitoring_radio, enable_mpi_mode=enable_mpi_mode,
             mpi_launcher=mpi_launcher, mpi_nodes=mpi_nodes, mpi_share_nodes=mpi_share_nodes, mpi_policy=mpi_policy,
+            cancel_running=cancel_running, task_kill_grace=task_kill_grace,
+            max_retries_on_system_failure=max_retries_on_system_failure, crash_limit=crash_limit,
+            enforce_memory=enforce_memory,
         )
         #: The block error handler itself (True and "simple" give ``simple_error_handler``, and so on).
         self.block_error_handler: Callable[..., Any] = self.settings.error_handler
-        self.table = TaskTable(self.settings.label, self.settings.max_outstanding)
+        self.table = TaskTable(self.settings.label, self.settings.max_outstanding,
+                               RetryPolicy(self.settings.max_retries_on_system_failure, self.settings.crash_limit))
+        self.table.on_cancel = self._send_cancel
         self.run_dir = ""
         self.logdir = ""
         self.cert_dir: str | None = None
@@ -231,6 +242,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             s = self.settings
             self._link = InterchangeLink(s.label, self.logdir, self.table, self.set_bad_state_and_fail_all,
                                          s.heartbeat_threshold, s.heartbeat_period)
+            self.table.resend = self._link.send
             try:
                 self.interchange_worker_port = self._link.start(self._interchange_config(), s.interchange_start_timeout,
                                                                 s.interchange_launch_cmd)
@@ -267,6 +279,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             "heartbeat_threshold": s.heartbeat_threshold, "manager_selector": s.selector_name,
             "cert_dir": self.cert_dir, "logdir": self.logdir, "debug": s.worker_debug, "poll_period": s.poll_period,
             "parent_pid": os.getpid(), "auto_prefetch": s.prefetch_capacity is None,
+            "task_kill_grace": s.task_kill_grace, "enforce_memory": s.enforce_memory,
             "manager_selector_pickle": base64.b64encode(s.selector_pickle).decode() if s.selector_pickle else None,
         }
 
@@ -290,14 +303,20 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         """Stop everything this executor started and leave no process behind.
 
         With ``wait`` (and not ``cancel_futures``), first waits for outstanding futures, at most ``timeout``
-        seconds. Then fails any future still outstanding with ``ExecutorShutdown``, cancels every block,
-        and stops the interchange (SIGTERM, then SIGKILL 1 s later, when it does not stop within 2 s).
+        seconds. With ``cancel_futures``, every outstanding future is cancelled instead, as ``cancel()``
+        would (queued tasks are dropped; running ones stopped with ``cancel_running``, and in any case
+        ended with their blocks). Then fails any future still outstanding with ``ExecutorShutdown``,
+        cancels every block, and stops the interchange (SIGTERM, then SIGKILL 1 s later, when it does not
+        stop within 2 s).
         """
         with self._lifecycle_lock:
             if not self._started or self._shutdown:
                 return
             if wait and not cancel_futures and self.table.failure is None:
                 concurrent.futures.wait(list(self.table.futures.values()), timeout=timeout)
+            if cancel_futures:
+                # The same path as future.cancel(), for every outstanding task at once.
+                self._send_cancel(*self.table.cancel_all())
             self._shutdown = True
             # Fail what is left first, so that it reads "shut down" rather than whatever the
             # stopping parts (a pool told to exit, say) would report for it.
@@ -354,10 +373,15 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         arg_bytes = dumps_arguments(fn, args, kwargs)
         link = self._link
 
+        keep = self.table.retry.enabled
+
         def send(task_id: int) -> None:
             assert link is not None
+            frames = [Kind.TASK, pack_task_header(task_id, priority, mpi), fn_bytes, arg_bytes]
+            if keep:
+                self.table.keep(task_id, frames)
             try:
-                link.send([Kind.TASK, pack_task_header(task_id, priority, mpi), fn_bytes, arg_bytes])
+                link.send(frames)
             except OSError as e:
                 raise InterchangeError(f"cannot reach the interchange: {e}") from e
 
@@ -393,6 +417,18 @@ class HighThroughputExecutor(concurrent.futures.Executor):
                     f.cancel()
 
         return results()
+
+    def _send_cancel(self, *task_ids: int) -> None:
+        """Tell the interchange these tasks' futures were cancelled (best effort: a stopped link has
+        nothing left to cancel)."""
+        link = self._link
+        if link is None or not task_ids:
+            return
+        for i in range(0, len(task_ids), MAX_CANCEL_IDS):
+            try:
+                link.send([Kind.CANCEL, pack_cancel(task_ids[i:i + MAX_CANCEL_IDS], self.settings.cancel_running)])
+            except (ExecutorShutdown, OSError):
+                return
 
     def set_bad_state_and_fail_all(self, exception: BaseException) -> None:
         """Record ``exception`` as the executor's failure and fail every outstanding future with it."""

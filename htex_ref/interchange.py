@@ -49,6 +49,8 @@ import zmq
 from htex_ref.core.interchange import (
     AcceptRegistration,
     BlockCancelled,
+    CancelOnManager,
+    CancelTasks,
     ForwardResults,
     HoldBlock,
     HoldManager,
@@ -71,6 +73,7 @@ from htex_ref.errors import ProtocolError
 from htex_ref.framing import encode_parts
 from htex_ref.netutil import Contexts, tcp_url
 from htex_ref.protocol import (
+    MAX_CANCEL_IDS,
     BadCommand,
     Command,
     Kind,
@@ -83,8 +86,10 @@ from htex_ref.protocol import (
     join_results,
     join_tasks,
     load_json_object,
+    pack_cancel,
     pack_request_id,
     split_results,
+    unpack_cancel,
     unpack_task_header,
 )
 from htex_ref.streams import NonBlockingWriter, StreamReader
@@ -92,7 +97,6 @@ from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 logger = logging.getLogger("htex_ref.interchange")
 
-_REGISTERED_BODY = dump_json({"interchange_version": __version__})
 
 #: Messages drained from one socket per loop pass, so one busy peer cannot starve the others.
 DRAIN_LIMIT = 2000
@@ -129,6 +133,12 @@ class Interchange:
             auto_prefetch=bool(cfg.get("auto_prefetch", False)),
         )
         self.poll_ms = max(1, int(cfg.get("poll_period", 10)))
+        # The registration answer carries the pools' task-control settings (whatever their launch command).
+        self.registered_body = dump_json({
+            "interchange_version": __version__,
+            "kill_grace": float(cfg.get("task_kill_grace", 2.0)),
+            "enforce_memory": bool(cfg.get("enforce_memory", False)),
+        })
         self.running = True
         self.stop_requested = ""
         self.bad_frames = 0
@@ -210,6 +220,14 @@ class Interchange:
                 if kind == Kind.TASK and len(frames) == 4:
                     task_id, priority = unpack_task_header(frames[1])
                     events.append(TaskSubmitted(QueuedTask(task_id, priority, (frames[1], frames[2], frames[3]))))
+                elif kind == Kind.CANCEL and len(frames) == 2:
+                    task_ids, kill = unpack_cancel(frames[1])
+                    last = events[-1] if events else None
+                    if isinstance(last, CancelTasks) and last.kill_running == kill:
+                        # Cancels read together are applied together: one pass over the queue.
+                        events[-1] = CancelTasks(last.task_ids + task_ids, kill)
+                    else:
+                        events.append(CancelTasks(task_ids, kill))
                 elif kind == Kind.CMD:
                     command = decode_command(frames)
                     if command.query is Query.HOLD_MANAGER:
@@ -323,13 +341,17 @@ class Interchange:
             elif isinstance(ins, ReplyHeartbeat):
                 router.send_multipart([ins.manager_id, Kind.HEARTBEAT])
             elif isinstance(ins, AcceptRegistration):
-                router.send_multipart([ins.manager_id, Kind.REGISTERED, _REGISTERED_BODY])
+                router.send_multipart([ins.manager_id, Kind.REGISTERED, self.registered_body])
             elif isinstance(ins, RejectRegistration):
                 router.send_multipart([ins.manager_id, Kind.REJECTED, dump_json({"reason": ins.reason})])
                 if ins.mismatch is not None:
                     fatal = {"kind": "version_mismatch", "manager": ins.mismatch[0],
                              "interchange": ins.mismatch[1], "message": ins.reason}
                     self.to_exec([Kind.FATAL, dump_json(fatal)])
+            elif isinstance(ins, CancelOnManager):
+                for i in range(0, len(ins.task_ids), MAX_CANCEL_IDS):
+                    body = pack_cancel(ins.task_ids[i:i + MAX_CANCEL_IDS], ins.kill_running)
+                    router.send_multipart([ins.manager_id, Kind.CANCEL, body])
             elif isinstance(ins, StopManager):
                 router.send_multipart([ins.manager_id, Kind.SHUTDOWN, dump_json({"reason": ins.reason})])
             elif isinstance(ins, Note):

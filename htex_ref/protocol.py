@@ -11,6 +11,7 @@ Layouts (``|`` separates frames)::
     executor -> interchange   task | TaskHeader | function bytes | arguments bytes
                               cmd | request id (u64) | JSON {"op": Query, "args": [...]}
                               notice | JSON {"op": Notice, "args": [...]}
+                              cancel | CancelBody
                               stop
     interchange -> executor   ready | JSON {"worker_port": int, "pid": int}
                               results | batch(ResultHeader, payload, ResultHeader, payload, ...)
@@ -27,6 +28,7 @@ Layouts (``|`` separates frames)::
                               hb
                               tasks | batch(TaskHeader, function, arguments, TaskHeader, ...)
                               shutdown | JSON {"reason": str}
+                              cancel | CancelBody
     manager -> worker         task | TaskHeader | function | arguments [| JSON {variable: value}]
                               stop
     worker -> manager         ready | JSON {"pid": int}
@@ -35,6 +37,11 @@ Layouts (``|`` separates frames)::
 A TaskHeader is ``struct "<qd"`` (task id, priority), followed only for MPI tasks by their resource
 specification as a JSON object, which the pool in MPI mode reads to place the task on nodes. The
 optional last frame to a worker holds the variables that worker sets for that one task.
+
+A CancelBody is one byte (1: stop the tasks' workers if they are running, 0: only drop queued tasks)
+followed by the task ids as ``struct "<q"`` each. The ``registered`` answer also carries the pool's
+task-control settings (``kill_grace``, ``enforce_memory``), so that they reach a pool whatever its launch
+command.
 
 A ``batch(...)`` is one frame holding many (``htex_ref.framing.encode_body``): handing ZeroMQ one frame
 per message instead of three per task is what keeps the interchange's cost per task low.
@@ -82,6 +89,7 @@ class Kind:
     BYE = b"bye"
     TASKS = b"tasks"
     SHUTDOWN = b"shutdown"
+    CANCEL = b"cancel"
 
 
 class Outcome(enum.IntEnum):
@@ -92,6 +100,13 @@ class Outcome(enum.IntEnum):
     WORKER_LOST = 2  # payload: JSON {"worker": rank, "host": str, "detail": str}
     MANAGER_LOST = 3  # payload: JSON {"manager": id, "host": str, "detail": str}
     REFUSED = 4  # payload: JSON {"host": str, "detail": str}: a pool that could never run the task
+    #: The task ran past its ``walltime`` and its worker was stopped. Payload: JSON StopReport.
+    TIMEOUT = 5
+    #: The task was cancelled (dropped from a queue, or its worker stopped). Payload: JSON StopReport.
+    CANCELLED = 6
+    #: The task went over its worker's memory limit (or the kernel's OOM killer ended it). Payload: JSON
+    #: {"worker", "host", "limit", "peak_rss", "detail"}.
+    MEMORY_EXCEEDED = 7
 
 
 _TASK_HEADER = struct.Struct("<qd")  # task id, priority (inf when none)
@@ -142,6 +157,29 @@ def task_spec(frame: Frame) -> dict[str, Any] | None:
 def task_id_at(buf: bytes | memoryview, offset: int) -> int:
     """The task id of the task header that starts at ``offset`` in ``buf`` (no copy, no other checks)."""
     return int(_TASK_HEADER.unpack_from(buf, offset)[0])
+
+
+_CANCEL_FLAG = struct.Struct("<B")
+_TASK_ID = struct.Struct("<q")
+#: Most task ids one cancel message carries (the sender splits longer lists).
+MAX_CANCEL_IDS = 65536
+
+
+def pack_cancel(task_ids: list[int] | tuple[int, ...], kill_running: bool) -> bytes:
+    """A CancelBody: the flag byte, then the ids."""
+    return _CANCEL_FLAG.pack(1 if kill_running else 0) + struct.pack(f"<{len(task_ids)}q", *task_ids)
+
+
+def unpack_cancel(frame: Frame) -> tuple[tuple[int, ...], bool]:
+    """(task ids, kill running) from a CancelBody; ``ProtocolError`` for any other layout."""
+    size = len(frame)
+    if size < 1 or (size - 1) % _TASK_ID.size or (size - 1) // _TASK_ID.size > MAX_CANCEL_IDS:
+        raise ProtocolError(f"bad cancel body ({size} bytes)")
+    flag = frame[0]
+    if flag not in (0, 1):
+        raise ProtocolError(f"bad cancel flag {flag}")
+    count = (size - 1) // _TASK_ID.size
+    return struct.unpack_from(f"<{count}q", frame, 1), flag == 1
 
 
 def pack_result_header(task_id: int, outcome: Outcome, run_time: float = 0.0) -> bytes:

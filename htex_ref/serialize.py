@@ -13,11 +13,13 @@ the original exception is re-raised with a ``RemoteTraceback`` as its ``__cause_
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import traceback
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,8 @@ from htex_ref.errors import (
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    TaskMemoryExceeded,
+    TaskTimeout,
     WorkerLost,
 )
 from htex_ref.protocol import Outcome
@@ -140,4 +144,15 @@ def decode_outcome(outcome: Outcome, payload: bytes | memoryview) -> tuple[bool,
         return False, InvalidResourceSpecification(set(), str(info.get("detail", "the worker pool refused the task")))
     if outcome is Outcome.WORKER_LOST:
         return False, WorkerLost(info.get("worker", "?"), info.get("host", "?"), info.get("detail", ""))
+    if outcome is Outcome.TIMEOUT:
+        limit = info.get("limit")
+        return False, TaskTimeout(float(limit) if isinstance(limit, int | float) else math.nan,
+                                  info.get("worker", "?"), info.get("host", "?"), info.get("detail", ""))
+    if outcome is Outcome.MEMORY_EXCEEDED:
+        limit, peak = info.get("limit"), info.get("peak_rss")
+        return False, TaskMemoryExceeded(limit if isinstance(limit, int) else None,
+                                         peak if isinstance(peak, int) else None,
+                                         info.get("worker", "?"), info.get("host", "?"), info.get("detail", ""))
+    if outcome is Outcome.CANCELLED:
+        return False, CancelledError(str(info.get("detail", "the task was cancelled")))
     return False, ManagerLost(info.get("manager", "?"), info.get("host", "?"), info.get("detail", ""))

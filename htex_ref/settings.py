@@ -209,6 +209,29 @@ class ExecutorSettings:
         MPI mode, not in Parsl: the order tasks start in. ``"backfill"`` (default: in order, a task that
         does not fit may be passed by at most 8 later ones, then it is reserved the nodes it waits for),
         ``"fifo"`` (strictly in order) or ``"smallest_first"`` (Parsl's; can starve large tasks).
+    cancel_running : bool
+        Not in Parsl: what ``future.cancel()`` does to a task that is already running. ``False`` (default,
+        as ``concurrent.futures`` never interrupts a call): the task runs to the end and its result is
+        dropped. ``True``: its worker is stopped (SIGTERM to its process group, SIGKILL after
+        ``task_kill_grace``) and replaced. Either way a queued task is dropped and the future is cancelled
+        at once.
+    task_kill_grace : float
+        Not in Parsl: seconds between the SIGTERM and the SIGKILL that stop a task's worker (its
+        ``walltime`` ran out, it was cancelled with ``cancel_running``, it went over its memory limit).
+        Default 2; 0 sends SIGKILL at once.
+    max_retries_on_system_failure : int
+        Not in Parsl (Globus Compute's name): how many times a task lost to the infrastructure
+        (``WorkerLost``, ``ManagerLost``) is run again before its future fails. Tasks that raised, timed
+        out, went over their memory limit or were cancelled are never retried. Default 0.
+    crash_limit : int
+        Not in Parsl (HyperQueue's idea): a task whose worker died on this many of its attempts fails with
+        ``CrashLimitExceeded`` (the task is the likely cause) instead of being retried on more workers.
+        Default 2; 0 turns the limit off. Only matters with ``max_retries_on_system_failure`` > 0.
+    enforce_memory : bool
+        Not in Parsl: make ``mem_per_worker`` a limit as well as a planning figure. Each worker runs under
+        ``RLIMIT_DATA`` of ``mem_per_worker`` GB, and the pool samples each busy worker's resident memory
+        (children included) twice a second; a task over the limit fails with ``TaskMemoryExceeded`` and its
+        worker is replaced. Needs ``mem_per_worker``.
     """
 
     label: str = "HighThroughputExecutor"
@@ -257,6 +280,11 @@ class ExecutorSettings:
     mpi_nodes: Sequence[str] | None = None
     mpi_share_nodes: bool = False
     mpi_policy: str = "backfill"
+    cancel_running: bool = False
+    task_kill_grace: float = 2.0
+    max_retries_on_system_failure: int = 0
+    crash_limit: int = 2
+    enforce_memory: bool = False
 
     #: Accelerator names, one per worker at most (``available_accelerators`` as a count gives "0", "1", ...).
     accelerators: tuple[str, ...] = field(init=False, default=())
@@ -277,6 +305,7 @@ class ExecutorSettings:
         self._check_timing()
         self._check_scaling()
         self._check_mpi()
+        self._check_task_control()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -465,6 +494,21 @@ class ExecutorSettings:
             raise ValueError("drain_before_walltime needs a scaling strategy ('simple' or 'htex_auto_scale') "
                              "to replace the blocks it drains; strategy='none' would leave later tasks "
                              "waiting for ever")
+
+    def _check_task_control(self) -> None:
+        for name in ("cancel_running", "enforce_memory"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        grace = self.task_kill_grace
+        if not is_number(grace) or grace < 0:
+            raise ValueError(f"task_kill_grace must be a number of seconds >= 0, got {grace!r}")
+        self._set("task_kill_grace", float(grace))
+        for name in ("max_retries_on_system_failure", "crash_limit"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.enforce_memory and not self.mem_per_worker:
+            raise ValueError("enforce_memory needs mem_per_worker (the limit, in GB per worker)")
 
     def _check_mpi(self) -> None:
         if not isinstance(self.enable_mpi_mode, bool):

@@ -9,6 +9,11 @@ interchange happen under the table's lock, so that a failure or a shutdown eithe
 it, and several producers never overshoot ``max_outstanding`` together), and the executor's link thread
 ``resolve``s results. ``resolve`` pops futures without the lock: a dict pop is atomic, and the one task
 it could race with, an ``add`` of the same id, cannot happen (a result comes only for an id already added).
+
+With ``max_retries_on_system_failure`` the table keeps each outstanding task's frames, and ``resolve``
+sends a task lost to the infrastructure again (``htex_ref.core.retry`` decides) instead of failing its
+future; each such attempt is recorded on the future (``attempts``) and in the final error. A future
+cancelled by its caller leaves the table at once (``forget``), and the interchange is told.
 """
 
 from __future__ import annotations
@@ -21,32 +26,56 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
+from htex_ref.core.manager import check_walltime
 from htex_ref.core.mpi import MPI_SPEC_KEYS, parse_mpi_request
-from htex_ref.errors import BadStateException, DeserializationError, ExecutorShutdown, InvalidResourceSpecification
-from htex_ref.protocol import MAX_TASK_SPEC, ResultTuple, dump_json
+from htex_ref.core.retry import SYSTEM_FAILURES, Attempt, Decision, RetryPolicy
+from htex_ref.errors import (
+    BadStateException,
+    CrashLimitExceeded,
+    DeserializationError,
+    ExecutorShutdown,
+    InvalidResourceSpecification,
+    ManagerLost,
+    WorkerLost,
+)
+from htex_ref.protocol import MAX_TASK_SPEC, Outcome, ResultTuple, dump_json
 from htex_ref.serialize import decode_outcome
 from htex_ref.settings import is_number
 
 #: Resource-specification keys this executor supports.
-SUPPORTED_SPEC_KEYS = frozenset({"priority"})
+SUPPORTED_SPEC_KEYS = frozenset({"priority", "walltime"})
 
 
 class HtexFuture(Future[Any]):
-    """A Future that knows its executor task id."""
+    """A Future that knows its executor task id, and the runs of its task lost to the infrastructure
+    (``attempts``; retried with ``max_retries_on_system_failure``). ``cancel()`` also reaches the
+    interchange: a queued task is dropped, and a running one stopped with ``cancel_running``."""
 
-    def __init__(self, task_id: int) -> None:
+    def __init__(self, task_id: int, on_cancel: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.task_id = task_id
+        self.attempts: list[Attempt] = []
+        self._on_cancel = on_cancel
 
     @property
     def parsl_executor_task_id(self) -> int:
         return self.task_id
 
+    def cancel(self) -> bool:
+        """Cancel the future unless it is done; then the executor drops or stops its task (see the
+        executor's ``cancel_running``). Returns True when the future is now cancelled."""
+        if not super().cancel():
+            return False
+        if self._on_cancel is not None:
+            self._on_cancel(self.task_id)
+        return True
+
 
 def read_spec(spec: Any, *, mpi_max_nodes: float | None = None) -> tuple[float, dict[str, Any] | None]:
-    """Check a resource specification: the task's priority (inf when none) and, for an MPI task, its
-    checked MPI request (None otherwise). ``mpi_max_nodes`` is None outside MPI mode, where MPI keys are
-    refused; in MPI mode it is the most nodes a task may ask for (inf: no bound known here)."""
+    """Check a resource specification: the task's priority (inf when none) and what its task header
+    carries to the worker pool (None for most tasks): the ``walltime`` and, for an MPI task, its checked
+    MPI request. ``mpi_max_nodes`` is None outside MPI mode, where MPI keys are refused; in MPI mode it
+    is the most nodes a task may ask for (inf: no bound known here)."""
     if spec is None:
         return math.inf, None
     if not isinstance(spec, dict):
@@ -72,6 +101,8 @@ def read_spec(spec: Any, *, mpi_max_nodes: float | None = None) -> tuple[float, 
             raise InvalidResourceSpecification(
                 {"launcher_options"}, f"launcher_options is too long ({len(mpi['launcher_options'])} characters; "
                                       f"the specification must fit in {MAX_TASK_SPEC} bytes as JSON)")
+    if "walltime" in spec:
+        mpi = dict(mpi or {}, walltime=check_walltime(spec["walltime"]))
     if "priority" not in spec:
         return math.inf, mpi
     priority = spec["priority"]
@@ -101,8 +132,15 @@ def _settle(fut: Future[Any], ok: bool, value: Any,
 class TaskTable:
     """See the module docstring."""
 
-    def __init__(self, label: str, max_outstanding: int | None) -> None:
+    def __init__(self, label: str, max_outstanding: int | None, retry: RetryPolicy | None = None) -> None:
         self.label = label
+        self.retry = retry or RetryPolicy()
+        #: Each outstanding task's message to the interchange, kept only when tasks may be retried.
+        self.frames: dict[int, list[Any]] = {}
+        #: Writes a task's message to the interchange again (set by the executor with retries on).
+        self.resend: Callable[[list[Any]], None] | None = None
+        #: Called with a task id when its future is cancelled by the caller (the executor tells the interchange).
+        self.on_cancel: Callable[[int], None] | None = None
         self.max_outstanding = max_outstanding
         self.futures: dict[int, HtexFuture] = {}
         self._ids = itertools.count(1)
@@ -152,7 +190,7 @@ class TaskTable:
             if not self.opened:
                 raise RuntimeError(f"executor {self.label} is not started; call start() or use it in a with-block")
             task_id = next(self._ids)
-            fut = HtexFuture(task_id)
+            fut = HtexFuture(task_id, self._cancelled)
             self.futures[task_id] = fut
             try:
                 send(task_id)
@@ -161,10 +199,75 @@ class TaskTable:
                 raise
         return fut
 
+    def keep(self, task_id: int, frames: list[Any]) -> None:
+        """Remember a task's message, to send it again should its run be lost (retries on only)."""
+        self.frames[task_id] = frames
+
+    def _cancelled(self, task_id: int) -> None:
+        """A future was cancelled by its caller: it leaves the table now (and so ``outstanding``)."""
+        with self._lock:
+            if self.futures.pop(task_id, None) is None:
+                return
+            self.frames.pop(task_id, None)
+        if self.on_cancel is not None:
+            self.on_cancel(task_id)
+        self.wake_submitters()
+
+    def cancel_all(self) -> list[int]:
+        """Cancel every outstanding future (``shutdown(cancel_futures=True)``); returns their task ids, for
+        the caller to tell the interchange in one message."""
+        with self._lock:
+            pending = list(self.futures.values())
+            self.futures.clear()
+            self.frames.clear()
+        for fut in pending:
+            Future.cancel(fut)  # not HtexFuture.cancel: the interchange hears of them all at once
+        self.wake_submitters()
+        return [f.task_id for f in pending]
+
+    def _retry(self, task_id: int, fut: HtexFuture, outcome: Outcome, payload: Any) -> bool:
+        """A run of ``task_id`` was lost: send it again, or fail its future with the attempts recorded on
+        the error. False only when the payload does not read as a loss (the caller resolves it as usual)."""
+        _, err = decode_outcome(outcome, payload)
+        if isinstance(err, WorkerLost):
+            where, host, detail = f"worker {err.worker_id}", err.hostname, err.detail
+        elif isinstance(err, ManagerLost):
+            where, host, detail = f"manager {err.manager_id}", err.hostname, err.detail
+        else:
+            return False
+        fut.attempts.append(Attempt(len(fut.attempts) + 1, outcome, host, where, detail))
+        decision = self.retry.decide(fut.attempts)
+        frames = self.frames.get(task_id)
+        if decision is Decision.RETRY and frames is not None and self.resend is not None:
+            try:
+                # Under the lock, so that a cancel of this task either comes before (and nothing is sent)
+                # or sends its cancel after this.
+                with self._lock:
+                    if task_id in self.futures:
+                        self.resend(frames)
+                return True
+            except Exception as e:  # the executor is shutting down: fail with the loss
+                err.detail += f" (not retried: {e})"
+        if decision is Decision.CRASH_LIMIT and isinstance(err, WorkerLost):
+            err = CrashLimitExceeded(err.worker_id, err.hostname, err.detail, fut.attempts)
+        err.attempts = tuple(fut.attempts)
+        self.futures.pop(task_id, None)
+        self.frames.pop(task_id, None)
+        _settle(fut, False, err, self.translate)
+        return True
+
     def resolve(self, results: Iterable[ResultTuple]) -> None:
         """Resolve the futures of ``results`` (the link thread's job); unknown ids are ignored."""
         futures = self.futures
+        retry = self.retry.enabled
         for task_id, outcome, payload, _ in results:
+            if retry:
+                if outcome in SYSTEM_FAILURES:
+                    held = futures.get(task_id)
+                    if held is not None and not held.done() and self._retry(task_id, held, outcome, payload):
+                        continue
+                else:
+                    self.frames.pop(task_id, None)
             fut = futures.pop(task_id, None)
             if fut is None or fut.done():
                 continue
@@ -185,6 +288,7 @@ class TaskTable:
                 self.failure = exception
             pending = list(self.futures.values())
             self.futures.clear()
+            self.frames.clear()
         err = BadStateException(self.label, self.failure)
         for fut in pending:
             _settle(fut, False, err, self.translate)
@@ -196,6 +300,7 @@ class TaskTable:
         with self._lock:
             pending = list(self.futures.values())
             self.futures.clear()
+            self.frames.clear()
         for fut in pending:
             _settle(fut, False, exception, self.translate)
         self.wake_submitters()
@@ -207,6 +312,7 @@ class TaskTable:
             self.closed = True
             pending = list(self.futures.values())
             self.futures.clear()
+            self.frames.clear()
         for fut in pending:
             if not fut.done():
                 _settle(fut, False, ExecutorShutdown(

@@ -38,6 +38,7 @@ from htex_ref.core.affinity import (
     plan_cpu_affinity,
 )
 from htex_ref.core.manager import (
+    CancelTasks,
     Exit,
     InterchangeConnected,
     InterchangeContact,
@@ -47,10 +48,12 @@ from htex_ref.core.manager import (
     RunTask,
     SendHeartbeat,
     SendResults,
+    SignalWorker,
     StartWorker,
     StopRequested,
     TasksArrived,
     WorkerExited,
+    WorkerMemory,
     WorkerReady,
     WorkerResult,
     make_pool_task,
@@ -70,6 +73,7 @@ from htex_ref.core.notes import Note
 from htex_ref.core.planning import drain_delay, plan_workers
 from htex_ref.errors import ProtocolError
 from htex_ref.framing import encode_parts
+from htex_ref.memory import OomWatch, set_data_limit, tree_rss
 from htex_ref.netutil import Contexts, tcp_url
 from htex_ref.protocol import (
     Kind,
@@ -80,6 +84,7 @@ from htex_ref.protocol import (
     pack_task_header,
     split_tasks,
     task_spec,
+    unpack_cancel,
     unpack_result_header,
 )
 from htex_ref.streams import NonBlockingWriter, StreamReader
@@ -100,6 +105,20 @@ EXIT_NO_INTERCHANGE = 2
 EXIT_BAD_PLAN = 3
 EXIT_REJECTED = 4
 EXIT_ERROR = 1
+
+#: Seconds between samples of busy workers' memory, when memory limits are enforced.
+MEMORY_SAMPLE_PERIOD = 0.5
+
+
+def task_control(body: Mapping[str, Any]) -> tuple[float, bool]:
+    """(kill grace in seconds, enforce memory) from the interchange's ``registered`` answer."""
+    grace = body.get("kill_grace", 2.0)
+    enforce = body.get("enforce_memory", False)
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not math.isfinite(grace) or grace < 0:
+        raise ProtocolError(f"registered: kill_grace must be a number of seconds >= 0, got {grace!r}")
+    if not isinstance(enforce, bool):
+        raise ProtocolError(f"registered: enforce_memory must be a bool, got {enforce!r}")
+    return float(grace), enforce
 
 
 def job_start_from_env(env: Mapping[str, str]) -> float | None:
@@ -310,6 +329,12 @@ class WorkerPool:
         self.poller = zmq.Poller()
         self.stop_reason = ""
         self.worker_count = 0
+        #: Process group of each slot's latest worker (the worker leads its own group).
+        self.pgids: dict[int, int] = {}
+        self.kill_grace = 2.0
+        #: Bytes each worker may hold (None: not enforced); set from the interchange's answer.
+        self.memory_limit: int | None = None
+        self.oom = OomWatch()
 
     # ------------------------------------------------------------------------------- startup
 
@@ -358,6 +383,23 @@ class WorkerPool:
             raise PermissionError(f"the interchange refused this worker pool: {reason}")
         if frames[0] != Kind.REGISTERED:
             raise ProtocolError(f"unexpected answer to registration: {frames[0][:32]!r}")
+        self.kill_grace, enforce = task_control(load_json_object(frames[1]) if len(frames) > 1 else {})
+        if enforce and a.mem_per_worker:
+            self.memory_limit = int(a.mem_per_worker * 2**30)
+            logger.info("Enforcing a memory limit of %.0f MiB per worker (RLIMIT_DATA and sampled RSS)",
+                        self.memory_limit / 2**20)
+            for proc in self.procs.values():
+                self._limit_memory(proc.pid)
+        elif enforce:
+            logger.warning("enforce_memory is set but mem_per_worker is not: no memory limit")
+
+    def _limit_memory(self, pid: int) -> None:
+        if self.memory_limit is None:
+            return
+        try:
+            set_data_limit(pid, self.memory_limit)
+        except (OSError, ValueError) as e:
+            logger.warning("Could not limit the memory of worker pid %d: %s", pid, e)
 
     def start_workers(self, count: int) -> None:
         self.worker_count = count
@@ -394,11 +436,15 @@ class WorkerPool:
         if self.args.debug:
             cmd.append("--debug")
         try:
+            # Each worker leads a process group of its own, so that stopping it (a task's time limit, a
+            # cancel) reaches every process its task started, and nothing else.
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True,
-                                    pass_fds=(theirs.fileno(),))
+                                    pass_fds=(theirs.fileno(),), process_group=0)
         finally:
             theirs.close()
+        self._limit_memory(proc.pid)
         self.procs[rank] = proc
+        self.pgids[rank] = proc.pid
         self.channels[rank] = ours
         self.writers[rank] = NonBlockingWriter(ours)
         self.readers[ours.fileno()] = (rank, StreamReader(ours))
@@ -417,11 +463,18 @@ class WorkerPool:
         )
         self.poller.register(monitor, zmq.POLLIN)
         clock = time.monotonic
+        next_sample = clock() + MEMORY_SAMPLE_PERIOD
         while True:
             self._update_write_interest()
-            timeout = max(0, int((state.next_deadline() - clock()) * 1000) + 1)
+            due = state.next_deadline()
+            if self.memory_limit is not None:
+                due = min(due, next_sample)
+            timeout = max(0, int((due - clock()) * 1000) + 1)
             socks = dict(self.poller.poll(min(timeout, 1000)))
             events: list[Any] = []
+            if self.memory_limit is not None and clock() >= next_sample:
+                next_sample = clock() + MEMORY_SAMPLE_PERIOD
+                self._sample_memory(state, events)
             if self.stop_reason:
                 events.append(StopRequested(self.stop_reason))
             if self.interchange in socks:
@@ -484,6 +537,9 @@ class WorkerPool:
                         PoolTask(tid, fr, prio) if len(fr[0]) == HEADER_SIZE
                         else make_pool_task(tid, fr, prio, task_spec(fr[0]))
                         for tid, prio, fr in split_tasks(frames)]))
+                elif kind == Kind.CANCEL and len(frames) == 2:
+                    task_ids, kill_running = unpack_cancel(frames[1])
+                    events.append(CancelTasks(task_ids, kill_running))
                 elif kind == Kind.SHUTDOWN:
                     reason = load_json_object(frames[1]).get("reason", "") if len(frames) > 1 else ""
                     events.append(StopRequested(f"the interchange asked this pool to stop: {reason}"))
@@ -525,8 +581,28 @@ class WorkerPool:
         os.close(fd)
         proc = self.procs.pop(rank)
         code = proc.wait()
-        logger.warning("Worker %d (pid %d) exited with code %s", rank, proc.pid, code)
-        return WorkerExited(rank, code)
+        oom = code == -signal.SIGKILL and self.oom.struck()
+        logger.warning("Worker %d (pid %d) exited with code %s%s", rank, proc.pid, code,
+                       " (the OOM killer struck this pool's cgroup)" if oom else "")
+        return WorkerExited(rank, code, oom)
+
+    def _sample_memory(self, state: ManagerState, events: list[Any]) -> None:
+        for rank, slot in state.workers.items():
+            proc = self.procs.get(rank)
+            if slot.state != "busy" or proc is None:
+                continue
+            rss = tree_rss(proc.pid)
+            if rss is not None:
+                events.append(WorkerMemory(rank, rss))
+
+    def _signal(self, rank: int, signum: int) -> None:
+        pgid = self.pgids.get(rank)
+        if pgid is None:
+            return
+        try:
+            os.killpg(pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is gone already
 
     def _execute(self, ins: Any) -> int | None:
         if isinstance(ins, RunTask):
@@ -544,6 +620,8 @@ class WorkerPool:
             self.interchange.send_multipart([Kind.HEARTBEAT])
         elif isinstance(ins, StartWorker):
             self.spawn(ins.rank)
+        elif isinstance(ins, SignalWorker):
+            self._signal(ins.rank, ins.signum)
         elif isinstance(ins, Note):
             logger.log(ins.level, "%s", ins.text)
         elif isinstance(ins, Exit):
@@ -556,9 +634,9 @@ class WorkerPool:
         return None
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
+        # Whole groups: a worker's children (a bash app's commands) go with it.
+        for rank in self.procs:
+            self._signal(rank, signal.SIGTERM)
         deadline = time.monotonic() + 1.0
         for proc in self.procs.values():
             try:
@@ -566,6 +644,8 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for rank in self.pgids:
+            self._signal(rank, signal.SIGKILL)
         for fd in self.pidfds:
             os.close(fd)
         for chan in self.channels.values():
@@ -653,7 +733,8 @@ def main(argv: list[str] | None = None) -> None:
             code = EXIT_REJECTED
             return
         state = ManagerState(plan.count, args.hb_period, args.hb_threshold, time.monotonic(), pool.hostname,
-                             mpi=scheduler, mpi_launcher=args.mpi_launcher or "mpiexec")
+                             mpi=scheduler, mpi_launcher=args.mpi_launcher or "mpiexec",
+                             kill_grace=pool.kill_grace, memory_limit=pool.memory_limit)
         code = pool.run(state)
     except Exception:
         logger.exception("Worker pool failed")

@@ -96,6 +96,11 @@ SUBJECTS: list[Subject] = [
             "mpi_nodes": ["n1", ["n1", "n1"]],
             "mpi_share_nodes": ["no", True],
             "mpi_policy": ["lottery"],
+            "cancel_running": ["yes"],
+            "task_kill_grace": [-1, "2"],
+            "max_retries_on_system_failure": [-1, 1.5],
+            "crash_limit": [-2],
+            "enforce_memory": [1, True],
         },
     ),
     Subject(

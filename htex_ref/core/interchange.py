@@ -20,6 +20,10 @@ Rules it keeps:
 6. Time comes only from ``now`` arguments.
 7. Dispatch never scans the manager table: managers that can take work are kept in candidate pools
    (``htex_ref.core.selectors``) updated by events, so a task costs the same with 1 or 1,000 managers.
+8. A cancelled task still in the queue is dropped here (the executor has already resolved its future,
+   so nothing is sent back); one held by a manager stays counted against that manager until the
+   manager reports its outcome, and the manager is told to cancel it. Cancels are rare, so finding a
+   task may scan the queue and the managers; nothing on the dispatch path pays for them.
 """
 
 from __future__ import annotations
@@ -214,6 +218,19 @@ class PendingQueue:
     def __len__(self) -> int:
         return self._count
 
+    def remove(self, task_ids: set[int] | frozenset[int]) -> list[int]:
+        """Drop the queued tasks whose ids are in ``task_ids`` (order of the rest kept); returns their ids."""
+        gone: list[int] = []
+        for priority, level in self._levels.items():
+            head = self._heads[priority]
+            waiting = level[head:]
+            if any(t.task_id in task_ids for t in waiting):
+                gone.extend(t.task_id for t in waiting if t.task_id in task_ids)
+                self._levels[priority] = [t for t in waiting if t.task_id not in task_ids]
+                self._heads[priority] = 0
+        self._count -= len(gone)
+        return gone
+
 
 # --------------------------------------------------------------------------------------------- events
 
@@ -274,8 +291,17 @@ class BlockCancelled:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class CancelTasks:
+    """The executor cancelled these tasks; ``kill_running`` asks managers to stop the running ones."""
+
+    task_ids: tuple[int, ...]
+    kill_running: bool = False
+
+
 Event = (
     TaskSubmitted
+    | CancelTasks
     | ManagerRegistered
     | ManagerHeartbeat
     | ResultsReceived
@@ -327,8 +353,15 @@ class StopManager:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class CancelOnManager:
+    manager_id: bytes
+    task_ids: tuple[int, ...]
+    kill_running: bool
+
+
 Instruction = (SendTasks | ForwardResults | AcceptRegistration | RejectRegistration | ReplyHeartbeat | StopManager
-               | Note)
+               | CancelOnManager | Note)
 
 
 def lost_payload(manager_id: str, hostname: str, detail: str) -> bytes:
@@ -438,6 +471,20 @@ class InterchangeState:
 
     def _on_task(self, ev: TaskSubmitted, now: float) -> None:
         self._pending.push(ev.task)
+
+    def _on_cancel(self, ev: CancelTasks, now: float) -> None:
+        ids = set(ev.task_ids)
+        if self._pending._count:
+            ids.difference_update(self._pending.remove(ids))
+        if not ids:
+            return
+        for rec in self.managers.values():
+            held = rec.tasks & ids if rec.tasks else None
+            if held:
+                self._out.append(CancelOnManager(rec.manager_id, tuple(sorted(held)), ev.kill_running))
+                ids -= held
+                if not ids:
+                    break
 
     def _on_register(self, ev: ManagerRegistered, now: float) -> None:
         reg = ev.registration
@@ -576,6 +623,7 @@ class InterchangeState:
 
     _handlers: dict[type, Any] = {
         TaskSubmitted: _on_task,
+        CancelTasks: _on_cancel,
         ManagerRegistered: _on_register,
         ManagerHeartbeat: _on_heartbeat,
         ResultsReceived: _on_results,

@@ -36,6 +36,19 @@ Rules it keeps:
 8. Results go back at once when no task is waiting here for a worker (someone may be waiting on
    them); while tasks wait, results are held up to ``result_batch_delay`` seconds or
    ``result_batch_size`` results, so that under load they travel in batches.
+9. Stopping a task (its ``walltime`` ran out, it was cancelled with ``kill_running``, or its worker went
+   over ``memory_limit``) stops its worker: SIGTERM to the worker's process group, SIGKILL to it
+   ``kill_grace`` seconds later if the worker still lives. The task then produces exactly one result:
+   ``TIMEOUT``, ``CANCELLED`` or ``MEMORY_EXCEEDED`` when the worker exits, or its own result if that
+   came first. Every stopped worker is replaced, and a task it held in advance goes back to the front
+   of its priority. A worker running a task with a time limit is handed nothing in advance, so that
+   stopping it never takes a second task with it.
+10. A cancelled task waiting here is dropped (``CANCELLED``); one running is left to finish unless the
+    cancel asks to stop it; one already handed to a worker in advance runs (its result is ignored
+    upstream). A cancel for a task this pool no longer holds does nothing.
+11. Whenever a worker process exits, its process group is sent SIGKILL, so no child a task started
+    (a bash app's commands, a subprocess) outlives its worker. A worker that the kernel's OOM killer
+    ended (the runtime tells, from its cgroup's counter) fails its task as ``MEMORY_EXCEEDED``.
 """
 
 from __future__ import annotations
@@ -66,16 +79,40 @@ class PoolTask:
     request: MpiRequest | None = None
     #: Why the task's MPI request could not be read (it is refused on arrival).
     refused: str | None = None
+    #: Seconds the task may run before its worker is stopped (None: no limit).
+    walltime: float | None = None
+
+
+def check_walltime(value: Any) -> float:
+    """A task's ``walltime``: a finite number of seconds > 0 (``InvalidResourceSpecification`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise InvalidResourceSpecification({"walltime"}, f"walltime must be a finite number of seconds > 0, "
+                                                         f"got {value!r}")
+    return float(value)
 
 
 def make_pool_task(task_id: int, frames: tuple[Any, ...], priority: float, spec: dict[str, Any] | None) -> PoolTask:
-    """A task as the pool holds it, its MPI request (the task header's specification) checked."""
+    """A task as the pool holds it, its time limit and MPI request (the task header's specification) checked."""
     if spec is None:
         return PoolTask(task_id, frames, priority)
     try:
-        return PoolTask(task_id, frames, priority, parse_mpi_request(spec))
+        walltime = check_walltime(spec["walltime"]) if "walltime" in spec else None
+        return PoolTask(task_id, frames, priority, parse_mpi_request(spec), walltime=walltime)
     except InvalidResourceSpecification as e:
         return PoolTask(task_id, frames, priority, refused=str(e))
+
+
+@dataclass(slots=True)
+class StopOrder:
+    """A worker being stopped because of its task (rule 9)."""
+
+    task_id: int
+    outcome: Outcome
+    #: What the task's result says (JSON): worker, host, detail, and the limit that was passed.
+    report: dict[str, Any]
+    #: When SIGKILL follows the SIGTERM.
+    kill_at: float
+    killed: bool = False
 
 
 @dataclass(slots=True)
@@ -89,6 +126,11 @@ class WorkerSlot:
     next_task: PoolTask | None = None
     startup_failures: int = 0
     starts: int = 1
+    #: When the current task's time limit ends (None: no limit), and the limit in seconds.
+    deadline: float | None = None
+    limit: float = 0.0
+    #: Set while the worker is being stopped.
+    stop: StopOrder | None = None
 
 
 class LocalQueue:
@@ -151,6 +193,16 @@ class LocalQueue:
         self._priorities.clear()
         self.count = 0
 
+    def remove(self, task_ids: frozenset[int] | set[int]) -> list[PoolTask]:
+        """Take the tasks whose ids are in ``task_ids`` out of the queue (order kept); returns them."""
+        gone: list[PoolTask] = []
+        for priority, level in self._levels.items():
+            if any(t.task_id in task_ids for t in level):
+                gone.extend(t for t in level if t.task_id in task_ids)
+                self._levels[priority] = deque(t for t in level if t.task_id not in task_ids)
+        self.count -= len(gone)
+        return gone
+
     def __len__(self) -> int:
         return self.count
 
@@ -186,6 +238,23 @@ class WorkerResult:
 class WorkerExited:
     rank: int
     exit_code: int | None
+    #: The runtime saw the kernel's OOM killer end it (its cgroup's oom_kill counter rose).
+    oom: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMemory:
+    """A sample of the memory (bytes, resident) a busy worker and its children use."""
+
+    rank: int
+    rss: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTasks:
+    task_ids: tuple[int, ...]
+    #: Stop the workers of those that are running (otherwise they finish).
+    kill_running: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +283,8 @@ Event = (
     | WorkerReady
     | WorkerResult
     | WorkerExited
+    | WorkerMemory
+    | CancelTasks
     | InterchangeContact
     | InterchangeDisconnected
     | InterchangeConnected
@@ -248,6 +319,15 @@ class StartWorker:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalWorker:
+    """Send ``signum`` to the process group of the worker in slot ``rank`` (its current process, or the
+    one that just exited when this comes before the slot's ``StartWorker``)."""
+
+    rank: int
+    signum: int
+
+
+@dataclass(frozen=True, slots=True)
 class Exit:
     reason: str
     error: bool
@@ -255,7 +335,7 @@ class Exit:
     unfinished: list[int] = field(default_factory=list)
 
 
-Instruction = RunTask | SendResults | SendHeartbeat | StartWorker | Exit | Note
+Instruction = RunTask | SendResults | SendHeartbeat | StartWorker | SignalWorker | Exit | Note
 
 
 class ManagerState:
@@ -274,7 +354,16 @@ class ManagerState:
         term_grace: float = 2.0,
         mpi: MpiScheduler | None = None,
         mpi_launcher: str = "mpiexec",
+        kill_grace: float = 2.0,
+        memory_limit: int | None = None,
     ) -> None:
+        self.kill_grace = kill_grace
+        #: Bytes a worker (with its children) may hold while running a task (None: not enforced).
+        self.memory_limit = memory_limit
+        #: (when, sequence, rank): when a slot's time limit or kill time may be due. Checked against the
+        #: slot when it comes due, so entries left by tasks that ended cost nothing but a pop.
+        self._task_timers: list[tuple[float, int, int]] = []
+        self._timer_seq = 0
         self.mpi = mpi
         self.mpi_launcher = mpi_launcher
         self.term_grace = term_grace
@@ -338,6 +427,10 @@ class ManagerState:
         """When results held for batching must go out even if nothing else happens (None: none held)."""
         return None if self.results_since is None else self.results_since + self.result_batch_delay
 
+    def task_timer_due(self) -> float | None:
+        """When a task's time limit or a stopped worker's SIGKILL may be due (None: no such timer)."""
+        return self._task_timers[0][0] if self._task_timers else None
+
     def next_deadline(self) -> float:
         deadline = min(self.last_heartbeat + self.heartbeat_period, self.last_contact + self.heartbeat_threshold)
         if self.results_since is not None:
@@ -346,6 +439,8 @@ class ManagerState:
             deadline = min(deadline, self.disconnected_since + self.reconnect_grace)
         if self._deferred:
             deadline = min(deadline, self._deferred[0][0])
+        if self._task_timers:
+            deadline = min(deadline, self._task_timers[0][0])
         return deadline
 
     # events
@@ -387,14 +482,35 @@ class ManagerState:
             self.mpi.release(ev.task_id)
         avg = self.avg_task_time
         self.avg_task_time = ev.run_time if avg is None else 0.9 * avg + 0.1 * ev.run_time
+        if slot.stop is not None:
+            # The task finished before its stop took effect: its own result stands (rule 9), and the
+            # worker, already signalled, is replaced when it exits.
+            slot.state = "stopping"
+            slot.task_id = None
+            slot.deadline = None
+            self._busy -= 1
+            return
+        if ev.outcome is Outcome.MEMORY_EXCEEDED:
+            # The worker hit its memory limit and exits after this result; it is replaced then.
+            slot.state = "stopping"
+            slot.task_id = None
+            slot.deadline = None
+            self._busy -= 1
+            if slot.next_task is not None:
+                self.queue.appendleft(slot.next_task)
+                slot.next_task = None
+            return
         if slot.next_task is not None:
             # The worker already has its next task and has started it.
-            slot.task_id = slot.next_task.task_id
+            task = slot.next_task
+            slot.task_id = task.task_id
             slot.next_task = None
             slot.started_at = now
+            slot.deadline = None if task.walltime is None else self._limit(slot, now, task.walltime)
             return
         slot.state = "idle"
         slot.task_id = None
+        slot.deadline = None
         self._busy -= 1
         self._idle.append(ev.rank)
 
@@ -402,7 +518,20 @@ class ManagerState:
         slot = self.workers.get(ev.rank)
         if slot is None:
             return
-        if slot.state == "busy" and slot.task_id is not None:
+        stop, slot.stop = slot.stop, None
+        if slot.state == "busy" and slot.task_id is not None and stop is not None:
+            if self.mpi is not None:
+                self.mpi.release(slot.task_id)
+            report = dict(stop.report, exit_code=ev.exit_code, killed=stop.killed)
+            self._results.append((slot.task_id, stop.outcome, json.dumps(report).encode(), 0.0))
+        elif slot.state == "busy" and slot.task_id is not None and ev.oom:
+            if self.mpi is not None:
+                self.mpi.release(slot.task_id)
+            report = {"worker": ev.rank, "host": self.hostname, "limit": self.memory_limit, "peak_rss": None,
+                      "detail": "the kernel's OOM killer ended the worker (SIGKILL; its cgroup's oom_kill "
+                                "counter rose) while it ran the task"}
+            self._results.append((slot.task_id, Outcome.MEMORY_EXCEEDED, json.dumps(report).encode(), 0.0))
+        elif slot.state == "busy" and slot.task_id is not None:
             if self.mpi is not None:
                 self.mpi.release(slot.task_id)
             detail = f"worker process exited with code {ev.exit_code} while running the task"
@@ -415,9 +544,6 @@ class ManagerState:
                 self._deferred.append((now + self.term_grace, lost))
             else:
                 self._results.append(lost)
-            if slot.next_task is not None:
-                self.queue.appendleft(slot.next_task)
-                slot.next_task = None
         elif slot.state == "starting":
             slot.startup_failures += 1
             if slot.startup_failures >= self.max_startup_failures:
@@ -427,14 +553,44 @@ class ManagerState:
                     error=True,
                 )
                 return
+        if slot.next_task is not None:
+            # Handed over in advance but never started: it goes back to the front of its priority.
+            self.queue.appendleft(slot.next_task)
+            slot.next_task = None
         if ev.rank in self._idle:
             self._idle.remove(ev.rank)
         if slot.state == "busy":
             self._busy -= 1
         slot.state = "starting"
         slot.task_id = None
+        slot.deadline = None
         slot.starts += 1
+        # Rule 11: whatever the worker's children were doing ends with it.
+        self._out.append(SignalWorker(ev.rank, signal.SIGKILL))
         self._out.append(StartWorker(ev.rank))
+
+    def _on_memory(self, ev: WorkerMemory, now: float) -> None:
+        slot = self.workers.get(ev.rank)
+        limit = self.memory_limit
+        if (limit is None or slot is None or slot.state != "busy" or slot.task_id is None or slot.stop is not None
+                or ev.rss <= limit):
+            return
+        self._stop(slot, now, Outcome.MEMORY_EXCEEDED, {
+            "limit": limit, "peak_rss": ev.rss,
+            "detail": f"the worker and its children held {ev.rss / 2**20:.0f} MiB, over its memory limit of "
+                      f"{limit / 2**20:.0f} MiB (mem_per_worker)"})
+
+    def _on_cancel(self, ev: CancelTasks, now: float) -> None:
+        ids = frozenset(ev.task_ids)
+        dropped = self.queue.remove(ids) if self.queue.count else []
+        for task in dropped:
+            report = {"worker": None, "host": self.hostname, "detail": "cancelled while queued on the worker pool"}
+            self._results.append((task.task_id, Outcome.CANCELLED, json.dumps(report).encode(), 0.0))
+        if not ev.kill_running:
+            return
+        for slot in self.workers.values():
+            if slot.state == "busy" and slot.task_id in ids and slot.stop is None:
+                self._stop(slot, now, Outcome.CANCELLED, {"detail": "cancelled while running; its worker was stopped"})
 
     def _on_contact(self, ev: InterchangeContact, now: float) -> None:
         self.last_contact = now
@@ -454,6 +610,8 @@ class ManagerState:
         WorkerReady: _on_ready,
         WorkerResult: _on_result,
         WorkerExited: _on_exit,
+        WorkerMemory: _on_memory,
+        CancelTasks: _on_cancel,
         InterchangeContact: _on_contact,
         InterchangeDisconnected: _on_disconnected,
         InterchangeConnected: _on_connected,
@@ -475,6 +633,8 @@ class ManagerState:
             slot.state = "busy"
             slot.task_id = task.task_id
             slot.started_at = now
+            if task.walltime is not None:
+                slot.deadline = self._limit(slot, now, task.walltime)
             self._busy += 1
             self._out.append(RunTask(rank, task))
         avg = self.avg_task_time
@@ -485,7 +645,8 @@ class ManagerState:
             for slot in self.workers.values():
                 if not queue.count:
                     break
-                if slot.next_task is None and now - slot.started_at < limit:
+                if (slot.next_task is None and now - slot.started_at < limit and slot.deadline is None
+                        and slot.stop is None):
                     slot.next_task = queue.popleft()
                     self._out.append(RunTask(slot.rank, slot.next_task))
 
@@ -500,6 +661,8 @@ class ManagerState:
             slot.state = "busy"
             slot.task_id = task.task_id
             slot.started_at = now
+            if task.walltime is not None:
+                slot.deadline = self._limit(slot, now, task.walltime)
             self._busy += 1
             env = None
             if nodes is not None and task.request is not None:
@@ -507,9 +670,57 @@ class ManagerState:
                 self._out.append(Note(INFO, f"Task {task.task_id} runs on worker {rank} with nodes {','.join(nodes)}"))
             self._out.append(RunTask(rank, task, env))
 
+    def _limit(self, slot: WorkerSlot, now: float, walltime: float) -> float:
+        """Start the time limit of the task ``slot`` begins now; returns its deadline."""
+        deadline = now + walltime
+        slot.limit = walltime
+        self._push_timer(deadline, slot.rank)
+        return deadline
+
+    def _push_timer(self, when: float, rank: int) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._task_timers, (when, self._timer_seq, rank))
+
+    def _stop(self, slot: WorkerSlot, now: float, outcome: Outcome, report: dict[str, Any]) -> None:
+        """Rule 9: stop the worker running ``slot.task_id``, whose outcome will be ``outcome``."""
+        assert slot.task_id is not None
+        report = {"worker": slot.rank, "host": self.hostname, **report}
+        slot.stop = StopOrder(slot.task_id, outcome, report, kill_at=now + self.kill_grace)
+        slot.deadline = None
+        if slot.next_task is not None:
+            self.queue.appendleft(slot.next_task)
+            slot.next_task = None
+        self._out.append(Note(WARNING, f"Stopping worker {slot.rank} (task {slot.task_id}): {report['detail']}"))
+        if self.kill_grace > 0:
+            self._out.append(SignalWorker(slot.rank, signal.SIGTERM))
+            self._push_timer(slot.stop.kill_at, slot.rank)
+        else:
+            slot.stop.killed = True
+            self._out.append(SignalWorker(slot.rank, signal.SIGKILL))
+
+    def _fire_task_timers(self, now: float) -> None:
+        timers = self._task_timers
+        while timers and timers[0][0] <= now:
+            _, _, rank = heapq.heappop(timers)
+            slot = self.workers[rank]
+            stop = slot.stop
+            if stop is not None:
+                if not stop.killed and now >= stop.kill_at:
+                    stop.killed = True
+                    self._out.append(Note(WARNING, f"Worker {rank} still alive {self.kill_grace:g} s after SIGTERM; "
+                                                   "sending SIGKILL"))
+                    self._out.append(SignalWorker(rank, signal.SIGKILL))
+            elif slot.state == "busy" and slot.deadline is not None and now >= slot.deadline:
+                walltime = slot.limit
+                self._stop(slot, now, Outcome.TIMEOUT, {
+                    "limit": walltime,
+                    "detail": "its worker, with every process the task started, was stopped and replaced"})
+
     def _timers(self, now: float) -> None:
         # Each test compares ``now`` with the same sum next_deadline() reports, so a call at the
         # reported deadline always fires (no float rounding gap).
+        if self._task_timers and now >= self._task_timers[0][0]:
+            self._fire_task_timers(now)
         if self._deferred and now >= self._deferred[0][0]:
             # Deadlines are appended in time order, so the due ones are a prefix.
             due = [lost for deadline, lost in self._deferred if now >= deadline]

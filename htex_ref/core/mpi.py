@@ -248,6 +248,14 @@ class MpiScheduler:
         self._waiting.clear()
         self.count = 0
 
+    def remove(self, task_ids: set[int] | frozenset[int]) -> list[Any]:
+        """Take the waiting tasks whose ids are in ``task_ids`` out of the queue; returns them."""
+        gone = [w.task for w in self._waiting if w.task.task_id in task_ids]
+        if gone:
+            self._waiting = [w for w in self._waiting if w.task.task_id not in task_ids]
+            self.count -= len(gone)
+        return gone
+
     def __len__(self) -> int:
         return self.count
 

@@ -39,8 +39,10 @@ class _Job:
     final: JobStatus | None = None
 
 
-def _group_running(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` is still running (zombies waiting to be reaped do not count)."""
+def _session_groups(sid: int) -> set[int]:
+    """The process groups of session ``sid`` that have a running member (zombies waiting to be reaped do
+    not count). A job's script leads its own session; the pool's workers each lead a group in it."""
+    groups: set[int] = set()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -50,9 +52,14 @@ def _group_running(pgid: int) -> bool:
         except OSError:
             continue
         fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
+        if int(fields[3]) == sid and fields[0] != b"Z":
+            groups.add(int(fields[2]))
+    return groups
+
+
+def _group_running(sid: int) -> bool:
+    """Whether any process of the job whose session is ``sid`` still runs."""
+    return bool(_session_groups(sid))
 
 
 def render_script(worker_init: str, job_name: str, launcher_text: str) -> str:
@@ -234,14 +241,16 @@ class LocalProvider(ExecutionProvider):
 
     def _end_leftovers(self, job: _Job) -> None:
         """The job has ended: like a batch system at the end of a job, SIGKILL what it left in its
-        process group (processes its tasks started, say, once its pool was killed or drained). A group
-        with members keeps its id from being reused, so the signal cannot reach another job."""
+        session (processes its tasks started, say, once its pool was killed or drained)."""
         if _group_running(job.proc.pid):
             self._signal(job, signal.SIGKILL)
 
     @staticmethod
     def _signal(job: _Job, sig: int) -> None:
-        try:
-            os.killpg(job.proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        """Signal every process group of the job's session (the script's, and each worker's). A group
+        with members keeps its id from being reused, so the signal cannot reach another job."""
+        for pgid in _session_groups(job.proc.pid) | {job.proc.pid}:
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass

@@ -25,6 +25,7 @@ from htex_ref.core.manager import (
     RunTask,
     SendHeartbeat,
     SendResults,
+    SignalWorker,
     StartWorker,
     StopRequested,
     TasksArrived,
@@ -266,11 +267,17 @@ def test_other_deaths_and_a_zero_grace_are_reported_at_once():
     assert lost_ids(m.handle(WorkerExited(1, 0), now=1.0)) == [2]
 
 
+def restart(rank: int) -> list[Any]:
+    """What a worker's exit leads to when nothing else happens: its group is killed (rule 11), and the
+    slot starts a new worker."""
+    return [SignalWorker(rank, signal.SIGKILL), StartWorker(rank)]
+
+
 def test_worker_death_while_idle_restarts_without_result():
     m = make(1)
     m.handle(WorkerReady(0), now=0.0)
     out = m.handle(WorkerExited(0, 1), now=1.0)
-    assert out == [StartWorker(0)]
+    assert out == restart(0)
     # The slot is no longer idle: a task waits for the restarted worker.
     assert runs(m.handle(tasks(5), now=2.0)) == []
     assert runs(m.handle(WorkerReady(0), now=3.0)) == [(0, 5)]
@@ -279,8 +286,8 @@ def test_worker_death_while_idle_restarts_without_result():
 def test_repeated_startup_failure_exits_with_error():
     m = make(2, max_startup_failures=3)
     m.handle(tasks(1), now=0.0)
-    assert m.handle(WorkerExited(1, 3), now=1.0) == [StartWorker(1)]
-    assert m.handle(WorkerExited(1, 3), now=2.0) == [StartWorker(1)]
+    assert m.handle(WorkerExited(1, 3), now=1.0) == restart(1)
+    assert m.handle(WorkerExited(1, 3), now=2.0) == restart(1)
     out = m.handle(WorkerExited(1, 3), now=3.0)
     exits = of_type(out, Exit)
     assert len(exits) == 1
@@ -294,10 +301,10 @@ def test_repeated_startup_failure_exits_with_error():
 
 def test_ready_resets_startup_failure_count():
     m = make(1, max_startup_failures=2)
-    assert m.handle(WorkerExited(0, 1), now=0.0) == [StartWorker(0)]
+    assert m.handle(WorkerExited(0, 1), now=0.0) == restart(0)
     m.handle(WorkerReady(0), now=1.0)
-    assert m.handle(WorkerExited(0, 1), now=2.0) == [StartWorker(0)]  # idle death: counter was reset
-    assert m.handle(WorkerExited(0, 1), now=3.0) == [StartWorker(0)]
+    assert m.handle(WorkerExited(0, 1), now=2.0) == restart(0)  # idle death: counter was reset
+    assert m.handle(WorkerExited(0, 1), now=3.0) == restart(0)
     assert of_type(m.handle(WorkerExited(0, 1), now=4.0), Exit)
 
 
