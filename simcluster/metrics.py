@@ -44,7 +44,7 @@ RUN_FIELDS = (
     "node_hours_allocated", "node_hours_used", "idle_node_hours", "utilization", "blocks_submitted",
     "blocks_scaled_in", "blocks_walltime", "blocks_failed", "blocks_missing", "block_wait_mean", "done",
     "lost_walltime", "lost_node_failure", "lost_other", "dep_failed", "failed", "unfinished", "wait_max",
-    "mpi_policy",
+    "mpi_policy", "timed_out", "retries",
 )
 
 
@@ -162,6 +162,8 @@ def compute(p: Pilot) -> dict[str, Any]:
         "unfinished": counts["unfinished"],
         "wait_max": waits[-1] if waits else math.nan,
         "mpi_policy": p.cfg.mpi_policy if mpi else "",
+        "timed_out": counts["timed_out"],
+        "retries": p.retries,
     }
 
 

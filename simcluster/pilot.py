@@ -72,13 +72,25 @@ from htex_ref.core.interchange import HoldBlock as HoldBlockEvent
 from htex_ref.core.manager import StopRequested
 from htex_ref.core.notes import Note
 from htex_ref.core.planning import plan_workers
+from htex_ref.core.retry import SYSTEM_FAILURES, Attempt, Decision, RetryPolicy
 from htex_ref.core.selectors import BlockIdManagerSelector, ManagerSelector, RandomManagerSelector
 from htex_ref.protocol import Outcome, ResultTuple
 from simcluster.pools import PoolsMixin, SimPool
 from simcluster.provider import SimProvider
 from simcluster.scenario import ExecutorConfig, Partition
 from simcluster.scheduler import Job, Scheduler
-from simcluster.states import DEP_FAILED, DONE, FAILED, LOST, QUEUED, RUNNING, STATE_NAMES, UNFINISHED, UNSUBMITTED
+from simcluster.states import (
+    DEP_FAILED,
+    DONE,
+    FAILED,
+    LOST,
+    QUEUED,
+    RUNNING,
+    STATE_NAMES,
+    TIMED_OUT,
+    UNFINISHED,
+    UNSUBMITTED,
+)
 from simcluster.wakes import Wakes
 from simcluster.workload import TaskPlan
 
@@ -173,6 +185,10 @@ class Pilot(PoolsMixin):
         self.t_worker = array("i", [-1]) * n
         self.state = bytearray(n)
         self.reasons: dict[int, str] = {}
+        #: The executor's retry rule, and the lost runs of each task retried under it.
+        self.retry = RetryPolicy(cfg.max_retries_on_system_failure, cfg.crash_limit)
+        self.attempts: dict[int, list[Attempt]] = {}
+        self.retries = 0
         #: MPI mode: the nodes each started MPI task was given (the ``PARSL_MPI_NODELIST`` its worker got).
         self.t_nodes: dict[int, str] = {}
         self.outstanding = 0
@@ -286,13 +302,42 @@ class Pilot(PoolsMixin):
                 self.running -= 1
             elif state[ti] == QUEUED:
                 self.t_end[ti] = now
-            # (A task that crashed its worker was counted out at its end, in _complete.)
-            state[ti] = LOST
+            # (A task that crashed its worker was counted out at its end, in _complete; one stopped by its
+            # time limit, when it was stopped.)
             try:
-                self.reasons[ti] = str(json.loads(bytes(payload))["detail"])
+                detail = str(json.loads(bytes(payload))["detail"])
             except (ValueError, KeyError, TypeError):
-                self.reasons[ti] = f"outcome {outcome}"
+                detail = f"outcome {outcome}"
+            if outcome in SYSTEM_FAILURES and self.retry.enabled:
+                if self._retried(ti, outcome, detail, now):
+                    continue
+                detail = self.reasons[ti]  # with every attempt
+            if outcome is Outcome.TIMEOUT:
+                state[ti] = TIMED_OUT
+                detail = f"TaskTimeout: walltime {self.plan.walltime[ti]:g} s: {detail}"
+            else:
+                state[ti] = LOST
+            self.reasons[ti] = detail
             self._resolved(ti, False, now)
+
+    def _retried(self, ti: int, outcome: Outcome, detail: str, now: float) -> bool:
+        """As the executor's ``TaskTable``: a run lost to the infrastructure is submitted again while the
+        retry rule says so (True); otherwise the reason records every attempt (False)."""
+        attempts = self.attempts.setdefault(ti, [])
+        m = self.managers[self.t_mgr[ti]] if self.t_mgr[ti] >= 0 else None
+        pool = m.mid.decode() if m else "?"
+        where = f"worker {self.t_worker[ti]}" if outcome is Outcome.WORKER_LOST else f"manager {pool}"
+        attempts.append(Attempt(len(attempts) + 1, outcome, f"node {m.node}" if m else "?", where, detail))
+        decision = self.retry.decide(attempts)
+        if decision is Decision.RETRY and self.bad_state is None and not self.shut_down:
+            self.retries += 1
+            self.state[ti] = QUEUED
+            self.t_start[ti] = self.t_end[ti] = _NAN
+            self.to_interchange([TaskSubmitted(QueuedTask(ti + 1, self.plan.priority[ti], ()))], now)
+            return True
+        prefix = "CrashLimitExceeded: the task is the likely cause" if decision is Decision.CRASH_LIMIT else "lost"
+        self.reasons[ti] = f"{prefix} after {len(attempts)} attempts: " + "; ".join(map(str, attempts))
+        return False
 
     def _resolved(self, ti: int, ok: bool, now: float) -> None:
         self.outstanding -= 1

@@ -32,6 +32,7 @@ from htex_ref.core.manager import (
     RunTask,
     SendHeartbeat,
     SendResults,
+    SignalWorker,
     StartWorker,
     TasksArrived,
     WorkerExited,
@@ -125,10 +126,11 @@ class PoolsMixin:
         m = self.by_mid[mid]
         if not m.alive:
             return  # lost in flight: the interchange fails them when it learns the pool is gone
-        if m.state.mpi is None:
+        if m.state.mpi is None and not self.plan.walltime:
             self._pool([TasksArrived([PoolTask(qt.task_id, (), qt.priority) for qt in tasks])], m, now)
             return
-        # MPI mode: the pool reads each task's request from its specification, as htex-worker-pool does.
+        # MPI mode or time limits: the pool reads each task's request and limit from its specification,
+        # as htex-worker-pool does.
         spec = self.plan.mpi_spec
         self._pool([TasksArrived([make_pool_task(qt.task_id, (), qt.priority, spec(qt.task_id - 1))
                                   for qt in tasks])], m, now)
@@ -152,6 +154,10 @@ class PoolsMixin:
                 elif kind is StartWorker:
                     # A replacement worker is ready at once.
                     ready = [WorkerReady(ins.rank)] if ready is None else [*ready, WorkerReady(ins.rank)]
+                elif kind is SignalWorker:
+                    exited = self._signalled(m, ins, now)
+                    if exited is not None:
+                        ready = [exited] if ready is None else [*ready, exited]
                 elif kind is not Note:
                     sends = [ins] if sends is None else [*sends, ins]
             out = m.state.handle(*ready, now=now) if ready else []
@@ -165,11 +171,29 @@ class PoolsMixin:
                 elif kind is Exit and m.alive:
                     self._pool_exits(m, ins, now)
         state = m.state
-        if state.results_since is not None and m.alive:
+        if (state.results_since is not None or state.task_timer_due() is not None) and m.alive:
             due = state.results_due()
+            timer = state.task_timer_due()
+            if timer is not None and (due is None or timer < due):
+                due = timer
             if due is not None and due < m.wake_at:
                 m.wake_at = due
                 self.wakes.call_later(due - now, functools.partial(self._pool_timer, m))
+
+    def _signalled(self, m: SimPool, ins: SignalWorker, now: float) -> WorkerExited | None:
+        """The core stops a worker (its task's time limit, a cancel): the simulated worker dies at the first
+        signal, its task's run ends now, and the core hears of the exit. A signal to a worker that is no
+        longer there (the kill of an exited worker's process group) does nothing."""
+        rank = ins.rank
+        ti = m.current[rank]
+        if ti < 0 or m.state.workers[rank].stop is None:
+            return None
+        self.busy_seconds += now - self.t_start[ti]
+        self.t_end[ti] = now
+        self.running -= 1
+        # The task it held in advance went back to the core's queue when the stop began.
+        m.current[rank] = m.next[rank] = -1
+        return WorkerExited(rank, -ins.signum)
 
     def _pool_timer(self, m: SimPool, now: float) -> None:
         if now != m.wake_at or not m.alive or self.shut_down:
@@ -241,6 +265,8 @@ class PoolsMixin:
             if not m.alive:
                 continue
             rank = t_worker[ti]
+            if m.current[rank] != ti or self.t_start[ti] + duration[ti] != end:
+                continue  # a run that was stopped, or one before a retry: it ends no more
             run = duration[ti]
             busy += run
             ended += 1

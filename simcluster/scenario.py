@@ -139,6 +139,9 @@ class Phase:
     num_nodes: Choice | None = None
     #: MPI tasks: ranks on each of its nodes (what counts against a node's cores with ``mpi_share_nodes``).
     ranks_per_node: Choice | None = None
+    #: Each task's time limit in seconds (``resource_specification={"walltime": s}``); None: none. A task
+    #: drawn longer is stopped at the limit, fails with ``TaskTimeout``, and its worker is replaced.
+    walltime: float | None = None
 
     @property
     def mpi(self) -> bool:
@@ -190,6 +193,13 @@ class ExecutorConfig:
     mpi_policy: str = "backfill"
     #: Tasks whose ranks fit share a node, counted in its cores (False: whole nodes, Parsl's behaviour).
     mpi_share_nodes: bool = False
+    #: As the executor's: runs of a task lost with its worker or pool that are retried, and the worker
+    #: deaths after which a task is the likely culprit (0: no limit).
+    max_retries_on_system_failure: int = 0
+    crash_limit: int = 2
+    #: As the executor's: seconds from a stopped task's SIGTERM to its SIGKILL (the simulated worker dies
+    #: at the SIGTERM).
+    task_kill_grace: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -391,6 +401,9 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
         max_workers_per_block=f.integer("max_workers_per_block", 1, low=1),
         mpi_policy=f.text("mpi_policy", "backfill", tuple(MPI_POLICIES)),
         mpi_share_nodes=f.boolean("mpi_share_nodes", False),
+        max_retries_on_system_failure=f.integer("max_retries_on_system_failure", 0),
+        crash_limit=f.integer("crash_limit", 2),
+        task_kill_grace=f.number("task_kill_grace", 2.0),
     )
     f.done()
     table = f.table
@@ -520,7 +533,10 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
             crash_fraction=f.number("crash_fraction", 0.0),
             num_nodes=_choice(f.get("num_nodes", None), f"{where}.num_nodes"),
             ranks_per_node=_choice(f.get("ranks_per_node", None), f"{where}.ranks_per_node"),
+            walltime=f.maybe_number("walltime", None),
         ))
+        if phases[-1].walltime is not None and not phases[-1].walltime > 0:
+            raise ScenarioError(f"{where}.walltime must be a number of seconds > 0, got {phases[-1].walltime}")
         if phases[-1].crash_fraction > 1:
             raise ScenarioError(f"{where}.crash_fraction must be between 0 and 1, got {phases[-1].crash_fraction}")
         f.done()

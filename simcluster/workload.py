@@ -19,6 +19,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from simcluster.scenario import Background, Choice, Distribution, Partition, Phase, ScenarioError
 
@@ -123,12 +124,18 @@ class TaskPlan:
     #: phase has MPI tasks.
     num_nodes: array[int] = field(default_factory=lambda: array("i"))
     ranks_per_node: array[int] = field(default_factory=lambda: array("i"))
+    #: Each task's time limit (0: none); empty when no phase has one.
+    walltime: array[float] = field(default_factory=lambda: array("d"))
 
-    def mpi_spec(self, i: int) -> dict[str, int] | None:
-        """Task ``i``'s MPI keys, as its ``resource_specification`` would carry them (None: none)."""
-        if not self.num_nodes or not self.num_nodes[i]:
-            return None
-        return {"num_nodes": self.num_nodes[i], "ranks_per_node": self.ranks_per_node[i]}
+    def mpi_spec(self, i: int) -> dict[str, Any] | None:
+        """What task ``i``'s header carries to its pool, as its ``resource_specification`` would give it:
+        MPI keys and the time limit (None: neither)."""
+        spec: dict[str, Any] | None = None
+        if self.num_nodes and self.num_nodes[i]:
+            spec = {"num_nodes": self.num_nodes[i], "ranks_per_node": self.ranks_per_node[i]}
+        if self.walltime and self.walltime[i]:
+            spec = dict(spec or {}, walltime=self.walltime[i])
+        return spec
 
     def __len__(self) -> int:
         return len(self.duration)
@@ -154,6 +161,8 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
     mpi = any(p.mpi for p in phases)
     num_nodes: array[int] = array("i")
     ranks_per_node: array[int] = array("i")
+    limited = any(p.walltime is not None for p in phases)
+    walltime: array[float] = array("d")
     for i, p in enumerate(phases):
         rng = rng_for(seed, f"workload-{i}")
         durations = sampler(p.duration, rng)
@@ -201,10 +210,12 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
         elif mpi:
             num_nodes.extend([0] * len(times))
             ranks_per_node.extend([0] * len(times))
+        if limited:
+            walltime.extend([p.walltime or 0.0] * len(times))
     # By time, then index: the sort is stable and the indices go in in increasing order.
     order = sorted([i for i, r in enumerate(release) if r == r], key=release.__getitem__)
     return TaskPlan(duration, priority, release, array("i", order), group, group_first, group_size, gate, next_group,
-                    crash, num_nodes, ranks_per_node)
+                    crash, num_nodes, ranks_per_node, walltime)
 
 
 # ----------------------------------------------------------------------------------- background jobs
