@@ -134,7 +134,7 @@ class TaskTimeout(HtexError, TimeoutError):
                 f"{self.hostname}" + (f": {self.detail}" if self.detail else ""))
 
 
-class TaskMemoryExceeded(HtexError, MemoryError):
+class TaskMemoryExceeded(HtexError):
     """A task went over its worker's memory limit (``enforce_memory``), or the kernel's OOM killer ended
     its worker. ``limit`` and ``peak_rss`` are bytes (None where not known)."""
 

@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from parsl.app import errors as parsl_app_errors
 from parsl.executors import HighThroughputExecutor as ParslHighThroughputExecutor
 from parsl.executors import errors as parsl_errors
 from parsl.executors.high_throughput import errors as parsl_htex_errors
@@ -85,6 +86,18 @@ class _Crossing:
 
 class WorkerLost(errors.WorkerLost, parsl_htex_errors.WorkerLost, _Crossing):
     """A worker died running the task (htex_ref's and Parsl's ``WorkerLost``)."""
+
+
+class CrashLimitExceeded(errors.CrashLimitExceeded, parsl_htex_errors.WorkerLost, _Crossing):
+    """A task's workers died on each of its attempts up to the crash limit (a Parsl ``WorkerLost``)."""
+
+
+class TaskTimeout(errors.TaskTimeout, parsl_app_errors.AppTimeout, _Crossing):
+    """A task ran past its walltime and was stopped (htex_ref's ``TaskTimeout``, Parsl's ``AppTimeout``)."""
+
+
+class TaskMemoryExceeded(errors.TaskMemoryExceeded, parsl_errors.ExecutorError, _Crossing):
+    """A task went over its memory limit (htex_ref's ``TaskMemoryExceeded``, a Parsl ``ExecutorError``)."""
 
 
 class ManagerLost(errors.ManagerLost, parsl_htex_errors.ManagerLost, _Crossing):
@@ -136,6 +149,9 @@ class DeserializationError(errors.DeserializationError, parsl_serialize_errors.D
 
 # Most specific first: the first class in an error's MRO found here decides.
 _CROSSINGS: dict[type[BaseException], type[BaseException]] = {
+    errors.CrashLimitExceeded: CrashLimitExceeded,
+    errors.TaskTimeout: TaskTimeout,
+    errors.TaskMemoryExceeded: TaskMemoryExceeded,
     errors.WorkerLost: WorkerLost,
     errors.ManagerLost: ManagerLost,
     errors.VersionMismatch: VersionMismatch,

@@ -51,11 +51,14 @@ class HtexFuture(Future[Any]):
     (``attempts``; retried with ``max_retries_on_system_failure``). ``cancel()`` also reaches the
     interchange: a queued task is dropped, and a running one stopped with ``cancel_running``."""
 
-    def __init__(self, task_id: int, on_cancel: Callable[[int], None] | None = None) -> None:
+    #: The runs of this task lost to the infrastructure, oldest first (a class default until there is one:
+    #: a future costs nothing for it).
+    attempts: tuple[Attempt, ...] = ()
+
+    def __init__(self, task_id: int, table: TaskTable | None = None) -> None:
         super().__init__()
         self.task_id = task_id
-        self.attempts: list[Attempt] = []
-        self._on_cancel = on_cancel
+        self._table = table
 
     @property
     def parsl_executor_task_id(self) -> int:
@@ -66,8 +69,8 @@ class HtexFuture(Future[Any]):
         executor's ``cancel_running``). Returns True when the future is now cancelled."""
         if not super().cancel():
             return False
-        if self._on_cancel is not None:
-            self._on_cancel(self.task_id)
+        if self._table is not None:
+            self._table.future_cancelled(self.task_id)
         return True
 
 
@@ -190,7 +193,7 @@ class TaskTable:
             if not self.opened:
                 raise RuntimeError(f"executor {self.label} is not started; call start() or use it in a with-block")
             task_id = next(self._ids)
-            fut = HtexFuture(task_id, self._cancelled)
+            fut = HtexFuture(task_id, self)
             self.futures[task_id] = fut
             try:
                 send(task_id)
@@ -203,7 +206,7 @@ class TaskTable:
         """Remember a task's message, to send it again should its run be lost (retries on only)."""
         self.frames[task_id] = frames
 
-    def _cancelled(self, task_id: int) -> None:
+    def future_cancelled(self, task_id: int) -> None:
         """A future was cancelled by its caller: it leaves the table now (and so ``outstanding``)."""
         with self._lock:
             if self.futures.pop(task_id, None) is None:
@@ -235,7 +238,7 @@ class TaskTable:
             where, host, detail = f"manager {err.manager_id}", err.hostname, err.detail
         else:
             return False
-        fut.attempts.append(Attempt(len(fut.attempts) + 1, outcome, host, where, detail))
+        fut.attempts += (Attempt(len(fut.attempts) + 1, outcome, host, where, detail),)
         decision = self.retry.decide(fut.attempts)
         frames = self.frames.get(task_id)
         if decision is Decision.RETRY and frames is not None and self.resend is not None:

@@ -67,6 +67,14 @@ def sleep_for(seconds: float) -> float:
 
 
 @parsl.python_app
+def sleep_limited(seconds: float, parsl_resource_specification: dict[str, Any] | None = None) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+@parsl.python_app
 def parsl_env(parsl_resource_specification: dict[str, Any] | None = None) -> dict[str, str]:
     import os
 
@@ -212,6 +220,22 @@ def test_errors_that_cross_are_parsl_classes(loaded: Any) -> None:
         exit_worker().result(timeout=60)
     assert isinstance(lost.value, errors.WorkerLost) and "loss of worker" in str(lost.value)
     assert add(2, 3).result(timeout=60) == 5  # the pool replaced its worker; the executor is fine
+    assert not dfk.executors["ad"].bad_state_is_set
+
+
+def test_task_control_under_parsl_config(loaded: Any) -> None:
+    """A walltime in the resource specification stops the task (Parsl's AppTimeout and htex_ref's
+    TaskTimeout at once); a lost worker's task is retried by the executor under Parsl's DFK."""
+    from parsl.app.errors import AppTimeout
+
+    from htex_ref import errors
+
+    dfk = loaded(adapter(LocalProvider(init_blocks=1, max_blocks=1), task_kill_grace=0.5), strategy="none",
+                 retries=0)
+    with pytest.raises(AppTimeout) as info:
+        sleep_limited(60, parsl_resource_specification={"walltime": 1}).result(timeout=60)
+    assert isinstance(info.value, errors.TaskTimeout) and info.value.limit == 1
+    assert sleep_limited(0.1, parsl_resource_specification={"walltime": 30}).result(timeout=60) == 0.1
     assert not dfk.executors["ad"].bad_state_is_set
 
 

@@ -253,7 +253,7 @@ def test_the_crash_limit_stops_a_task_that_kills_its_workers(make_executor: Any)
     boom = ex.submit(int, "x")
     with pytest.raises(ValueError):
         boom.result(WAIT)
-    assert boom.attempts == []
+    assert boom.attempts == ()
     assert ex.submit(whoami).result(WAIT)
 
 
@@ -262,7 +262,7 @@ def test_without_retries_a_lost_task_fails_at_once(make_executor: Any) -> None:
     fut = ex.submit(os._exit, 9)
     with pytest.raises(WorkerLost) as info:
         fut.result(WAIT)
-    assert not isinstance(info.value, ManagerLost | CrashLimitExceeded) and fut.attempts == []
+    assert not isinstance(info.value, ManagerLost | CrashLimitExceeded) and fut.attempts == ()
 
 
 # --------------------------------------------------------------------------------------- memory
@@ -306,3 +306,50 @@ def test_memory_the_data_limit_misses_is_caught_by_sampling(make_executor: Any) 
         ex.submit(allocate_shared, 600).result(WAIT)
     assert info.value.peak_rss is not None and info.value.peak_rss > 0.25 * 2**30
     assert ex.submit(whoami).result(WAIT)
+
+
+# ------------------------------------------------------------------------------------ OOM killer
+
+
+def _memory_cgroup(name: str) -> tuple[Path, str] | None:
+    """Create a memory cgroup this test may limit: (its directory, the limit file); None where none can be."""
+    for base, limit in ((Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
+                        (Path("/sys/fs/cgroup"), "memory.max")):
+        if not (base / "cgroup.procs").exists():
+            continue
+        if limit == "memory.max" and "memory" not in (base / "cgroup.subtree_control").read_text():
+            continue
+        try:
+            path = base / name
+            path.mkdir()
+        except OSError:
+            continue
+        if (path / limit).exists():
+            return path, limit
+        path.rmdir()
+    return None
+
+
+def test_a_worker_the_oom_killer_ends_is_reported_as_out_of_memory(make_executor: Any, tmp_path: Path) -> None:
+    cgroup = _memory_cgroup(f"htex-test-oom-{os.getpid()}")
+    if cgroup is None:
+        pytest.skip("no memory cgroup can be created here (needs root and a writable cgroup file system)")
+    path, limit = cgroup
+    try:
+        (path / limit).write_text(str(200 * 2**20))
+        if (path / "memory.memsw.limit_in_bytes").exists():
+            (path / "memory.memsw.limit_in_bytes").write_text(str(200 * 2**20))  # no swapping out of it
+        if (path / "memory.swap.max").exists():
+            (path / "memory.swap.max").write_text("0")
+        # The block's script joins the cgroup first: the pool and its workers start inside it.
+        ex = make_executor(max_workers_per_node=1,
+                           provider=LocalProvider(worker_init=f"echo $$ > {path}/cgroup.procs"))
+        assert ex.submit(allocate, 20).result(WAIT) == 20 * 2**20
+        with pytest.raises(TaskMemoryExceeded) as info:
+            ex.submit(allocate, 600).result(WAIT)
+        assert "OOM killer" in str(info.value)
+        assert ex.submit(allocate, 20).result(WAIT) == 20 * 2**20
+        ex.shutdown()
+    finally:
+        wait_until(lambda: not (path / "cgroup.procs").read_text().strip(), 10)
+        path.rmdir()
