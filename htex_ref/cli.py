@@ -1,5 +1,5 @@
-"""The ``htex-ref`` command: ``htex-ref demo``, ``htex-ref bench``, and commands other packages add by entry
-point (``htex-ref sim``, from simcluster)."""
+"""The ``htex-ref`` command: ``htex-ref demo``, ``htex-ref bench``, ``htex-ref status``, ``htex-ref report``,
+and commands other packages add by entry point (``htex-ref sim``, from simcluster)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="run a small local demo", description="Run a small local demo.")
     sub.add_parser("bench", add_help=False,
                    help="benchmark htex_ref, optionally against Parsl (see htex-ref bench --help)")
+    sub.add_parser("status", add_help=False,
+                   help="what a run is doing or did, or why a task waits (see htex-ref status --help)")
+    sub.add_parser("report", add_help=False,
+                   help="a self-contained HTML report of a run (see htex-ref report --help)")
     for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
         summary = ((ep.load().__doc__ or "").strip().splitlines() or [ep.value])[0].rstrip(".")
         sub.add_parser(ep.name, add_help=False, help=f"{summary} (see htex-ref {ep.name} --help)")
@@ -114,6 +118,14 @@ def main(argv: list[str] | None = None) -> None:
         from htex_ref.bench import runner
 
         sys.exit(runner.main(args_in[1:]))
+    if args_in and args_in[0] == "status":
+        from htex_ref import status
+
+        sys.exit(status.main(args_in[1:]))
+    if args_in and args_in[0] == "report":
+        from htex_ref import report
+
+        sys.exit(report.main(args_in[1:]))
     command = _plugin(args_in[0]) if args_in else None
     if command is not None:
         sys.exit(command(args_in[1:]))

@@ -71,7 +71,10 @@ class ControlThread:
 
     def __init__(self, label: str, core: BlockControl, provider: ExecutionProvider,
                  launch_command: Callable[[str], str], link: InterchangeLink, table: TaskTable,
-                 fail_all: Callable[[BaseException], None]) -> None:
+                 fail_all: Callable[[BaseException], None],
+                 monitor: Callable[[tuple[Any, ...]], None] | None = None) -> None:
+        #: The monitoring store's ``put``: each block's state after every pass (the store keeps changes).
+        self.monitor = monitor
         self.label = label
         self.core = core
         self.provider = provider
@@ -159,7 +162,14 @@ class ControlThread:
             observed = self._observe(self.core.needs(event, time.monotonic()))
             events: list[Event] = [observed] if observed is not None else []
             events.append(Tick() if event is None else event)
-            return drive(self.core, events, time.monotonic(), self._execute)
+            answer = drive(self.core, events, time.monotonic(), self._execute)
+            if self.monitor is not None:
+                t = time.time()
+                jobs = self.core.blocks_to_job_id
+                for block, st in self.core.status().items():
+                    self.monitor(("block", block, jobs.get(block), t, st.state.name, st.message or ""))
+                self.monitor(("snapshot", t, None, None, len(self.table), None))
+            return answer
 
     def _observe(self, needs: Needs) -> Observed | None:
         if not needs:
@@ -193,6 +203,8 @@ class ControlThread:
                     raise RuntimeError("the provider returned no job id")
             except Exception as e:
                 return [LaunchFailed(ins.block_id, str(e))]
+            if self.monitor is not None:
+                self.monitor(("block", ins.block_id, job_id, time.time(), "SUBMITTED", ""))
             return [Launched(ins.block_id, job_id)]
         if isinstance(ins, Cancel):
             try:

@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import subprocess
@@ -48,6 +49,7 @@ from htex_ref.core.planning import plan_workers
 from htex_ref.core.retry import RetryPolicy
 from htex_ref.errors import BadStateException, ExecutorShutdown, InterchangeError
 from htex_ref.link import InterchangeLink
+from htex_ref.monitoring import MonitoringStore, db_path
 from htex_ref.netutil import create_certificates
 from htex_ref.protocol import MAX_CANCEL_IDS, Kind, Query, pack_cancel, pack_task_header
 from htex_ref.providers.base import ExecutionProvider, JobStatus
@@ -128,6 +130,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         max_retries_on_system_failure: int = 0,
         crash_limit: int = 2,
         enforce_memory: bool = False,
+        monitoring: bool = True,
+        monitoring_interval: float = 5.0,
+        monitoring_hook: Callable[..., Any] | None = None,
     ) -> None:
         # The settings turn None into a LocalProvider and the default launch command.
         self.settings = ExecutorSettings(
@@ -150,7 +155,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             mpi_launcher=mpi_launcher, mpi_nodes=mpi_nodes, mpi_share_nodes=mpi_share_nodes, mpi_policy=mpi_policy,
             cancel_running=cancel_running, task_kill_grace=task_kill_grace,
             max_retries_on_system_failure=max_retries_on_system_failure, crash_limit=crash_limit,
-            enforce_memory=enforce_memory,
+            enforce_memory=enforce_memory, monitoring=monitoring, monitoring_interval=monitoring_interval,
+            monitoring_hook=monitoring_hook,
         )
         #: The block error handler itself (True and "simple" give ``simple_error_handler``, and so on).
         self.block_error_handler: Callable[..., Any] = self.settings.error_handler
@@ -163,6 +169,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         self.interchange_worker_port: int | None = None
         self._link: InterchangeLink | None = None
         self._control: ControlThread | None = None
+        #: The monitoring store (``monitoring=True``), from ``start`` on.
+        self.monitoring_store: MonitoringStore | None = None
         self._lifecycle_lock = threading.RLock()
         self._started = False
         self._shutdown = False
@@ -243,6 +251,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             self._link = InterchangeLink(s.label, self.logdir, self.table, self.set_bad_state_and_fail_all,
                                          s.heartbeat_threshold, s.heartbeat_period)
             self.table.resend = self._link.send
+            if s.monitoring:
+                self.monitoring_store = MonitoringStore(db_path(self.logdir), s.label, s.monitoring_hook)
+                self.monitoring_store.start(self._monitored_settings())
+                self._link.monitor = self.table.monitor = self.monitoring_store.put
             try:
                 self.interchange_worker_port = self._link.start(self._interchange_config(), s.interchange_start_timeout,
                                                                 s.interchange_launch_cmd)
@@ -253,7 +265,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             _live_executors.add(self)
             self._control = ControlThread(s.label, BlockControl(self._control_settings(), self._error_rule()),
                                           s.provider, self._launch_command, self._link, self.table,
-                                          self.set_bad_state_and_fail_all)
+                                          self.set_bad_state_and_fail_all,
+                                          None if self.monitoring_store is None else self.monitoring_store.put)
             self._control.start()
 
     def _make_run_dir(self) -> None:
@@ -280,6 +293,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             "cert_dir": self.cert_dir, "logdir": self.logdir, "debug": s.worker_debug, "poll_period": s.poll_period,
             "parent_pid": os.getpid(), "auto_prefetch": s.prefetch_capacity is None,
             "task_kill_grace": s.task_kill_grace, "enforce_memory": s.enforce_memory,
+            "monitoring": s.monitoring_interval if s.monitoring else None,
             "manager_selector_pickle": base64.b64encode(s.selector_pickle).decode() if s.selector_pickle else None,
         }
 
@@ -335,6 +349,23 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             self._link.stop()
         if self._control is not None:
             self._control.stop()
+        if self.monitoring_store is not None:
+            self.monitoring_store.close()
+
+    def _monitored_settings(self) -> dict[str, Any]:
+        """What the monitoring store records about this executor's configuration (replay reads it)."""
+        s, p = self.settings, self.settings.provider
+        values = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
+                  if f.name not in ("provider", "monitoring_hook", "manager_selector", "block_error_handler",
+                                    "error_handler", "selector_pickle", "storage_access",
+                                    "remote_monitoring_radio")}
+        values["provider"] = {
+            "class": type(p).__name__, "init_blocks": p.init_blocks, "min_blocks": p.min_blocks,
+            "max_blocks": p.max_blocks, "nodes_per_block": p.nodes_per_block, "parallelism": p.parallelism,
+            "walltime": getattr(p, "walltime", None), "status_polling_interval": p.status_polling_interval,
+        }
+        values["workers_per_node"] = self.workers_per_node
+        return values
 
     def __enter__(self) -> HighThroughputExecutor:
         if not self._started:
@@ -374,12 +405,16 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         link = self._link
 
         keep = self.table.retry.enabled
+        monitor = None if self.monitoring_store is None else self.monitoring_store.put_submit
+        spec_json = None if spec is None or monitor is None else json.dumps(spec, default=str)
 
         def send(task_id: int) -> None:
             assert link is not None
             frames = [Kind.TASK, pack_task_header(task_id, priority, mpi), fn_bytes, arg_bytes]
             if keep:
                 self.table.keep(task_id, frames)
+            if monitor is not None:
+                monitor((task_id, time.time(), priority, spec_json))
             try:
                 link.send(frames)
             except OSError as e:

@@ -55,6 +55,7 @@ from htex_ref.core.interchange import (
     HoldBlock,
     HoldManager,
     InterchangeState,
+    ManagerChanged,
     ManagerGoodbye,
     ManagerHeartbeat,
     ManagerRegistered,
@@ -100,6 +101,9 @@ logger = logging.getLogger("htex_ref.interchange")
 
 #: Messages drained from one socket per loop pass, so one busy peer cannot starve the others.
 DRAIN_LIMIT = 2000
+#: With monitoring: seconds between monitor messages to the executor, and between queue snapshots.
+MONITOR_PERIOD = 0.25
+SNAPSHOT_PERIOD = 1.0
 
 
 def _selector(cfg: dict[str, Any]) -> ManagerSelector:
@@ -134,11 +138,18 @@ class Interchange:
         )
         self.poll_ms = max(1, int(cfg.get("poll_period", 10)))
         # The registration answer carries the pools' task-control settings (whatever their launch command).
+        #: Seconds between the pools' samples of their workers, when the executor monitors (None: it does not).
+        self.monitoring: float | None = cfg.get("monitoring")
         self.registered_body = dump_json({
             "interchange_version": __version__,
             "kill_grace": float(cfg.get("task_kill_grace", 2.0)),
             "enforce_memory": bool(cfg.get("enforce_memory", False)),
+            "monitoring": self.monitoring,
         })
+        # Monitoring records gathered for the executor, sent at most every MONITOR_PERIOD seconds.
+        self._mon: dict[str, list[Any]] = {"dispatch": [], "managers": []}
+        self._mon_sent = 0.0
+        self._snapshot_sent = 0.0
         self.running = True
         self.stop_requested = ""
         self.bad_frames = 0
@@ -197,6 +208,8 @@ class Interchange:
             if self.router in socks:
                 self._read_managers(events)
             self._execute(self.state.handle(*events, now=clock()))
+            if self.monitoring is not None:
+                self._send_monitoring(clock())
             if self._commands:
                 commands, self._commands = self._commands, []
                 for command in commands:
@@ -270,6 +283,10 @@ class Interchange:
                     sock.send_multipart([mid, Kind.PROBE_OK, str(PROTOCOL_VERSION).encode()])
                 elif kind == Kind.REGISTER and len(frames) == 3:
                     events.append(ManagerRegistered(mid, Registration.decode(frames[2])))
+                elif kind == Kind.MONITOR and len(frames) == 4:
+                    if self.monitoring is not None:
+                        # Forwarded unopened: the executor's monitoring thread reads and checks it.
+                        self.to_exec([Kind.POOL_REPORT, mid, frames[2], frames[3]])
                 elif kind == Kind.BYE and len(frames) == 3:
                     reason = load_json_object(frames[2]).get("reason", "")
                     events.append(ManagerGoodbye(mid, str(reason)))
@@ -277,6 +294,23 @@ class Interchange:
                     raise ProtocolError(f"unknown message kind {kind[:32]!r} with {len(frames)} frames")
             except ProtocolError as e:
                 self._bad_frame(f"manager {mid[:64]!r}", e)
+
+    def _send_monitoring(self, now: float) -> None:
+        if now - self._mon_sent < MONITOR_PERIOD:
+            return
+        self._mon_sent = now
+        message: dict[str, Any] = {k: v for k, v in self._mon.items() if v}
+        if now - self._snapshot_sent >= SNAPSHOT_PERIOD:
+            self._snapshot_sent = now
+            message["snapshot"] = {
+                "t": time.time(), "in_flight": self.state.in_flight_count,
+                "pending": {("none" if p == float("inf") else repr(p)): n
+                            for p, n in self.state.pending_by_priority().items()},
+                "managers": self.state.managers_snapshot(now),
+            }
+        if message:
+            self.to_exec([Kind.MONITOR, dump_json(message)])
+            self._mon = {"dispatch": [], "managers": []}
 
     def _bad_frame(self, source: str, err: Exception) -> None:
         self.bad_frames += 1
@@ -333,6 +367,9 @@ class Interchange:
         for ins in instructions:
             if isinstance(ins, SendTasks):
                 router.send_multipart([ins.manager_id, *join_tasks([t.frames for t in ins.tasks])], copy=False)
+                if self.monitoring is not None:
+                    self._mon["dispatch"].append([time.time(), ins.manager_id.decode(errors="replace"),
+                                                  [t.task_id for t in ins.tasks]])
             elif isinstance(ins, ForwardResults):
                 for raw in ins.raw:
                     self.to_exec([Kind.RESULTS, raw])
@@ -354,10 +391,17 @@ class Interchange:
                     router.send_multipart([ins.manager_id, Kind.CANCEL, body])
             elif isinstance(ins, StopManager):
                 router.send_multipart([ins.manager_id, Kind.SHUTDOWN, dump_json({"reason": ins.reason})])
+            elif isinstance(ins, ManagerChanged):
+                if self.monitoring is not None:
+                    self._mon["managers"].append([ins.uid, ins.block_id, ins.host, ins.workers, time.time(),
+                                                  ins.event, ins.detail])
             elif isinstance(ins, Note):
                 logger.log(ins.level, "%s", ins.text)
 
     def close(self) -> None:
+        if self.monitoring is not None:
+            self._mon_sent = self._snapshot_sent = -1e9
+            self._send_monitoring(time.monotonic())
         # Let the shutdown notices to managers and the last results reach their peers.
         self.router.setsockopt(zmq.LINGER, 1000)
         self.router.close()

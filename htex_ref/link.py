@@ -66,6 +66,8 @@ class InterchangeLink:
         self.heartbeat_threshold = heartbeat_threshold
         self.heartbeat_period = heartbeat_period
         self.process: subprocess.Popen[bytes] | None = None
+        #: Where ``monitor`` messages from the interchange go (the monitoring store's ``put``), if anywhere.
+        self.monitor: Callable[[tuple[Any, ...]], None] | None = None
         #: What the interchange reported when ready: its worker port and pid.
         self.ready_info: dict[str, Any] = {}
         self.thread: threading.Thread | None = None
@@ -262,6 +264,12 @@ class InterchangeLink:
                 fut.set_exception(InterchangeError(f"the interchange refused a query: {body['error']}"))
             else:
                 fut.set_result(body.get("ok"))
+        elif kind == Kind.MONITOR:
+            if self.monitor is not None:
+                self.monitor(("ix", bytes(frames[1])))
+        elif kind == Kind.POOL_REPORT and len(frames) == 4:
+            if self.monitor is not None:
+                self.monitor(("pool", bytes(frames[1]).decode(errors="replace"), bytes(frames[2]), bytes(frames[3])))
         elif kind == Kind.READY:
             self.ready_info = load_json_object(frames[1])
             self._ready.set()

@@ -17,11 +17,15 @@ Layouts (``|`` separates frames)::
                               results | batch(ResultHeader, payload, ResultHeader, payload, ...)
                               reply | request id | JSON {"ok": value} or {"error": str}
                               fatal | JSON {"kind": str, "message": str}
+                              monitor | JSON {dispatch, managers, snapshot} (htex_ref.monitoring)
+                              pool_report | manager id | the pool's two monitor frames, as they came
     manager -> interchange    probe | protocol version
                               register | JSON Registration
                               hb
                               results | batch(ResultHeader, payload, ...)
                               bye | JSON {"reason": str}
+                              monitor | JSON {host, t, workers: [[worker, pid, cpu, rss]]} | JSON
+                                        [[task id, worker, start, end], ...] (only when the executor monitors)
     interchange -> manager    probe_ok | protocol version
                               registered | JSON {"interchange_version": str}
                               rejected | JSON {"reason": str}
@@ -90,6 +94,8 @@ class Kind:
     TASKS = b"tasks"
     SHUTDOWN = b"shutdown"
     CANCEL = b"cancel"
+    MONITOR = b"monitor"
+    POOL_REPORT = b"pool_report"
 
 
 class Outcome(enum.IntEnum):

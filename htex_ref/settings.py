@@ -232,6 +232,16 @@ class ExecutorSettings:
         ``RLIMIT_DATA`` of ``mem_per_worker`` GB, and the pool samples each busy worker's resident memory
         (children included) twice a second; a task over the limit fails with ``TaskMemoryExceeded`` and its
         worker is replaced. Needs ``mem_per_worker``.
+    monitoring : bool
+        Not in Parsl's executor: record every task (submit, dispatch, run on which worker, result), block
+        state, worker pool event and worker CPU/memory sample in ``{run_dir}/{label}/monitoring.db``
+        (SQLite, written by one thread in batches; see docs/monitoring.md). ``htex-ref status`` and
+        ``htex-ref report`` read it. Default True (its cost on no-op throughput is in docs/benchmarks.md).
+    monitoring_interval : float
+        Seconds between samples of each worker's CPU and resident memory (default 5).
+    monitoring_hook : Callable | None
+        Called with each task transition (``htex_ref.monitoring.TaskEvent``: submitted, dispatched,
+        started, ran, resolved) on the monitoring thread, for a sink of your own. Needs ``monitoring``.
     """
 
     label: str = "HighThroughputExecutor"
@@ -285,6 +295,9 @@ class ExecutorSettings:
     max_retries_on_system_failure: int = 0
     crash_limit: int = 2
     enforce_memory: bool = False
+    monitoring: bool = True
+    monitoring_interval: float = 5.0
+    monitoring_hook: Callable[..., Any] | None = None
 
     #: Accelerator names, one per worker at most (``available_accelerators`` as a count gives "0", "1", ...).
     accelerators: tuple[str, ...] = field(init=False, default=())
@@ -509,6 +522,16 @@ class ExecutorSettings:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if self.enforce_memory and not self.mem_per_worker:
             raise ValueError("enforce_memory needs mem_per_worker (the limit, in GB per worker)")
+        if not isinstance(self.monitoring, bool):
+            raise TypeError(f"monitoring must be True or False, got {self.monitoring!r}")
+        interval = self.monitoring_interval
+        if not is_number(interval) or interval <= 0:
+            raise ValueError(f"monitoring_interval must be a number of seconds > 0, got {interval!r}")
+        self._set("monitoring_interval", float(interval))
+        if self.monitoring_hook is not None and not callable(self.monitoring_hook):
+            raise TypeError(f"monitoring_hook must be None or a callable, got {type(self.monitoring_hook).__name__}")
+        if self.monitoring_hook is not None and not self.monitoring:
+            raise ValueError("monitoring_hook needs monitoring=True")
 
     def _check_mpi(self) -> None:
         if not isinstance(self.enable_mpi_mode, bool):

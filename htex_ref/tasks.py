@@ -22,6 +22,7 @@ import concurrent.futures
 import itertools
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
@@ -144,6 +145,8 @@ class TaskTable:
         self.resend: Callable[[list[Any]], None] | None = None
         #: Called with a task id when its future is cancelled by the caller (the executor tells the interchange).
         self.on_cancel: Callable[[int], None] | None = None
+        #: The monitoring store's ``put`` (None: not monitored): resolved tasks and lost attempts go there.
+        self.monitor: Callable[[tuple[Any, ...]], None] | None = None
         self.max_outstanding = max_outstanding
         self.futures: dict[int, HtexFuture] = {}
         self._ids = itertools.count(1)
@@ -212,6 +215,9 @@ class TaskTable:
             if self.futures.pop(task_id, None) is None:
                 return
             self.frames.pop(task_id, None)
+        if self.monitor is not None:
+            t = time.time()
+            self.monitor(("ends", t, (), (), [(task_id, t, "CANCELLED", "CancelledError", None, 0)]))
         if self.on_cancel is not None:
             self.on_cancel(task_id)
         self.wake_submitters()
@@ -225,6 +231,7 @@ class TaskTable:
             self.frames.clear()
         for fut in pending:
             Future.cancel(fut)  # not HtexFuture.cancel: the interchange hears of them all at once
+        self._record_failed(pending, "CANCELLED", "CancelledError")
         self.wake_submitters()
         return [f.task_id for f in pending]
 
@@ -239,6 +246,8 @@ class TaskTable:
         else:
             return False
         fut.attempts += (Attempt(len(fut.attempts) + 1, outcome, host, where, detail),)
+        if self.monitor is not None:
+            self.monitor(("attempt", task_id, len(fut.attempts), outcome.name, host, where, detail))
         decision = self.retry.decide(fut.attempts)
         frames = self.frames.get(task_id)
         if decision is Decision.RETRY and frames is not None and self.resend is not None:
@@ -257,13 +266,27 @@ class TaskTable:
         self.futures.pop(task_id, None)
         self.frames.pop(task_id, None)
         _settle(fut, False, err, self.translate)
+        if self.monitor is not None:
+            row = (task_id, time.time(), outcome.name, type(err).__name__, None, len(fut.attempts))
+            self.monitor(("ends", row[1], (), (), [row]))
         return True
+
+    def _record_failed(self, futures: list[HtexFuture], outcome: str, exception: str) -> None:
+        if self.monitor is not None and futures:
+            t = time.time()
+            self.monitor(("ends", t, (), (), [(f.task_id, t, outcome, exception, None, len(f.attempts))
+                                              for f in futures]))
 
     def resolve(self, results: Iterable[ResultTuple]) -> None:
         """Resolve the futures of ``results`` (the link thread's job); unknown ids are ignored."""
         futures = self.futures
         retry = self.retry.enabled
-        for task_id, outcome, payload, _ in results:
+        monitor = self.monitor
+        # Monitoring: plain successes as two lists (the cheap, common case), anything else as task_end rows.
+        ok_ids: list[int] = []
+        ok_times: list[float] = []
+        others: list[tuple[Any, ...]] = []
+        for task_id, outcome, payload, run_time in results:
             if retry:
                 if outcome in SYSTEM_FAILURES:
                     held = futures.get(task_id)
@@ -280,6 +303,16 @@ class TaskTable:
                 ok, value = False, DeserializationError(
                     f"result of task {task_id} could not be decoded: {type(e).__name__}: {e}")
             _settle(fut, ok, value, self.translate)
+            if monitor is not None:
+                if ok and not fut.attempts:
+                    ok_ids.append(task_id)
+                    ok_times.append(run_time)
+                else:
+                    others.append((task_id, 0.0, outcome.name, None if ok else type(value).__name__, run_time,
+                                   len(fut.attempts)))
+        if monitor is not None and (ok_ids or others):
+            t = time.time()
+            monitor(("ends", t, ok_ids, ok_times, [(r[0], t, *r[2:]) for r in others]))
         if self._room_waiters:
             self.wake_submitters()
 
@@ -292,6 +325,7 @@ class TaskTable:
             pending = list(self.futures.values())
             self.futures.clear()
             self.frames.clear()
+        self._record_failed(pending, "FAILED", "BadStateException")
         err = BadStateException(self.label, self.failure)
         for fut in pending:
             _settle(fut, False, err, self.translate)
@@ -304,6 +338,7 @@ class TaskTable:
             pending = list(self.futures.values())
             self.futures.clear()
             self.frames.clear()
+        self._record_failed(pending, "FAILED", type(exception).__name__)
         for fut in pending:
             _settle(fut, False, exception, self.translate)
         self.wake_submitters()
@@ -316,6 +351,7 @@ class TaskTable:
             pending = list(self.futures.values())
             self.futures.clear()
             self.frames.clear()
+        self._record_failed(pending, "FAILED", "ExecutorShutdown")
         for fut in pending:
             if not fut.done():
                 _settle(fut, False, ExecutorShutdown(

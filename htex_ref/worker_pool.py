@@ -110,6 +110,20 @@ EXIT_ERROR = 1
 MEMORY_SAMPLE_PERIOD = 0.5
 
 
+def monitoring_interval(body: Mapping[str, Any]) -> float | None:
+    """Seconds between samples of the workers when the executor monitors (None: it does not)."""
+    value = body.get("monitoring")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ProtocolError(f"registered: monitoring must be a number of seconds > 0 or null, got {value!r}")
+    return float(value)
+
+
+#: With monitoring: seconds between monitor messages (task runs, worker samples) to the interchange.
+MONITOR_PERIOD = 0.25
+
+
 def task_control(body: Mapping[str, Any]) -> tuple[float, bool]:
     """(kill grace in seconds, enforce memory) from the interchange's ``registered`` answer."""
     grace = body.get("kill_grace", 2.0)
@@ -335,6 +349,18 @@ class WorkerPool:
         #: Bytes each worker may hold (None: not enforced); set from the interchange's answer.
         self.memory_limit: int | None = None
         self.oom = OomWatch()
+        #: Seconds between worker samples when the executor monitors (None: it does not).
+        self.monitoring: float | None = None
+        #: Monitoring: when each task was handed to its worker, when each worker last ended a task, the
+        #: task runs and worker samples not yet sent.
+        self._mon_start: dict[int, tuple[int, float]] = {}
+        self._mon_free: dict[int, float] = {}
+        #: [task id, rank, start, end] of each task run since the last report.
+        self._mon_runs: list[Any] = []
+        #: The wall clock read once per loop pass, for the monitoring stamps of that pass.
+        self._wall = 0.0
+        self._mon_samples: list[list[Any]] = []
+        self._mon_procs: dict[int, Any] = {}
 
     # ------------------------------------------------------------------------------- startup
 
@@ -383,7 +409,9 @@ class WorkerPool:
             raise PermissionError(f"the interchange refused this worker pool: {reason}")
         if frames[0] != Kind.REGISTERED:
             raise ProtocolError(f"unexpected answer to registration: {frames[0][:32]!r}")
-        self.kill_grace, enforce = task_control(load_json_object(frames[1]) if len(frames) > 1 else {})
+        body = load_json_object(frames[1]) if len(frames) > 1 else {}
+        self.kill_grace, enforce = task_control(body)
+        self.monitoring = monitoring_interval(body)
         if enforce and a.mem_per_worker:
             self.memory_limit = int(a.mem_per_worker * 2**30)
             logger.info("Enforcing a memory limit of %.0f MiB per worker (RLIMIT_DATA and sampled RSS)",
@@ -464,17 +492,29 @@ class WorkerPool:
         self.poller.register(monitor, zmq.POLLIN)
         clock = time.monotonic
         next_sample = clock() + MEMORY_SAMPLE_PERIOD
+        next_report = clock() + MONITOR_PERIOD
+        next_resources = clock()
         while True:
             self._update_write_interest()
             due = state.next_deadline()
             if self.memory_limit is not None:
                 due = min(due, next_sample)
+            if self.monitoring is not None:
+                due = min(due, next_report)
             timeout = max(0, int((due - clock()) * 1000) + 1)
             socks = dict(self.poller.poll(min(timeout, 1000)))
+            if self.monitoring is not None:
+                self._wall = time.time()
             events: list[Any] = []
             if self.memory_limit is not None and clock() >= next_sample:
                 next_sample = clock() + MEMORY_SAMPLE_PERIOD
                 self._sample_memory(state, events)
+            if self.monitoring is not None and clock() >= next_report:
+                next_report = clock() + MONITOR_PERIOD
+                if clock() >= next_resources:
+                    next_resources = clock() + self.monitoring
+                    self._sample_resources()
+                self._send_monitoring()
             if self.stop_reason:
                 events.append(StopRequested(self.stop_reason))
             if self.interchange in socks:
@@ -568,6 +608,8 @@ class WorkerPool:
                 if kind == Kind.RESULT and len(frames) == 3:
                     task_id, outcome, run_time = unpack_result_header(frames[1])
                     events.append(WorkerResult(rank, task_id, outcome, frames[2], run_time))
+                    if self.monitoring is not None:
+                        self._ran(task_id, rank)
                 elif kind == Kind.READY:
                     events.append(WorkerReady(rank))
                 else:
@@ -585,6 +627,45 @@ class WorkerPool:
         logger.warning("Worker %d (pid %d) exited with code %s%s", rank, proc.pid, code,
                        " (the OOM killer struck this pool's cgroup)" if oom else "")
         return WorkerExited(rank, code, oom)
+
+    def _ran(self, task_id: int, rank: int) -> None:
+        """Monitoring: task ``task_id`` ended on worker ``rank`` now. It started when it was handed over,
+        or, if it was handed over in advance, when the worker's previous task ended."""
+        now = self._wall
+        handed = self._mon_start.pop(task_id, None)
+        start = now if handed is None or handed[0] != rank else max(handed[1], self._mon_free.get(rank, 0.0))
+        self._mon_free[rank] = now
+        self._mon_runs.append((task_id, rank, start, now))
+
+    def _sample_resources(self) -> None:
+        """Monitoring: CPU (percent since the last sample) and resident memory of each worker."""
+        import psutil
+
+        t = time.time()
+        for rank, proc in self.procs.items():
+            p = self._mon_procs.get(rank)
+            if p is None or p.pid != proc.pid:
+                try:
+                    p = self._mon_procs[rank] = psutil.Process(proc.pid)
+                    p.cpu_percent(None)
+                except psutil.Error:
+                    continue
+            try:
+                self._mon_samples.append([rank, proc.pid, p.cpu_percent(None), int(p.memory_info().rss)])
+            except psutil.Error:
+                continue
+        self._mon_sample_t = t
+
+    def _send_monitoring(self) -> None:
+        if not self._mon_runs and not self._mon_samples:
+            return
+        meta = {"workers": self._mon_samples, "t": getattr(self, "_mon_sample_t", time.time()), "host": self.hostname}
+        runs = dump_json(self._mon_runs)
+        self._mon_runs, self._mon_samples = [], []
+        try:
+            self.interchange.send_multipart([Kind.MONITOR, dump_json(meta), runs], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            logger.debug("Could not send monitoring: %s", e)
 
     def _sample_memory(self, state: ManagerState, events: list[Any]) -> None:
         for rank, slot in state.workers.items():
@@ -606,6 +687,8 @@ class WorkerPool:
 
     def _execute(self, ins: Any) -> int | None:
         if isinstance(ins, RunTask):
+            if self.monitoring is not None:
+                self._mon_start[ins.task.task_id] = (ins.rank, self._wall)
             try:
                 parts = [Kind.TASK, *ins.task.frames]
                 if ins.env is not None:
@@ -625,6 +708,8 @@ class WorkerPool:
         elif isinstance(ins, Note):
             logger.log(ins.level, "%s", ins.text)
         elif isinstance(ins, Exit):
+            if self.monitoring is not None:
+                self._send_monitoring()
             level = logging.ERROR if ins.error else logging.INFO
             logger.log(level, "Worker pool exiting: %s", ins.reason)
             if ins.error:

@@ -14,7 +14,12 @@ def parser(prog: str = "htex-ref sim") -> argparse.ArgumentParser:
         prog=prog,
         description="Simulate a scenario (TOML): a cluster, other users' load, a workload and executor "
                     "configurations; write CSV files and plots to the output folder.")
-    p.add_argument("scenario", help="scenario TOML file (see examples/scenarios/ and docs/simcluster.md)")
+    p.add_argument("scenario", nargs="?", help="scenario TOML file (see examples/scenarios/ and docs/simcluster.md)")
+    p.add_argument("--replay", metavar="RUN_DIR", help="instead of a scenario: simulate a recorded run (its "
+                   "monitoring database) under its own settings and under each --alt")
+    p.add_argument("--alt", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="with --replay: an alternative configuration, as changes to the recorded one "
+                        "(e.g. strategy=simple or max_idletime=30,max_blocks=4); repeat for more")
     p.add_argument("-o", "--out", help="output folder (default: sim-out/<scenario name>)")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--only", action="append", metavar="LABEL", help="run only this executor configuration "
@@ -34,9 +39,17 @@ def _have_matplotlib() -> bool:
 
 def main(argv: list[str] | None = None, prog: str = "htex-ref sim") -> int:
     """Simulate a scenario on a simulated batch cluster."""
-    args = parser(prog).parse_args(argv)
+    p = parser(prog)
+    args = p.parse_args(argv)
     from simcluster.engine import run
     from simcluster.scenario import ScenarioError, load_scenario
+
+    if args.replay is not None:
+        return _replay(args, prog)
+    if args.scenario is None:
+        p.error("a scenario file is needed (or --replay RUN_DIR)")
+    if args.alt:
+        p.error("--alt goes with --replay")
 
     try:
         scenario = load_scenario(args.scenario)
@@ -78,4 +91,26 @@ def main(argv: list[str] | None = None, prog: str = "htex-ref sim") -> int:
         if not plots and not args.no_plots:
             print("no plots: matplotlib is not installed (pip install 'htex-ref[sim]' adds timeline.png and "
                   "comparison.png)", file=sys.stderr)
+    return 0
+
+
+def _replay(args: argparse.Namespace, prog: str) -> int:
+    from simcluster.replay import replay
+    from simcluster.scenario import ScenarioError
+
+    out = Path(args.out) if args.out else Path("sim-out") / f"replay-{Path(args.replay).name}"
+    try:
+        recorded, runs = replay(args.replay, out, args.alt, plots=not args.no_plots and _have_matplotlib())
+    except ScenarioError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"recorded: makespan {recorded['makespan']:.1f} s, {recorded['node_hours_allocated'] * 3600:.0f} "
+              f"block-node-seconds, {recorded['blocks_submitted']} blocks", file=sys.stderr)
+        for r in runs:
+            m = r.metrics
+            print(f"{r.label}: makespan {m['makespan']:.1f} s, {m['node_hours_allocated'] * 3600:.0f} "
+                  f"block-node-seconds, {m['blocks_submitted']} blocks, {m['done']}/{m['tasks']} done",
+                  file=sys.stderr)
+        print(f"report in {out}/", file=sys.stderr)
     return 0

@@ -142,6 +142,10 @@ class Phase:
     #: Each task's time limit in seconds (``resource_specification={"walltime": s}``); None: none. A task
     #: drawn longer is stopped at the limit, fails with ``TaskTimeout``, and its worker is replaced.
     walltime: float | None = None
+    #: ``trace``: the tasks themselves, (submit offset from ``start``, duration, priority) each, as a
+    #: recorded run gives them (``htex-ref sim --replay``; in TOML, ``path`` to a CSV file with columns
+    #: submit, duration and optionally priority).
+    trace: tuple[tuple[float, float, float], ...] = ()
 
     @property
     def mpi(self) -> bool:
@@ -455,7 +459,30 @@ def _job(raw: Any, where: str) -> tuple[float, int, float, float]:
     return job
 
 
-PHASES = ("bag", "arrivals", "bursts", "waves")
+PHASES = ("bag", "arrivals", "bursts", "waves", "trace")
+
+
+def read_trace(path: Path) -> tuple[tuple[float, float, float], ...]:
+    """A trace CSV: a header naming ``submit`` and ``duration`` (and optionally ``priority``), one task a row."""
+    import csv
+
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as e:
+        raise ScenarioError(f"cannot read the trace {path}: {e}") from None
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            submit, duration = float(row["submit"]), float(row["duration"])
+            prio = row.get("priority") or "inf"
+            priority = math.inf if prio in ("", "none", "inf") else float(prio)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ScenarioError(f"{path} row {i + 2}: needs numbers in submit and duration ({e})") from None
+        if not (math.isfinite(submit) and math.isfinite(duration) and duration >= 0):
+            raise ScenarioError(f"{path} row {i + 2}: submit and duration must be finite, duration >= 0")
+        out.append((submit, duration, priority))
+    return tuple(out)
 BACKGROUNDS = ("none", "synthetic", "swf")
 
 
@@ -534,7 +561,10 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
             num_nodes=_choice(f.get("num_nodes", None), f"{where}.num_nodes"),
             ranks_per_node=_choice(f.get("ranks_per_node", None), f"{where}.ranks_per_node"),
             walltime=f.maybe_number("walltime", None),
+            trace=read_trace(Path(base_dir) / str(f.get("path", ""))) if raw.get("kind") == "trace" else (),
         ))
+        if phases[-1].kind == "trace" and not phases[-1].trace:
+            raise ScenarioError(f"{where}: a trace phase needs path = a CSV file of tasks (submit, duration)")
         if phases[-1].walltime is not None and not phases[-1].walltime > 0:
             raise ScenarioError(f"{where}.walltime must be a number of seconds > 0, got {phases[-1].walltime}")
         if phases[-1].crash_fraction > 1:

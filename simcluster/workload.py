@@ -179,6 +179,8 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
                 add(t)
         elif p.kind == "bursts":
             times = [p.start + b * p.interval for b in range(p.bursts) for _ in range(p.tasks)]
+        elif p.kind == "trace":
+            times = [p.start + t[0] for t in p.trace]
         else:  # waves
             times = [p.start] * p.tasks + [math.nan] * (p.tasks * (p.waves - 1))
             previous = -1
@@ -196,8 +198,12 @@ def build_tasks(phases: tuple[Phase, ...], seed: int) -> TaskPlan:
         if p.kind != "waves":
             group.extend([-1] * len(times))
         release.extend(times)
-        duration.extend(itertools.islice(durations, len(times)))
-        priority.extend([p.priority] * len(times))
+        if p.kind == "trace":
+            duration.extend(t[1] for t in p.trace)
+            priority.extend(t[2] for t in p.trace)
+        else:
+            duration.extend(itertools.islice(durations, len(times)))
+            priority.extend([p.priority] * len(times))
         if p.crash_fraction > 0:
             draw = rng_for(seed, f"crash-{i}").random
             crash.extend(1 if draw() < p.crash_fraction else 0 for _ in times)

@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=10000)
     p.add_argument("--encrypted", action="store_true")
     p.add_argument("--prefetch", type=int, default=None, help="htex_ref prefetch_capacity (default: automatic)")
+    p.add_argument("--no-monitoring", action="store_true", help="htex_ref with monitoring=False")
     args = p.parse_args()
     run_dir = tempfile.mkdtemp(prefix=f"bench-{args.impl}-")
     ex: Any
@@ -35,7 +36,7 @@ def main() -> None:
         ex = HighThroughputExecutor(
             label="bench", provider=LocalProvider(), max_workers_per_node=args.workers,
             encrypted=args.encrypted, run_dir=run_dir, prefetch_capacity=args.prefetch,
-            address="127.0.0.1",
+            address="127.0.0.1", monitoring=not args.no_monitoring,
         )
         ex.start()
         stop = ex.shutdown

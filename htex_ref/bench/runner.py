@@ -40,6 +40,9 @@ LEFTOVER_GRACE_S = 10.0
 IMPL_HTEX = "htex_ref"
 IMPL_HTEX_P0 = "htex_ref prefetch=0"
 IMPL_HTEX_ENC = "htex_ref encrypted"
+IMPL_HTEX_NOMON = "htex_ref no monitoring"
+#: Monitoring (on by default) may cost at most this fraction of no-op throughput.
+MONITORING_BUDGET = 0.05
 #: Encryption may cost at most this fraction of throughput or round trip.
 ENCRYPTION_BUDGET = 0.10
 IMPL_PARSL = "parsl"
@@ -440,6 +443,19 @@ def _encryption_cost(medians: dict[str, dict[str, float]]) -> dict[str, Any] | N
     return {"throughput_ratio": tput, "rtt_ratio": rtt, "met": met, "text": text}
 
 
+def _monitoring_cost(medians: dict[str, dict[str, float]]) -> dict[str, Any] | None:
+    """Monitoring on (the default) against off, from the same rounds."""
+    on, off = medians.get(IMPL_HTEX, {}), medians.get(IMPL_HTEX_NOMON, {})
+    tput = _ratio(on.get("noop_tasks_per_s"), off.get("noop_tasks_per_s"))
+    rtt = _ratio(on.get("rtt_median_ms"), off.get("rtt_median_ms"))
+    if tput is None or rtt is None:
+        return None
+    met = tput >= 1 - MONITORING_BUDGET
+    text = (f"monitoring cost (on/off, same rounds): throughput {tput:.3f}x, RTT median {rtt:.3f}x "
+            f"(target: throughput within {MONITORING_BUDGET:.0%} of off: {'met' if met else 'NOT MET'})")
+    return {"throughput_ratio": tput, "rtt_ratio": rtt, "met": met, "text": text}
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -480,6 +496,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="also run htex_ref with --prefetch 0 as a separate row")
     p.add_argument("--also-encrypted", action="store_true",
                    help="also run htex_ref with CurveZMQ encryption as a separate row, and report its cost")
+    p.add_argument("--also-monitoring", action="store_true",
+                   help="also run htex_ref with monitoring=False as a separate row, and report monitoring's cost")
     p.add_argument("--json", metavar="PATH", help="write all raw results to PATH")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds per child before it and its process groups are killed (default 300)")
@@ -584,8 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     if also_enc:
         # Right after the plain run in every round, so both see the same machine state.
         plan.insert(1, (IMPL_HTEX_ENC, [*htex_cmd, "--encrypted"]))
-    impls = ([IMPL_HTEX] + ([IMPL_HTEX_ENC] if also_enc else []) + ([IMPL_HTEX_P0] if args.also_prefetch0 else [])
-             + ([IMPL_PARSL] if compare else []))
+    if args.also_monitoring:
+        plan.insert(1, (IMPL_HTEX_NOMON, [*htex_cmd, "--no-monitoring"]))
+    impls = ([IMPL_HTEX] + ([IMPL_HTEX_NOMON] if args.also_monitoring else []) + ([IMPL_HTEX_ENC] if also_enc else [])
+             + ([IMPL_HTEX_P0] if args.also_prefetch0 else []) + ([IMPL_PARSL] if compare else []))
 
     base_env = dict(os.environ, PYTHONUNBUFFERED="1")
     htex_env = dict(base_env)
@@ -660,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     encryption = _encryption_cost(medians) if also_enc else None
     if encryption is not None:
         print(encryption["text"])
+    monitoring = _monitoring_cost(medians) if args.also_monitoring else None
+    if monitoring is not None:
+        print(monitoring["text"])
     print(f"load average at end: {' '.join(map(str, load_end))}")
     failed = [r for r in runs if not r.ok]
     leftovers = sum(len(r.leftovers) for r in runs)
@@ -682,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
             "medians": medians,
             "targets": verdicts,
             "encryption": encryption,
+            "monitoring": monitoring,
         }
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,10 @@ class SoakReport:
     #: ManagerLost results among the echo tasks (the rest were victims on the killed pool).
     manager_lost_echo: int = 0
     first_manager_lost_seen: float | None = None
+    #: What the monitoring database recorded: tasks, resolved tasks, and resolved tasks by outcome.
+    monitored_tasks: int = 0
+    monitored_ends: int = 0
+    monitored_outcomes: dict[str, int] = field(default_factory=dict)
 
     @property
     def lost(self) -> int:
@@ -92,6 +96,8 @@ class SoakReport:
             + ("n/a" if self.manager_detect_s is None else f"{self.manager_detect_s:.2f} s") + ")",
             f"  other errors: {dict(self.other_errors) or 'none'}; unresolved futures: {self.unresolved}",
             f"  tasks lost without an injected cause: {self.lost}",
+            f"  monitoring database: {self.monitored_tasks} tasks, {self.monitored_ends} resolved, "
+            f"by outcome {self.monitored_outcomes}",
             "  verdict: " + ("OK" if self.ok else "PROBLEMS: " + "; ".join(self.problems)),
         ]
         return "\n".join(lines)
@@ -221,13 +227,36 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
     finally:
         report.wall_s = time.monotonic() - t_start
         ex.shutdown(wait=False, cancel_futures=True)
+        if ex.monitoring_store is not None:
+            _read_monitoring(report, ex.monitoring_store.path)
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
-    _judge(report, len(victims))
+    _judge(report, len(victims), submitted + len(victims))
     return report
 
 
-def _judge(report: SoakReport, victims: int) -> None:
+def _read_monitoring(report: SoakReport, path: str) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        report.monitored_tasks = db.execute("SELECT COUNT(*) FROM task").fetchone()[0]
+        report.monitored_ends = db.execute("SELECT COUNT(*) FROM task_end").fetchone()[0]
+        report.monitored_outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM task_end GROUP BY outcome"))
+    finally:
+        db.close()
+
+
+def _judge(report: SoakReport, victims: int, submitted: int) -> None:
+    if report.monitored_tasks != submitted or report.monitored_ends != submitted:
+        report.problems.append(f"{submitted} tasks submitted, but the monitoring database recorded "
+                               f"{report.monitored_tasks}, {report.monitored_ends} of them resolved")
+    outcomes = report.monitored_outcomes
+    if (outcomes.get("OK", 0) != report.succeeded or outcomes.get("WORKER_LOST", 0) != report.worker_lost
+            or outcomes.get("MANAGER_LOST", 0) != report.manager_lost):
+        report.problems.append(f"the monitoring database's outcomes {outcomes} differ from the futures' "
+                               f"(ok {report.succeeded}, WorkerLost {report.worker_lost}, "
+                               f"ManagerLost {report.manager_lost})")
     if report.unresolved:
         report.problems.append(f"{report.unresolved} futures never resolved")
     if report.wrong_results:

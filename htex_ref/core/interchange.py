@@ -218,6 +218,10 @@ class PendingQueue:
     def __len__(self) -> int:
         return self._count
 
+    def counts(self) -> dict[float, int]:
+        """Tasks waiting at each priority."""
+        return {p: len(level) - self._heads[p] for p, level in self._levels.items() if len(level) > self._heads[p]}
+
     def remove(self, task_ids: set[int] | frozenset[int]) -> list[int]:
         """Drop the queued tasks whose ids are in ``task_ids`` (order of the rest kept); returns their ids."""
         gone: list[int] = []
@@ -354,6 +358,19 @@ class StopManager:
 
 
 @dataclass(frozen=True, slots=True)
+class ManagerChanged:
+    """For monitoring: a manager registered, drains, was held, or is gone (``lost``, ``goodbye``,
+    ``stopped``); rare, so always emitted."""
+
+    uid: str
+    block_id: str | None
+    host: str
+    workers: int
+    event: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CancelOnManager:
     manager_id: bytes
     task_ids: tuple[int, ...]
@@ -361,7 +378,7 @@ class CancelOnManager:
 
 
 Instruction = (SendTasks | ForwardResults | AcceptRegistration | RejectRegistration | ReplyHeartbeat | StopManager
-               | CancelOnManager | Note)
+               | CancelOnManager | ManagerChanged | Note)
 
 
 def lost_payload(manager_id: str, hostname: str, detail: str) -> bytes:
@@ -526,6 +543,7 @@ class InterchangeState:
             rec.drain_at = now + max(0.0, reg.drain_in)
             self._push_timer(rec.drain_at, "drain", rec)
         self._refresh_free(rec)
+        self._changed(rec, "registered", f"capacity {reg.capacity}")
         self._out.append(Note(INFO, f"Registered manager {reg.uid} (block {reg.block_id}, host {reg.hostname}, "
                                     f"{reg.worker_count} workers, capacity {reg.capacity})"))
         self._out.append(AcceptRegistration(mid))
@@ -589,7 +607,7 @@ class InterchangeState:
             return
         self._out.append(Note(INFO, f"Manager {rec.registration.uid} said goodbye: {ev.reason}"))
         self._fail_tasks(rec, f"the worker pool exited: {ev.reason}")
-        self._forget(rec)
+        self._forget(rec, why=f"exited: {ev.reason}")
 
     def _on_hold(self, ev: HoldManager, now: float) -> None:
         rec = self.managers.get(ev.manager_id)
@@ -604,6 +622,8 @@ class InterchangeState:
             self._hold(self.managers[mid])
 
     def _hold(self, rec: ManagerRecord) -> None:
+        if rec.active:
+            self._changed(rec, "held")
         if rec.active and rec.load is not None:
             rec.load.active -= 1
         rec.active = False
@@ -653,11 +673,12 @@ class InterchangeState:
                 self._out.append(Note(WARNING, f"Manager {rec.registration.uid} on {rec.registration.hostname} "
                                                f"missed heartbeats for {now - rec.last_seen:.1f} s; failing its "
                                                f"{len(rec.tasks)} tasks"))
-                self._fail_tasks(rec, f"no heartbeat for {now - rec.last_seen:.1f} s "
-                                      f"(heartbeat_threshold={self.heartbeat_threshold} s)")
-                self._forget(rec)
+                why = f"no heartbeat for {now - rec.last_seen:.1f} s (heartbeat_threshold={self.heartbeat_threshold} s)"
+                self._fail_tasks(rec, why)
+                self._forget(rec, why=f"lost: {why}")
             elif kind == "drain" and not rec.draining:
                 rec.draining = True
+                self._changed(rec, "draining")
                 self._refresh_free(rec)
                 if not rec.tasks:
                     self._forget(rec, stop_reason="drained")
@@ -760,6 +781,13 @@ class InterchangeState:
 
     # ------------------------------------------------------------------------------- forgetting
 
+    def _changed(self, rec: ManagerRecord, event: str, detail: str = "") -> None:
+        reg = rec.registration
+        self._out.append(ManagerChanged(reg.uid, reg.block_id, reg.hostname, reg.worker_count, event, detail))
+
+    def pending_by_priority(self) -> dict[float, int]:
+        return self._pending.counts()
+
     def _fail_tasks(self, rec: ManagerRecord, detail: str) -> None:
         if not rec.tasks:
             return
@@ -770,7 +798,9 @@ class InterchangeState:
             rec.load.tasks -= len(rec.tasks)
         rec.tasks.clear()
 
-    def _forget(self, rec: ManagerRecord, stop_reason: str | None = None) -> None:
+    def _forget(self, rec: ManagerRecord, stop_reason: str | None = None, why: str = "") -> None:
+        if rec.manager_id in self.managers:
+            self._changed(rec, "gone", why or stop_reason or "")
         if self.managers.pop(rec.manager_id, None) is not None and rec.load is not None:
             totals = rec.load
             totals.managers -= 1

@@ -22,6 +22,7 @@ from htex_ref.core.interchange import (
     HoldBlock,
     HoldManager,
     InterchangeState,
+    ManagerChanged,
     ManagerGoodbye,
     ManagerHeartbeat,
     ManagerRegistered,
@@ -113,16 +114,19 @@ def forwarded(instrs: list) -> list[ResultTuple]:
 
 
 class Quiet(InterchangeState):
-    """The interchange core with its log notes kept aside (``notes``), so that tests compare actions."""
+    """The interchange core with its log notes and monitoring records kept aside (``notes``, ``changes``),
+    so that tests compare actions."""
 
     def __init__(self, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.notes: list[Note] = []
+        self.changes: list[ManagerChanged] = []
 
     def handle(self, *events: Any, now: float) -> list[Any]:
         out = super().handle(*events, now=now)
         self.notes += [i for i in out if isinstance(i, Note)]
-        return [i for i in out if not isinstance(i, Note)]
+        self.changes += [i for i in out if isinstance(i, ManagerChanged)]
+        return [i for i in out if not isinstance(i, Note | ManagerChanged)]
 
 
 def new_state(**kw: object) -> Quiet:
@@ -985,3 +989,20 @@ def test_everything_completes_when_pools_keep_answering(seed, n_tasks, caps):
     assert s.pending_count == 0
     assert s.in_flight_count == 0
     assert done == Counter(range(n_tasks))
+
+
+# ------------------------------------------------------------------------------------- monitoring
+
+
+def test_every_manager_change_is_reported_for_monitoring():
+    from htex_ref.core.interchange import HoldManager, ManagerGoodbye
+
+    s = new_state()
+    s.handle(registered(b"a", block="1", workers=2), registered(b"b", block="2", workers=1), now=0.0)
+    s.handle(HoldManager(b"a"), now=1.0)
+    s.handle(ManagerGoodbye(b"a", "drained"), now=2.0)
+    s.handle(now=THRESHOLD + 1.0)  # b falls silent past the threshold
+    assert [(c.uid, c.event) for c in s.changes] == [("a", "registered"), ("b", "registered"), ("a", "held"),
+                                                      ("a", "gone"), ("b", "gone")]
+    assert s.changes[3].detail == "exited: drained" and s.changes[4].detail.startswith("lost: no heartbeat")
+    assert (s.changes[0].block_id, s.changes[0].workers) == ("1", 2)
