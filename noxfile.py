@@ -106,6 +106,19 @@ def sim_bench(session: nox.Session) -> None:
 
 
 @nox.session
+def replay_validate(session: nox.Session) -> None:
+    """Replay against real Slurm: starts a local 3-node cluster (as ``sim_validate``), runs the validation
+    workloads there with monitoring on, replays each recorded run in simcluster from its monitoring
+    database alone (``htex-ref sim --replay``'s reading), and fails when the replay's makespan or
+    node-seconds differ from the recording by more than 10%; always stops the cluster. Arguments go to
+    ``python -m simcluster.validate_real`` (after ``--replay-only``)."""
+    session.install("-e", ".[sim]")
+    python = os.path.join(session.bin, "python")
+    session.run("bash", "scripts/sim-validate.sh", "--replay-only", "--out", "sim-out/replay-validation",
+                *session.posargs, env={"PYTHON": python}, external=True)
+
+
+@nox.session
 def sim_validate(session: nox.Session) -> None:
     """simcluster against a real local Slurm cluster (3 nodes, htex_auto_scale; 300 tasks of 1-2 s at once,
     and four waves of them that scale blocks out and in): starts the cluster (root; installs Slurm with apt

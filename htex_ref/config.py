@@ -421,6 +421,10 @@ def load(config: Config | None = None) -> Session:
                     ex.shutdown(wait=False)
                 except Exception:
                     logger.exception("Failed to shut down executor %s", ex.label)
+            if session.log_handler is not None:
+                # The failed load leaves nothing behind, its log handler included.
+                logging.getLogger("htex_ref").removeHandler(session.log_handler)
+                session.log_handler.close()
             raise
         _current = session
         set_current_session(_current)

@@ -279,8 +279,8 @@ def _svg(plot: Plot) -> str:
         parts, sx, sy = _frame(plot, min(xs, default=0.0), max(xs, default=1.0), 0.0,
                                max(ys, default=1.0) * 1.05 or 1.0)
         for i, s in enumerate(plot.series):
-            if not s.points:
-                continue
+            if len(s.points) < 2:
+                continue  # a step series that never left zero: nothing happened
             path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(s.points))
             colour = PALETTE[i % len(PALETTE)]
             parts.append(f'<path class="mark" d="{path}" stroke="{colour}">'

@@ -26,9 +26,10 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$(id -u)" -eq 0 ]; then
-    # Real MPI and GNU parallel let the launcher tests run the real tools, not only stubs.
+    # Real MPI and GNU parallel let the launcher tests run the real tools, not only stubs; Chromium
+    # (headless) checks the HTML report in a real browser.
     need=()
-    for p in parallel mpich; do
+    for p in parallel mpich chromium; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
     done
     if [ ${#need[@]} -gt 0 ]; then

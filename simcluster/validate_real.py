@@ -17,6 +17,11 @@ here as plain JSON, so that simcluster does not depend on the repository's ``clu
 3. runs the simulation of the case calibrated with that median alone and writes ``sim.json``,
    ``comparison.json`` (with the measured latencies) and ``validation.png``.
 
+With ``--replay``, each case's recorded run (the executor's monitoring database) is also replayed
+(``simcluster.replay``: the workload, cluster and settings read from the database alone) and the replay's
+makespan and node-seconds are compared with the recorded ones (``replay.json``; tolerance 10 %); with
+``--replay-only`` that is all it does (no latency measurements, no calibrated simulation).
+
 The ``bag`` case's files have those names; the others' have the case as a prefix (``waves-real.json``...).
 It starts and stops nothing but executors and their blocks: ``scripts/sim-validate.sh`` brings a local
 cluster up and down around it (``nox -s sim_validate``). Exits 1 when a difference exceeds the tolerance
@@ -152,17 +157,42 @@ def measure_latency(cluster: Cluster, index: int = 0, timeout: float = 120.0) ->
         wait_until(queue_empty, 60, "the latency block's job to leave the queue")
 
 
-def run_real(cluster: Cluster, case: str = "bag") -> Timeline:
+def run_real(cluster: Cluster, case: str = "bag") -> tuple[Timeline, str]:
     """The case's workload on a freshly started executor built from ``REAL_SETTINGS``, its waves submitted
-    at their offsets from the executor's start."""
+    at their offsets from the executor's start; and the executor's directory (its monitoring database)."""
     wait_until(queue_empty, 60, "the queue to be empty before the validation run")
     ex = make_executor(cluster, case)
     ex.start()
     try:
-        return real_timeline(ex, schedule=schedule(case))
+        return real_timeline(ex, schedule=schedule(case)), ex.logdir
     finally:
         ex.shutdown(wait=False)
         wait_until(queue_empty, 60, "the validation run's jobs to leave the queue")
+
+
+#: How far a replay's makespan and node-seconds may be from the recorded run's.
+REPLAY_TOLERANCE = 0.10
+
+
+def replay_check(run_dir: str) -> dict[str, Any]:
+    """Replay a recorded run under its own settings and compare it with the recording."""
+    from simcluster.engine import run_one
+    from simcluster.replay import load, recorded_metrics, scenario
+
+    run = load(run_dir)
+    sc = scenario(run, [])
+    sim = run_one(sc, sc.executors[0]).metrics
+    rec = recorded_metrics(run)
+    out: dict[str, Any] = {"run_dir": run_dir, "tasks": len(run.tasks),
+                           "job_start_latency": sc.executors[0].job_start_latency, "tolerance": REPLAY_TOLERANCE}
+    ok = True
+    for name, key, scale in (("makespan_s", "makespan", 1.0), ("node_seconds", "node_hours_allocated", 3600.0)):
+        recorded, replayed = rec[key] * scale, sim[key] * scale
+        diff = abs(replayed - recorded) / recorded if recorded else float("inf")
+        out[name] = {"recorded": recorded, "replay": replayed, "relative_difference": diff}
+        ok = ok and diff <= REPLAY_TOLERANCE
+    out["within_tolerance"] = ok
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(0: do not wait; default 1.5)")
     p.add_argument("--load-wait", type=float, default=600.0,
                    help="seconds of waiting for the load, in all, after which the run goes on (default 600)")
+    p.add_argument("--replay", action="store_true",
+                   help="also replay each recorded run from its monitoring database and compare (10 %%)")
+    p.add_argument("--replay-only", action="store_true", help="only run the cases and replay them")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -188,19 +221,28 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     gate = LoadGate(args.max_load, args.load_wait)
 
-    latency_load = gate.wait("the job start latency measurements")
     latencies = []
-    for i in range(args.repeats):
-        latencies.append(measure_latency(cluster, i))
-        print(f"job start latency {i + 1}/{args.repeats}: {latencies[-1]:.2f} s", file=sys.stderr)
-    latency = statistics.median(latencies)
+    latency_load = latency = 0.0
+    if not args.replay_only:
+        latency_load = gate.wait("the job start latency measurements")
+        for i in range(args.repeats):
+            latencies.append(measure_latency(cluster, i))
+            print(f"job start latency {i + 1}/{args.repeats}: {latencies[-1]:.2f} s", file=sys.stderr)
+        latency = statistics.median(latencies)
 
     ok = True
     for case in cases:
         prefix = output_prefix(case)
         load = gate.wait(f"the {case} case")
-        real = run_real(cluster, case)
+        real, run_dir = run_real(cluster, case)
         (out / f"{prefix}real.json").write_text(real.to_json())
+        if args.replay or args.replay_only:
+            check = replay_check(run_dir)
+            (out / f"{prefix}replay.json").write_text(json.dumps(check, indent=1) + "\n")
+            print(f"{case}: replay of the recording: {json.dumps(check, indent=1)}", file=sys.stderr)
+            ok = ok and bool(check["within_tolerance"])
+            if args.replay_only:
+                continue
         print(f"{case}: slurm: makespan {real.makespan:.1f} s, {real.block_seconds():.0f} block-seconds, "
               f"{real.submissions} blocks submitted", file=sys.stderr)
         sim = sim_timeline(latency, case)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 import htex_ref
-from htex_ref import Config, ExecutorShutdown, NoConfigLoaded, python_app
+from htex_ref import Config, ExecutorShutdown, HighThroughputExecutor, NoConfigLoaded, python_app
 from htex_ref import config as config_module
 from tests.conftest import processes_mentioning, wait_until
 
@@ -104,6 +105,17 @@ def test_a_config_whose_executor_cannot_start_leaves_nothing_loaded(tmp_path: Pa
         assert config_module._current is None
     finally:
         bad.shutdown(wait=False)
+    no_leftovers(tmp_path)
+
+
+def test_a_load_whose_executor_fails_to_start_leaves_no_log_handler(tmp_path: Path) -> None:
+    broken = HighThroughputExecutor(label="broken", interchange_launch_cmd=["/bin/false"], interchange_start_timeout=5,
+                                    run_dir=str(tmp_path / "broken"))
+    with pytest.raises(Exception, match="interchange"):
+        htex_ref.load(Config(executors=[broken], run_dir=str(tmp_path / "runs")))
+    assert config_module._current is None
+    # Its log handler would otherwise stay on htex_ref's logger, and every later log line would go there.
+    assert not any(isinstance(h, config_module._LogHandlers) for h in logging.getLogger("htex_ref").handlers)
     no_leftovers(tmp_path)
 
 
