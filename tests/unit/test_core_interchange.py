@@ -998,11 +998,14 @@ def test_every_manager_change_is_reported_for_monitoring():
     from htex_ref.core.interchange import HoldManager, ManagerGoodbye
 
     s = new_state()
-    s.handle(registered(b"a", block="1", workers=2), registered(b"b", block="2", workers=1), now=0.0)
+    s.handle(registered(b"a", block="1", workers=2), registered(b"b", block="2", workers=1),
+             registered(b"c", block="3", workers=1, drain_in=0.5), now=0.0)
     s.handle(HoldManager(b"a"), now=1.0)
     s.handle(ManagerGoodbye(b"a", "drained"), now=2.0)
     s.handle(now=THRESHOLD + 1.0)  # b falls silent past the threshold
-    assert [(c.uid, c.event) for c in s.changes] == [("a", "registered"), ("b", "registered"), ("a", "held"),
-                                                      ("a", "gone"), ("b", "gone")]
+    assert [(c.uid, c.event) for c in s.changes if c.uid != "c"] == [
+        ("a", "registered"), ("b", "registered"), ("a", "held"), ("a", "gone"), ("b", "gone")]
+    assert [c.event for c in s.changes if c.uid == "c"][:3] == ["registered", "draining", "gone"]
+    s.changes = [c for c in s.changes if c.uid != "c"]
     assert s.changes[3].detail == "exited: drained" and s.changes[4].detail.startswith("lost: no heartbeat")
     assert (s.changes[0].block_id, s.changes[0].workers) == ("1", 2)
