@@ -138,20 +138,33 @@ def build(db: sqlite3.Connection) -> ReportData:
     plots.append(queue)
 
     blocks = Plot("Blocks", "lines", "seconds since the executor started", "blocks")
-    states = db.execute("SELECT block_id, t, state FROM block ORDER BY t").fetchall()
+    states = [(r["block_id"], r["t"], r["state"]) for r in db.execute("SELECT block_id, t, state FROM block")]
+    # A block runs from the earlier of the provider saying so and its first pool registering (the
+    # provider is polled, so its RUNNING can come seconds after the pool is already working).
+    first_pool: dict[str, float] = {}
+    for r in db.execute("SELECT block_id, t FROM manager WHERE event = 'registered'"):
+        first_pool.setdefault(r["block_id"], r["t"])
+        first_pool[r["block_id"]] = min(first_pool[r["block_id"]], r["t"])
+    for block, t in first_pool.items():
+        seen_running = [s for s in states if s[0] == block and s[2] == "RUNNING"]
+        if not seen_running or seen_running[0][1] > t:
+            states.append((block, t, "RUNNING"))
+    states.sort(key=lambda s: s[1])
     last: dict[str, str] = {}
     running_changes: list[tuple[float, int]] = []
     pending_changes: list[tuple[float, int]] = []
-    for r in states:
-        before = last.get(r["block_id"])
+    for block, t, state in states:
+        before = last.get(block)
+        if before == "RUNNING" and state in ("PENDING", "SUBMITTED"):
+            continue  # a late poll of a block already running
         for name, target in (("RUNNING", running_changes), ("PENDING", pending_changes)):
-            is_now = r["state"] == name or (name == "PENDING" and r["state"] == "SUBMITTED")
+            is_now = state == name or (name == "PENDING" and state == "SUBMITTED")
             was = before == name or (name == "PENDING" and before == "SUBMITTED")
             if is_now and not was:
-                target.append((r["t"], 1))
+                target.append((t, 1))
             elif was and not is_now:
-                target.append((r["t"], -1))
-        last[r["block_id"]] = r["state"]
+                target.append((t, -1))
+        last[block] = state
     blocks.series.append(Series("running", _steps(running_changes, t0), step=True))
     blocks.series.append(Series("pending", _steps(pending_changes, t0), step=True))
     plots.append(blocks)
