@@ -168,7 +168,6 @@ class ControlThread:
                 jobs = self.core.blocks_to_job_id
                 for block, st in self.core.status().items():
                     self.monitor(("block", block, jobs.get(block), t, st.state.name, st.message or ""))
-                self.monitor(("snapshot", t, None, None, len(self.table), None))
             return answer
 
     def _observe(self, needs: Needs) -> Observed | None:

@@ -4,12 +4,16 @@ children, and whether the kernel's OOM killer ended a process (the memory cgroup
 Used by the worker pool's runtime; the decisions (when a task is over its limit, what its result says)
 are in ``htex_ref.core.manager``. What works where, measured: ``RLIMIT_DATA`` is enforced by Linux >= 4.7
 for every private writable mapping, so a task's allocation past it raises ``MemoryError`` in Python (and
-NumPy) without touching other workers; it needs no privilege, so it works on a laptop, in a container and
-in a Slurm job alike. It does not count memory a task maps from files or shares, nor its children's
-(each child gets a limit of its own): the pool's RSS sampling covers those. cgroup ``memory.max`` is
-not written by the pool: on the machines measured (cgroup v1 hybrid hosts, Docker, Slurm with
-``proctrack/linuxproc``) a pool cannot create cgroups of its own without root; the batch system's cgroup
-(Slurm ``--mem``) still applies, and its OOM kills are told apart through the counter read here.
+NumPy) without touching other workers. It needs no privilege; it held on this machine, inside jobs of the
+local Slurm cluster and on the Docker Compose cluster's nodes (``tests/e2e/test_task_control.py``,
+``tests/cluster/test_task_control.py``). It does not count memory a task maps from files or shares, nor
+its children's (each child gets a limit of its own): the pool's RSS sampling covers those.
+
+The pool does not create a cgroup per worker (``memory.max``). On this machine the unified (v2)
+hierarchy has no memory controller; a root process could create v1 memory cgroups (the OOM test does),
+but in a batch job the cgroups are the batch system's (Slurm's ``--mem``), and unprivileged pools cannot
+write them. Kills by the kernel's OOM killer in whatever cgroup the pool runs in are told apart through
+the counter read here.
 """
 
 from __future__ import annotations

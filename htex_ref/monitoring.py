@@ -54,8 +54,7 @@ CREATE TABLE IF NOT EXISTS block (block_id TEXT, job_id TEXT, t REAL, state TEXT
 CREATE TABLE IF NOT EXISTS manager (manager TEXT, block_id TEXT, host TEXT, workers INTEGER, t REAL, event TEXT,
                                     detail TEXT);
 CREATE TABLE IF NOT EXISTS resource (t REAL, manager TEXT, worker INTEGER, pid INTEGER, cpu REAL, rss INTEGER);
-CREATE TABLE IF NOT EXISTS snapshot (t REAL, pending TEXT, in_flight INTEGER, outstanding INTEGER,
-                                     managers TEXT);
+CREATE TABLE IF NOT EXISTS snapshot (t REAL, pending TEXT, in_flight INTEGER, managers TEXT);
 CREATE VIEW IF NOT EXISTS task AS
   SELECT json_extract(j.value, '$[0]') AS task_id, json_extract(j.value, '$[1]') AS submitted,
          json_extract(j.value, '$[2]') AS priority, json_extract(j.value, '$[3]') AS spec
@@ -115,6 +114,8 @@ class MonitoringStore:
         self.put_submit = self._submits.append
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Held while writing: the thread, or ``close`` once the thread is done (or stuck).
+        self._writing = threading.Lock()
         self._blocks: dict[str, tuple[str | None, str]] = {}
         self.written = 0
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -133,26 +134,35 @@ class MonitoringStore:
         self.put(("run", key, value if isinstance(value, str) else json.dumps(value, default=str)))
 
     def close(self) -> None:
-        """Write everything queued and close the file (idempotent)."""
+        """Write everything queued and close the file. Never raises and never waits long: a shutdown
+        must not fail or hang because of monitoring (a stuck hook, a full disk are logged instead)."""
+        if self._stop.is_set():
+            return  # closed already
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(10)
-        self._flush()
-        self.put(("run", "ended", repr(time.time())))
-        self._flush()
+        if not self._writing.acquire(timeout=5):
+            logger.error("Monitoring: the writer of %s is stuck (in monitoring_hook?); the last records are "
+                         "not written", self.path)
+            return
         try:
+            self.put(("run", "ended", repr(time.time())))
+            self._flush()
             self.db.close()
-        except sqlite3.Error:
-            pass
+        except Exception:
+            logger.exception("Monitoring: closing %s failed", self.path)
+        finally:
+            self._writing.release()
 
     # ------------------------------------------------------------------------------ writer thread
 
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_PERIOD):
-            try:
-                self._flush()
-            except Exception:
-                logger.exception("Monitoring: writing %s failed", self.path)
+            with self._writing:
+                try:
+                    self._flush()
+                except Exception:
+                    logger.exception("Monitoring: writing %s failed", self.path)
 
     @staticmethod
     def _drain(q: collections.deque[Any]) -> list[Any]:
@@ -194,7 +204,7 @@ class MonitoringStore:
                 if self._blocks.get(block_id) != (job_id, state):
                     self._blocks[block_id] = (job_id, state)
                     rows["block"].append((block_id, job_id, t, state, detail))
-            elif kind in ("attempt", "snapshot", "run"):
+            elif kind in ("attempt", "run"):
                 rows[kind].append(rec[1:])
         db = self.db
         dumps = json.dumps
@@ -248,7 +258,7 @@ class MonitoringStore:
         snap = msg.get("snapshot")
         if snap is not None:
             rows["snapshot"].append((snap.get("t"), json.dumps(snap.get("pending", {})), snap.get("in_flight"),
-                                     None, json.dumps(snap.get("managers", []))))
+                                     json.dumps(snap.get("managers", []))))
 
     def _pool_report(self, manager: str, meta_raw: bytes, runs: bytes, rows: dict[str, list[tuple[Any, ...]]],
                      events: list[TaskEvent] | None) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import math
 import sqlite3
 import sys
@@ -374,7 +373,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"htex-ref report: wrote {args.output} ({len(page) / 1024:.0f} KiB) from {paths[0]}")
     return 0
 
-
-def dump_json(data: ReportData) -> str:
-    """The plot data, for tests and other tools."""
-    return json.dumps({"label": data.label, "plots": [p.title for p in data.plots]})

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from htex_ref.providers.cluster import parse_walltime
 from simcluster.scenario import Background, Cluster, ExecutorConfig, Partition, Phase, Scenario, ScenarioError
 
 TERMINAL = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "SCALED_IN", "MISSING", "HELD")
@@ -102,23 +103,11 @@ def load(path: str | Path) -> RecordedRun:
                        (last - t0) if last is not None else nan)
 
 
-def _seconds(value: Any) -> float | None:
-    """A provider walltime ("HH:MM:SS", seconds, or None) in seconds."""
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    parts = [float(p) for p in str(value).split(":")]
-    seconds = 0.0
-    for p in parts:
-        seconds = seconds * 60 + p
-    return seconds
-
-
 def recorded_config(run: RecordedRun) -> ExecutorConfig:
     s = run.settings
     p = s.get("provider", {})
-    walltime = _seconds(p.get("walltime")) or 30 * 24 * 3600.0
+    # The provider's own "HH:MM:SS" (a provider without one: the simulation's longest).
+    walltime = float(parse_walltime(p["walltime"])) if p.get("walltime") else 30 * 24 * 3600.0
     prefetch = s.get("prefetch_capacity")
     return ExecutorConfig(
         label="replay", partition="replay", strategy=s.get("strategy", "simple"),

@@ -502,11 +502,8 @@ class ManagerState:
             return
         if slot.next_task is not None:
             # The worker already has its next task and has started it.
-            task = slot.next_task
-            slot.task_id = task.task_id
-            slot.next_task = None
-            slot.started_at = now
-            slot.deadline = None if task.walltime is None else self._limit(slot, now, task.walltime)
+            task, slot.next_task = slot.next_task, None
+            self._begin(slot, task, now)
             return
         slot.state = "idle"
         slot.task_id = None
@@ -630,11 +627,7 @@ class ManagerState:
             rank = self._idle.popleft()
             task = queue.popleft()
             slot = self.workers[rank]
-            slot.state = "busy"
-            slot.task_id = task.task_id
-            slot.started_at = now
-            if task.walltime is not None:
-                slot.deadline = self._limit(slot, now, task.walltime)
+            self._begin(slot, task, now)
             self._busy += 1
             self._out.append(RunTask(rank, task))
         avg = self.avg_task_time
@@ -658,11 +651,7 @@ class ManagerState:
             task, nodes = picked
             rank = self._idle.popleft()
             slot = self.workers[rank]
-            slot.state = "busy"
-            slot.task_id = task.task_id
-            slot.started_at = now
-            if task.walltime is not None:
-                slot.deadline = self._limit(slot, now, task.walltime)
+            self._begin(slot, task, now)
             self._busy += 1
             env = None
             if nodes is not None and task.request is not None:
@@ -670,12 +659,16 @@ class ManagerState:
                 self._out.append(Note(INFO, f"Task {task.task_id} runs on worker {rank} with nodes {','.join(nodes)}"))
             self._out.append(RunTask(rank, task, env))
 
-    def _limit(self, slot: WorkerSlot, now: float, walltime: float) -> float:
-        """Start the time limit of the task ``slot`` begins now; returns its deadline."""
-        deadline = now + walltime
-        slot.limit = walltime
-        self._push_timer(deadline, slot.rank)
-        return deadline
+    def _begin(self, slot: WorkerSlot, task: PoolTask, now: float) -> None:
+        """``slot``'s worker starts ``task`` now (the caller counts it busy): its time limit starts too."""
+        slot.state = "busy"
+        slot.task_id = task.task_id
+        slot.started_at = now
+        slot.deadline = None
+        if task.walltime is not None:
+            slot.deadline = now + task.walltime
+            slot.limit = task.walltime
+            self._push_timer(slot.deadline, slot.rank)
 
     def _push_timer(self, when: float, rank: int) -> None:
         self._timer_seq += 1
