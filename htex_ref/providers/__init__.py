@@ -2,6 +2,7 @@
 
 from htex_ref.providers.base import TERMINAL_STATES, ExecutionProvider, JobState, JobStatus
 from htex_ref.providers.cluster import ClusterProvider, CommandResult, merge_status, run_command
+from htex_ref.providers.gridengine import GridEngineProvider
 from htex_ref.providers.local import LocalProvider
 from htex_ref.providers.pbspro import PBSProProvider
 from htex_ref.providers.slurm import SlurmProvider
@@ -11,6 +12,7 @@ __all__ = [
     "ClusterProvider",
     "CommandResult",
     "ExecutionProvider",
+    "GridEngineProvider",
     "JobState",
     "JobStatus",
     "LocalProvider",
