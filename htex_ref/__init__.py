@@ -74,6 +74,9 @@ _LAZY = {
     "ClusterProvider": "htex_ref.providers",
     "PBSProProvider": "htex_ref.providers",
     "SlurmProvider": "htex_ref.providers",
+    "TorqueProvider": "htex_ref.providers",
+    "CondorProvider": "htex_ref.providers",
+    "KubernetesProvider": "htex_ref.providers",
 }
 
 if TYPE_CHECKING:
@@ -126,12 +129,15 @@ if TYPE_CHECKING:
     from htex_ref.mpi_executor import MPIExecutor
     from htex_ref.providers import (
         ClusterProvider,
+        CondorProvider,
         ExecutionProvider,
         JobState,
         JobStatus,
+        KubernetesProvider,
         LocalProvider,
         PBSProProvider,
         SlurmProvider,
+        TorqueProvider,
     )
 
 
@@ -157,6 +163,7 @@ __all__ = [
     "BlockIdManagerSelector",
     "ClusterProvider",
     "CommandTimeout",
+    "CondorProvider",
     "Config",
     "CrashLimitExceeded",
     "DependencyError",
@@ -173,6 +180,7 @@ __all__ = [
     "JobStatus",
     "JoinError",
     "JsrunLauncher",
+    "KubernetesProvider",
     "Launcher",
     "LocalProvider",
     "MPIExecutor",
@@ -194,6 +202,7 @@ __all__ = [
     "SubmitException",
     "TaskMemoryExceeded",
     "TaskTimeout",
+    "TorqueProvider",
     "VersionMismatch",
     "WorkerLost",
     "WrappedLauncher",

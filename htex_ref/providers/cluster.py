@@ -27,7 +27,8 @@ The checks shared by the scheduler settings (one-word values such as a partition
 user's directive lines) are here too: ``check_optional_word`` and ``check_directive_lines``.
 
 Subclasses supply the scheduler-specific parts as pure methods (``render_script``, ``submit_command``,
-``parse_submit_output``, ``cancel_command``) plus ``_query``, which runs the status command(s) through
+``parse_submit_output``, ``cancel_command``, and ``companion_files`` where the submit file names another
+file, as HTCondor's names the job's shell script) plus ``_query``, which runs the status command(s) through
 ``_run`` and parses their output with pure functions.
 """
 
@@ -364,6 +365,14 @@ class ClusterProvider(ExecutionProvider):
     ) -> str:
         """The complete submit script for one block (pure: a function of the settings and arguments)."""
 
+    def companion_files(
+        self, *, job_name: str, launcher_text: str, stdout_path: str, stderr_path: str, tasks_per_node: int,
+    ) -> dict[str, str]:
+        """Files the submit script refers to, by the suffix that follows ``job_name`` in their names; each is
+        written (executable) beside the script before the submit command runs. None by default; HTCondor's
+        submit description names the job's shell script this way (pure, like ``render_script``)."""
+        return {}
+
     @abstractmethod
     def submit_command(self, script_path: str) -> list[str]:
         """The argv that submits ``script_path``."""
@@ -413,15 +422,17 @@ class ClusterProvider(ExecutionProvider):
             script = script_dir / f"{name}.submit"
             stdout_path, stderr_path = str(script_dir / f"{name}.stdout"), str(script_dir / f"{name}.stderr")
             log = script_dir / f"{name}.submit.log"
-            text = self.render_script(
-                job_name=name,
-                launcher_text=self.launcher(command, tasks_per_node, self.nodes_per_block),
-                stdout_path=stdout_path,
-                stderr_path=stderr_path,
-                tasks_per_node=tasks_per_node,
-            )
+            launcher_text = self.launcher(command, tasks_per_node, self.nodes_per_block)
+            text = self.render_script(job_name=name, launcher_text=launcher_text, stdout_path=stdout_path,
+                                      stderr_path=stderr_path, tasks_per_node=tasks_per_node)
             script.write_text(text)
             script.chmod(0o755)
+            for suffix, body in self.companion_files(job_name=name, launcher_text=launcher_text,
+                                                     stdout_path=stdout_path, stderr_path=stderr_path,
+                                                     tasks_per_node=tasks_per_node).items():
+                companion = script_dir / f"{name}{suffix}"
+                companion.write_text(body)
+                companion.chmod(0o755)
             argv = self.submit_command(str(script))
             try:
                 result = self._run(argv, cwd=script_dir)

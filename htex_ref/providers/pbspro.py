@@ -238,14 +238,20 @@ def _ended_status(code: int | None, comment: str | None) -> JobStatus:
     return JobStatus(JobState.FAILED, f"the job script exited with code {code}{said}", code)
 
 
+def lists_none_of_them(result: CommandResult) -> bool:
+    """Whether a qstat that printed nothing said only that the ids have finished or are unknown: an answer
+    (none of them is listed), not a failed query. Torque's qstat words it the same way."""
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    return not result.stdout.strip() and bool(errors) and all(_NOT_LISTED.match(line) for line in errors)
+
+
 def statuses_from_qstat(result: CommandResult, job_ids: list[str]) -> dict[str, JobStatus]:
     """The states of ``job_ids`` in a ``qstat -f -F json`` result; raises QstatError when it has none
     to give (output that is not qstat JSON). Jobs it does not list are left out."""
     try:
         jobs = parse_qstat_json(result.stdout)
     except ValueError as e:
-        errors = [line for line in result.stderr.splitlines() if line.strip()]
-        if not result.stdout.strip() and errors and all(_NOT_LISTED.match(line) for line in errors):
+        if lists_none_of_them(result):
             return {}
         raise QstatError(
             f"`{result.command_line}` exited with code {result.returncode} and gave no usable answer ({e}); "
