@@ -1,6 +1,6 @@
 """nox sessions: lint, typecheck, tests, docs, fuzz, bench (against Parsl), parsl_adapter and parsl_suite (Parsl's
-own tests on the adapter), and the Slurm cluster sessions: slurm (a local multi-node Slurm) and docker_slurm (a Docker
-Compose cluster)."""
+own tests on the adapter), the Slurm cluster sessions: slurm (a local multi-node Slurm) and docker_slurm (a Docker
+Compose cluster), and gridengine (a Grid Engine cluster in network namespaces)."""
 
 from __future__ import annotations
 
@@ -88,6 +88,16 @@ def docker_slurm(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     python = os.path.join(session.bin, "python")
     session.run("bash", "scripts/test-slurm-compose.sh", *session.posargs, env={"PYTHON": python}, external=True)
+
+
+@nox.session
+def gridengine(session: nox.Session) -> None:
+    """Cluster tests of GridEngineProvider on a real Son of Grid Engine that the session starts and stops (a qmaster
+    and two execution hosts in network namespaces; root; installs Grid Engine with apt when missing). The hosts share
+    this file system, so their worker pools run this session's Python."""
+    session.install("-e", ".[dev]")
+    python = os.path.join(session.bin, "python")
+    session.run("bash", "scripts/test-gridengine.sh", *session.posargs, env={"PYTHON": python}, external=True)
 
 
 @nox.session

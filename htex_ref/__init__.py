@@ -77,6 +77,7 @@ _LAZY = {
     "TorqueProvider": "htex_ref.providers",
     "CondorProvider": "htex_ref.providers",
     "KubernetesProvider": "htex_ref.providers",
+    "GridEngineProvider": "htex_ref.providers",
 }
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ if TYPE_CHECKING:
         ClusterProvider,
         CondorProvider,
         ExecutionProvider,
+        GridEngineProvider,
         JobState,
         JobStatus,
         KubernetesProvider,
@@ -172,6 +174,7 @@ __all__ = [
     "ExecutionProviderException",
     "ExecutorShutdown",
     "GnuParallelLauncher",
+    "GridEngineProvider",
     "HighThroughputExecutor",
     "HtexFuture",
     "InterchangeError",

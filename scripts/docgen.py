@@ -101,6 +101,9 @@ SUBJECTS: list[Subject] = [
             "max_retries_on_system_failure": [-1, 1.5],
             "crash_limit": [-2],
             "enforce_memory": [1, True],
+            "restart_interchange": [1, "yes"],
+            "max_interchange_restarts": [-1, 1.5],
+            "reconnect_timeout": [0, "60"],
         },
     ),
     Subject(
@@ -172,9 +175,32 @@ SUBJECTS: list[Subject] = [
         },
     ),
     Subject(
+        "htex_ref.providers.gridengine:GridEngineProvider", "GridEngineProvider",
+        "Each block is one Grid Engine (Son of Grid Engine, Univa/Altair) job submitted with `qsub -terse`; its "
+        "state comes from `qstat -xml`, and how it ended from `qacct -j`. Construction runs no Grid Engine command.",
+        bad={
+            "queue": ["all q", ""],
+            "scheduler_options": ["-pe smp 4", " #$ -pe smp 4", "#PBS -l mem=4gb", ["#$ -pe smp 4"]],
+            "worker_init": [None],
+            "nodes_per_block": [0],
+            "init_blocks": [-1, 2],
+            "min_blocks": [2],
+            "max_blocks": [-1],
+            "parallelism": [1.5, True],
+            "launcher": ["mpiexec"],
+            "walltime": ["20 minutes", "00:00:00"],
+            "cmd_timeout": [0, _INF],
+            "label": [""],
+            "status_polling_interval": [0],
+            "absent_grace": [-1, _NAN],
+            "query_failure_limit": [0, _NAN],
+            "accounting_grace": [-1, _INF],
+        },
+    ),
+    Subject(
         "htex_ref.launchers:SingleNodeLauncher", "SingleNodeLauncher",
-        "Starts every worker pool of the block on the node that runs the job script (the `LocalProvider` and "
-        "`PBSProProvider` default).",
+        "Starts every worker pool of the block on the node that runs the job script (the `LocalProvider`, "
+        "`PBSProProvider` and `GridEngineProvider` default).",
         bad={"fail_on_any": ["yes", 1], "debug": ["yes"]},
     ),
     Subject(

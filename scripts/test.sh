@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run lint, type checks, the docs build, the test suite,
-# and the cluster tests on a local multi-node Slurm and on a Docker Compose Slurm cluster (both started
-# here and always stopped again). This is the README's test command and what CI runs (.ci/run). Safe
-# to run again. As root it installs the Debian packages it needs; without root the cluster tests are
-# skipped (loudly). HTEX_SKIP_CLUSTERS=1 skips them on purpose; extra arguments go to the main pytest.
+# and the cluster tests on a local multi-node Slurm, on a Docker Compose Slurm cluster and on a Grid
+# Engine cluster (all started here and always stopped again). This is the README's test command and
+# what CI runs (.ci/run). Safe to run again. As root it installs the Debian packages it needs; without
+# root the cluster tests are skipped (loudly). HTEX_SKIP_CLUSTERS=1 skips them on purpose; extra arguments go to the main pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -73,12 +73,14 @@ fi
 if [ "${HTEX_SKIP_CLUSTERS:-0}" = 1 ]; then
     echo "== cluster tests skipped (HTEX_SKIP_CLUSTERS=1)"
 elif [ "$(id -u)" -ne 0 ]; then
-    echo "== cluster tests SKIPPED: they need root (to install Slurm and Docker and start daemons)" >&2
+    echo "== cluster tests SKIPPED: they need root (to install Slurm, Docker and Grid Engine and start daemons)" >&2
 else
     echo "== cluster tests: local multi-node Slurm"
     PYTHON="$root/.venv/bin/python" bash scripts/test-slurm-local.sh || failed+=(slurm-local)
     echo "== cluster tests: Docker Compose Slurm cluster"
     PYTHON="$root/.venv/bin/python" bash scripts/test-slurm-compose.sh || failed+=(slurm-compose)
+    echo "== cluster tests: Grid Engine (a qmaster and two execution hosts in network namespaces)"
+    PYTHON="$root/.venv/bin/python" bash scripts/test-gridengine.sh || failed+=(gridengine)
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
