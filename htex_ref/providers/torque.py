@@ -153,14 +153,17 @@ def parse_qstat_full(text: str) -> dict[str, dict[str, str]]:
         attribute = None if line.startswith("\t") else _ATTRIBUTE.match(line)
         if attribute:
             last_key = attribute.group(1)
-            current[last_key] = attribute.group(2).rstrip()
+            current[last_key] = attribute.group(2)
+        elif line.startswith("\t") and last_key is not None:
+            # Torque folds at a fixed width, mid-word: the text after the tab continues the value as is.
+            current[last_key] += line[1:]
         elif line[0].isspace() and last_key is not None:
             current[last_key] += line.strip()
         else:
             last_key = None
     if not jobs:
         raise ValueError("no 'Job Id:' block in qstat's output" if text.strip() else "qstat printed nothing")
-    return jobs
+    return {job_id: {k: v.strip() for k, v in attrs.items()} for job_id, attrs in jobs.items()}
 
 
 def _int_or_none(value: object) -> int | None:
