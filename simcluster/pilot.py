@@ -148,7 +148,8 @@ class Pilot(PoolsMixin):
         self.provider = SimProvider(
             scheduler, partition.name, nodes_per_block=cfg.nodes_per_block, init_blocks=cfg.init_blocks,
             min_blocks=cfg.min_blocks, max_blocks=cfg.max_blocks, parallelism=cfg.parallelism,
-            walltime=cfg.walltime, status_polling_interval=cfg.status_polling_interval, label=cfg.label)
+            walltime=cfg.walltime, status_polling_interval=cfg.status_polling_interval, label=cfg.label,
+            model=cfg.provider, seed=seed)
         self.provider.on_start = self._job_started
         self.provider.on_end = self._job_ended
         accelerators = [str(i) for i in range(cfg.accelerators)]

@@ -132,6 +132,8 @@ def recorded_config(run: RecordedRun) -> ExecutorConfig:
 
 
 _FIELDS = {f.name: f.type for f in dataclasses.fields(ExecutorConfig)}
+#: Not settable with --alt: names, and the provider model (a table, not one value).
+_NOT_ALTERED = ("label", "partition", "provider")
 
 
 def alternative(base: ExecutorConfig, changes: str) -> ExecutorConfig:
@@ -140,9 +142,9 @@ def alternative(base: ExecutorConfig, changes: str) -> ExecutorConfig:
     for item in changes.split(","):
         key, sep, raw = item.partition("=")
         key = key.strip()
-        if not sep or key not in _FIELDS or key in ("label", "partition"):
+        if not sep or key not in _FIELDS or key in _NOT_ALTERED:
             raise ScenarioError(f"--alt {changes!r}: {key!r} is not an executor setting "
-                                f"(one of {', '.join(sorted(k for k in _FIELDS if k not in ('label', 'partition')))})")
+                                f"(one of {', '.join(sorted(k for k in _FIELDS if k not in _NOT_ALTERED))})")
         current = getattr(base, key)
         try:
             if isinstance(current, bool):

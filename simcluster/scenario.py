@@ -153,6 +153,37 @@ class Phase:
         return self.num_nodes is not None or self.ranks_per_node is not None
 
 
+#: What a provider model may report: ``htex_ref.providers.base.JobState`` names.
+LIVE_STATES = ("PENDING", "RUNNING", "HELD", "UNKNOWN")
+END_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "MISSING")
+#: The end states the simulated batch system gives a job (what ``ProviderModel.final`` may rename).
+SCHEDULER_END_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT")
+
+
+@dataclass(frozen=True)
+class StateStep:
+    """From ``after`` seconds into a stage of a job's life on, the provider reports ``state`` (a job state
+    name, or ``final`` for the job's own end state) with ``message`` (``""``: the batch system's own)."""
+
+    after: float = 0.0
+    state: str = "PENDING"
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ProviderModel:
+    """How a batch system looks through its provider (``[executor.provider]``; see ``simcluster.provider``):
+    seconds from a submit to the job reaching the queue, and the states reported while a job is queued,
+    running and after it ended, each a sequence of steps in time; ``final`` renames end states (as a
+    provider that reports every ended job COMPLETED would)."""
+
+    submit_latency: Distribution = Distribution("fixed", value=0.0)
+    queued: tuple[StateStep, ...] = (StateStep(0.0, "PENDING"),)
+    running: tuple[StateStep, ...] = (StateStep(0.0, "RUNNING"),)
+    ended: tuple[StateStep, ...] = (StateStep(0.0, "final"),)
+    final: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(frozen=True)
 class ExecutorConfig:
     label: str = "htex"
@@ -204,6 +235,9 @@ class ExecutorConfig:
     #: As the executor's: seconds from a stopped task's SIGTERM to its SIGKILL (the simulated worker dies
     #: at the SIGTERM).
     task_kill_grace: float = 2.0
+    #: How the provider reports its jobs (submit latency, state sequences); the default reports the batch
+    #: system's states as they are, at once.
+    provider: ProviderModel = ProviderModel()
 
 
 @dataclass(frozen=True)
@@ -408,6 +442,7 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
         max_retries_on_system_failure=f.integer("max_retries_on_system_failure", 0),
         crash_limit=f.integer("crash_limit", 2),
         task_kill_grace=f.number("task_kill_grace", 2.0),
+        provider=_provider_model(f.get("provider", None), f"{where}.provider"),
     )
     f.done()
     table = f.table
@@ -449,6 +484,44 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
         raise ScenarioError(f"{where}.accelerators ({cfg.accelerators}) exceeds the {part.gpus} GPUs per node "
                             f"of partition {part.name!r}")
     return cfg
+
+
+def _provider_model(raw: Any, where: str) -> ProviderModel:
+    """``[executor.provider]``: ``submit_latency`` (seconds or a distribution), ``queued`` / ``running`` /
+    ``ended`` (arrays of ``{ after, state, message }`` in increasing ``after``) and ``final`` (a table
+    renaming end states)."""
+    default = ProviderModel()
+    if raw is None:
+        return default
+    f = _Fields(raw, where)
+    latency = _distribution(f.get("submit_latency", None), f"{where}.submit_latency", default.submit_latency)
+    stages: dict[str, tuple[StateStep, ...]] = {}
+    for stage, allowed in (("queued", LIVE_STATES), ("running", LIVE_STATES),
+                           ("ended", (*LIVE_STATES, *END_STATES, "final"))):
+        steps_raw = f.get(stage, None)
+        if steps_raw is None:
+            stages[stage] = getattr(default, stage)
+            continue
+        if not isinstance(steps_raw, list) or not steps_raw:
+            raise ScenarioError(f"{where}.{stage} must be a non-empty array of {{ after, state, message }} tables")
+        steps: list[StateStep] = []
+        for i, step_raw in enumerate(steps_raw):
+            sf = _Fields(step_raw, f"{where}.{stage}[{i}]")
+            step = StateStep(after=sf.number("after", 0.0), state=sf.text("state", "", allowed),
+                             message=sf.text("message", ""))
+            sf.done()
+            if steps and step.after <= steps[-1].after:
+                raise ScenarioError(f"{where}.{stage}[{i}].after ({step.after:g}) must be greater than the step "
+                                    f"before's ({steps[-1].after:g})")
+            steps.append(step)
+        stages[stage] = tuple(steps)
+    final_raw = f.get("final", {})
+    ff = _Fields(final_raw, f"{where}.final")
+    final = tuple((name, ff.text(name, name, END_STATES)) for name in SCHEDULER_END_STATES if name in ff.table)
+    ff.done()
+    f.done()
+    return ProviderModel(submit_latency=latency, queued=stages["queued"], running=stages["running"],
+                         ended=stages["ended"], final=final)
 
 
 def _job(raw: Any, where: str) -> tuple[float, int, float, float]:

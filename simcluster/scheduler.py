@@ -105,7 +105,10 @@ class Scheduler:
     # ------------------------------------------------------------------------------ provider API
 
     def submit(self, partition: str, nodes: int, runtime: float, walltime: float, owner: str,
-               on_start: Callable[[Job], None] | None = None, on_end: Callable[[Job], None] | None = None) -> Job:
+               on_start: Callable[[Job], None] | None = None, on_end: Callable[[Job], None] | None = None,
+               latency: float = 0.0) -> Job:
+        """A new job, known (PENDING) at once; it reaches the queue after the cluster's ``schedule_delay``
+        plus ``latency`` (the provider's submit latency)."""
         part = self.parts[partition]
         if nodes > part.spec.nodes:
             raise ValueError(f"job asks for {nodes} nodes; partition {partition!r} has {part.spec.nodes}")
@@ -113,7 +116,7 @@ class Scheduler:
         job = Job(str(self._ids), partition, nodes, runtime, walltime, self.env.now, owner)
         job.on_start, job.on_end = on_start, on_end
         self.jobs[job.job_id] = job
-        delay = self.cluster.schedule_delay
+        delay = self.cluster.schedule_delay + latency
         if delay > 0:
             self.env.timeout(delay).callbacks.append(lambda _ev: self._enqueue(job))
         else:
