@@ -48,6 +48,16 @@ _INF = float("inf")
 _NAN = float("nan")
 
 
+class _PodApiStandIn:
+    """Stands in for the Kubernetes API, so that KubernetesProvider's reference is built without the kubernetes
+    package or a cluster (construction makes no call)."""
+
+    def create_namespaced_pod(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    list_namespaced_pod = delete_namespaced_pod = create_namespaced_pod
+
+
 def _example_function(x: int) -> int:
     """What the decorator subjects decorate, so that their options are checked."""
     return x
@@ -195,6 +205,95 @@ SUBJECTS: list[Subject] = [
             "absent_grace": [-1, _NAN],
             "query_failure_limit": [0, _NAN],
             "accounting_grace": [-1, _INF],
+        },
+    ),
+    Subject(
+        "htex_ref.providers.torque:TorqueProvider", "TorqueProvider",
+        "Each block is one Torque job submitted with `qsub` (`-l nodes=N:ppn=P`); its state comes from `qstat -f`. "
+        "Construction runs no Torque command.",
+        bad={
+            "account": ["my project", ""],
+            "queue": ["batch queue"],
+            "scheduler_options": [["#PBS -l mem=4gb"], "module load gcc", "#SBATCH --mem=4G"],
+            "worker_init": [None],
+            "nodes_per_block": [0],
+            "cpus_per_node": [0, "16"],
+            "init_blocks": [-1, 2],
+            "min_blocks": [2],
+            "max_blocks": [-1],
+            "parallelism": [1.5, True],
+            "launcher": ["aprun"],
+            "walltime": ["20 minutes", "00:00:00"],
+            "cmd_timeout": [0, _INF],
+            "label": [""],
+            "status_polling_interval": [0],
+            "absent_grace": [-1, _NAN],
+            "query_failure_limit": [0, _NAN],
+        },
+    ),
+    Subject(
+        "htex_ref.providers.condor:CondorProvider", "CondorProvider",
+        "Each block is one HTCondor vanilla-universe job (a submit description and the job's shell script) submitted "
+        "with `condor_submit`; its state comes from `condor_q -json`, and `condor_history -json` once it left the "
+        "queue. Construction runs no HTCondor command.",
+        bad={
+            "nodes_per_block": [2],
+            "cores_per_slot": [0, 2.5],
+            "mem_per_slot": [0, "4G"],
+            "init_blocks": [-1, 2],
+            "min_blocks": [2],
+            "max_blocks": [-1],
+            "parallelism": [1.5],
+            "environment": [["A=1"], {"A B": "1"}, {"A": "two\nlines"}],
+            "project": ["a\nb"],
+            "scheduler_options": ["queue 4", 3],
+            "transfer_input_files": ["in.csv", ["a,b"]],
+            "walltime": ["10 minutes"],
+            "worker_init": [None],
+            "launcher": ["srun"],
+            "requirements": ["x\ny"],
+            "cmd_timeout": [0],
+            "label": [""],
+            "status_polling_interval": [0],
+            "absent_grace": [-1],
+            "query_failure_limit": [0],
+        },
+    ),
+    Subject(
+        "htex_ref.providers.kubernetes:KubernetesProvider", "KubernetesProvider",
+        "Each block is one pod created through the Kubernetes API (the `kubernetes` package, an optional extra, "
+        "or any object with the same three calls passed as `api`); its state comes from the pod's phase and "
+        "container states. Construction makes no API call.",
+        required={"image": "python:3.11", "api": _PodApiStandIn()},
+        bad={
+            "image": ["", "my image"],
+            "namespace": ["Science", ""],
+            "nodes_per_block": [2],
+            "init_blocks": [-1, 11],
+            "min_blocks": [11],
+            "max_blocks": [-1],
+            "max_cpu": [0, "2"],
+            "max_mem": ["lots", "2 Gi"],
+            "init_cpu": [0, 3],
+            "init_mem": ["1Gi", "0"],
+            "parallelism": [2],
+            "worker_init": [None],
+            "pod_name": ["a b"],
+            "user_id": ["root", -1],
+            "group_id": ["users"],
+            "run_as_non_root": ["yes"],
+            "secret": [""],
+            "incluster_config": [None],
+            "persistent_volumes": [["claim:/data"], [("claim", "data")]],
+            "service_account_name": ["a b"],
+            "annotations": [{"a": 1}],
+            "extra_labels": [{"app": "has spaces"}, {"htex-ref/provider": "x"}],
+            "cmd_timeout": [0],
+            "label": [""],
+            "status_polling_interval": [0],
+            "absent_grace": [-1],
+            "query_failure_limit": [0],
+            "api": [object()],
         },
     ),
     Subject(

@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: The label that selects this provider's pods (its value: the provider's token).
 PROVIDER_LABEL = "htex-ref/provider"
+#: The calls the provider makes on its API object.
+API_CALLS = ("create_namespaced_pod", "list_namespaced_pod", "delete_namespaced_pod")
 #: Seconds a pod may keep failing to pull its image (ErrImagePull, ImagePullBackOff) before it is FAILED.
 IMAGE_PULL_LIMIT = 300.0
 
@@ -499,6 +501,12 @@ class KubernetesProvider(ExecutionProvider):
         self.query_failure_limit = check_number(owner, "query_failure_limit", query_failure_limit, unit="seconds")
         #: Drawn once: the label value that selects this provider's pods, and the start of their names' suffix.
         self.token = secrets.token_hex(4)
+        if api is not None:
+            missing = [m for m in API_CALLS if not callable(getattr(api, m, None))]
+            if missing:
+                raise ConfigurationError(f"{owner}.api must have the Kubernetes API's {', '.join(API_CALLS)} (a "
+                                         f"kubernetes.client.CoreV1Api does); {type(api).__name__} lacks "
+                                         f"{', '.join(missing)}")
         self.api = api if api is not None else _load_api(owner, incluster_config)
         self.pods: dict[str, _Pod] = {}
         self._count = 0
@@ -695,6 +703,7 @@ def _load_api(owner: str, incluster_config: bool) -> Any:
 
 
 __all__ = [
+    "API_CALLS",
     "IMAGE_PULL_LIMIT",
     "PROVIDER_LABEL",
     "KubernetesApiError",

@@ -166,11 +166,13 @@ def test_defaults_and_repr() -> None:
     ({"init_blocks": 11}, "init_blocks"),
     ({"cmd_timeout": 0}, "cmd_timeout"),
     ({"absent_grace": -1}, "absent_grace"),
+    ({"api": object()}, "api"),
 ])
 def test_bad_settings_are_named(kwargs: dict[str, Any], name: str) -> None:
     kwargs.setdefault("image", "python:3.11")
+    kwargs.setdefault("api", FakeApi())
     with pytest.raises(ConfigurationError, match=name):
-        KubernetesProvider(api=FakeApi(), **kwargs)
+        KubernetesProvider(**kwargs)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("kubernetes") is not None, reason="the kubernetes package is installed")
