@@ -1,4 +1,5 @@
-"""Providers: turn blocks into jobs on a resource (the local machine, Slurm, PBS Pro)."""
+"""Providers: turn blocks into jobs on a resource (the local machine, Slurm, PBS Pro, Grid Engine, Torque, HTCondor) or
+into pods (Kubernetes)."""
 
 from htex_ref.providers.base import TERMINAL_STATES, ExecutionProvider, JobState, JobStatus
 from htex_ref.providers.cluster import ClusterProvider, CommandResult, merge_status, run_command
