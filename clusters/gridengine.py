@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -196,6 +197,9 @@ GLOBAL_CHANGES = {
     "load_report_time": "00:00:05",
     # Accounting written a second after a job ends (default 15 s): qacct has exit codes sooner.
     "reporting_params": "accounting=true reporting=false flush_time=00:00:01 joblog=false sharelog=00:00:00",
+    # Jobs' shells are not login shells: a login bash reads root's profile on every job start (here it runs
+    # `pyenv rehash`, whose lock makes jobs that start together print errors into their output).
+    "login_shells": "none",
     # qdel and h_rt also kill what a job started in another session or process group (worker pools do),
     # found by the extra group id every job's processes carry.
     "execd_params": "ENABLE_ADDGRP_KILL=true",
@@ -614,7 +618,12 @@ def down(lay: Layout, info_path: Path | None, keep_dir: bool) -> list[str]:
         wait_for(lambda: not any(isinstance(p, int) and is_ours(lay, p) for n, p in pids.items()
                                  if n.startswith("sge_execd")), 10)
         run(["qconf", "-km"], check=False, env=env)
-        wait_for(lambda: not is_ours(lay, qmaster), 5)
+        if not wait_for(lambda: not is_ours(lay, qmaster), 5):
+            # It often hangs in its shutdown (SIGTERM does not help either); its spool is thrown away anyway.
+            log(f"sge_qmaster (pid {qmaster}) still runs 5 s after `qconf -km`: SIGKILL")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(qmaster, signal.SIGKILL)
+            wait_for(lambda: not is_ours(lay, qmaster), 5)
     sweep(lay)
     left = leftovers(lay)
     if info_path is not None:
