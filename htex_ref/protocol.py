@@ -12,6 +12,8 @@ Layouts (``|`` separates frames)::
                               cmd | request id (u64) | JSON {"op": Query, "args": [...]}
                               notice | JSON {"op": Notice, "args": [...]}
                               cancel | CancelBody
+                              recover_task | TaskHeader | function bytes | arguments bytes
+                              recover | JSON {"window": seconds, "managers": int}
                               stop
     interchange -> executor   ready | JSON {"worker_port": int, "pid": int}
                               results | batch(ResultHeader, payload, ResultHeader, payload, ...)
@@ -19,6 +21,7 @@ Layouts (``|`` separates frames)::
                               fatal | JSON {"kind": str, "message": str}
                               monitor | JSON {dispatch, managers, snapshot} (htex_ref.monitoring)
                               pool_report | manager id | the pool's two monitor frames, as they came
+                              recovered | JSON {"requeued": [task id, ...], "adopted": int, "managers": int}
     manager -> interchange    probe | protocol version
                               register | JSON Registration
                               hb
@@ -33,6 +36,9 @@ Layouts (``|`` separates frames)::
                               tasks | batch(TaskHeader, function, arguments, TaskHeader, ...)
                               shutdown | JSON {"reason": str}
                               cancel | CancelBody
+                              ack | TaskIds (results the executor has: the pool may forget them)
+                              drop | TaskIds (tasks this pool must stop and never report)
+                              register_again | JSON {"reason": str}
     manager -> worker         task | TaskHeader | function | arguments [| JSON {variable: value}]
                               stop
     worker -> manager         ready | JSON {"pid": int}
@@ -41,6 +47,10 @@ Layouts (``|`` separates frames)::
 A TaskHeader is ``struct "<qd"`` (task id, priority), followed only for MPI tasks by their resource
 specification as a JSON object, which the pool in MPI mode reads to place the task on nodes. The
 optional last frame to a worker holds the variables that worker sets for that one task.
+
+TaskIds is the ids as ``struct "<q"`` each. A ``register`` carries the ids of the tasks the pool holds
+(queued, running, or finished with the result not yet acknowledged), so that after a lost connection
+or a restarted interchange the pool's tasks are matched instead of lost (``htex_ref.core.interchange``).
 
 A CancelBody is one byte (1: stop the tasks' workers if they are running, 0: only drop queued tasks)
 followed by the task ids as ``struct "<q"`` each. The ``registered`` answer also carries the pool's
@@ -96,6 +106,12 @@ class Kind:
     CANCEL = b"cancel"
     MONITOR = b"monitor"
     POOL_REPORT = b"pool_report"
+    ACK = b"ack"
+    DROP = b"drop"
+    REGISTER_AGAIN = b"register_again"
+    RECOVER_TASK = b"recover_task"
+    RECOVER = b"recover"
+    RECOVERED = b"recovered"
 
 
 class Outcome(enum.IntEnum):
@@ -186,6 +202,23 @@ def unpack_cancel(frame: Frame) -> tuple[tuple[int, ...], bool]:
         raise ProtocolError(f"bad cancel flag {flag}")
     count = (size - 1) // _TASK_ID.size
     return struct.unpack_from(f"<{count}q", frame, 1), flag == 1
+
+
+#: Most task ids one ack, drop or registration carries (the sender splits longer lists).
+MAX_TASK_IDS = 1 << 20
+
+
+def pack_ids(task_ids: list[int] | tuple[int, ...]) -> bytes:
+    """TaskIds: the ids as ``<q`` each."""
+    return struct.pack(f"<{len(task_ids)}q", *task_ids)
+
+
+def unpack_ids(frame: Frame) -> tuple[int, ...]:
+    """The ids of a TaskIds frame; ``ProtocolError`` for any other layout."""
+    size = len(frame)
+    if size % _TASK_ID.size or size // _TASK_ID.size > MAX_TASK_IDS:
+        raise ProtocolError(f"bad task id list ({size} bytes)")
+    return struct.unpack_from(f"<{size // _TASK_ID.size}q", frame, 0)
 
 
 def pack_result_header(task_id: int, outcome: Outcome, run_time: float = 0.0) -> bytes:
@@ -413,6 +446,13 @@ def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 
 
+def _held_ids(value: Any) -> tuple[int, ...]:
+    if (not isinstance(value, list) or len(value) > MAX_TASK_IDS
+            or not all(type(v) is int for v in value)):
+        raise ProtocolError("held must be a list of task ids")
+    return tuple(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
     """What a worker pool tells the interchange about itself when it connects."""
@@ -430,13 +470,17 @@ class Registration:
     total_memory: int
     os: str
     drain_in: float | None = None  # seconds from registration until the pool should drain
+    #: Tasks the pool holds when it registers again (queued, running, finished but not acknowledged).
+    held: tuple[int, ...] = ()
 
     @property
     def capacity(self) -> int:
         return self.worker_count + self.prefetch_capacity
 
     def encode(self) -> bytes:
-        return dump_json(asdict(self))
+        body = asdict(self)
+        body["held"] = list(self.held)
+        return dump_json(body)
 
     @classmethod
     def decode(cls, frame: bytes) -> Registration:
@@ -455,6 +499,7 @@ class Registration:
             total_memory=_field(body, "total_memory", int),
             os=_field(body, "os", str),
             drain_in=_field(body, "drain_in", (int, float), optional=True),
+            held=_held_ids(body.get("held", [])),
         )
         if reg.worker_count < 0 or reg.prefetch_capacity < 0:
             raise ProtocolError("negative worker_count or prefetch_capacity")

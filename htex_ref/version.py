@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 #: Bumped whenever a message layout changes. A worker pool whose protocol version differs from the
 #: interchange's is refused at registration with an error that names both versions.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 PYTHON_VERSION = "{}.{}.{}".format(*sys.version_info[:3])
 

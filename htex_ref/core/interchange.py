@@ -24,6 +24,22 @@ Rules it keeps:
    so nothing is sent back); one held by a manager stays counted against that manager until the
    manager reports its outcome, and the manager is told to cancel it. Cancels are rare, so finding a
    task may scan the queue and the managers; nothing on the dispatch path pays for them.
+9. Every result a registered manager sends is acknowledged (``AckResults``), accepted or dropped; the
+   runtime sends the acknowledgement only once the executor has the bytes, so a manager forgets a
+   result only after it is safe, and re-sends the unacknowledged ones when it registers again.
+10. A manager that registers again (its connection dropped, or this interchange was restarted) names
+    the tasks it holds. Matched against what this interchange knows: a task it still counts on that
+    manager continues; one it counts there but the manager does not name never arrived and goes back
+    to the front of the queue; one waiting in recovery (below) or in the queue is adopted by the
+    manager (so it does not run twice); any other, including one this interchange declared lost with
+    that manager (and so already failed or retried), is dropped there (``DropOnManager``): it stops
+    and is never reported. A silent-then-returning manager that was declared lost is asked to register
+    again (``RegisterAgain``) rather than stopped; one that was told to stop, or whose block ended, is
+    stopped or refused.
+11. Recovery after a restart: the executor sends the new interchange every outstanding task
+    (``RecoverTask``) and then ``RecoveryStart``. Those tasks wait for managers to claim them for the
+    recovery window, or until as many managers as the executor last knew have registered; then the
+    unclaimed ones join the queue in id order, and ``Recovered`` names them (they may have run before).
 """
 
 from __future__ import annotations
@@ -68,7 +84,9 @@ class ManagerRecord:
     registration: Registration
     registered_at: float
     last_seen: float
-    tasks: set[int] = field(default_factory=set)
+    #: Tasks handed to this manager and not yet ended, with their frames (to queue again should a
+    #: re-registration show that they never arrived).
+    tasks: dict[int, QueuedTask] = field(default_factory=dict)
     #: Moving average of the time calls ran on this manager's workers; None until a result came back.
     avg_task_time: float | None = None
     #: Distinguishes this registration from an earlier one with the same manager id (for timers).
@@ -224,16 +242,32 @@ class PendingQueue:
 
     def remove(self, task_ids: set[int] | frozenset[int]) -> list[int]:
         """Drop the queued tasks whose ids are in ``task_ids`` (order of the rest kept); returns their ids."""
-        gone: list[int] = []
+        return [t.task_id for t in self.take_ids(task_ids)]
+
+    def take_ids(self, task_ids: set[int] | frozenset[int]) -> list[QueuedTask]:
+        """Remove and return the queued tasks whose ids are in ``task_ids`` (order of the rest kept)."""
+        gone: list[QueuedTask] = []
         for priority, level in self._levels.items():
             head = self._heads[priority]
             waiting = level[head:]
             if any(t.task_id in task_ids for t in waiting):
-                gone.extend(t.task_id for t in waiting if t.task_id in task_ids)
+                gone.extend(t for t in waiting if t.task_id in task_ids)
                 self._levels[priority] = [t for t in waiting if t.task_id not in task_ids]
                 self._heads[priority] = 0
         self._count -= len(gone)
         return gone
+
+    def push_front(self, tasks: list[QueuedTask]) -> None:
+        """Put ``tasks`` back ahead of the others of their priority (in id order): they were handed out
+        first. Rare (a manager that never received them), so a list insert is fine."""
+        for task in sorted(tasks, key=lambda t: t.task_id, reverse=True):
+            level = self._levels.get(task.priority)
+            if level is None:
+                self.push(task)
+                continue
+            head = self._heads[task.priority]
+            level.insert(head, task)
+            self._count += 1
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -303,9 +337,27 @@ class CancelTasks:
     kill_running: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RecoverTask:
+    """After a restart: a task the executor still waits for (rule 11); it waits for a manager to claim it."""
+
+    task: QueuedTask
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryStart:
+    """After a restart: every outstanding task has been sent; wait up to ``window`` seconds for managers to
+    claim them, or until ``managers`` have registered (None: the whole window)."""
+
+    window: float
+    managers: int | None = None
+
+
 Event = (
     TaskSubmitted
     | CancelTasks
+    | RecoverTask
+    | RecoveryStart
     | ManagerRegistered
     | ManagerHeartbeat
     | ResultsReceived
@@ -377,8 +429,44 @@ class CancelOnManager:
     kill_running: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AckResults:
+    """The results of these tasks reached this interchange: the runtime tells the manager once the
+    executor has them (rule 9)."""
+
+    manager_id: bytes
+    task_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class DropOnManager:
+    """The manager must stop these tasks and never report them (rule 10)."""
+
+    manager_id: bytes
+    task_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterAgain:
+    """A manager this interchange does not know (declared lost, or registered with an earlier
+    interchange) should register again, naming its tasks (rule 10)."""
+
+    manager_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """Recovery ended (rule 11): ``requeued`` tasks were claimed by no manager and were queued again
+    (they may have run before the restart); ``adopted`` were claimed; ``managers`` registered meanwhile."""
+
+    requeued: list[int]
+    adopted: int
+    managers: int
+
+
 Instruction = (SendTasks | ForwardResults | AcceptRegistration | RejectRegistration | ReplyHeartbeat | StopManager
-               | CancelOnManager | ManagerChanged | Note)
+               | CancelOnManager | ManagerChanged | AckResults | DropOnManager | RegisterAgain | Recovered | Note)
 
 
 def lost_payload(manager_id: str, hostname: str, detail: str) -> bytes:
@@ -430,6 +518,17 @@ class InterchangeState:
         self._out: list[Instruction] = []
         self._results: list[ResultTuple] = []
         self._raw_results: list[bytes] = []
+        #: Rule 10: tasks declared lost with a manager that went silent (task id -> manager id), managers
+        #: told to stop, and blocks that ended; a manager that comes back is matched against them.
+        self._lost: dict[int, bytes] = {}
+        self._stopped: set[bytes] = set()
+        self._ended_blocks: set[str] = set()
+        #: Rule 11: tasks waiting to be claimed after a restart, until ``_recover_until``.
+        self._recovering: dict[int, QueuedTask] = {}
+        self._recover_until: float | None = None
+        self._recover_expect: int | None = None
+        self._recover_adopted = 0
+        self._recover_managers = 0
 
     # ------------------------------------------------------------------------------- public API
 
@@ -450,6 +549,10 @@ class InterchangeState:
         timers = self._timers
         if timers and timers[0][0] <= now:
             self._fire_timers(now)
+        if self._recover_until is not None and (
+                now >= self._recover_until
+                or (self._recover_expect is not None and self._recover_managers >= self._recover_expect)):
+            self._end_recovery()
         if self._pending._count:
             self._dispatch(now)
         if self._results or self._raw_results:
@@ -465,9 +568,14 @@ class InterchangeState:
             _, _, _, mid, generation = timers[0]
             rec = self.managers.get(mid)
             if rec is not None and rec.generation == generation:
-                return timers[0][0]
+                due = timers[0][0]
+                return due if self._recover_until is None else min(due, self._recover_until)
             heapq.heappop(timers)  # left by a manager that is gone
-        return None
+        return self._recover_until
+
+    @property
+    def recovering(self) -> bool:
+        return self._recover_until is not None
 
     def managers_snapshot(self, now: float) -> list[dict[str, Any]]:
         return [m.snapshot(now) for m in self.managers.values()]
@@ -489,14 +597,38 @@ class InterchangeState:
     def _on_task(self, ev: TaskSubmitted, now: float) -> None:
         self._pending.push(ev.task)
 
+    def _on_recover_task(self, ev: RecoverTask, now: float) -> None:
+        self._recovering[ev.task.task_id] = ev.task
+
+    def _on_recovery_start(self, ev: RecoveryStart, now: float) -> None:
+        self._recover_until = now + max(0.0, ev.window)
+        self._recover_expect = ev.managers
+        self._out.append(Note(INFO, f"Recovering {len(self._recovering)} outstanding tasks: waiting up to "
+                                    f"{ev.window:g} s for worker pools to claim them"
+                                    + (f" ({ev.managers} pools were registered before)" if ev.managers else "")))
+
+    def _end_recovery(self) -> None:
+        requeued = sorted(self._recovering)
+        for tid in requeued:
+            self._pending.push(self._recovering[tid])
+        self._recovering = {}
+        self._recover_until = None
+        self._out.append(Note(INFO, f"Recovery ended: {self._recover_adopted} tasks claimed by "
+                                    f"{self._recover_managers} worker pools, {len(requeued)} queued again"))
+        self._out.append(Recovered(requeued, self._recover_adopted, self._recover_managers))
+
     def _on_cancel(self, ev: CancelTasks, now: float) -> None:
         ids = set(ev.task_ids)
+        if self._recovering:
+            for tid in list(ids):
+                if self._recovering.pop(tid, None) is not None:
+                    ids.discard(tid)
         if self._pending._count:
             ids.difference_update(self._pending.remove(ids))
         if not ids:
             return
         for rec in self.managers.values():
-            held = rec.tasks & ids if rec.tasks else None
+            held = rec.tasks.keys() & ids if rec.tasks else None
             if held:
                 self._out.append(CancelOnManager(rec.manager_id, tuple(sorted(held)), ev.kill_running))
                 ids -= held
@@ -506,8 +638,18 @@ class InterchangeState:
     def _on_register(self, ev: ManagerRegistered, now: float) -> None:
         reg = ev.registration
         mid = ev.manager_id
-        if mid in self.managers:
-            self._out.append(RejectRegistration(mid, f"manager id {reg.uid} is already registered"))
+        if mid in self._stopped:
+            self._out.append(RejectRegistration(mid, f"manager {reg.uid} was told to stop"))
+            return
+        if reg.block_id is not None and reg.block_id in self._ended_blocks:
+            self._out.append(RejectRegistration(mid, f"block {reg.block_id} of manager {reg.uid} has ended"))
+            return
+        old = self.managers.get(mid)
+        if old is not None:
+            if old.registration.uid != reg.uid or old.worker_count != reg.worker_count:
+                self._out.append(RejectRegistration(mid, f"manager id {reg.uid} is already registered"))
+                return
+            self._register_again(old, reg, now)
             return
         ours = f"protocol={self.protocol_version} python={self.python_version} htex_ref={__version__}"
         theirs = f"protocol={reg.protocol_version} python={reg.python_version} htex_ref={reg.htex_ref_version}"
@@ -542,19 +684,83 @@ class InterchangeState:
         if reg.drain_in is not None:
             rec.drain_at = now + max(0.0, reg.drain_in)
             self._push_timer(rec.drain_at, "drain", rec)
+        if self._recover_until is not None:
+            self._recover_managers += 1
+        if reg.held:
+            self._match_held(rec, reg.held)
         self._refresh_free(rec)
-        self._changed(rec, "registered", f"capacity {reg.capacity}")
+        self._changed(rec, "registered", f"capacity {reg.capacity}" + (f", holds {len(reg.held)} tasks"
+                                                                         if reg.held else ""))
         self._out.append(Note(INFO, f"Registered manager {reg.uid} (block {reg.block_id}, host {reg.hostname}, "
-                                    f"{reg.worker_count} workers, capacity {reg.capacity})"))
+                                    f"{reg.worker_count} workers, capacity {reg.capacity}"
+                                    + (f", holding {len(reg.held)} tasks" if reg.held else "") + ")"))
         self._out.append(AcceptRegistration(mid))
+
+    def _register_again(self, rec: ManagerRecord, reg: Registration, now: float) -> None:
+        """A registered manager registers again (its connection dropped and came back): rule 10."""
+        rec.last_seen = now
+        held = set(reg.held)
+        missing = [t for tid, t in rec.tasks.items() if tid not in held]
+        if missing:
+            # Handed to it while its connection was down: they never arrived.
+            for t in missing:
+                del rec.tasks[t.task_id]
+            self._in_flight -= len(missing)
+            if rec.load is not None:
+                rec.load.tasks -= len(missing)
+            self._pending.push_front(missing)
+            self._out.append(Note(WARNING, f"Manager {reg.uid} never received {len(missing)} tasks sent while its "
+                                           "connection was down; queued again"))
+        unknown = tuple(tid for tid in reg.held if tid not in rec.tasks)
+        if unknown:
+            self._match_held(rec, unknown)
+        if not rec.tasks:
+            rec.idle_since = now
+        self._refresh_free(rec)
+        self._out.append(Note(INFO, f"Manager {reg.uid} registered again holding {len(reg.held)} tasks"))
+        self._out.append(AcceptRegistration(rec.manager_id))
+
+    def _match_held(self, rec: ManagerRecord, held: Iterable[int]) -> None:
+        """Tasks a (re-)registering manager names that it is not known to hold: adopt those waiting for
+        recovery or in the queue, drop the rest there (rule 10)."""
+        mid = rec.manager_id
+        adopt: list[QueuedTask] = []
+        queued: set[int] = set()
+        drop: list[int] = []
+        for tid in held:
+            lost_with = self._lost.pop(tid, None)
+            if lost_with is not None:
+                drop.append(tid)
+                continue
+            task = self._recovering.pop(tid, None)
+            if task is not None:
+                adopt.append(task)
+                self._recover_adopted += 1
+            else:
+                queued.add(tid)
+        if queued and self._pending._count:
+            taken = self._pending.take_ids(queued)
+            adopt.extend(taken)
+            queued.difference_update(t.task_id for t in taken)
+        drop.extend(sorted(queued))
+        if adopt:
+            for t in adopt:
+                rec.tasks[t.task_id] = t
+            rec.idle_since = None
+            self._in_flight += len(adopt)
+            if rec.load is not None:
+                rec.load.tasks += len(adopt)
+                rec.load.idle_since = None
+        if drop:
+            self._out.append(Note(WARNING, f"Manager {rec.registration.uid} holds {len(drop)} tasks that ended "
+                                           "elsewhere (declared lost, run by another manager, or already "
+                                           "delivered); telling it to drop them"))
+            self._out.append(DropOnManager(mid, tuple(drop)))
 
     def _on_heartbeat(self, ev: ManagerHeartbeat, now: float) -> None:
         rec = self.managers.get(ev.manager_id)
         if rec is None:
-            # Forgotten (expired, cancelled) or never registered: its tasks were already failed here,
-            # so tell it to stop rather than let it run on until its own silence timer fires.
-            self._out.append(Note(DEBUG, f"Heartbeat from unknown manager {ev.manager_id!r}; telling it to stop"))
-            self._out.append(StopManager(ev.manager_id, "this manager is not registered (it was forgotten)"))
+            self._unknown(ev.manager_id, "heartbeat")
             return
         rec.last_seen = now
         self._out.append(ReplyHeartbeat(ev.manager_id))
@@ -562,21 +768,18 @@ class InterchangeState:
     def _on_results(self, ev: ResultsReceived, now: float) -> None:
         rec = self.managers.get(ev.manager_id)
         if rec is None:
-            # Its tasks were already failed with MANAGER_LOST when it was forgotten.
-            self._out.append(Note(WARNING, f"Ignoring {len(ev.results)} results from unknown manager "
-                                           f"{ev.manager_id!r}"))
-            self._out.append(StopManager(ev.manager_id, "this manager is not registered (it was forgotten)"))
+            # Not acknowledged: the manager keeps them and sends them again once it has registered.
+            self._unknown(ev.manager_id, f"{len(ev.results)} results")
             return
         rec.last_seen = now
         avg = rec.avg_task_time
         accepted = []
         held = rec.tasks
+        self._out.append(AckResults(ev.manager_id, [r[0] for r in ev.results]))
         for result in ev.results:
-            try:
-                held.remove(result[0])
-            except KeyError:
-                self._out.append(Note(WARNING, f"Dropping result for task {result[0]} not held by manager "
-                                               f"{rec.registration.uid}"))
+            if held.pop(result[0], None) is None:
+                self._out.append(Note(DEBUG, f"Dropping result for task {result[0]} not held by manager "
+                                             f"{rec.registration.uid}"))
                 continue
             run_time = result[3]
             # Only calls that ran count: a lost task says nothing about how long tasks take.
@@ -600,6 +803,17 @@ class InterchangeState:
                 self._forget(rec, stop_reason="drained")
                 return
         self._refresh_free(rec)
+
+    def _unknown(self, mid: bytes, what: str) -> None:
+        if mid in self._stopped:
+            self._out.append(Note(DEBUG, f"{what} from stopped manager {mid!r}; telling it to stop again"))
+            self._out.append(StopManager(mid, "this manager was told to stop"))
+            return
+        # Declared lost while silent, or registered with an interchange before a restart: it may hold
+        # tasks; registering again matches them (rule 10).
+        self._out.append(Note(INFO, f"{what} from unregistered manager {mid!r}; asking it to register again"))
+        self._out.append(RegisterAgain(mid, "this manager is not registered here (declared lost, or the "
+                                            "interchange was restarted)"))
 
     def _on_goodbye(self, ev: ManagerGoodbye, now: float) -> None:
         rec = self.managers.get(ev.manager_id)
@@ -636,6 +850,7 @@ class InterchangeState:
 
     def _on_block_cancelled(self, ev: BlockCancelled, now: float) -> None:
         why = ev.reason or "was cancelled by the executor"
+        self._ended_blocks.add(ev.block_id)
         totals = self._block_totals.get(ev.block_id)
         for rec in [self.managers[mid] for mid in sorted(totals.members)] if totals is not None else []:
             self._fail_tasks(rec, f"its block {ev.block_id} {why}")
@@ -644,6 +859,8 @@ class InterchangeState:
     _handlers: dict[type, Any] = {
         TaskSubmitted: _on_task,
         CancelTasks: _on_cancel,
+        RecoverTask: _on_recover_task,
+        RecoveryStart: _on_recovery_start,
         ManagerRegistered: _on_register,
         ManagerHeartbeat: _on_heartbeat,
         ResultsReceived: _on_results,
@@ -674,7 +891,7 @@ class InterchangeState:
                                                f"missed heartbeats for {now - rec.last_seen:.1f} s; failing its "
                                                f"{len(rec.tasks)} tasks"))
                 why = f"no heartbeat for {now - rec.last_seen:.1f} s (heartbeat_threshold={self.heartbeat_threshold} s)"
-                self._fail_tasks(rec, why)
+                self._fail_tasks(rec, why, may_return=True)
                 self._forget(rec, why=f"lost: {why}")
             elif kind == "drain" and not rec.draining:
                 rec.draining = True
@@ -728,9 +945,10 @@ class InterchangeState:
         """Give ``batch`` (a list of its own, which becomes part of the message) to ``rec``."""
         n = len(batch)
         if n == 1:
-            rec.tasks.add(batch[0].task_id)
+            t = batch[0]
+            rec.tasks[t.task_id] = t
         else:
-            rec.tasks.update([t.task_id for t in batch])
+            rec.tasks.update([(t.task_id, t) for t in batch])
         rec.idle_since = None
         if rec.load is not None:
             rec.load.tasks += n
@@ -788,9 +1006,12 @@ class InterchangeState:
     def pending_by_priority(self) -> dict[float, int]:
         return self._pending.counts()
 
-    def _fail_tasks(self, rec: ManagerRecord, detail: str) -> None:
+    def _fail_tasks(self, rec: ManagerRecord, detail: str, may_return: bool = False) -> None:
         if not rec.tasks:
             return
+        if may_return:
+            # A silent manager may come back with these; it is told to drop them then (rule 10).
+            self._lost.update(dict.fromkeys(rec.tasks, rec.manager_id))
         payload = lost_payload(rec.registration.uid, rec.registration.hostname, detail)
         self._results.extend((tid, Outcome.MANAGER_LOST, payload, 0.0) for tid in sorted(rec.tasks))
         self._in_flight -= len(rec.tasks)
@@ -820,6 +1041,7 @@ class InterchangeState:
         self._free.discard(rec.manager_id)
         self._prefetchable.discard(rec.manager_id)
         if stop_reason is not None:
+            self._stopped.add(rec.manager_id)
             self._out.append(StopManager(rec.manager_id, stop_reason))
 
 

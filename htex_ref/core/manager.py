@@ -20,9 +20,17 @@ Rules it keeps:
    and the slot is restarted; a task it held but had not started goes back to the front of its priority.
 4. A worker slot that dies ``max_startup_failures`` times in a row before it ever becomes ready stops
    the pool with an error naming the slot and exit code, instead of a restart loop.
-5. The pool exits when the interchange has been silent for ``heartbeat_threshold`` seconds, or when
-   the connection to it has been down for ``reconnect_grace`` seconds (an interchange that died is
-   noticed in seconds, a network blip shorter than the grace is ridden out).
+5. The pool rides out a lost interchange: its tasks keep running and their results are kept. It exits
+   when the interchange has been silent for ``reconnect_timeout`` seconds (a network partition), or
+   when the connection has been down (refused or reset: the interchange process is gone) for
+   ``reconnect_grace`` seconds without coming back (a restarted interchange is back within a second or
+   two). When the connection comes back after being down, or the interchange asks (it does not know
+   this pool: it declared it lost, or it was restarted), the pool registers again naming every task it
+   holds (``Register``: queued, running, or finished and not acknowledged).
+12. A result is kept until the interchange acknowledges it (``ResultsAcked``, sent once the executor
+    has it), and every unacknowledged result is sent again after registering again. Tasks the
+    interchange says to drop (``DropTasks``: they were declared lost and failed or retried, or ended
+    elsewhere) are stopped or removed without a result, and their kept results forgotten.
 6. A worker killed by SIGTERM is not reported at once: a batch system ending a job (``scancel``,
    walltime) sends SIGTERM to the pool and its workers together, in no set order, and the task should
    fail as lost with its pool (ManagerLost), not as a worker's own death. If the pool's own stop
@@ -107,7 +115,8 @@ class StopOrder:
     """A worker being stopped because of its task (rule 9)."""
 
     task_id: int
-    outcome: Outcome
+    #: None: the task was dropped (rule 12) and its worker stops without a result.
+    outcome: Outcome | None
     #: What the task's result says (JSON): worker, host, detail, and the limit that was passed.
     report: dict[str, Any]
     #: When SIGKILL follows the SIGTERM.
@@ -131,6 +140,9 @@ class WorkerSlot:
     limit: float = 0.0
     #: Set while the worker is being stopped.
     stop: StopOrder | None = None
+    #: The current task (and the one handed over in advance) was dropped (rule 12): no result goes out.
+    silent: bool = False
+    next_silent: bool = False
 
 
 class LocalQueue:
@@ -278,6 +290,32 @@ class StopRequested:
     error: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ResultsAcked:
+    """The interchange (and so the executor) has the results of these tasks."""
+
+    task_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DropTasks:
+    """The interchange says these tasks ended elsewhere: stop them, report nothing (rule 12)."""
+
+    task_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterAgainRequested:
+    """The interchange does not know this pool (rule 5)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationAccepted:
+    pass
+
+
 Event = (
     TasksArrived
     | WorkerReady
@@ -289,6 +327,10 @@ Event = (
     | InterchangeDisconnected
     | InterchangeConnected
     | StopRequested
+    | ResultsAcked
+    | DropTasks
+    | RegisterAgainRequested
+    | RegistrationAccepted
 )
 
 
@@ -335,7 +377,14 @@ class Exit:
     unfinished: list[int] = field(default_factory=list)
 
 
-Instruction = RunTask | SendResults | SendHeartbeat | StartWorker | SignalWorker | Exit | Note
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Register again, naming the tasks this pool holds (rule 5)."""
+
+    held: tuple[int, ...]
+
+
+Instruction = RunTask | SendResults | SendHeartbeat | StartWorker | SignalWorker | Exit | Register | Note
 
 
 class ManagerState:
@@ -356,6 +405,7 @@ class ManagerState:
         mpi_launcher: str = "mpiexec",
         kill_grace: float = 2.0,
         memory_limit: int | None = None,
+        reconnect_timeout: float | None = None,
     ) -> None:
         self.kill_grace = kill_grace
         #: Bytes a worker (with its children) may hold while running a task (None: not enforced).
@@ -372,8 +422,14 @@ class ManagerState:
         self.advance_max_task_time = advance_max_task_time
         #: Moving average of how long calls ran here; None until the first result.
         self.avg_task_time: float | None = None
-        self.reconnect_grace = min(reconnect_grace, heartbeat_threshold)
+        #: How long the interchange may be silent before this pool gives up (rule 5).
+        self.reconnect_timeout = 2 * heartbeat_threshold if reconnect_timeout is None else reconnect_timeout
+        self.reconnect_grace = min(reconnect_grace, self.reconnect_timeout)
         self.disconnected_since: float | None = None
+        #: Results sent and not yet acknowledged (rule 12), by task id.
+        self.unacked: dict[int, ResultTuple] = {}
+        #: When this pool last asked to register again (None: not waiting for an answer).
+        self.registering_since: float | None = None
         self.hostname = hostname
         self.result_batch_delay = result_batch_delay
         self.result_batch_size = result_batch_size
@@ -417,7 +473,11 @@ class ManagerState:
             if (self.exiting or not self.queue.count or len(self._results) >= self.result_batch_size
                     or now >= self.results_since + self.result_batch_delay):
                 # Results come before an Exit so the runtime sends them before saying goodbye.
-                self._out.insert(0, SendResults(self._results))
+                results = self._results
+                self._out.insert(0, SendResults(results))
+                unacked = self.unacked
+                for r in results:
+                    unacked[r[0]] = r
                 self._results = []
                 self.results_since = None
         out, self._out = self._out, []
@@ -431,8 +491,22 @@ class ManagerState:
         """When a task's time limit or a stopped worker's SIGKILL may be due (None: no such timer)."""
         return self._task_timers[0][0] if self._task_timers else None
 
+    def held_ids(self) -> tuple[int, ...]:
+        """Every task this pool holds: queued, running, handed over in advance, or finished with its result
+        not yet acknowledged (what a registration names, rule 5)."""
+        ids = {t.task_id for t in self.queue}
+        for w in self.workers.values():
+            if w.task_id is not None and not w.silent and (w.stop is None or w.stop.outcome is not None):
+                ids.add(w.task_id)
+            if w.next_task is not None and not w.next_silent:
+                ids.add(w.next_task.task_id)
+        ids.update(lost[0] for _, lost in self._deferred)
+        ids.update(r[0] for r in self._results)
+        ids.update(self.unacked)
+        return tuple(sorted(ids))
+
     def next_deadline(self) -> float:
-        deadline = min(self.last_heartbeat + self.heartbeat_period, self.last_contact + self.heartbeat_threshold)
+        deadline = min(self.last_heartbeat + self.heartbeat_period, self.last_contact + self.reconnect_timeout)
         if self.results_since is not None:
             deadline = min(deadline, self.results_since + self.result_batch_delay)
         if self.disconnected_since is not None:
@@ -477,7 +551,10 @@ class ManagerState:
             self._out.append(Note(WARNING, f"Dropping result for task {ev.task_id} from worker {ev.rank} "
                                            "that was not running it"))
             return
-        self._results.append((ev.task_id, ev.outcome, ev.payload, ev.run_time))
+        if slot.silent or (slot.stop is not None and slot.stop.outcome is None):
+            slot.silent = False  # a dropped task (rule 12): its result goes nowhere
+        else:
+            self._results.append((ev.task_id, ev.outcome, ev.payload, ev.run_time))
         if self.mpi is not None:
             self.mpi.release(ev.task_id)
         avg = self.avg_task_time
@@ -496,14 +573,13 @@ class ManagerState:
             slot.task_id = None
             slot.deadline = None
             self._busy -= 1
-            if slot.next_task is not None:
-                self.queue.appendleft(slot.next_task)
-                slot.next_task = None
+            self._requeue_next(slot)
             return
         if slot.next_task is not None:
             # The worker already has its next task and has started it.
             task, slot.next_task = slot.next_task, None
             self._begin(slot, task, now)
+            slot.silent, slot.next_silent = slot.next_silent, False
             return
         slot.state = "idle"
         slot.task_id = None
@@ -516,9 +592,14 @@ class ManagerState:
         if slot is None:
             return
         stop, slot.stop = slot.stop, None
-        if slot.state == "busy" and slot.task_id is not None and stop is not None:
+        silent, slot.silent = slot.silent or (stop is not None and stop.outcome is None), False
+        if slot.state == "busy" and slot.task_id is not None and silent:
+            if self.mpi is not None:
+                self.mpi.release(slot.task_id)  # a dropped task (rule 12): no result
+        elif slot.state == "busy" and slot.task_id is not None and stop is not None:
             if self.mpi is not None:
                 self.mpi.release(slot.task_id)
+            assert stop.outcome is not None
             report = dict(stop.report, exit_code=ev.exit_code, killed=stop.killed)
             self._results.append((slot.task_id, stop.outcome, json.dumps(report).encode(), 0.0))
         elif slot.state == "busy" and slot.task_id is not None and ev.oom:
@@ -550,10 +631,8 @@ class ManagerState:
                     error=True,
                 )
                 return
-        if slot.next_task is not None:
-            # Handed over in advance but never started: it goes back to the front of its priority.
-            self.queue.appendleft(slot.next_task)
-            slot.next_task = None
+        # Handed over in advance but never started: it goes back to the front of its priority.
+        self._requeue_next(slot)
         if ev.rank in self._idle:
             self._idle.remove(ev.rank)
         if slot.state == "busy":
@@ -592,6 +671,48 @@ class ManagerState:
     def _on_contact(self, ev: InterchangeContact, now: float) -> None:
         self.last_contact = now
 
+    def _on_acked(self, ev: ResultsAcked, now: float) -> None:
+        unacked = self.unacked
+        for tid in ev.task_ids:
+            unacked.pop(tid, None)
+
+    def _on_drop(self, ev: DropTasks, now: float) -> None:
+        ids = frozenset(ev.task_ids)
+        for tid in ids:
+            self.unacked.pop(tid, None)
+        if self._results:
+            self._results = [r for r in self._results if r[0] not in ids]
+        if self._deferred:
+            self._deferred = [d for d in self._deferred if d[1][0] not in ids]
+        if self.queue.count:
+            self.queue.remove(ids)
+        for slot in self.workers.values():
+            if slot.next_task is not None and slot.next_task.task_id in ids:
+                slot.next_silent = True
+            if slot.state == "busy" and slot.task_id in ids and not slot.silent:
+                if slot.stop is None:
+                    self._stop(slot, now, None, {"detail": "dropped: the interchange says it ended elsewhere"})
+                else:
+                    slot.stop.outcome = None
+        self._out.append(Note(WARNING, f"Dropped {len(ids)} tasks the interchange says ended elsewhere"))
+
+    def _on_register_again(self, ev: RegisterAgainRequested, now: float) -> None:
+        if self.registering_since is not None and now - self.registering_since < self.heartbeat_period:
+            return  # asked already; the answer is on its way
+        self._out.append(Note(INFO, f"The interchange asks this pool to register again: {ev.reason}"))
+        self._register(now)
+
+    def _register(self, now: float) -> None:
+        self.registering_since = now
+        self._out.append(Register(self.held_ids()))
+
+    def _on_registered(self, ev: RegistrationAccepted, now: float) -> None:
+        self.registering_since = None
+        self.last_contact = now
+        if self.unacked:
+            # Rule 12: the interchange may never have had these (or the executor may not).
+            self._out.append(SendResults(list(self.unacked.values())))
+
     def _on_stop(self, ev: StopRequested, now: float) -> None:
         self._exit(ev.reason, error=ev.error)
 
@@ -600,7 +721,11 @@ class ManagerState:
             self.disconnected_since = now
 
     def _on_connected(self, ev: InterchangeConnected, now: float) -> None:
-        self.disconnected_since = None
+        if self.disconnected_since is not None:
+            # The connection came back: to the same interchange or a restarted one (rule 5).
+            self.disconnected_since = None
+            self._out.append(Note(INFO, "The connection to the interchange is back; registering again"))
+            self._register(now)
 
     _handlers: dict[type, Any] = {
         TasksArrived: _on_tasks,
@@ -613,6 +738,10 @@ class ManagerState:
         InterchangeDisconnected: _on_disconnected,
         InterchangeConnected: _on_connected,
         StopRequested: _on_stop,
+        ResultsAcked: _on_acked,
+        DropTasks: _on_drop,
+        RegisterAgainRequested: _on_register_again,
+        RegistrationAccepted: _on_registered,
     }
 
     # helpers
@@ -670,19 +799,25 @@ class ManagerState:
             slot.limit = task.walltime
             self._push_timer(slot.deadline, slot.rank)
 
+    def _requeue_next(self, slot: WorkerSlot) -> None:
+        """The task handed to ``slot`` in advance will not run there: back to the front of its priority
+        (unless it was dropped, rule 12)."""
+        if slot.next_task is not None and not slot.next_silent:
+            self.queue.appendleft(slot.next_task)
+        slot.next_task = None
+        slot.next_silent = False
+
     def _push_timer(self, when: float, rank: int) -> None:
         self._timer_seq += 1
         heapq.heappush(self._task_timers, (when, self._timer_seq, rank))
 
-    def _stop(self, slot: WorkerSlot, now: float, outcome: Outcome, report: dict[str, Any]) -> None:
+    def _stop(self, slot: WorkerSlot, now: float, outcome: Outcome | None, report: dict[str, Any]) -> None:
         """Rule 9: stop the worker running ``slot.task_id``, whose outcome will be ``outcome``."""
         assert slot.task_id is not None
         report = {"worker": slot.rank, "host": self.hostname, **report}
         slot.stop = StopOrder(slot.task_id, outcome, report, kill_at=now + self.kill_grace)
         slot.deadline = None
-        if slot.next_task is not None:
-            self.queue.appendleft(slot.next_task)
-            slot.next_task = None
+        self._requeue_next(slot)
         self._out.append(Note(WARNING, f"Stopping worker {slot.rank} (task {slot.task_id}): {report['detail']}"))
         if self.kill_grace > 0:
             self._out.append(SignalWorker(slot.rank, signal.SIGTERM))
@@ -726,10 +861,10 @@ class ManagerState:
                 error=True,
             )
             return
-        if now >= self.last_contact + self.heartbeat_threshold:
+        if now >= self.last_contact + self.reconnect_timeout:
             self._exit(
                 f"no message from the interchange for {now - self.last_contact:.1f} s "
-                f"(heartbeat_threshold={self.heartbeat_threshold} s)",
+                f"(reconnect_timeout={self.reconnect_timeout:g} s)",
                 error=True,
             )
             return

@@ -18,6 +18,7 @@ from htex_ref.core.interchange import (
     AUTO_PREFETCH_MAX_PER_WORKER,
     AcceptRegistration,
     BlockCancelled,
+    DropOnManager,
     ForwardResults,
     HoldBlock,
     HoldManager,
@@ -27,6 +28,7 @@ from htex_ref.core.interchange import (
     ManagerHeartbeat,
     ManagerRegistered,
     QueuedTask,
+    RegisterAgain,
     RejectRegistration,
     ReplyHeartbeat,
     ResultsReceived,
@@ -63,6 +65,7 @@ def make_reg(
     python: str = PYTHON_VERSION,
     drain_in: float | None = None,
     host: str = "node1",
+    held: tuple[int, ...] = (),
 ) -> Registration:
     return Registration(
         protocol_version=protocol,
@@ -74,6 +77,7 @@ def make_reg(
         prefetch_capacity=prefetch,
         hostname=host,
         pid=4242,
+        held=held,
         cpu_count=8,
         total_memory=1 << 30,
         os="Linux",
@@ -383,7 +387,7 @@ def test_results_count_as_contact():
     assert [r[0] for r in _lost_results(s.handle(now=19.0))] == [2]
 
 
-def test_late_messages_from_expired_manager_are_ignored_and_it_is_told_to_stop():
+def test_late_messages_from_expired_manager_are_ignored_and_it_is_asked_to_register_again():
     s = new_state()
     s.handle(registered(b"a", workers=2), task(1), task(2), task(3), now=0.0)
     out = s.handle(now=THRESHOLD + 1)
@@ -396,11 +400,16 @@ def test_late_messages_from_expired_manager_are_ignored_and_it_is_told_to_stop()
         ManagerGoodbye(b"a", "late"),
         now=THRESHOLD + 2,
     )
-    # Nothing is forwarded or dispatched; the forgotten pool is only told to stop.
+    # Nothing is forwarded, acknowledged or dispatched; the forgotten pool is asked to register again.
     assert not of_type(out, ForwardResults) and not of_type(out, SendTasks)
-    assert {type(i) for i in out} == {StopManager} and {i.manager_id for i in out} == {b"a"}
+    assert {type(i) for i in out} == {RegisterAgain} and {i.manager_id for i in out} == {b"a"}
     assert b"a" not in s.managers
     assert s.pending_count == 1
+    # When it does, naming the tasks it still holds, it is told to drop them: they were failed already.
+    out = s.handle(registered(b"a", workers=2, held=(1, 2)), now=THRESHOLD + 3)
+    assert [i.task_ids for i in of_type(out, DropOnManager)] == [(1, 2)]
+    assert of_type(out, AcceptRegistration)
+    assert sent(out, b"a") == [3]
 
 
 def test_next_deadline_reports_expiry_and_drain():
@@ -553,13 +562,13 @@ def test_shutdown_all_stops_every_manager_and_fails_their_tasks():
 def test_result_for_task_not_held_is_dropped():
     s = new_state(selector=BlockIdManagerSelector())
     s.handle(registered(b"a", block="2"), registered(b"b", block="1"), task(1), task(2), now=0.0)
-    assert s.managers[b"a"].tasks == {1}
-    assert s.managers[b"b"].tasks == {2}
+    assert s.managers[b"a"].tasks.keys() == {1}
+    assert s.managers[b"b"].tasks.keys() == {2}
     # a reports b's task and a task nobody has: both dropped, b keeps its task.
     out = s.handle(ResultsReceived(b"a", [ok(2), ok(99)]), now=1.0)
     assert forwarded(out) == []
-    assert s.managers[b"b"].tasks == {2}
-    assert s.managers[b"a"].tasks == {1}
+    assert s.managers[b"b"].tasks.keys() == {2}
+    assert s.managers[b"a"].tasks.keys() == {1}
     # A duplicate result is dropped too.
     out = s.handle(ResultsReceived(b"a", [ok(1), ok(1)]), now=2.0)
     assert [r[0] for r in forwarded(out)] == [1]
@@ -614,7 +623,7 @@ def test_auto_prefetch_only_when_every_slot_is_taken_and_tasks_pend():
     # Exactly enough tasks for every slot: nothing is prefetched.
     out = s.handle(task(1), now=2.0)
     assert sent(out, b"a") == [1]
-    assert s.managers[b"a"].tasks == {1}
+    assert s.managers[b"a"].tasks.keys() == {1}
     # b has free slots (and is preferred): new tasks go there, a gets no prefetch.
     s.handle(registered(b"b", block="2", workers=3), now=3.0)
     out = s.handle(task(2), task(3), now=4.0)
@@ -800,6 +809,7 @@ class InterchangeMachine(RuleBasedStateMachine):
         self.held: set[bytes] = set()
         self.drain_at: dict[bytes, float] = {}
         self.registering_drain_in: float | None = None
+        self.registrations = 0
 
     def step(self, *events: object) -> None:
         assert self.s is not None
@@ -829,7 +839,7 @@ class InterchangeMachine(RuleBasedStateMachine):
                     assert r[0] in self.dispatched, "result for a task never dispatched"
                     self.forwarded[r[0]] += 1
                     assert self.forwarded[r[0]] == 1, f"task {r[0]} forwarded twice"
-            elif isinstance(ins, StopManager):
+            elif isinstance(ins, StopManager | RegisterAgain):
                 assert ins.manager_id not in self.s.managers
         if not self.auto:
             assert all(n == 1 for n in sends.values()), "more than one SendTasks to a manager in one call"
@@ -858,7 +868,11 @@ class InterchangeMachine(RuleBasedStateMachine):
     )
     def register(self, mid: bytes, workers: int, prefetch: int, drain_in: float | None, block: str) -> None:
         self.registering_drain_in = drain_in
-        self.step(registered(mid, workers=workers, prefetch=prefetch, drain_in=drain_in, block=block))
+        # Each registration here is a new pool process (its own uid, holding nothing); a pool that
+        # registers again with its tasks is tests/unit/test_recovery_core.py's subject.
+        self.registrations += 1
+        self.step(registered(mid, uid=f"{mid.decode()}-{self.registrations}", workers=workers, prefetch=prefetch,
+                             drain_in=drain_in, block=block))
 
     @rule(block=st.sampled_from(["0", "1"]))
     def hold_block(self, block: str) -> None:
@@ -924,7 +938,7 @@ class InterchangeMachine(RuleBasedStateMachine):
             return
         in_managers: Counter[int] = Counter()
         for rec in self.s.managers.values():
-            in_managers.update(rec.tasks)
+            in_managers.update(rec.tasks.keys())
         assert all(n == 1 for n in in_managers.values()), "task held by two managers"
         assert not (set(in_managers) & set(self.forwarded)), "finished task still held"
         assert set(in_managers) <= self.dispatched

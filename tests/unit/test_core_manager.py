@@ -22,6 +22,7 @@ from htex_ref.core.manager import (
     InterchangeDisconnected,
     ManagerState,
     PoolTask,
+    Register,
     RunTask,
     SendHeartbeat,
     SendResults,
@@ -323,8 +324,8 @@ def test_heartbeats_every_period():
     assert m.handle(InterchangeContact(), now=15.0) == [SendHeartbeat()]
 
 
-def test_interchange_silence_past_threshold_exits():
-    m = make(2, heartbeat_period=BIG, heartbeat_threshold=30.0)
+def test_interchange_silence_past_reconnect_timeout_exits():
+    m = make(2, heartbeat_period=BIG, heartbeat_threshold=10.0, reconnect_timeout=30.0)
     m.handle(WorkerReady(0), tasks(1, 2, 3), now=0.0)
     assert m.next_deadline() == 30.0
     assert m.handle(InterchangeContact(), now=25.0) == []
@@ -483,18 +484,20 @@ def test_disconnect_longer_than_grace_exits():
     assert "connection" in exits[0].reason
 
 
-def test_reconnect_within_grace_keeps_running():
-    m = make(1, heartbeat_period=BIG, heartbeat_threshold=100.0, reconnect_grace=3.0)
+def test_reconnect_within_grace_keeps_running_and_registers_again():
+    m = make(1, heartbeat_period=BIG, heartbeat_threshold=50.0, reconnect_grace=3.0)
     m.handle(InterchangeDisconnected(), now=5.0)
-    assert m.handle(InterchangeConnected(), now=7.0) == []
+    out = m.handle(InterchangeConnected(), now=7.0)
+    assert [type(i) for i in out if not isinstance(i, Note)] == [Register]
     assert m.handle(now=8.0) == []
     assert m.handle(now=50.0) == []
+    # Silence is allowed for reconnect_timeout, twice the heartbeat threshold unless set.
     assert m.next_deadline() == 100.0
 
 
-def test_reconnect_grace_capped_by_heartbeat_threshold():
+def test_reconnect_grace_capped_by_reconnect_timeout():
     m = make(1, heartbeat_period=BIG, heartbeat_threshold=2.0, reconnect_grace=10.0)
-    assert m.reconnect_grace == 2.0
+    assert m.reconnect_grace == 4.0
 
 
 # ---------------------------------------------------------------------------------- properties
