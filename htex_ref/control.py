@@ -188,6 +188,8 @@ class ControlThread:
                 reply = self.link.query(Query.BLOCKS)
                 registered = list(reply["registered"])
                 loads = {b: BlockLoad(**load) for b, load in reply["loads"].items()}
+                # A restarted interchange ends its recovery once this many pools have registered again.
+                self.link.known_managers = sum(load.managers for load in loads.values())
             except Exception as e:
                 logger.warning("Could not ask the interchange about its blocks: %s", e)
         return Observed(jobs, registered, loads, len(self.table), self.table.failure is not None)

@@ -130,6 +130,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         max_retries_on_system_failure: int = 0,
         crash_limit: int = 2,
         enforce_memory: bool = False,
+        restart_interchange: bool = False,
+        max_interchange_restarts: int = 3,
+        reconnect_timeout: float | None = None,
         monitoring: bool = True,
         monitoring_interval: float = 5.0,
         monitoring_hook: Callable[..., Any] | None = None,
@@ -155,7 +158,9 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             mpi_launcher=mpi_launcher, mpi_nodes=mpi_nodes, mpi_share_nodes=mpi_share_nodes, mpi_policy=mpi_policy,
             cancel_running=cancel_running, task_kill_grace=task_kill_grace,
             max_retries_on_system_failure=max_retries_on_system_failure, crash_limit=crash_limit,
-            enforce_memory=enforce_memory, monitoring=monitoring, monitoring_interval=monitoring_interval,
+            enforce_memory=enforce_memory, restart_interchange=restart_interchange,
+            max_interchange_restarts=max_interchange_restarts, reconnect_timeout=reconnect_timeout,
+            monitoring=monitoring, monitoring_interval=monitoring_interval,
             monitoring_hook=monitoring_hook,
         )
         #: The block error handler itself (True and "simple" give ``simple_error_handler``, and so on).
@@ -231,6 +236,16 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         return self._link.process if self._link is not None else None
 
     @property
+    def interchange_restarts(self) -> list[dict[str, Any]]:
+        """One dict per restart of the interchange (``restart_interchange``): ``at`` (epoch seconds),
+        ``cause``, ``resent`` (outstanding tasks sent to the new one), ``gap_s`` (seconds from noticing the
+        death until the new one was ready), ``recovered_s`` (until recovery ended), ``adopted`` (tasks
+        worker pools still held), ``requeued`` (tasks run again) and ``managers`` (pools that came back)."""
+        if self._link is None:
+            return []
+        return [{k: v for k, v in r.items() if not k.startswith("_")} for r in self._link.restarts]
+
+    @property
     def blocks_to_job_id(self) -> dict[str, str]:
         return dict(self._control.core.blocks_to_job_id) if self._control is not None else {}
 
@@ -249,7 +264,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             self._make_run_dir()
             s = self.settings
             self._link = InterchangeLink(s.label, self.logdir, self.table, self.set_bad_state_and_fail_all,
-                                         s.heartbeat_threshold, s.heartbeat_period)
+                                         s.heartbeat_threshold, s.heartbeat_period,
+                                         max_restarts=s.max_interchange_restarts if s.restart_interchange else 0)
             self.table.resend = self._link.send
             if s.monitoring:
                 self.monitoring_store = MonitoringStore(db_path(self.logdir), s.label, s.monitoring_hook)
@@ -294,6 +310,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             "parent_pid": os.getpid(), "auto_prefetch": s.prefetch_capacity is None,
             "task_kill_grace": s.task_kill_grace, "enforce_memory": s.enforce_memory,
             "monitoring": s.monitoring_interval if s.monitoring else None,
+            "reconnect_timeout": s.reconnect_timeout,
             "manager_selector_pickle": base64.b64encode(s.selector_pickle).decode() if s.selector_pickle else None,
         }
 
@@ -404,7 +421,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         arg_bytes = dumps_arguments(fn, args, kwargs)
         link = self._link
 
-        keep = self.table.retry.enabled
+        keep = self.table.retry.enabled or self.settings.restart_interchange
         monitor = None if self.monitoring_store is None else self.monitoring_store.put_submit
         spec_json = None if spec is None or monitor is None else json.dumps(spec, default=str)
 

@@ -48,9 +48,11 @@ import zmq
 
 from htex_ref.core.interchange import (
     AcceptRegistration,
+    AckResults,
     BlockCancelled,
     CancelOnManager,
     CancelTasks,
+    DropOnManager,
     ForwardResults,
     HoldBlock,
     HoldManager,
@@ -60,6 +62,10 @@ from htex_ref.core.interchange import (
     ManagerHeartbeat,
     ManagerRegistered,
     QueuedTask,
+    Recovered,
+    RecoverTask,
+    RecoveryStart,
+    RegisterAgain,
     RejectRegistration,
     ReplyHeartbeat,
     ResultsReceived,
@@ -75,6 +81,7 @@ from htex_ref.framing import encode_parts
 from htex_ref.netutil import Contexts, tcp_url
 from htex_ref.protocol import (
     MAX_CANCEL_IDS,
+    MAX_TASK_IDS,
     BadCommand,
     Command,
     Kind,
@@ -88,6 +95,7 @@ from htex_ref.protocol import (
     join_tasks,
     load_json_object,
     pack_cancel,
+    pack_ids,
     pack_request_id,
     split_results,
     unpack_cancel,
@@ -129,6 +137,9 @@ class Interchange:
         self.router = self.contexts.socket(zmq.ROUTER, server=True)
         self.router.setsockopt(zmq.SNDHWM, 0)
         self.router.setsockopt(zmq.RCVHWM, 0)
+        # A pool whose connection dropped and came back may reconnect before this side has noticed the
+        # old connection's end: the new connection takes over its identity instead of being ignored.
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.worker_port = self._bind_router()
         self.state = InterchangeState(
             heartbeat_threshold=float(cfg["heartbeat_threshold"]),
@@ -145,7 +156,11 @@ class Interchange:
             "kill_grace": float(cfg.get("task_kill_grace", 2.0)),
             "enforce_memory": bool(cfg.get("enforce_memory", False)),
             "monitoring": self.monitoring,
+            "reconnect_timeout": cfg.get("reconnect_timeout"),
         })
+        # Rule 9 of the core: acknowledgements wait until the executor has the results they cover. Each
+        # entry is (the executor writer's byte count once those results were written, {manager: ids}).
+        self._acks: list[tuple[int, dict[bytes, list[int]]]] = []
         # Monitoring records gathered for the executor, sent at most every MONITOR_PERIOD seconds.
         self._mon: dict[str, list[Any]] = {"dispatch": [], "managers": []}
         self._mon_sent = 0.0
@@ -208,6 +223,8 @@ class Interchange:
             if self.router in socks:
                 self._read_managers(events)
             self._execute(self.state.handle(*events, now=clock()))
+            if self._acks:
+                self._send_acks()
             if self.monitoring is not None:
                 self._send_monitoring(clock())
             if self._commands:
@@ -233,6 +250,15 @@ class Interchange:
                 if kind == Kind.TASK and len(frames) == 4:
                     task_id, priority = unpack_task_header(frames[1])
                     events.append(TaskSubmitted(QueuedTask(task_id, priority, (frames[1], frames[2], frames[3]))))
+                elif kind == Kind.RECOVER_TASK and len(frames) == 4:
+                    task_id, priority = unpack_task_header(frames[1])
+                    events.append(RecoverTask(QueuedTask(task_id, priority, (frames[1], frames[2], frames[3]))))
+                elif kind == Kind.RECOVER and len(frames) == 2:
+                    body = load_json_object(frames[1])
+                    window, managers = body.get("window"), body.get("managers")
+                    if not isinstance(window, int | float) or not (managers is None or isinstance(managers, int)):
+                        raise ProtocolError(f"bad recover body {body!r:.200}")
+                    events.append(RecoveryStart(float(window), managers))
                 elif kind == Kind.CANCEL and len(frames) == 2:
                     task_ids, kill = unpack_cancel(frames[1])
                     last = events[-1] if events else None
@@ -364,12 +390,14 @@ class Interchange:
 
     def _execute(self, instructions: list[Any]) -> None:
         router = self.router
+        acks: dict[bytes, list[int]] | None = None
         for ins in instructions:
             if isinstance(ins, SendTasks):
-                router.send_multipart([ins.manager_id, *join_tasks([t.frames for t in ins.tasks])], copy=False)
                 if self.monitoring is not None:
+                    # Stamped before the send: the pool may stamp the task's start before this thread runs on.
                     self._mon["dispatch"].append([time.time(), ins.manager_id.decode(errors="replace"),
                                                   [t.task_id for t in ins.tasks]])
+                router.send_multipart([ins.manager_id, *join_tasks([t.frames for t in ins.tasks])], copy=False)
             elif isinstance(ins, ForwardResults):
                 for raw in ins.raw:
                     self.to_exec([Kind.RESULTS, raw])
@@ -389,14 +417,43 @@ class Interchange:
                 for i in range(0, len(ins.task_ids), MAX_CANCEL_IDS):
                     body = pack_cancel(ins.task_ids[i:i + MAX_CANCEL_IDS], ins.kill_running)
                     router.send_multipart([ins.manager_id, Kind.CANCEL, body])
+            elif isinstance(ins, AckResults):
+                if acks is None:
+                    acks = {}
+                acks.setdefault(ins.manager_id, []).extend(ins.task_ids)
             elif isinstance(ins, StopManager):
                 router.send_multipart([ins.manager_id, Kind.SHUTDOWN, dump_json({"reason": ins.reason})])
+            elif isinstance(ins, DropOnManager):
+                for i in range(0, len(ins.task_ids), MAX_TASK_IDS):
+                    router.send_multipart([ins.manager_id, Kind.DROP, pack_ids(ins.task_ids[i:i + MAX_TASK_IDS])])
+            elif isinstance(ins, RegisterAgain):
+                router.send_multipart([ins.manager_id, Kind.REGISTER_AGAIN, dump_json({"reason": ins.reason})])
+            elif isinstance(ins, Recovered):
+                self.to_exec([Kind.RECOVERED, dump_json({"requeued": ins.requeued, "adopted": ins.adopted,
+                                                         "managers": ins.managers})])
             elif isinstance(ins, ManagerChanged):
                 if self.monitoring is not None:
                     self._mon["managers"].append([ins.uid, ins.block_id, ins.host, ins.workers, time.time(),
                                                   ins.event, ins.detail])
             elif isinstance(ins, Note):
                 logger.log(ins.level, "%s", ins.text)
+        if acks is not None:
+            self._ack_later(acks)
+
+    def _ack_later(self, acks: dict[bytes, list[int]]) -> None:
+        # Stamped after this pass's forwards were written: once the kernel has taken that many bytes,
+        # the executor's end of the socketpair holds the results, and they survive this process.
+        self._acks.append((self.exec_writer.written, acks))
+
+    def _send_acks(self) -> None:
+        """Acknowledge to the managers the results the executor's end of the socketpair now holds."""
+        writer = self.exec_writer
+        done = writer.written - writer.unsent
+        router = self.router
+        while self._acks and self._acks[0][0] <= done:
+            for mid, ids in self._acks.pop(0)[1].items():
+                for i in range(0, len(ids), MAX_TASK_IDS):
+                    router.send_multipart([mid, Kind.ACK, pack_ids(ids[i:i + MAX_TASK_IDS])])
 
     def close(self) -> None:
         if self.monitoring is not None:

@@ -8,6 +8,14 @@ answers queries, pings the interchange as ``htex_ref.core.liveness.SilenceWatch`
 the interchange's death (pidfd), silence, or a corrupt stream; each of those fails the executor through
 ``on_failure`` within a second or ``heartbeat_threshold``.
 
+With ``restart_interchange`` the link restarts a dead (or silent, then killed) interchange instead, at
+most ``max_restarts`` times: it reads what the dead one had written (results in its end of the
+socketpair survive the process), starts a new one on the same port and keys, and sends it every
+outstanding task as ``recover_task`` followed by ``recover`` (``htex_ref.core.interchange`` rule 11),
+all while holding the task table's lock, so that a task submitted meanwhile goes either into that list
+or to the new interchange, never to neither or both. Tasks that no worker pool claims are run again;
+the interchange names them (``recovered``) and their futures record an attempt.
+
 Any thread may write (``send``, ``notify``, ``query``): writes never block (``NonBlockingWriter``), and
 what the kernel does not take at once is queued for the link thread, which a pipe wakes.
 """
@@ -20,6 +28,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -40,6 +49,7 @@ from htex_ref.protocol import (
     Kind,
     Notice,
     Query,
+    dump_json,
     encode_command,
     encode_notice,
     load_json_object,
@@ -51,12 +61,23 @@ from htex_ref.tasks import TaskTable
 
 logger = logging.getLogger("htex_ref.link")
 
+#: After a restart, how long the new interchange waits for worker pools to claim the outstanding tasks
+#: before it runs the unclaimed ones again (capped at ``heartbeat_threshold``; it ends sooner once as
+#: many pools as were last seen have registered). Pools notice a dead interchange at once (the TCP
+#: connection is reset) and reconnect every 0.1 s, so they are back within a second or two.
+RECOVERY_WINDOW = 10.0
+
+
+def select_readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has data (or end of stream) to read now."""
+    return bool(select.select([sock], [], [], 0)[0])
+
 
 class InterchangeLink:
     """See the module docstring."""
 
     def __init__(self, label: str, logdir: str, table: TaskTable, on_failure: Callable[[BaseException], None],
-                 heartbeat_threshold: float, heartbeat_period: float) -> None:
+                 heartbeat_threshold: float, heartbeat_period: float, max_restarts: int = 0) -> None:
         self.label = label
         self.logdir = logdir
         self.table = table
@@ -79,29 +100,58 @@ class InterchangeLink:
         self._sock: socket.socket | None = None
         self._writer: NonBlockingWriter | None = None
         self._pidfd: int | None = None
+        self._reader: StreamReader | None = None
         self._wake_r, self._wake_w = -1, -1
         self.closed = False
+        #: Restarts left (0: a dead interchange fails the executor).
+        self.restarts_left = max_restarts
+        #: One dict per restart: when (epoch s), why, tasks re-sent, and once known, how long until the new
+        #: interchange was ready and recovery ended (``gap_s``, ``recovered_s``) and what it found.
+        self.restarts: list[dict[str, Any]] = []
+        #: Worker pools registered when last asked (the control thread sets it); a restarted interchange
+        #: ends recovery once as many have registered again.
+        self.known_managers: int | None = None
+        self._cfg: dict[str, Any] = {}
+        self._argv: Sequence[str] | None = None
+        self._start_timeout = 30.0
+        #: ``time.monotonic()`` of the latest restart, until the new interchange reports ready.
+        self._restarted_at: float | None = None
+        #: Why the link killed the interchange (it went silent), for the restart record.
+        self._kill_reason: str | None = None
 
     # ----------------------------------------------------------------------------------- start
 
     def start(self, cfg: dict[str, Any], timeout: float, argv: Sequence[str] | None = None) -> int:
         """Start the interchange (``argv``, default this Python with ``-m htex_ref.interchange``) with ``cfg``
         and the link thread; return its worker port once it is ready."""
+        self._cfg, self._argv, self._start_timeout = cfg, argv, timeout
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._spawn(cfg)
+        self.thread = threading.Thread(target=self._run, name=f"htex-{self.label}-link", daemon=True)
+        self.thread.start()
+        if not self._ready.wait(timeout):
+            raise InterchangeError(f"the interchange did not report ready within {timeout} s; "
+                                   f"see {self.logdir}/interchange.log and {self.logdir}/interchange.stderr")
+        if self.table.failure is not None:
+            raise InterchangeError(str(self.table.failure)) from self.table.failure
+        return int(self.ready_info["worker_port"])
+
+    def _spawn(self, cfg: dict[str, Any]) -> None:
+        """Start an interchange process with ``cfg`` and make it this link's peer."""
         # The interchange is our child on this host, so a socketpair is its channel: private to the
         # two processes (no port, no encryption needed) and one wake-up per message instead of ZeroMQ's four.
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
         self._sock = ours
         self._writer = NonBlockingWriter(ours)
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         stderr_path = os.path.join(self.logdir, "interchange.stderr")
         cfg = {**cfg, "executor_fd": theirs.fileno()}
-        with open(stderr_path, "wb") as err:
+        with open(stderr_path, "ab") as err:
             # A session of its own keeps terminal signals (Ctrl-C) away from it; it stops when our end
             # of the socketpair closes, that is when this process exits however it exits.
             try:
                 self.process = subprocess.Popen(
-                    list(argv) if argv else [sys.executable, "-m", "htex_ref.interchange"],
+                    list(self._argv) if self._argv else [sys.executable, "-m", "htex_ref.interchange"],
                     stdin=subprocess.PIPE, stdout=err, stderr=err, start_new_session=True, close_fds=True,
                     pass_fds=(theirs.fileno(),),
                 )
@@ -111,14 +161,6 @@ class InterchangeLink:
         self.process.stdin.write(json.dumps(cfg).encode())
         self.process.stdin.close()
         self._pidfd = os.pidfd_open(self.process.pid)
-        self.thread = threading.Thread(target=self._run, name=f"htex-{self.label}-link", daemon=True)
-        self.thread.start()
-        if not self._ready.wait(timeout):
-            raise InterchangeError(f"the interchange did not report ready within {timeout} s; "
-                                   f"see {self.logdir}/interchange.log and {stderr_path}")
-        if self.table.failure is not None:
-            raise InterchangeError(str(self.table.failure)) from self.table.failure
-        return int(self.ready_info["worker_port"])
 
     # ---------------------------------------------------------------------------------- writing
 
@@ -127,7 +169,14 @@ class InterchangeLink:
         with self._send_lock:
             if self.closed or self._writer is None:
                 raise ExecutorShutdown(f"executor {self.label} is shutting down")
-            self._writer.write_parts(encode_parts(frames))
+            try:
+                self._writer.write_parts(encode_parts(frames))
+            except OSError:
+                if self.can_restart():
+                    # The interchange is gone and will be restarted: a task's message is kept by the task
+                    # table and sent to the new one; anything else (a cancel, a notice) is moot.
+                    return
+                raise
             if self._writer.pending:
                 try:
                     os.write(self._wake_w, b"x")
@@ -157,6 +206,9 @@ class InterchangeLink:
         finally:
             self._replies.pop(request_id, None)
 
+    def can_restart(self) -> bool:
+        return self.restarts_left > 0 and not self.closed and self.table.failure is None
+
     def _fail(self, exc: BaseException) -> None:
         if self.broken is None:
             self.broken = exc
@@ -182,9 +234,15 @@ class InterchangeLink:
                 self._ready.set()
 
     def _loop(self) -> None:
+        while self._serve():
+            if not self._restart():
+                return
+
+    def _serve(self) -> bool:
+        """Serve the current interchange until it ends; True when it died and is to be restarted."""
         assert self._sock is not None and self._writer is not None and self._pidfd is not None
         sock_fd = self._sock.fileno()
-        reader = StreamReader(self._sock)
+        reader = self._reader = StreamReader(self._sock)
         writer = self._writer
         poller = zmq.Poller()
         for fd in (sock_fd, self._pidfd, self._wake_r):
@@ -207,19 +265,33 @@ class InterchangeLink:
             if flags & zmq.POLLIN:
                 watch.heard(time.monotonic())
                 if not self._read(reader):
-                    return
+                    return False
             if self._pidfd in socks:
-                self._interchange_exited()
-                return
+                return self._interchange_exited()
+        return False
 
     def _watch(self, watch: SilenceWatch, now: float) -> None:
         if not self.ready_info or self.table.failure is not None:
             # Before READY the start-up time-out applies; in bad state everything has failed.
             watch.suspend(now)
+            if self._restarted_at is not None and now - self._restarted_at > self._start_timeout:
+                self._restarted_at = None
+                self._fail(InterchangeError(
+                    f"the restarted interchange did not report ready within {self._start_timeout} s; "
+                    f"see {self.logdir}/interchange.log and {self.logdir}/interchange.stderr"))
             return
         silent = watch.silent_for(now)
         due = watch.due(now)
-        if due is Due.SILENT:
+        if due is Due.SILENT and self.can_restart():
+            assert self.process is not None
+            # A stopped or stuck interchange: killed, so that the pidfd brings the restart.
+            logger.error("The interchange (pid %d) has not answered for %.1f s (heartbeat_threshold=%s s); "
+                         "killing it to restart it", self.process.pid, silent, self.heartbeat_threshold)
+            self._kill_reason = f"it did not answer for {silent:.1f} s and was killed"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+            watch.suspend(now)
+        elif due is Due.SILENT:
             assert self.process is not None
             self._fail(InterchangeError(
                 f"the interchange process (pid {self.process.pid}) has not answered for {silent:.1f} s "
@@ -272,7 +344,23 @@ class InterchangeLink:
                 self.monitor(("pool", bytes(frames[1]).decode(errors="replace"), bytes(frames[2]), bytes(frames[3])))
         elif kind == Kind.READY:
             self.ready_info = load_json_object(frames[1])
+            if self._restarted_at is not None:
+                gap = time.monotonic() - self._restarted_at
+                self._restarted_at = None
+                self.restarts[-1]["gap_s"] = round(gap, 3)
+                logger.warning("The restarted interchange (pid %s) is ready after %.2f s", self.ready_info.get("pid"),
+                               gap)
             self._ready.set()
+        elif kind == Kind.RECOVERED:
+            body = load_json_object(frames[1])
+            requeued = [int(t) for t in body.get("requeued", [])]
+            if self.restarts:
+                last = self.restarts[-1]
+                last.update(requeued=len(requeued), adopted=body.get("adopted"), managers=body.get("managers"),
+                            recovered_s=round(time.monotonic() - last["_t0"], 3))
+            logger.warning("Recovery after the interchange restart: %s tasks claimed by %s worker pools, %d "
+                           "sent again", body.get("adopted"), body.get("managers"), len(requeued))
+            self.table.requeued_after_restart(requeued)
         elif kind == Kind.FATAL:
             body = load_json_object(frames[1])
             exc: BaseException
@@ -284,11 +372,19 @@ class InterchangeLink:
         else:
             logger.warning("Ignoring message of unknown kind %r from the interchange", bytes(kind[:32]))
 
-    def _interchange_exited(self) -> None:
+    def _interchange_exited(self) -> bool:
+        """The interchange process ended: True when it is to be restarted, else the executor fails."""
         assert self.process is not None
         code = self.process.wait()
         if self.closed:
-            return
+            return False
+        if self.can_restart():
+            why = self._kill_reason or f"it exited with code {code}"
+            self._kill_reason = None
+            logger.error("The interchange process (pid %d) ended: %s; restarting it (%d restarts left)",
+                         self.process.pid, why, self.restarts_left - 1)
+            self.restarts.append({"at": time.time(), "cause": why, "_t0": time.monotonic()})
+            return True
         stderr = ""
         with contextlib.suppress(OSError):
             stderr = Path(self.logdir, "interchange.stderr").read_text(errors="replace")[-2000:]
@@ -299,6 +395,49 @@ class InterchangeLink:
         logger.error("%s", exc)
         self._fail(exc)
         self._ready.set()
+        return False
+
+    def _restart(self) -> bool:
+        """Start a new interchange in place of the dead one (see the module docstring); False if that failed
+        (the executor has failed then)."""
+        assert self._sock is not None and self._reader is not None and self._pidfd is not None
+        # What the dead interchange wrote is still in our end of the socketpair: results first.
+        reader = self._reader
+        while not reader.closed:
+            if not self._read(reader):
+                return False
+            if not reader.closed and not select_readable(self._sock):
+                break
+        self.restarts_left -= 1
+        self.fail_queries(InterchangeError("the interchange restarted before it answered"))
+        cfg = dict(self._cfg)
+        if self.ready_info.get("worker_port"):
+            cfg["worker_port"] = self.ready_info["worker_port"]  # the pools reconnect to the same port
+        window = min(RECOVERY_WINDOW, self.heartbeat_threshold)
+        try:
+            with self.table.frozen() as outstanding, self._send_lock:
+                os.close(self._pidfd)
+                self._pidfd = None
+                self._sock.close()
+                self.ready_info = {}
+                self._restarted_at = time.monotonic()
+                self._spawn(cfg)
+                writer = self._writer
+                assert writer is not None
+                for frames in outstanding:
+                    writer.write_parts(encode_parts([Kind.RECOVER_TASK, *frames[1:]]))
+                writer.write_parts(encode_parts([Kind.RECOVER, dump_json({"window": window,
+                                                                          "managers": self.known_managers})]))
+                self.restarts[-1]["resent"] = len(outstanding)
+        except Exception as e:
+            logger.exception("Could not restart the interchange")
+            self._fail(InterchangeError(f"the interchange died and could not be restarted: {e}; "
+                                        f"see {self.logdir}/interchange.log"))
+            self._ready.set()
+            return False
+        logger.warning("Started a new interchange (pid %d) on port %s; sent it %d outstanding tasks to recover",
+                       self.process.pid if self.process else -1, cfg.get("worker_port"), len(outstanding))
+        return True
 
     # ------------------------------------------------------------------------------------ stop
 

@@ -232,6 +232,26 @@ class ExecutorSettings:
         ``RLIMIT_DATA`` of ``mem_per_worker`` GB, and the pool samples each busy worker's resident memory
         (children included) twice a second; a task over the limit fails with ``TaskMemoryExceeded`` and its
         worker is replaced. Needs ``mem_per_worker``.
+    restart_interchange : bool
+        Not in Parsl: when the interchange process dies (or stops answering for ``heartbeat_threshold``
+        and is killed), start a new one on the same address, port and keys, instead of failing every
+        outstanding future. Worker pools reconnect and name the tasks they hold, which continue; the
+        executor sends the new interchange every outstanding task, and those no pool claims run again
+        (at-least-once: a task may run twice; each such future records it in ``attempts``). Results are
+        delivered to futures at most once (the first wins). Costs the memory of every outstanding task's
+        message in this process. Default False: the executor fails every outstanding future within a
+        second, as before (see docs/failure-semantics.md for why it is not the default).
+    max_interchange_restarts : int
+        Not in Parsl: how many times ``restart_interchange`` restarts the interchange in one run before it
+        gives up and fails the outstanding futures (an interchange that keeps dying would otherwise be
+        restarted for ever). Default 3.
+    reconnect_timeout : float | None
+        Not in Parsl: seconds a worker pool keeps running its tasks, and keeps their results, while its
+        interchange is silent (a network partition, a stopped interchange) before it exits. ``None``
+        (default): twice ``heartbeat_threshold``, so that a pool outlives the interchange's verdict and,
+        when it comes back, is told which of its tasks were given up. A connection refused or reset (the
+        interchange process is gone) is given 10 s to come back (a restarted interchange does within a
+        second or two).
     monitoring : bool
         Not in Parsl's executor: record every task (submit, dispatch, run on which worker, result), block
         state, worker pool event and worker CPU/memory sample in ``{run_dir}/{label}/monitoring.db``
@@ -295,6 +315,9 @@ class ExecutorSettings:
     max_retries_on_system_failure: int = 0
     crash_limit: int = 2
     enforce_memory: bool = False
+    restart_interchange: bool = False
+    max_interchange_restarts: int = 3
+    reconnect_timeout: float | None = None
     monitoring: bool = True
     monitoring_interval: float = 5.0
     monitoring_hook: Callable[..., Any] | None = None
@@ -509,17 +532,22 @@ class ExecutorSettings:
                              "waiting for ever")
 
     def _check_task_control(self) -> None:
-        for name in ("cancel_running", "enforce_memory"):
+        for name in ("cancel_running", "enforce_memory", "restart_interchange"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         grace = self.task_kill_grace
         if not is_number(grace) or grace < 0:
             raise ValueError(f"task_kill_grace must be a number of seconds >= 0, got {grace!r}")
         self._set("task_kill_grace", float(grace))
-        for name in ("max_retries_on_system_failure", "crash_limit"):
+        for name in ("max_retries_on_system_failure", "crash_limit", "max_interchange_restarts"):
             value = getattr(self, name)
             if not is_int(value) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        timeout = self.reconnect_timeout
+        if timeout is not None:
+            if not is_number(timeout) or timeout <= 0:
+                raise ValueError(f"reconnect_timeout must be None or a number of seconds > 0, got {timeout!r}")
+            self._set("reconnect_timeout", float(timeout))
         if self.enforce_memory and not self.mem_per_worker:
             raise ValueError("enforce_memory needs mem_per_worker (the limit, in GB per worker)")
         if not isinstance(self.monitoring, bool):

@@ -139,6 +139,11 @@ class NonBlockingWriter:
         self.sock = sock
         self._queue: list[memoryview] = []
         self.broken: OSError | None = None
+        #: Bytes given to ``write``/``write_parts`` so far, and of those the ones still queued here: the
+        #: kernel has taken everything up to ``written - unsent`` (the interchange acknowledges results
+        #: by it).
+        self.written = 0
+        self.unsent = 0
 
     @property
     def pending(self) -> bool:
@@ -147,8 +152,10 @@ class NonBlockingWriter:
     def write(self, data: bytes) -> None:
         if self.broken is not None:
             raise self.broken
+        self.written += len(data)
         if self._queue:
             self._queue.append(memoryview(data))
+            self.unsent += len(data)
             return
         try:
             sent = self.sock.send(data, socket.MSG_DONTWAIT)
@@ -159,12 +166,15 @@ class NonBlockingWriter:
             raise
         if sent < len(data):
             self._queue.append(memoryview(data)[sent:])
+            self.unsent += len(data) - sent
 
     def write_parts(self, parts: list[Frame] | list[bytes]) -> None:
         """Like ``write`` for a message given as several buffers, without joining them first."""
         if self.broken is not None:
             raise self.broken
         views = [memoryview(p) for p in parts]
+        size = sum(v.nbytes for v in views)
+        self.written += size
         if not self._queue:
             try:
                 sent = self.sock.sendmsg(views, [], socket.MSG_DONTWAIT)
@@ -178,7 +188,9 @@ class NonBlockingWriter:
                 views.pop(0)
             if views and sent:
                 views[0] = views[0][sent:]
+            size = sum(v.nbytes for v in views)
         self._queue.extend(views)
+        self.unsent += size
 
     def flush(self) -> None:
         while self._queue:
@@ -191,6 +203,7 @@ class NonBlockingWriter:
                 self.broken = e
                 self._queue.clear()
                 return
+            self.unsent -= sent
             if sent < len(chunk):
                 self._queue[0] = chunk[sent:]
                 return

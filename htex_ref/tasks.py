@@ -19,11 +19,12 @@ cancelled by its caller leaves the table at once (``forget``), and the interchan
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -149,6 +150,9 @@ class TaskTable:
         self.monitor: Callable[[tuple[Any, ...]], None] | None = None
         self.max_outstanding = max_outstanding
         self.futures: dict[int, HtexFuture] = {}
+        #: Results that arrived for tasks no longer outstanding (already resolved, cancelled or failed):
+        #: dropped, the first result having won. Only a restarted interchange or a cancel makes them.
+        self.late_results = 0
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         #: Submitters waiting for room under ``max_outstanding``; ``resolve`` wakes them.
@@ -204,6 +208,26 @@ class TaskTable:
                 self.futures.pop(task_id, None)
                 raise
         return fut
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[list[list[Any]]]:
+        """Hold the table's lock (no task is added, cancelled or retried meanwhile) and give the messages
+        of every outstanding task, in id order: what a restarted interchange is sent."""
+        with self._lock:
+            yield [self.frames[tid] for tid in sorted(self.futures) if tid in self.frames]
+
+    def requeued_after_restart(self, task_ids: Iterable[int]) -> None:
+        """A restarted interchange found no worker pool holding these tasks and runs them again: each may
+        have run before the restart, which its future records as an attempt."""
+        detail = ("the interchange was restarted and no worker pool reported holding this task, so it runs "
+                  "again (it may have run before)")
+        for tid in task_ids:
+            fut = self.futures.get(tid)
+            if fut is None or fut.done():
+                continue
+            fut.attempts += (Attempt(len(fut.attempts) + 1, Outcome.MANAGER_LOST, "", "interchange", detail),)
+            if self.monitor is not None:
+                self.monitor(("attempt", tid, len(fut.attempts), "INTERCHANGE_RESTART", "", "interchange", detail))
 
     def keep(self, task_id: int, frames: list[Any]) -> None:
         """Remember a task's message, to send it again should its run be lost (retries on only)."""
@@ -296,6 +320,7 @@ class TaskTable:
                     self.frames.pop(task_id, None)
             fut = futures.pop(task_id, None)
             if fut is None or fut.done():
+                self.late_results += 1
                 continue
             try:
                 ok, value = decode_outcome(outcome, payload)

@@ -39,12 +39,17 @@ from htex_ref.core.affinity import (
 )
 from htex_ref.core.manager import (
     CancelTasks,
+    DropTasks,
     Exit,
     InterchangeConnected,
     InterchangeContact,
     InterchangeDisconnected,
     ManagerState,
     PoolTask,
+    Register,
+    RegisterAgainRequested,
+    RegistrationAccepted,
+    ResultsAcked,
     RunTask,
     SendHeartbeat,
     SendResults,
@@ -85,6 +90,7 @@ from htex_ref.protocol import (
     split_tasks,
     task_spec,
     unpack_cancel,
+    unpack_ids,
     unpack_result_header,
 )
 from htex_ref.streams import NonBlockingWriter, StreamReader
@@ -122,6 +128,16 @@ def monitoring_interval(body: Mapping[str, Any]) -> float | None:
 
 #: With monitoring: seconds between monitor messages (task runs, worker samples) to the interchange.
 MONITOR_PERIOD = 0.25
+
+
+def reconnect_timeout(body: Mapping[str, Any]) -> float | None:
+    """Seconds this pool waits for a silent interchange, from its ``registered`` answer (None: the default)."""
+    value = body.get("reconnect_timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ProtocolError(f"registered: reconnect_timeout must be a number of seconds > 0 or null, got {value!r}")
+    return float(value)
 
 
 def task_control(body: Mapping[str, Any]) -> tuple[float, bool]:
@@ -351,6 +367,8 @@ class WorkerPool:
         self.oom = OomWatch()
         #: Seconds between worker samples when the executor monitors (None: it does not).
         self.monitoring: float | None = None
+        #: Seconds to wait for a silent interchange, as the executor set it (None: the core's default).
+        self.reconnect_timeout: float | None = None
         #: Monitoring: when each task was handed to its worker, when each worker last ended a task, the
         #: task runs and worker samples not yet sent.
         self._mon_start: dict[int, tuple[int, float]] = {}
@@ -373,18 +391,44 @@ class WorkerPool:
         self.interchange.setsockopt(zmq.SNDHWM, 0)
         self.interchange.setsockopt(zmq.RCVHWM, 0)
         self.interchange.connect(url)
+        self.interchange.send_multipart([Kind.REGISTER, self.registration(worker_count, ()).encode()])
+        if not self.interchange.poll(int(a.hb_threshold * 1000)):
+            raise ConnectionError(f"the interchange at {url} did not answer the registration within "
+                                  f"{a.hb_threshold} s")
+        frames = self.interchange.recv_multipart()
+        if frames[0] == Kind.REJECTED:
+            reason = load_json_object(frames[1]).get("reason", "no reason given")
+            raise PermissionError(f"the interchange refused this worker pool: {reason}")
+        if frames[0] != Kind.REGISTERED:
+            raise ProtocolError(f"unexpected answer to registration: {frames[0][:32]!r}")
+        body = load_json_object(frames[1]) if len(frames) > 1 else {}
+        self.kill_grace, enforce = task_control(body)
+        self.monitoring = monitoring_interval(body)
+        self.reconnect_timeout = reconnect_timeout(body)
+        if enforce and a.mem_per_worker:
+            self.memory_limit = int(a.mem_per_worker * 2**30)
+            logger.info("Enforcing a memory limit of %.0f MiB per worker (RLIMIT_DATA and sampled RSS)",
+                        self.memory_limit / 2**20)
+            for proc in self.procs.values():
+                self._limit_memory(proc.pid)
+        elif enforce:
+            logger.warning("enforce_memory is set but mem_per_worker is not: no memory limit")
+
+    def registration(self, worker_count: int, held: tuple[int, ...]) -> Registration:
+        """What this pool tells the interchange when it registers, first or again (naming ``held``)."""
         import psutil
 
+        a = self.args
         job_started = job_start_from_env(os.environ)
         drain_in = drain_delay(
             now=time.time(), pool_started=POOL_STARTED, drain_period=a.drain_period, walltime=a.walltime,
             drain_before_walltime=a.drain_before_walltime, job_started=job_started)
-        if drain_in is not None:
+        if drain_in is not None and not held:
             logger.info("This pool stops taking tasks in %.1f s (drain_period=%s, walltime=%s, "
                         "drain_before_walltime=%s, job started %s)", drain_in, a.drain_period, a.walltime,
                         a.drain_before_walltime, "at an unknown time" if job_started is None
                         else f"{time.time() - job_started:.1f} s ago")
-        reg = Registration(
+        return Registration(
             protocol_version=PROTOCOL_VERSION,
             htex_ref_version=__version__,
             python_version=PYTHON_VERSION,
@@ -398,28 +442,8 @@ class WorkerPool:
             total_memory=psutil.virtual_memory().total,
             os=platform.system(),
             drain_in=drain_in,
+            held=held,
         )
-        self.interchange.send_multipart([Kind.REGISTER, reg.encode()])
-        if not self.interchange.poll(int(a.hb_threshold * 1000)):
-            raise ConnectionError(f"the interchange at {url} did not answer the registration within "
-                                  f"{a.hb_threshold} s")
-        frames = self.interchange.recv_multipart()
-        if frames[0] == Kind.REJECTED:
-            reason = load_json_object(frames[1]).get("reason", "no reason given")
-            raise PermissionError(f"the interchange refused this worker pool: {reason}")
-        if frames[0] != Kind.REGISTERED:
-            raise ProtocolError(f"unexpected answer to registration: {frames[0][:32]!r}")
-        body = load_json_object(frames[1]) if len(frames) > 1 else {}
-        self.kill_grace, enforce = task_control(body)
-        self.monitoring = monitoring_interval(body)
-        if enforce and a.mem_per_worker:
-            self.memory_limit = int(a.mem_per_worker * 2**30)
-            logger.info("Enforcing a memory limit of %.0f MiB per worker (RLIMIT_DATA and sampled RSS)",
-                        self.memory_limit / 2**20)
-            for proc in self.procs.values():
-                self._limit_memory(proc.pid)
-        elif enforce:
-            logger.warning("enforce_memory is set but mem_per_worker is not: no memory limit")
 
     def _limit_memory(self, pid: int) -> None:
         if self.memory_limit is None:
@@ -580,6 +604,19 @@ class WorkerPool:
                 elif kind == Kind.CANCEL and len(frames) == 2:
                     task_ids, kill_running = unpack_cancel(frames[1])
                     events.append(CancelTasks(task_ids, kill_running))
+                elif kind == Kind.ACK and len(frames) == 2:
+                    events.append(ResultsAcked(unpack_ids(frames[1])))
+                elif kind == Kind.DROP and len(frames) == 2:
+                    events.append(DropTasks(unpack_ids(frames[1])))
+                elif kind == Kind.REGISTER_AGAIN:
+                    reason = load_json_object(frames[1]).get("reason", "") if len(frames) > 1 else ""
+                    events.append(RegisterAgainRequested(str(reason)))
+                elif kind == Kind.REGISTERED:
+                    events.append(RegistrationAccepted())
+                elif kind == Kind.REJECTED:
+                    reason = load_json_object(frames[1]).get("reason", "") if len(frames) > 1 else ""
+                    events.append(StopRequested(f"the interchange refused this pool's registration: {reason}",
+                                                error=True))
                 elif kind == Kind.SHUTDOWN:
                     reason = load_json_object(frames[1]).get("reason", "") if len(frames) > 1 else ""
                     events.append(StopRequested(f"the interchange asked this pool to stop: {reason}"))
@@ -701,6 +738,9 @@ class WorkerPool:
             self.interchange.send_multipart(join_results(ins.results), copy=False)
         elif isinstance(ins, SendHeartbeat):
             self.interchange.send_multipart([Kind.HEARTBEAT])
+        elif isinstance(ins, Register):
+            logger.info("Registering again, holding %d tasks", len(ins.held))
+            self.interchange.send_multipart([Kind.REGISTER, self.registration(self.worker_count, ins.held).encode()])
         elif isinstance(ins, StartWorker):
             self.spawn(ins.rank)
         elif isinstance(ins, SignalWorker):
@@ -819,7 +859,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         state = ManagerState(plan.count, args.hb_period, args.hb_threshold, time.monotonic(), pool.hostname,
                              mpi=scheduler, mpi_launcher=args.mpi_launcher or "mpiexec",
-                             kill_grace=pool.kill_grace, memory_limit=pool.memory_limit)
+                             kill_grace=pool.kill_grace, memory_limit=pool.memory_limit,
+                             reconnect_timeout=pool.reconnect_timeout)
         code = pool.run(state)
     except Exception:
         logger.exception("Worker pool failed")

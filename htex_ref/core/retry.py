@@ -33,7 +33,8 @@ class Attempt:
     detail: str
 
     def __str__(self) -> str:
-        cause = "worker lost" if self.outcome is Outcome.WORKER_LOST else "worker pool lost"
+        cause = ("worker lost" if self.outcome is Outcome.WORKER_LOST else
+                 "interchange restarted" if self.where == "interchange" else "worker pool lost")
         return f"attempt {self.number}: {cause}, {self.where} on {self.host}: {self.detail}"
 
 
