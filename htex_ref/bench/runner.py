@@ -518,6 +518,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="run N echo tasks while killing a worker mid-task every --kill-every seconds and one "
                         "worker pool half-way; check that every future resolves correctly")
     r.add_argument("--kill-every", type=float, default=2.0, help="seconds between worker kills (default 2)")
+    r.add_argument("--interchange-kills", type=int, default=2,
+                   help="soak: SIGKILL the interchange this many times, spread over the run (restart_interchange "
+                        "replaces it; default 2; 0: none)")
+    r.add_argument("--pauses", type=int, default=1,
+                   help="soak: stop a worker pool (SIGSTOP) this many times for 0.6 x heartbeat_threshold, as a "
+                        "short partition would (default 1)")
     r.add_argument("--memory", type=int, metavar="N",
                    help="run N no-op tasks and report the executor's and the interchange's RSS as they go")
     return p
@@ -529,8 +535,10 @@ def _reliability_main(args: argparse.Namespace) -> int:
     rc = 0
     if args.soak:
         print(f"soak: {args.soak} echo tasks, 2 blocks x {args.workers} workers, encrypted, a worker killed "
-              f"mid-task every {args.kill_every} s, one pool killed half-way", flush=True)
-        report = soak.soak(args.soak, workers=args.workers, kill_every=args.kill_every, progress=True)
+              f"mid-task every {args.kill_every} s, one pool killed half-way, the interchange killed "
+              f"{args.interchange_kills} times, a pool paused {args.pauses} times", flush=True)
+        report = soak.soak(args.soak, workers=args.workers, kill_every=args.kill_every, progress=True,
+                           interchange_kills=args.interchange_kills, pauses=args.pauses)
         print(report.text())
         rc |= 0 if report.ok else 1
     if args.memory:
@@ -575,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fake_managers is not None:
         return _fake_main(args, parser)
     if args.soak is not None or args.memory is not None:
+        if args.interchange_kills < 0 or args.pauses < 0:
+            parser.error("--interchange-kills and --pauses must be >= 0")
         if (args.soak or 1) < 1 or (args.memory or 1) < 1 or args.kill_every <= 0:
             parser.error("--soak and --memory need at least 1 task, --kill-every a positive time")
         return _reliability_main(args)

@@ -2,11 +2,14 @@
 
 ``soak``: ``tasks`` echo calls flow through local blocks while, every ``kill_every`` seconds, a worker is
 SIGKILLed in the middle of a task, and once (at ``manager_kill_at`` of the run) a whole worker pool
-(manager) is SIGKILLed. Worker kills hit "victim" tasks that report their pid and then sleep, so every
+(manager) is SIGKILLed. With ``interchange_kills`` the interchange is SIGKILLed that many times, spread
+over the run (``restart_interchange`` replaces it), and with ``pauses`` a pool is stopped (SIGSTOP) for
+0.6 of ``heartbeat_threshold`` and resumed, as a short network partition would stall it. Worker kills
+hit "victim" tasks that report their pid and then sleep, so every
 kill lands on a busy worker and the expected count of ``WorkerLost`` is exact. The run checks that every
 future resolves, that each successful echo returns its input, that only victims fail with
 ``WorkerLost``, that every ``ManagerLost`` names the pool that was killed, and reports how long each
-fault took to surface.
+fault took to surface, how long each restart took, and that no future's result was delivered twice.
 
 ``memory``: ``tasks`` no-op calls in windows; the RSS of the executor's process and of the interchange
 is sampled as it goes, to show that neither grows with the number of tasks run.
@@ -17,6 +20,7 @@ runs in the test suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -73,6 +77,16 @@ class SoakReport:
     monitored_tasks: int = 0
     monitored_ends: int = 0
     monitored_outcomes: dict[str, int] = field(default_factory=dict)
+    interchange_kills: int = 0
+    #: ``HighThroughputExecutor.interchange_restarts`` at the end.
+    restarts: list[dict[str, Any]] = field(default_factory=list)
+    pauses: int = 0
+    #: Futures whose done-callbacks ran more than once (a result delivered twice): must be 0.
+    doubled: int = 0
+    #: Results that reached the executor for tasks already resolved (dropped: the first won).
+    late_results: int = 0
+    #: Tasks run again after a restart because no pool claimed them (they may have run twice).
+    rerun: int = 0
 
     @property
     def lost(self) -> int:
@@ -94,13 +108,26 @@ class SoakReport:
             f"  manager kills {self.manager_kills} -> ManagerLost {self.manager_lost} "
             f"({self.manager_lost_echo} echo tasks; detected after "
             + ("n/a" if self.manager_detect_s is None else f"{self.manager_detect_s:.2f} s") + ")",
+            f"  interchange kills {self.interchange_kills} -> restarts {len(self.restarts)}: "
+            + (", ".join(f"ready after {r.get('gap_s', float('nan')):.2f} s, recovered after "
+                         f"{r.get('recovered_s', float('nan')):.2f} s ({r.get('adopted')} claimed, "
+                         f"{r.get('requeued')} run again)" for r in self.restarts) or "none"),
+            f"  pools paused {self.pauses} times (0.6 x heartbeat_threshold)",
             f"  other errors: {dict(self.other_errors) or 'none'}; unresolved futures: {self.unresolved}",
-            f"  tasks lost without an injected cause: {self.lost}",
+            f"  tasks lost without an injected cause: {self.lost}; results delivered twice: {self.doubled} "
+            f"(late results dropped: {self.late_results}; tasks run again after a restart: {self.rerun})",
             f"  monitoring database: {self.monitored_tasks} tasks, {self.monitored_ends} resolved, "
             f"by outcome {self.monitored_outcomes}",
             "  verdict: " + ("OK" if self.ok else "PROBLEMS: " + "; ".join(self.problems)),
         ]
         return "\n".join(lines)
+
+
+def _counter(calls: Counter[int], x: int) -> Any:
+    def count(_fut: Future[Any]) -> None:
+        calls[x] += 1
+
+    return count
 
 
 def _pool_pids(run_dir: str) -> list[int]:
@@ -117,7 +144,7 @@ def _pool_pids(run_dir: str) -> list[int]:
 def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: float = 2.0,
          manager_kill_at: float = 0.5, pause: float = 0.0005, seed: int = 1, run_dir: str | None = None,
          heartbeat_threshold: float = 5.0, encrypted: bool = True, timeout: float = 3600.0,
-         progress: bool = False) -> SoakReport:
+         progress: bool = False, interchange_kills: int = 0, pauses: int = 0) -> SoakReport:
     from htex_ref import HighThroughputExecutor, LocalProvider, ManagerLost, WorkerLost
 
     own_dir = run_dir is None
@@ -129,7 +156,15 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
         max_workers_per_node=workers, address="127.0.0.1", encrypted=encrypted, run_dir=run_dir,
         heartbeat_period=max(0.5, heartbeat_threshold / 5), heartbeat_threshold=heartbeat_threshold,
         strategy="simple", strategy_period=1.0,
+        restart_interchange=interchange_kills > 0, max_interchange_restarts=max(1, interchange_kills),
     )
+    # Faults at fractions of the run: interchange kills spread over it (away from the pool kill at
+    # ``manager_kill_at``), pauses early.
+    kill_at = [round((i + 1) / (interchange_kills + 1) * 0.9 + 0.05, 3) for i in range(interchange_kills)]
+    kill_at = [f if abs(f - manager_kill_at) > 0.1 else f + 0.12 for f in kill_at]
+    pause_at = [0.1 + 0.3 * i / max(1, pauses) for i in range(pauses)]
+    paused: tuple[int, float] | None = None  # (pid, when to resume)
+    calls: Counter[int] = Counter()
     t_start = time.monotonic()
     deadline = t_start + timeout
     victims: list[tuple[Future[Any], float]] = []
@@ -167,13 +202,33 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
                 report.problems.append(f"gave up after {timeout:.0f} s")
                 break
             while submitted < tasks and len(outstanding) < WINDOW:
-                outstanding[ex.submit(echo, submitted, pause)] = submitted
+                new = ex.submit(echo, submitted, pause)
+                new.add_done_callback(_counter(calls, submitted))
+                outstanding[new] = submitted
                 submitted += 1
             for fut in [f for f in outstanding if f.done()]:
                 settle(fut, outstanding.pop(fut))
             now = time.monotonic()
-            if killed_pool is None and done_echo >= manager_kill_at * tasks:
-                pools = _pool_pids(run_dir)
+            if paused is not None and now >= paused[1]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(paused[0], signal.SIGCONT)
+                paused = None
+            if kill_at and done_echo >= kill_at[0] * tasks:
+                kill_at.pop(0)
+                proc = ex.interchange_process
+                if proc is not None and proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    report.interchange_kills += 1
+            elif pause_at and paused is None and done_echo >= pause_at[0] * tasks:
+                pause_at.pop(0)
+                pools = [p for p in _pool_pids(run_dir) if p != killed_pool]
+                if pools:
+                    target = rng.choice(pools)
+                    os.kill(target, signal.SIGSTOP)
+                    paused = (target, now + 0.6 * heartbeat_threshold)
+                    report.pauses += 1
+            elif killed_pool is None and done_echo >= manager_kill_at * tasks:
+                pools = [p for p in _pool_pids(run_dir) if paused is None or p != paused[0]]
                 if pools:
                     killed_pool = rng.choice(pools)
                     os.kill(killed_pool, signal.SIGKILL)
@@ -224,7 +279,18 @@ def soak(tasks: int = 100_000, workers: int = 2, blocks: int = 2, kill_every: fl
                 report.problems.append(f"a victim ended with {exc!r}")
         if manager_kill_time is not None and report.first_manager_lost_seen is not None:
             report.manager_detect_s = report.first_manager_lost_seen - manager_kill_time
+        report.doubled = sum(1 for n in calls.values() if n > 1)
+        report.late_results = ex.table.late_results
+        # A recovery's end may be reported just after the last result.
+        end = time.monotonic() + 5
+        while time.monotonic() < end and any("recovered_s" not in r for r in ex.interchange_restarts):
+            time.sleep(0.05)
+        report.restarts = ex.interchange_restarts
+        report.rerun = sum(r.get("requeued") or 0 for r in report.restarts)
     finally:
+        if paused is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(paused[0], signal.SIGCONT)
         report.wall_s = time.monotonic() - t_start
         ex.shutdown(wait=False, cancel_futures=True)
         if ex.monitoring_store is not None:
@@ -270,6 +336,10 @@ def _judge(report: SoakReport, victims: int, submitted: int) -> None:
         report.problems.append("a pool was killed but no task reported ManagerLost")
     if report.lost:
         report.problems.append(f"{report.lost} echo tasks lost without an injected cause")
+    if report.doubled:
+        report.problems.append(f"{report.doubled} futures had their result delivered twice")
+    if len(report.restarts) != report.interchange_kills:
+        report.problems.append(f"{report.interchange_kills} interchange kills but {len(report.restarts)} restarts")
 
 
 @dataclass
