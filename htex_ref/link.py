@@ -118,6 +118,8 @@ class InterchangeLink:
         self._restarted_at: float | None = None
         #: Why the link killed the interchange (it went silent), for the restart record.
         self._kill_reason: str | None = None
+        #: Notices sent (holds, ended blocks), kept only while restarts are possible.
+        self._notices: list[list[bytes]] = []
 
     # ----------------------------------------------------------------------------------- start
 
@@ -184,7 +186,11 @@ class InterchangeLink:
                     pass  # a wake-up is already queued
 
     def notify(self, notice: Notice, *args: Any) -> None:
-        self.send(encode_notice(notice, *args))
+        frames = encode_notice(notice, *args)
+        if self.restarts_left:
+            # Replayed to a restarted interchange: which blocks are held or have ended.
+            self._notices.append(frames)
+        self.send(frames)
 
     def query(self, query: Query, *args: Any, timeout: float = 10.0) -> Any:
         """Ask the interchange and wait for its answer (``CommandTimeout`` after ``timeout`` seconds)."""
@@ -424,6 +430,8 @@ class InterchangeLink:
                 self._spawn(cfg)
                 writer = self._writer
                 assert writer is not None
+                for notice in self._notices:
+                    writer.write_parts(encode_parts(notice))
                 for frames in outstanding:
                     writer.write_parts(encode_parts([Kind.RECOVER_TASK, *frames[1:]]))
                 writer.write_parts(encode_parts([Kind.RECOVER, dump_json({"window": window,

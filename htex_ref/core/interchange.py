@@ -523,6 +523,8 @@ class InterchangeState:
         self._lost: dict[int, bytes] = {}
         self._stopped: set[bytes] = set()
         self._ended_blocks: set[str] = set()
+        #: Blocks held (scaling in): a pool of one that registers later is held too.
+        self._held_blocks: set[str] = set()
         #: Rule 11: tasks waiting to be claimed after a restart, until ``_recover_until``.
         self._recovering: dict[int, QueuedTask] = {}
         self._recover_until: float | None = None
@@ -686,6 +688,8 @@ class InterchangeState:
             self._push_timer(rec.drain_at, "drain", rec)
         if self._recover_until is not None:
             self._recover_managers += 1
+        if reg.block_id is not None and reg.block_id in self._held_blocks:
+            self._hold(rec)
         if reg.held:
             self._match_held(rec, reg.held)
         self._refresh_free(rec)
@@ -831,6 +835,7 @@ class InterchangeState:
         self._hold(rec)
 
     def _on_hold_block(self, ev: HoldBlock, now: float) -> None:
+        self._held_blocks.add(ev.block_id)
         totals = self._block_totals.get(ev.block_id)
         for mid in sorted(totals.members) if totals is not None else ():
             self._hold(self.managers[mid])

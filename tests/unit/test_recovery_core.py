@@ -489,3 +489,15 @@ class RecoveryMachine(RuleBasedStateMachine):
 
 TestRecoveryMachine = RecoveryMachine.TestCase
 TestRecoveryMachine.settings = settings(max_examples=1000, stateful_step_count=60, deadline=None)
+
+
+def test_a_pool_of_a_held_block_that_registers_later_is_held_too():
+    # A block held for scaling in (or replayed to a restarted interchange) gets no tasks from pools that
+    # register after the hold.
+    s = ic.InterchangeState(THRESHOLD, selector=RandomManagerSelector(7))
+    s.handle(ic.HoldBlock("0"), ic.TaskSubmitted(qtask(1)), now=0)
+    out = s.handle(ic.ManagerRegistered(b"a", reg("a", 2, block="0")), now=1)
+    assert acts(out, ic.AcceptRegistration) and not sent_ids(out, b"a")
+    assert not s.managers[b"a"].active and s.pending_count == 1
+    out = s.handle(ic.ManagerRegistered(b"b", reg("b", 2, block="1")), now=2)
+    assert sent_ids(out, b"b") == [1]
