@@ -160,6 +160,9 @@ class BlockTotals:
     tasks: int = 0
     #: The latest ``idle_since`` of its managers (times only grow, so the last one set is the latest).
     idle_since: float | None = None
+    #: ``idle_since`` may be too late: the manager that set it is gone. Recomputed when it is next read
+    #: (``block_loads``), so that a block of n managers ending costs O(n), not O(n^2).
+    idle_stale: bool = False
     #: Ids of its registered managers (to hold a block, or recompute ``idle_since``, without a table walk).
     members: set[bytes] = field(default_factory=set)
 
@@ -588,6 +591,11 @@ class InterchangeState:
     def block_loads(self, now: float) -> dict[str, BlockLoad]:
         """For each block with registered managers now: how many, how many not held, their workers and
         tasks, and how long since the last of them became idle (None while any holds a task)."""
+        for t in self._block_totals.values():
+            if t.idle_stale:
+                since = [m.idle_since for m in map(self.managers.__getitem__, t.members) if m.idle_since is not None]
+                t.idle_since = max(since) if since else None
+                t.idle_stale = False
         return {
             b: BlockLoad(t.managers, t.active, t.workers, t.tasks,
                          now - t.idle_since if t.tasks == 0 and t.idle_since is not None else None)
@@ -680,6 +688,7 @@ class InterchangeState:
             totals.active += 1
             totals.workers += reg.worker_count
             totals.idle_since = now
+            totals.idle_stale = False
             totals.members.add(mid)
             rec.load = totals
         self._push_timer(now + self.heartbeat_threshold, "expire", rec)
@@ -755,6 +764,7 @@ class InterchangeState:
             if rec.load is not None:
                 rec.load.tasks += len(adopt)
                 rec.load.idle_since = None
+                rec.load.idle_stale = False
         if drop:
             self._out.append(Note(WARNING, f"Manager {rec.registration.uid} holds {len(drop)} tasks that ended "
                                            "elsewhere (declared lost, run by another manager, or already "
@@ -803,6 +813,7 @@ class InterchangeState:
             rec.idle_since = now
             if totals is not None:
                 totals.idle_since = now
+                totals.idle_stale = False
             if rec.draining:
                 self._forget(rec, stop_reason="drained")
                 return
@@ -1038,11 +1049,9 @@ class InterchangeState:
             assert block_id is not None
             if totals.managers == 0:
                 del self._block_totals[block_id]
-            else:
-                # The one that went may have been the last to become idle.
-                since = [m.idle_since for m in map(self.managers.__getitem__, totals.members)
-                         if m.idle_since is not None]
-                totals.idle_since = max(since) if since else None
+            elif rec.idle_since is not None and totals.idle_since is not None and rec.idle_since >= totals.idle_since:
+                # The one that went may have been the last to become idle: recomputed when next read.
+                totals.idle_stale = True
         self._free.discard(rec.manager_id)
         self._prefetchable.discard(rec.manager_id)
         if stop_reason is not None:
