@@ -37,6 +37,20 @@ class SerializationError(HtexError):
         return f"Failed to serialize {self.what}: {self.reason}"
 
 
+class PayloadTooLarge(SerializationError, ValueError):
+    """A task's function and arguments, or its result, serialized to more than ``max_payload_bytes``: refused
+    at ``submit`` (nothing is sent), or, for a result, at its worker pool (the task fails with this)."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(what, f"{size} bytes serialized, over max_payload_bytes={limit}; raise the executor's "
+                               "max_payload_bytes, or pass the data by reference (a file on a shared file system)")
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.size, self.limit))
+
+
 class DeserializationError(HtexError):
     """A result or exception came back but could not be deserialized in this process."""
 

@@ -47,7 +47,7 @@ from htex_ref.core.blocks import (
 )
 from htex_ref.core.planning import plan_workers
 from htex_ref.core.retry import RetryPolicy
-from htex_ref.errors import BadStateException, ExecutorShutdown, InterchangeError
+from htex_ref.errors import BadStateException, ExecutorShutdown, InterchangeError, PayloadTooLarge
 from htex_ref.link import InterchangeLink
 from htex_ref.monitoring import MonitoringStore, db_path
 from htex_ref.netutil import create_certificates
@@ -130,6 +130,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         max_retries_on_system_failure: int = 0,
         crash_limit: int = 2,
         enforce_memory: bool = False,
+        max_payload_bytes: int | None = 1 << 30,
         restart_interchange: bool = False,
         max_interchange_restarts: int = 3,
         reconnect_timeout: float | None = None,
@@ -158,7 +159,8 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             mpi_launcher=mpi_launcher, mpi_nodes=mpi_nodes, mpi_share_nodes=mpi_share_nodes, mpi_policy=mpi_policy,
             cancel_running=cancel_running, task_kill_grace=task_kill_grace,
             max_retries_on_system_failure=max_retries_on_system_failure, crash_limit=crash_limit,
-            enforce_memory=enforce_memory, restart_interchange=restart_interchange,
+            enforce_memory=enforce_memory, max_payload_bytes=max_payload_bytes,
+            restart_interchange=restart_interchange,
             max_interchange_restarts=max_interchange_restarts, reconnect_timeout=reconnect_timeout,
             monitoring=monitoring, monitoring_interval=monitoring_interval,
             monitoring_hook=monitoring_hook,
@@ -311,6 +313,7 @@ class HighThroughputExecutor(concurrent.futures.Executor):
             "task_kill_grace": s.task_kill_grace, "enforce_memory": s.enforce_memory,
             "monitoring": s.monitoring_interval if s.monitoring else None,
             "reconnect_timeout": s.reconnect_timeout,
+            "max_payload_bytes": s.max_payload_bytes,
             "manager_selector_pickle": base64.b64encode(s.selector_pickle).decode() if s.selector_pickle else None,
         }
 
@@ -419,6 +422,10 @@ class HighThroughputExecutor(concurrent.futures.Executor):
         priority, mpi = read_spec(spec, mpi_max_nodes=self.settings.mpi_max_nodes)
         fn_bytes = dumps_function(fn)
         arg_bytes = dumps_arguments(fn, args, kwargs)
+        limit = self.settings.max_payload_bytes
+        if limit is not None and len(fn_bytes) + len(arg_bytes) > limit:
+            raise PayloadTooLarge(f"the call {getattr(fn, '__qualname__', fn)!s:.100}", len(fn_bytes) + len(arg_bytes),
+                                  limit)
         link = self._link
 
         keep = self.table.retry.enabled or self.settings.restart_interchange

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from htex_ref.protocol import Kind
+
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
 
@@ -135,3 +137,24 @@ class Contexts:
             self._auth.stop()
             self._auth = None
         self.ctx.destroy(linger=0)
+
+
+#: Message kinds whose later parts are received without a copy (see ``recv_message``).
+SPLIT_KINDS = frozenset({Kind.TASKS_SPLIT, Kind.RESULTS_SPLIT})
+
+
+def recv_message(sock: Any) -> list[Any]:
+    """One multipart message, without waiting (``zmq.Again`` when none). The parts of a split batch
+    (``tasks_split``, ``results_split``: the second part names it) come as views of ZeroMQ's own buffers,
+    not copies; all other parts as bytes, which is cheaper for small ones."""
+    first = sock.recv(zmq.NOBLOCK)
+    frames = [first]
+    split = first in SPLIT_KINDS  # a DEALER's messages start with their kind, a ROUTER's with the peer
+    while sock.getsockopt(zmq.RCVMORE):
+        if split:
+            frames.append(sock.recv(copy=False).buffer)
+        else:
+            part = sock.recv()
+            frames.append(part)
+            split = part in SPLIT_KINDS
+    return frames

@@ -79,7 +79,18 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from htex_ref.errors import ProtocolError
-from htex_ref.framing import Frame, decode_body, encode_body, frame_table
+from htex_ref.framing import (
+    Chunked,
+    Frame,
+    decode_body,
+    encode_body,
+    encode_table,
+    frame_table,
+    lengths_table,
+    piece_count,
+    pieces,
+    table_lengths,
+)
 
 
 class Kind:
@@ -91,6 +102,8 @@ class Kind:
     STOP = b"stop"
     READY = b"ready"
     RESULTS = b"results"
+    #: A ``results`` batch with a large payload, split like ``tasks_split`` (manager -> interchange).
+    RESULTS_SPLIT = b"results_split"
     RESULT = b"result"
     REPLY = b"reply"
     FATAL = b"fatal"
@@ -102,6 +115,8 @@ class Kind:
     HEARTBEAT = b"hb"
     BYE = b"bye"
     TASKS = b"tasks"
+    #: A ``tasks`` batch with a large frame, split: the frame table, then each frame as its own part.
+    TASKS_SPLIT = b"tasks_split"
     SHUTDOWN = b"shutdown"
     CANCEL = b"cancel"
     MONITOR = b"monitor"
@@ -268,12 +283,45 @@ _OUTCOMES = tuple(Outcome)
 _RESULT_HEADER_SIZE = _RESULT_HEADER.size
 
 
+#: A batch holding a frame at least this large travels split (``tasks_split``, ``results_split``): its frame
+#: table, then each frame as a ZeroMQ part of its own, sent and received without copying, so that no
+#: process joins a large payload into a batch. Smaller batches stay one frame: one part is cheaper.
+BIG_FRAME = 1 << 18
+
+
+def _split_batch(frames: list[bytes] | list[Frame], start: int, what: str) -> list[Any]:
+    """The frames of a split batch (``frames[start]`` is its table, the parts follow, a frame larger than
+    ``CHUNK`` in several: it comes back as a ``Chunked``); all or nothing."""
+    lengths = table_lengths(frames[start])
+    parts = frames[start + 1:]
+    if len(parts) != sum(piece_count(n) for n in lengths):
+        raise ProtocolError(f"split {what} batch: {len(parts)} parts do not match its table of {len(lengths)}")
+    out: list[Any] = []
+    i = 0
+    for n in lengths:
+        k = piece_count(n)
+        if k == 1:
+            if len(parts[i]) != n:
+                raise ProtocolError(f"split {what} batch: a part of {len(parts[i])} bytes, its table says {n}")
+            out.append(parts[i])
+        else:
+            chunk = Chunked(list(parts[i:i + k]))
+            if len(chunk) != n:
+                raise ProtocolError(f"split {what} batch: pieces of {len(chunk)} bytes, its table says {n}")
+            out.append(chunk)
+        i += k
+    return out
+
+
 def split_results(frames: list[bytes] | list[Frame], start: int = 1) -> list[ResultTuple]:
-    """Decode the batch of ``header, payload`` pairs in ``frames[start]``; all or nothing.
+    """Decode the batch of ``header, payload`` pairs in ``frames[start]`` (or, split, in the table
+    ``frames[start]`` and the parts after it); all or nothing.
 
     This runs for every result in the interchange and the executor, so it reads the headers straight
     out of the batch and hands payloads on as views into it, without copying them.
     """
+    if len(frames) > start + 1:
+        return _split_results(_split_batch(frames, start, "results"))
     if len(frames) != start + 1:
         raise ProtocolError(f"results message has {len(frames)} frames, expected {start + 1}")
     body = frames[start]
@@ -299,27 +347,52 @@ def split_results(frames: list[bytes] | list[Frame], start: int = 1) -> list[Res
     return out
 
 
-def join_results(results: list[ResultTuple]) -> list[bytes]:
+def _split_results(parts: list[Frame]) -> list[ResultTuple]:
+    if not parts or len(parts) % RESULT_FRAMES:
+        raise ProtocolError(f"results message has {len(parts)} body frames, expected pairs")
+    out: list[ResultTuple] = []
+    for i in range(0, len(parts), RESULT_FRAMES):
+        task_id, outcome, run_time = unpack_result_header(parts[i])
+        out.append((task_id, outcome, parts[i + 1], run_time))
+    return out
+
+
+def join_results(results: list[ResultTuple]) -> list[Frame]:
+    """A ``results`` message, or ``results_split`` when a payload is ``BIG_FRAME`` bytes or more."""
     frames: list[Frame] = []
+    big = False
     for task_id, outcome, payload, run_time in results:
         frames.append(pack_result_header(task_id, outcome, run_time))
         frames.append(payload)
+        if len(payload) >= BIG_FRAME:
+            big = True
+    if big:
+        return [Kind.RESULTS_SPLIT, encode_table(frames), *[p for f in frames for p in pieces(f)]]
     return [Kind.RESULTS, encode_body(frames)]
 
 
-def join_tasks(tasks: list[tuple[bytes, ...]]) -> list[bytes]:
-    """A ``tasks`` message from each task's (header, function, arguments) frames."""
-    frames: list[bytes] = []
+def join_tasks(tasks: list[tuple[Frame, ...]]) -> list[Frame]:
+    """A ``tasks`` message from each task's (header, function, arguments) frames; ``tasks_split`` when a
+    frame is ``BIG_FRAME`` bytes or more."""
+    frames: list[Frame] = []
     for t in tasks:
         frames.extend(t)
-    return [Kind.TASKS, encode_body(frames)]
+    lengths = [len(f) for f in frames]
+    head = lengths_table(lengths)
+    if max(lengths) >= BIG_FRAME:
+        return [Kind.TASKS_SPLIT, head, *[p for f in frames for p in pieces(f)]]
+    return [Kind.TASKS, b"".join([head, *frames])]
 
 
-def split_tasks(frames: list[bytes]) -> list[tuple[int, float, tuple[Frame, Frame, Frame]]]:
-    """Decode a ``tasks`` message into (task id, priority, (header, function, arguments)); all or nothing."""
-    if len(frames) != 2:
+def split_tasks(frames: list[bytes] | list[Frame]) -> list[tuple[int, float, tuple[Frame, Frame, Frame]]]:
+    """Decode a ``tasks`` (or ``tasks_split``) message into (task id, priority, (header, function,
+    arguments)); all or nothing."""
+    if len(frames) > 2:
+        body = _split_batch(frames, 1, "tasks")
+    elif len(frames) != 2:
         raise ProtocolError(f"tasks message has {len(frames)} frames, expected 2")
-    body = decode_body(frames[1], share=True)
+    else:
+        body = decode_body(frames[1], share=True)
     if not body or len(body) % TASK_FRAMES:
         raise ProtocolError(f"tasks batch has {len(body)} frames, expected triples")
     return [

@@ -21,6 +21,7 @@ from htex_ref.core.affinity import parse_cpu_affinity
 from htex_ref.core.mpi import MPI_LAUNCHERS, check_mpi_nodes, mpi_policy
 from htex_ref.core.selectors import SELECTORS, BlockIdManagerSelector, RandomManagerSelector
 from htex_ref.core.strategy import STRATEGY_NAMES
+from htex_ref.framing import MAX_MESSAGE
 from htex_ref.launch import DEFAULT_LAUNCH_CMD, PoolOptions, check_launch_cmd, render
 from htex_ref.netutil import all_addresses, check_address
 from htex_ref.providers.base import ExecutionProvider
@@ -232,6 +233,12 @@ class ExecutorSettings:
         ``RLIMIT_DATA`` of ``mem_per_worker`` GB, and the pool samples each busy worker's resident memory
         (children included) twice a second; a task over the limit fails with ``TaskMemoryExceeded`` and its
         worker is replaced. Needs ``mem_per_worker``.
+    max_payload_bytes : int | None
+        Not in Parsl: the most bytes a task's serialized function and arguments, or its serialized result,
+        may take. A bigger task is refused at ``submit`` with ``PayloadTooLarge`` naming the limit (before
+        anything is sent); a bigger result fails its task with ``PayloadTooLarge`` at its worker pool,
+        before it reaches the interchange and this process. Default 1 GiB (1073741824); ``None``: no limit
+        below the wire format's 16 GiB. Each process on a payload's way holds it at most twice at once.
     restart_interchange : bool
         Not in Parsl: when the interchange process dies (or stops answering for ``heartbeat_threshold``
         and is killed), start a new one on the same address, port and keys, instead of failing every
@@ -315,6 +322,7 @@ class ExecutorSettings:
     max_retries_on_system_failure: int = 0
     crash_limit: int = 2
     enforce_memory: bool = False
+    max_payload_bytes: int | None = 1 << 30
     restart_interchange: bool = False
     max_interchange_restarts: int = 3
     reconnect_timeout: float | None = None
@@ -543,6 +551,10 @@ class ExecutorSettings:
             value = getattr(self, name)
             if not is_int(value) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        limit = self.max_payload_bytes
+        if limit is not None and (not is_int(limit) or not 0 < limit <= MAX_MESSAGE // 2):
+            raise ValueError(f"max_payload_bytes must be None or an int between 1 and {MAX_MESSAGE // 2}, "
+                             f"got {limit!r}")
         timeout = self.reconnect_timeout
         if timeout is not None:
             if not is_number(timeout) or timeout <= 0:

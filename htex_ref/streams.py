@@ -7,6 +7,7 @@ messages from a byte stream (``StreamReader``), queueing writes so that no sende
 
 from __future__ import annotations
 
+import mmap
 import socket
 
 from htex_ref.errors import ProtocolError
@@ -18,7 +19,9 @@ class StreamReader:
 
     Small messages are read through a reusable staging buffer, many per system call. A message too big
     for it gets a buffer of its own that the kernel fills directly, and its large frames are handed on
-    as memoryviews into that buffer: a 1 MiB result is copied once here, not three times.
+    as memoryviews into that buffer: a 1 MiB result is copied once here, not three times. That buffer
+    is an anonymous memory map rather than a ``bytearray``: its pages are touched once, by the kernel's
+    copy, instead of first being zeroed (a quarter of a second for 256 MiB on a small VM).
     """
 
     STAGING = 1 << 18
@@ -28,7 +31,7 @@ class StreamReader:
         self._buf = bytearray(self.STAGING)
         self._start = 0
         self._end = 0
-        self._big: bytearray | None = None
+        self._big: memoryview | None = None
         self._big_got = 0
         self.closed = False
 
@@ -50,7 +53,7 @@ class StreamReader:
         out: list[list[Frame]] = []
         while not self.closed:
             if self._big is not None:
-                n = self._recv_into(memoryview(self._big)[self._big_got :])
+                n = self._recv_into(self._big[self._big_got :])
                 if n <= 0:
                     break
                 self._big_got += n
@@ -87,7 +90,7 @@ class StreamReader:
                 out.append(decode_body(memoryview(buf)[begin : begin + body_len]))
                 self._start = begin + body_len
             elif body_len > len(buf) - 8:
-                big = bytearray(body_len)
+                big = memoryview(mmap.mmap(-1, body_len))
                 big[:have] = buf[self._start + 8 : self._end]
                 self._big, self._big_got = big, have
                 self._start = self._end = 0

@@ -79,9 +79,10 @@ from htex_ref.core.planning import drain_delay, plan_workers
 from htex_ref.errors import ProtocolError
 from htex_ref.framing import encode_parts
 from htex_ref.memory import OomWatch, set_data_limit, tree_rss
-from htex_ref.netutil import Contexts, tcp_url
+from htex_ref.netutil import Contexts, recv_message, tcp_url
 from htex_ref.protocol import (
     Kind,
+    Outcome,
     Registration,
     dump_json,
     join_results,
@@ -138,6 +139,16 @@ def reconnect_timeout(body: Mapping[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ProtocolError(f"registered: reconnect_timeout must be a number of seconds > 0 or null, got {value!r}")
     return float(value)
+
+
+def too_large(task_id: int, size: int, limit: int) -> tuple[Outcome, bytes]:
+    """The result that replaces one over ``max_payload_bytes``: ``PayloadTooLarge`` as the task's exception."""
+    # Imported here: the pool never pickles anything else, and this is rare.
+    from htex_ref.errors import PayloadTooLarge
+    from htex_ref.serialize import dumps_exception
+
+    logger.warning("Result of task %d is %d bytes, over max_payload_bytes=%d: failing the task", task_id, size, limit)
+    return Outcome.EXCEPTION, dumps_exception(PayloadTooLarge(f"the result of task {task_id}", size, limit))
 
 
 def task_control(body: Mapping[str, Any]) -> tuple[float, bool]:
@@ -369,6 +380,8 @@ class WorkerPool:
         self.monitoring: float | None = None
         #: Seconds to wait for a silent interchange, as the executor set it (None: the core's default).
         self.reconnect_timeout: float | None = None
+        #: Largest result this pool passes on (bytes; None: no limit), from the interchange's answer.
+        self.max_payload: int | None = None
         #: Monitoring: when each task was handed to its worker, when each worker last ended a task, the
         #: task runs and worker samples not yet sent.
         self._mon_start: dict[int, tuple[int, float]] = {}
@@ -405,6 +418,10 @@ class WorkerPool:
         self.kill_grace, enforce = task_control(body)
         self.monitoring = monitoring_interval(body)
         self.reconnect_timeout = reconnect_timeout(body)
+        limit = body.get("max_payload_bytes")
+        if limit is not None and (type(limit) is not int or limit <= 0):
+            raise ProtocolError(f"registered: max_payload_bytes must be an int > 0 or null, got {limit!r}")
+        self.max_payload = limit
         if enforce and a.mem_per_worker:
             self.memory_limit = int(a.mem_per_worker * 2**30)
             logger.info("Enforcing a memory limit of %.0f MiB per worker (RLIMIT_DATA and sampled RSS)",
@@ -590,13 +607,13 @@ class WorkerPool:
         contact = False
         while True:
             try:
-                frames = self.interchange.recv_multipart(zmq.NOBLOCK)
+                frames = recv_message(self.interchange)
             except zmq.Again:
                 break
             contact = True
             kind = frames[0]
             try:
-                if kind == Kind.TASKS:
+                if kind == Kind.TASKS or kind == Kind.TASKS_SPLIT:
                     events.append(TasksArrived([
                         PoolTask(tid, fr, prio) if len(fr[0]) == HEADER_SIZE
                         else make_pool_task(tid, fr, prio, task_spec(fr[0]))
@@ -644,7 +661,10 @@ class WorkerPool:
             try:
                 if kind == Kind.RESULT and len(frames) == 3:
                     task_id, outcome, run_time = unpack_result_header(frames[1])
-                    events.append(WorkerResult(rank, task_id, outcome, frames[2], run_time))
+                    payload = frames[2]
+                    if self.max_payload is not None and len(payload) > self.max_payload:
+                        outcome, payload = too_large(task_id, len(payload), self.max_payload)
+                    events.append(WorkerResult(rank, task_id, outcome, payload, run_time))
                     if self.monitoring is not None:
                         self._ran(task_id, rank)
                 elif kind == Kind.READY:

@@ -111,6 +111,7 @@ SUBJECTS: list[Subject] = [
             "max_retries_on_system_failure": [-1, 1.5],
             "crash_limit": [-2],
             "enforce_memory": [1, True],
+            "max_payload_bytes": [0, 1.5],
             "restart_interchange": [1, "yes"],
             "max_interchange_restarts": [-1, 1.5],
             "reconnect_timeout": [0, "60"],

@@ -513,6 +513,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="prefetch_capacity for the sweep: an int, or 'auto' (default 0: slots only)")
     g.add_argument("--fake-processes", type=int, default=None,
                    help="processes holding the fake managers (default min(4, M))")
+    g2 = p.add_argument_group("payloads")
+    g2.add_argument("--payloads", metavar="MIB,...",
+                    help="large arguments and results: one task at a time with an argument, then a result, of each "
+                         "size (MiB, e.g. 1,16,64,256), on ProcessPoolExecutor, htex_ref plain and encrypted (and "
+                         "Parsl's HTEx with --compare parsl), interleaved per round; bandwidth and the most copies "
+                         "of the payload any process held")
     r = p.add_argument_group("reliability")
     r.add_argument("--soak", type=int, metavar="N",
                    help="run N echo tasks while killing a worker mid-task every --kill-every seconds and one "
@@ -574,6 +580,84 @@ def _fake_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                                    args.json, processes=args.fake_processes, prefetch_capacity=prefetch)
 
 
+PAYLOADS = Path(__file__).resolve().with_name("payloads.py")
+
+
+def _payload_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--payloads``: see ``htex_ref.bench.payloads``; prints one table of medians over the rounds."""
+    import json
+    import statistics
+
+    try:
+        sizes = [int(x) for x in args.payloads.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--payloads must be comma-separated sizes in MiB, got {args.payloads!r}")
+    if not sizes or min(sizes) < 1:
+        parser.error("--payloads sizes must be at least 1 MiB")
+    compare = args.compare == IMPL_PARSL
+    parsl_python = Path(os.path.abspath(args.parsl_python))
+    if compare and not _ensure_parsl_python(parsl_python):
+        return 2
+    common = ["--sizes", ",".join(map(str, sizes)), "--workers", str(args.workers)]
+    plan = [("ProcessPoolExecutor", [sys.executable, str(PAYLOADS), "--impl", "process", *common]),
+            ("htex_ref", [sys.executable, str(PAYLOADS), "--impl", "htex_ref", *common]),
+            ("htex_ref encrypted", [sys.executable, str(PAYLOADS), "--impl", "htex_ref", "--encrypted", *common])]
+    if compare:
+        plan.append(("parsl", [str(parsl_python), str(PAYLOADS), "--impl", "parsl", *common]))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(Path(__file__).resolve().parents[2]),
+                                                    os.environ.get("PYTHONPATH")) if x)
+    machine = _machine()
+    print(f"htex-ref bench --payloads {args.payloads}: {args.rounds} round(s), one task at a time, "
+          f"{args.workers} workers; order per round: {', '.join(n for n, _ in plan)}")
+    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"machine: {machine['hostname']}, nproc {machine['nproc']}, CPU {machine['cpu_model']}, "
+          f"Python {machine['python']}; load average at start: {' '.join(map(str, _loadavg()))}", flush=True)
+    got: dict[str, list[dict[int, dict[str, Any]]]] = {name: [] for name, _ in plan}
+    for rnd in range(args.rounds):
+        for name, cmd in plan:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("PAYLOAD ")), None)
+            if proc.returncode or line is None:
+                print(f"round {rnd + 1}: {name} FAILED (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
+                continue
+            rows = {r["mib"]: r for r in json.loads(line.split(" ", 1)[1])["rows"]}
+            got[name].append(rows)
+            print(f"round {rnd + 1}/{args.rounds} {name:20s} " + "  ".join(
+                f"{m} MiB: arg {r['arg_mibps']:.0f} result {r['result_mibps']:.0f} MiB/s" for m, r in rows.items()),
+                flush=True)
+
+    def med(name: str, mib: int, key: str) -> float:
+        vals = [rows[mib][key] for rows in got[name] if mib in rows]
+        return statistics.median(vals) if vals else float("nan")
+
+    def copies(name: str, mib: int, key: str) -> str:
+        vals = [(rows[mib][key], rows[mib][key + "_in"]) for rows in got[name] if mib in rows]
+        return f"{max(vals)[0]:.1f} ({max(vals)[1]})" if vals else "n/a"
+
+    ok = True
+    print()
+    head = ("size", "", "ProcessPool MiB/s", "htex_ref", "ratio", "encrypted", "ratio", *(["parsl"] if compare else []),
+            "most copies (plain)", "most copies (encrypted)")
+    table = []
+    for mib in sizes:
+        for direction, key in (("argument", "arg"), ("result", "result")):
+            ppe = med("ProcessPoolExecutor", mib, f"{key}_mibps")
+            plain = med("htex_ref", mib, f"{key}_mibps")
+            enc = med("htex_ref encrypted", mib, f"{key}_mibps")
+            c_plain = copies("htex_ref", mib, f"{key}_copies")
+            c_enc = copies("htex_ref encrypted", mib, f"{key}_copies")
+            table.append((f"{mib} MiB", direction, f"{ppe:.0f}", f"{plain:.0f}", f"{plain / ppe:.2f}x", f"{enc:.0f}",
+                          f"{enc / ppe:.2f}x", *([f"{med('parsl', mib, f'{key}_mibps'):.0f}"] if compare else []),
+                          c_plain, c_enc))
+            ok &= plain >= 0.8 * ppe and enc >= 0.5 * ppe
+    widths = [max(len(str(r[i])) for r in [head, *table]) for i in range(len(head))]
+    for r in [head, tuple("-" * w for w in widths), *table]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+    print(f"\ngoals (htex_ref >= 0.8x ProcessPoolExecutor plain, >= 0.5x encrypted): {'met' if ok else 'NOT MET'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -582,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be at least 1")
     if args.fake_managers is not None:
         return _fake_main(args, parser)
+    if args.payloads is not None:
+        return _payload_main(args, parser)
     if args.soak is not None or args.memory is not None:
         if args.interchange_kills < 0 or args.pauses < 0:
             parser.error("--interchange-kills and --pauses must be >= 0")

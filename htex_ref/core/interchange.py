@@ -296,8 +296,9 @@ class ManagerHeartbeat:
 class ResultsReceived:
     manager_id: bytes
     results: list[ResultTuple]
-    #: The batch as it arrived; forwarded unchanged when every result in it is accepted.
-    raw: bytes | None = None
+    #: The batch as it arrived (one frame, or a split batch's table and parts); forwarded unchanged when
+    #: every result in it is accepted.
+    raw: bytes | memoryview | list[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,8 +385,8 @@ class SendTasks:
 @dataclass(frozen=True, slots=True)
 class ForwardResults:
     results: list[ResultTuple]
-    #: Batches to forward byte for byte, in addition to ``results``.
-    raw: list[bytes] = field(default_factory=list)
+    #: Batches to forward byte for byte, in addition to ``results`` (a list: a split batch's parts).
+    raw: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +521,7 @@ class InterchangeState:
         self._seq = itertools.count()
         self._out: list[Instruction] = []
         self._results: list[ResultTuple] = []
-        self._raw_results: list[bytes] = []
+        self._raw_results: list[Any] = []
         #: Rule 10: tasks declared lost with a manager that went silent (task id -> manager id), managers
         #: told to stop, and blocks that ended; a manager that comes back is matched against them.
         self._lost: dict[int, bytes] = {}

@@ -7,6 +7,7 @@ import math
 import socket
 import struct
 from dataclasses import asdict, replace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,13 +15,18 @@ from hypothesis import strategies as st
 
 from htex_ref.errors import ProtocolError
 from htex_ref.framing import (
+    CHUNK,
     MAX_MESSAGE,
+    Chunked,
     decode_body,
     encode,
     encode_body,
+    encode_joined,
     encode_parts,
+    encode_table,
 )
 from htex_ref.protocol import (
+    BIG_FRAME,
     Kind,
     Outcome,
     Registration,
@@ -630,3 +636,66 @@ def test_a_bad_notice_or_command_layout_is_a_protocol_error(frames):
 
     with pytest.raises(ProtocolError):
         (decode_notice if frames[0] == Kind.NOTICE else decode_command)(frames)
+
+
+# ------------------------------------------------------------------ split batches (large payloads)
+
+_SIZES = st.one_of(st.integers(0, 300), st.sampled_from([BIG_FRAME - 1, BIG_FRAME, CHUNK - 1, CHUNK, CHUNK + 1,
+                                                            2 * CHUNK + 17]))
+
+
+def _blob(seed: int, size: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(size)
+
+
+def _as_received(parts: list[Any]) -> list[Any]:
+    """What a receiver holds: each part as a view of its own buffer (as ZeroMQ's ``copy=False`` gives)."""
+    return [memoryview(bytes(p)) for p in parts]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(_SIZES, min_size=1, max_size=4), seed=st.integers(0, 1000))
+def test_results_of_any_size_round_trip_byte_identical(sizes: list[int], seed: int) -> None:
+    results = [(i, Outcome.OK, _blob(seed + i, n), float(i)) for i, n in enumerate(sizes)]
+    msg = join_results(results)
+    big = max(sizes) >= BIG_FRAME
+    assert msg[0] == (Kind.RESULTS_SPLIT if big else Kind.RESULTS)
+    if big:
+        # No part is larger than CHUNK: a large payload travels in pieces, never joined on the way.
+        assert all(len(p) <= CHUNK for p in msg[1:])
+    got = split_results([b"manager", *_as_received(msg)], start=2)
+    assert [(t, o, r) for t, o, _, r in got] == [(t, o, r) for t, o, _, r in results]
+    for (_, _, payload, _), (_, _, want, _) in zip(got, results, strict=True):
+        assert (payload.tobytes() if isinstance(payload, Chunked) else bytes(payload)) == want
+    # Forwarded to the executor as one batch frame without joining: the executor's decoder reads it.
+    wire = b"".join(bytes(p) for p in encode_joined(Kind.RESULTS, _as_received(msg[1:]))) if big else None
+    if wire is not None:
+        frames = decode_body(wire[8:])
+        again = split_results(frames)
+        assert [bytes(p) for _, _, p, _ in again] == [r[2] for r in results]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.tuples(_SIZES, _SIZES), min_size=1, max_size=3), seed=st.integers(0, 1000))
+def test_tasks_of_any_size_round_trip_and_reach_the_worker_byte_identical(sizes: list[tuple[int, int]],
+                                                                          seed: int) -> None:
+    triples = [(pack_task_header(i, 0.0), _blob(seed + i, f), _blob(seed - i, a)) for i, (f, a) in enumerate(sizes)]
+    msg = join_tasks(triples)
+    got = split_tasks(_as_received(msg))
+    for (tid, _, frames), want in zip(got, triples, strict=True):
+        assert tid == unpack_task_header(want[0])[0]
+        # The pool writes them to its worker as one message (pieces of a Chunked frame in a row).
+        wire = b"".join(bytes(p) for p in encode_parts([Kind.TASK, *frames]))
+        assert decode_body(wire[8:]) == [Kind.TASK, *want]
+
+
+def test_a_split_batch_whose_parts_do_not_match_its_table_is_refused() -> None:
+    msg = join_results([(1, Outcome.OK, bytes(CHUNK + 5), 0.0)])
+    with pytest.raises(ProtocolError):
+        split_results([b"m", *msg[:-1]], start=2)  # a piece missing
+    with pytest.raises(ProtocolError):
+        split_results([b"m", *msg[:-1], b"x"], start=2)  # a piece of the wrong size
+    with pytest.raises(ProtocolError):
+        split_tasks([Kind.TASKS_SPLIT, encode_table([b"a"]), b"a", b"b"])
