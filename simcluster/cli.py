@@ -87,6 +87,13 @@ def main(argv: list[str] | None = None, prog: str = "htex-ref sim") -> int:
                   f"{m['node_hours_allocated']:.1f} node-hours allocated ({m['idle_node_hours']:.1f} idle), "
                   f"{m['blocks_submitted']} blocks; {mpi}simulated {r.sim_seconds:.0f} s in {r.wall_seconds:.2f} s "
                   f"({r.speed:.0f}x)", file=sys.stderr)
+            if scenario.faults:
+                print(f"  faults: {m['interchange_restarts']} interchange restarts ({m['requeued_after_restart']} "
+                      f"tasks queued again, {m['adopted_after_restart']} claimed by pools), {m['partitions']} "
+                      f"partitions ({m['dropped_on_pools']} tasks dropped by returning pools); {m['retries']} "
+                      f"retries, {m['duplicate_runs']} duplicate runs, "
+                      f"{m['late_results']} late results dropped, {m['delivered_twice']} delivered twice, "
+                      f"{m['never_resolved']} never resolved", file=sys.stderr)
         print(f"report in {out}/", file=sys.stderr)
         if not plots and not args.no_plots:
             print("no plots: matplotlib is not installed (pip install 'htex-ref[sim]' adds timeline.png and "

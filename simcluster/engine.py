@@ -105,7 +105,8 @@ def run_one(scenario: Scenario, cfg: ExecutorConfig, plan: TaskPlan | None = Non
             _failer(scheduler, failure.partition, failure.node))
     done = env.event()
     pilot = Pilot(env, cfg, scenario.cluster.partition(cfg.partition), scheduler, plan, scenario.seed, t0,
-                  on_finish=lambda: None if done.triggered else done.succeed(), sample_every=scenario.sample_every)
+                  on_finish=lambda: None if done.triggered else done.succeed(), sample_every=scenario.sample_every,
+                  faults=scenario.faults)
     env.timeout(t0).callbacks.append(lambda _ev: pilot.start())
     # Never run forever (a configuration that cannot get a block, say): stop at max_time or DEFAULT_LIMIT.
     limit = scenario.max_time if scenario.max_time > 0 else DEFAULT_LIMIT

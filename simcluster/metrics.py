@@ -19,7 +19,16 @@ Per run (``runs.csv``, one row per executor configuration):
   ``node_hours_used`` is the node-hours MPI tasks held (a node counts from the moment a task is given it
   until the task's result arrives or its worker or node dies; with ``mpi_share_nodes``, while any task
   holds part of it), so ``utilization`` is the node utilization: busy node-seconds / allocated
-  node-seconds. Tasks without MPI keys hold no node and do not count.
+  node-seconds. Tasks without MPI keys hold no node and do not count;
+- recovery (``[[faults]]``): ``interchange_restarts``, ``partitions``, ``requeued_after_restart`` (tasks a
+  restarted interchange queued again because no pool claimed them; each records an attempt),
+  ``adopted_after_restart`` (claimed by a pool that registered again), ``late_results`` (results for a
+  task already resolved: dropped, the first won), ``dropped_on_pools`` (tasks the interchange told a
+  pool that registered again to drop: given up on while it was silent, or ended elsewhere),
+  ``duplicate_runs`` (runs of a task that was given up on or running elsewhere: the price of
+  at-least-once), ``delivered_twice`` (tasks resolved a second time: must be 0) and ``never_resolved``
+  (tasks submitted whose future never resolved by the end of the run: lost, or still running at
+  ``max_time``).
 
 Per task (``tasks.csv``): ``task_id,submit,start,end,duration,block,node,worker,state,reason``. Per block
 (``blocks.csv``): ``block_id,job_id,nodes,submit,start,end,state,reason``. Over time (``timeline.csv``):
@@ -44,7 +53,8 @@ RUN_FIELDS = (
     "node_hours_allocated", "node_hours_used", "idle_node_hours", "utilization", "blocks_submitted",
     "blocks_scaled_in", "blocks_walltime", "blocks_failed", "blocks_missing", "block_wait_mean", "done",
     "lost_walltime", "lost_node_failure", "lost_other", "dep_failed", "failed", "unfinished", "wait_max",
-    "mpi_policy", "timed_out", "retries",
+    "mpi_policy", "timed_out", "retries", "interchange_restarts", "partitions", "requeued_after_restart",
+    "adopted_after_restart", "late_results", "dropped_on_pools", "duplicate_runs", "delivered_twice", "never_resolved",
 )
 
 
@@ -164,6 +174,16 @@ def compute(p: Pilot) -> dict[str, Any]:
         "mpi_policy": p.cfg.mpi_policy if mpi else "",
         "timed_out": counts["timed_out"],
         "retries": p.retries,
+        "interchange_restarts": p.restarts,
+        "partitions": p.partitions,
+        "requeued_after_restart": p.requeued,
+        "adopted_after_restart": p.adopted,
+        "late_results": p.late_results,
+        "dropped_on_pools": p.drops,
+        "duplicate_runs": p.ghost_runs,
+        "delivered_twice": p.delivered_twice,
+        "never_resolved": counts["queued"] + counts["running"]
+        + (len(p.never_resolved()) - counts["queued"] - counts["running"] if counts["unfinished"] else 0),
     }
 
 

@@ -24,10 +24,34 @@ heartbeats, whichever comes first.
 
 Task completions are kept in one heap of end times, and a single wake-up stands for the earliest;
 everything finishing at the same instant goes to each pool's core as one call.
+
+Recovery (``htex_ref.core.interchange`` rules 9-11, ``htex_ref.core.manager`` rules 5 and 12) runs as it
+does for real: every result batch is acknowledged to its pool's core (``ResultsAcked``), drops
+(``DropTasks``), requests to register again and acceptances reach the cores, and a core's ``Register``
+reaches the interchange as a registration naming the tasks it holds. The scenario's ``[[faults]]`` are
+carried out here:
+
+- ``interchange_restart``: the interchange dies at ``at``; every pool sees its connection drop at once
+  (``InterchangeDisconnected``), and what anyone sends it is lost (the executor's tasks are not: it
+  sends them again). ``down`` seconds later a new ``InterchangeState`` with the same settings starts;
+  the executor sends it every outstanding task, in id order, as ``RecoverTask``, then ``RecoveryStart``
+  (window ``min(10, heartbeat_threshold)``, the pools the executor's last control pass saw), as
+  ``htex_ref.link`` does with ``restart_interchange``; then every live pool reconnects
+  (``InterchangeConnected``) and registers again. A pool whose connection stays down longer than its
+  ``reconnect_grace`` (10 s) exits by its core's own rule, and its job ends.
+- ``partition``: the chosen pools and the interchange hear nothing from each other for ``duration``
+  seconds; what either sends meanwhile is held (TCP keeps it) and delivered in the order it was sent
+  when the partition heals. Expiry, ``MANAGER_LOST``, a pool's own exit after ``reconnect_timeout``,
+  registering again and dropping what was given up happen by the cores' rules. Held messages of a
+  connection whose interchange died meanwhile are void: the pool sees the drop when the partition heals.
+
+The simulated executor's side is ``TaskTable``'s: the first result of a task resolves it, later ones are
+counted (``late_results``) and dropped; tasks a restarted interchange queued again record an attempt.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -59,17 +83,33 @@ from htex_ref.core.blocks import (
 )
 from htex_ref.core.blocks import Event as ControlEvent
 from htex_ref.core.interchange import (
+    AcceptRegistration,
+    AckResults,
     BlockCancelled,
+    DropOnManager,
     ForwardResults,
     InterchangeState,
     QueuedTask,
+    Recovered,
+    RecoverTask,
+    RecoveryStart,
+    RegisterAgain,
+    RejectRegistration,
     ReplyHeartbeat,
     SendTasks,
     StopManager,
     TaskSubmitted,
 )
 from htex_ref.core.interchange import HoldBlock as HoldBlockEvent
-from htex_ref.core.manager import StopRequested
+from htex_ref.core.manager import (
+    DropTasks,
+    InterchangeConnected,
+    InterchangeDisconnected,
+    RegisterAgainRequested,
+    RegistrationAccepted,
+    ResultsAcked,
+    StopRequested,
+)
 from htex_ref.core.notes import Note
 from htex_ref.core.planning import plan_workers
 from htex_ref.core.retry import SYSTEM_FAILURES, Attempt, Decision, RetryPolicy
@@ -77,7 +117,7 @@ from htex_ref.core.selectors import BlockIdManagerSelector, ManagerSelector, Ran
 from htex_ref.protocol import Outcome, ResultTuple
 from simcluster.pools import PoolsMixin, SimPool
 from simcluster.provider import SimProvider
-from simcluster.scenario import ExecutorConfig, Partition
+from simcluster.scenario import ExecutorConfig, Fault, Partition
 from simcluster.scheduler import Job, Scheduler
 from simcluster.states import (
     DEP_FAILED,
@@ -101,6 +141,9 @@ __all__ = ["DEP_FAILED", "DONE", "FAILED", "LOST", "QUEUED", "RUNNING", "STATE_N
 
 _OK = Outcome.OK
 _NAN = math.nan
+#: As ``htex_ref.link.RECOVERY_WINDOW``: how long a restarted interchange waits for pools to claim tasks
+#: (at most ``heartbeat_threshold``).
+RECOVERY_WINDOW = 10.0
 
 
 @dataclass
@@ -132,8 +175,10 @@ class Pilot(PoolsMixin):
 
     def __init__(self, env: simpy.Environment, cfg: ExecutorConfig, partition: Partition, scheduler: Scheduler,
                  plan: TaskPlan, seed: int, t0: float, on_finish: Callable[[], object],
-                 sample_every: float = 0.0) -> None:
+                 sample_every: float = 0.0, faults: tuple[Fault, ...] = ()) -> None:
         self.env = env
+        self.seed = seed
+        self.faults = faults
         self.sample_every = sample_every
         self.cfg = cfg
         self.label = cfg.label
@@ -141,10 +186,7 @@ class Pilot(PoolsMixin):
         self.plan = plan
         self.scheduler = scheduler
         self._on_finish = on_finish
-        selector: ManagerSelector = (BlockIdManagerSelector() if cfg.manager_selector == "block_id"
-                                     else RandomManagerSelector(seed))
-        self.interchange = InterchangeState(cfg.heartbeat_threshold, selector=selector,
-                                            auto_prefetch=cfg.prefetch_capacity is None)
+        self.interchange = self._new_interchange(0)
         self.provider = SimProvider(
             scheduler, partition.name, nodes_per_block=cfg.nodes_per_block, init_blocks=cfg.init_blocks,
             min_blocks=cfg.min_blocks, max_blocks=cfg.max_blocks, parallelism=cfg.parallelism,
@@ -230,6 +272,42 @@ class Pilot(PoolsMixin):
         #: Heartbeats the pools' cores sent since the last tick (they go to the interchange together).
         self._heartbeats_due: list[Any] = []
 
+        # Faults (see the module docstring). ``faulty``: one happened, so runs are checked (simcluster.pools).
+        self.faulty = False
+        self.ix_up = True
+        #: Which interchange this is (0: the first); a partition's held messages belong to one.
+        self.ix_generation = 0
+        #: Partitioned pools by index: what was sent to or by them since, in order, and the interchange then.
+        self.cut: dict[int, list[Callable[[float], None]]] = {}
+        self._cut_generation: dict[int, int] = {}
+        #: First registrations of pools that started while the interchange was down (sent when it is back).
+        self._unregistered: list[Any] = []
+        #: What the executor's last look at the interchange counted (RecoveryStart's ``managers``).
+        self.known_managers: int | None = None
+        self.restarts = 0
+        self.partitions = 0
+        self.requeued = 0
+        self.adopted = 0
+        #: Results for tasks already resolved, dropped (the first result won), as ``TaskTable.late_results``.
+        self.late_results = 0
+        #: Tasks resolved a second time (first-wins broken): must stay 0.
+        self.delivered_twice = 0
+        self._delivered = bytearray(n)
+        #: Runs of a task that were not its record (simcluster.pools): it ran twice, at least in part.
+        self.ghost_runs = 0
+        #: Tasks the interchange told a pool to drop (rule 10: given up on, or ended elsewhere).
+        self.drops = 0
+        #: Per restart: when the new interchange started (seconds from the executor's start) and how many
+        #: outstanding tasks it was sent to recover.
+        self.recoveries: list[tuple[float, int]] = []
+
+    def _new_interchange(self, generation: int) -> InterchangeState:
+        cfg = self.cfg
+        selector: ManagerSelector = (BlockIdManagerSelector() if cfg.manager_selector == "block_id"
+                                     else RandomManagerSelector(self.seed + generation))
+        return InterchangeState(cfg.heartbeat_threshold, selector=selector,
+                                auto_prefetch=cfg.prefetch_capacity is None)
+
     # ------------------------------------------------------------------------------------ start
 
     def start(self) -> None:
@@ -239,6 +317,9 @@ class Pilot(PoolsMixin):
         env.process(self._heartbeats())
         # After block control's start (init_blocks), as a user submits after start() returned.
         self.wakes.call_later(0, self._release_due)
+        for fault in self.faults:
+            action = self._interchange_dies if fault.kind == "interchange_restart" else self._partition_begins
+            env.timeout(fault.at).callbacks.append(functools.partial(self._fault, action, fault))
 
     @property
     def now(self) -> float:
@@ -247,29 +328,67 @@ class Pilot(PoolsMixin):
     # --------------------------------------------------------------------------------- interchange
 
     def to_interchange(self, events: list[Any], now: float) -> None:
-        """Hand ``events`` to the interchange at ``now`` and carry out what it says."""
+        """Hand ``events`` to the interchange at ``now`` and carry out what it says (nothing while it is
+        down: what was sent to it is lost)."""
+        if not self.ix_up:
+            return
         # Most calls carry one event: passing it as it is skips building a tuple (a third of the call).
         out = self.interchange.handle(events[0], now=now) if len(events) == 1 else \
             self.interchange.handle(*events, now=now)
+        by_mid = self.by_mid
         for ins in out:
             kind = type(ins)
             # Exact type tests, cheapest first by frequency (isinstance would do, a little slower).
             if kind is SendTasks:
                 assert isinstance(ins, SendTasks)
                 self._tasks_arrive(ins.manager_id, ins.tasks, now)
+            elif kind is AckResults:
+                assert isinstance(ins, AckResults)
+                m = by_mid.get(ins.manager_id)
+                if m is not None:
+                    self.send_down(m, [ResultsAcked(tuple(ins.task_ids))], now)
             elif kind is ForwardResults:
                 assert isinstance(ins, ForwardResults)
                 self._results(ins.results, now)
             elif kind is ReplyHeartbeat:
                 assert isinstance(ins, ReplyHeartbeat)
-                m = self.by_mid.get(ins.manager_id)
+                m = by_mid.get(ins.manager_id)
                 if m is not None:
-                    m.contact = True
+                    if self.cut and m.index in self.cut:
+                        self.cut[m.index].append(functools.partial(self._contact, m))
+                    else:
+                        m.contact = True
+            elif kind is AcceptRegistration:
+                assert isinstance(ins, AcceptRegistration)
+                m = by_mid.get(ins.manager_id)
+                if m is not None:
+                    self.send_down(m, [RegistrationAccepted()], now)
             elif kind is StopManager:
                 assert isinstance(ins, StopManager)
-                m = self.by_mid.get(ins.manager_id)
-                if m is not None and m.alive:
-                    self._pool([StopRequested(f"the interchange asked this pool to stop: {ins.reason}")], m, now)
+                m = by_mid.get(ins.manager_id)
+                if m is not None:
+                    self.send_down(m, [StopRequested(f"the interchange asked this pool to stop: {ins.reason}")], now)
+            elif kind is DropOnManager:
+                assert isinstance(ins, DropOnManager)
+                self.drops += len(ins.task_ids)
+                m = by_mid.get(ins.manager_id)
+                if m is not None:
+                    self.send_down(m, [DropTasks(ins.task_ids)], now)
+            elif kind is RegisterAgain:
+                assert isinstance(ins, RegisterAgain)
+                m = by_mid.get(ins.manager_id)
+                if m is not None:
+                    self.send_down(m, [RegisterAgainRequested(ins.reason)], now)
+            elif kind is RejectRegistration:
+                assert isinstance(ins, RejectRegistration)
+                m = by_mid.get(ins.manager_id)
+                if m is not None:
+                    # As htex-worker-pool: a refused pool stops.
+                    self.send_down(m, [StopRequested(f"the interchange refused this pool's registration: "
+                                                     f"{ins.reason}", error=True)], now)
+            elif kind is Recovered:
+                assert isinstance(ins, Recovered)
+                self._recovered(ins, now)
         self._arm(now)
         deadline = self.interchange.next_deadline()
         if deadline is not None and deadline < self._interchange_wake_at:
@@ -277,10 +396,169 @@ class Pilot(PoolsMixin):
             self.wakes.call_later(deadline - now, self._interchange_timer)
 
     def _interchange_timer(self, now: float) -> None:
-        if now != self._interchange_wake_at or self.shut_down:
+        if now != self._interchange_wake_at or self.shut_down or not self.ix_up:
             return
         self._interchange_wake_at = math.inf
         self.to_interchange([], now)
+
+    # --------------------------------------------------------------------------------------- faults
+
+    def send_up(self, m: SimPool, events: list[Any], now: float) -> None:
+        """A message from pool ``m`` to the interchange: held while ``m`` is cut off, lost while the
+        interchange is down (``to_interchange``)."""
+        cut = self.cut
+        if cut and m.index in cut:
+            cut[m.index].append(functools.partial(self.to_interchange, events))
+            return
+        self.to_interchange(events, now)
+
+    def send_down(self, m: SimPool, events: list[Any], now: float) -> None:
+        """A message from the interchange to pool ``m``'s core: held while ``m`` is cut off; nobody reads it
+        once the pool is gone."""
+        cut = self.cut
+        if cut and m.index in cut:
+            cut[m.index].append(functools.partial(self._to_pool, m, events))
+            return
+        if m.alive:
+            self._pool(events, m, now)
+            self._arm(now)  # the core may have started tasks
+
+    def _to_pool(self, m: SimPool, events: list[Any], now: float) -> None:
+        if m.alive:
+            self._pool(events, m, now)
+            self._arm(now)
+
+    def _contact(self, m: SimPool, now: float) -> None:
+        m.contact = True
+
+    def register_pools(self, pools: list[SimPool], events: list[Any], now: float) -> None:
+        if self.ix_up:
+            self.to_interchange(events, now)
+        else:
+            # Its registration waits in its socket until an interchange listens again.
+            self._unregistered.extend(events)
+
+    def route_heartbeats(self, due: list[Any]) -> list[Any]:
+        """The heartbeats of this round that reach the interchange now (cut-off pools' are held)."""
+        if not self.ix_up:
+            return []
+        keep = []
+        cut = self.cut
+        for hb in due:
+            m = self.by_mid[hb.manager_id]
+            if m.index in cut:
+                cut[m.index].append(functools.partial(self.to_interchange, [hb]))
+            else:
+                keep.append(hb)
+        return keep
+
+    def entitled(self, m: SimPool, ti: int) -> bool:
+        """After a fault: whether a run of ``ti`` starting on ``m`` is the task's record: the task is
+        outstanding, and the interchange counts it on ``m`` (or is down: then the pool's word stands)."""
+        st = self.state[ti]
+        if st != QUEUED and st != RUNNING:
+            return False
+        if not self.ix_up:
+            return True
+        rec = self.interchange.managers.get(m.mid)
+        return rec is not None and ti + 1 in rec.tasks
+
+    def _fault(self, action: Callable[[Fault, float], None], fault: Fault, _ev: simpy.Event) -> None:
+        if self.shut_down or self.lingering:
+            return
+        self.faulty = True
+        action(fault, self.env.now)
+
+    def _interchange_dies(self, fault: Fault, now: float) -> None:
+        if not self.ix_up:
+            return  # already down: this restart is part of the one under way
+        self.restarts += 1
+        self.ix_up = False
+        self.ix_generation += 1
+        self._interchange_wake_at = math.inf
+        logger.info("%s: the interchange died at %.1f s; a new one starts in %g s", self.label, self.now, fault.down)
+        for m in list(self.live.values()):
+            if m.index not in self.cut:
+                self._pool([InterchangeDisconnected()], m, now)
+        self._arm(now)
+        self.env.timeout(fault.down).callbacks.append(lambda _ev: self._interchange_starts(self.env.now))
+
+    def _interchange_starts(self, now: float) -> None:
+        """As ``InterchangeLink._restart``: a new interchange, every outstanding task sent to it to be
+        recovered, then the pools reconnect and register again."""
+        if self.shut_down:
+            return
+        self.interchange = self._new_interchange(self.ix_generation)
+        self.ix_up = True
+        state = self.state
+        priority = self.plan.priority
+        events: list[Any] = [RecoverTask(QueuedTask(ti + 1, priority[ti], ()))
+                             for ti in range(self.n_tasks) if state[ti] == QUEUED or state[ti] == RUNNING]
+        window = min(RECOVERY_WINDOW, self.cfg.heartbeat_threshold)
+        events.append(RecoveryStart(window, self.known_managers))
+        self.recoveries.append((self.now, len(events) - 1))
+        logger.info("%s: a new interchange started at %.1f s; %d outstanding tasks sent to recover", self.label,
+                    self.now, len(events) - 1)
+        self.to_interchange(events, now)
+        pending, self._unregistered = self._unregistered, []
+        for m in list(self.live.values()):
+            if m.index not in self.cut and m.alive:
+                self._pool([InterchangeConnected()], m, now)
+        if pending:
+            self.to_interchange(pending, now)
+        self._arm(now)
+
+    def _recovered(self, ins: Recovered, now: float) -> None:
+        """As ``TaskTable.requeued_after_restart``: each task queued again may have run before: an attempt."""
+        self.requeued += len(ins.requeued)
+        self.adopted += ins.adopted
+        detail = ("the interchange was restarted and no worker pool reported holding this task, so it runs "
+                  "again (it may have run before)")
+        for tid in ins.requeued:
+            ti = tid - 1
+            if self.state[ti] == QUEUED or self.state[ti] == RUNNING:
+                attempts = self.attempts.setdefault(ti, [])
+                attempts.append(Attempt(len(attempts) + 1, Outcome.MANAGER_LOST, "", "interchange", detail))
+
+    def _partition_begins(self, fault: Fault, now: float) -> None:
+        pools = [m for m in self.live.values() if m.index not in self.cut]
+        if fault.block is not None:
+            pools = [m for m in pools if m.block == fault.block]
+        else:
+            nodes = sorted({m.node for m in pools})[:fault.nodes]
+            pools = [m for m in pools if m.node in nodes]
+        self.partitions += 1
+        logger.info("%s: partition at %.1f s for %g s cuts off %d pools", self.label, self.now, fault.duration,
+                    len(pools))
+        for m in pools:
+            self.cut[m.index] = []
+            self._cut_generation[m.index] = self.ix_generation
+        indices = [m.index for m in pools]
+        self.env.timeout(fault.duration).callbacks.append(lambda _ev: self._partition_heals(indices, self.env.now))
+
+    def _partition_heals(self, indices: list[int], now: float) -> None:
+        if self.shut_down:
+            return
+        for index in indices:
+            generation = self._cut_generation.pop(index)
+            m = self.managers[index]
+            if generation != self.ix_generation:
+                # The interchange it was talking to died meanwhile: the connection turns out to be gone.
+                del self.cut[index]
+                if m.alive:
+                    self._pool([InterchangeDisconnected()], m, now)
+                    if self.ix_up:
+                        self._pool([InterchangeConnected()], m, now)
+                continue
+            # In the order they were sent; what the delivery makes either side send goes behind what is
+            # still held (each direction of a connection is first in, first out).
+            held = self.cut[index]
+            i = 0
+            while i < len(held):
+                held[i](now)
+                i += 1
+            del self.cut[index]
+        self._arm(now)
 
     # ---------------------------------------------------------------------------------------- pools
 
@@ -289,6 +567,7 @@ class Pilot(PoolsMixin):
         for tid, outcome, payload, _ in results:
             ti = tid - 1
             if state[ti] not in (QUEUED, RUNNING):
+                self.late_results += 1  # the first result won (TaskTable.late_results)
                 continue
             if outcome == _OK:
                 state[ti] = DONE
@@ -301,6 +580,11 @@ class Pilot(PoolsMixin):
                 self.busy_seconds += max(0.0, died - self.t_start[ti])
                 self.t_end[ti] = died
                 self.running -= 1
+                rank = self.t_worker[ti]
+                if m.alive and m.current[rank] == ti:
+                    # Its pool is alive and still runs it (declared lost while cut off): a ghost from now.
+                    self.faulty = True
+                    self._ghost(m, rank, ti, self.t_start[ti], now)
             elif state[ti] == QUEUED:
                 self.t_end[ti] = now
             # (A task that crashed its worker was counted out at its end, in _complete; one stopped by its
@@ -341,6 +625,9 @@ class Pilot(PoolsMixin):
         return False
 
     def _resolved(self, ti: int, ok: bool, now: float) -> None:
+        if self._delivered[ti]:
+            self.delivered_twice += 1
+        self._delivered[ti] = 1
         self.outstanding -= 1
         self.resolved += 1
         g = self.plan.group[ti]
@@ -444,8 +731,13 @@ class Pilot(PoolsMixin):
                 ids = list(self.control.blocks_to_job_id.items())
                 jobs = dict(zip([b for b, _ in ids], self.provider.status([j for _, j in ids]), strict=True))
             interchange = self.interchange
-            events.append(Observed(jobs, interchange.block_history if needs.interchange else None,
-                                   interchange.block_loads(now) if needs.interchange else None, self.outstanding,
+            # While the interchange is down the executor's query fails: block control goes without.
+            ask = needs.interchange and self.ix_up
+            loads = interchange.block_loads(now) if ask else None
+            if loads is not None:
+                # As the real control thread: a restarted interchange waits for this many pools.
+                self.known_managers = sum(load.managers for load in loads.values())
+            events.append(Observed(jobs, interchange.block_history if ask else None, loads, self.outstanding,
                                    self.bad_state is not None))
         events.append(Tick() if event is None else event)
         return drive(self.control, events, now, self._execute)
@@ -554,6 +846,9 @@ class Pilot(PoolsMixin):
             self._finish(now)
 
     def _fail(self, ti: int, state: int, reason: str, now: float) -> None:
+        if self._delivered[ti]:
+            self.delivered_twice += 1
+        self._delivered[ti] = 1
         if self.state[ti] == RUNNING:
             self.running -= 1
             self.busy_seconds += max(0.0, now - self.t_start[ti])
@@ -586,6 +881,13 @@ class Pilot(PoolsMixin):
         # The executor's own shutdown: block control cancels every live block.
         self.shutdown_blocks = set(self._control(Shutdown()) or ())
         self._on_finish()
+
+    def never_resolved(self) -> list[int]:
+        """Tasks submitted whose future never resolved: still outstanding, or ended ``unfinished`` by the
+        run's time limit after they were submitted."""
+        return [ti for ti in range(self.n_tasks)
+                if self.state[ti] in (QUEUED, RUNNING)
+                or (self.state[ti] == UNFINISHED and self.t_submit[ti] == self.t_submit[ti])]
 
     def stop_unfinished(self, now: float) -> None:
         """The run's time limit: whatever has not ended is unfinished."""

@@ -6,6 +6,8 @@ it accepts. See ``docs/simcluster.md`` for the whole format and ``examples/scena
 
 Times are seconds. The workload's clock starts at 0 when the executor starts; background load may start
 earlier (``background.warmup``), so the cluster is already busy when the executor submits its first block.
+``[[faults]]`` (``Fault``) are interchange restarts and network partitions at set times, carried out by
+``simcluster.pilot``.
 """
 
 from __future__ import annotations
@@ -238,6 +240,29 @@ class ExecutorConfig:
     #: How the provider reports its jobs (submit latency, state sequences); the default reports the batch
     #: system's states as they are, at once.
     provider: ProviderModel = ProviderModel()
+    #: As the executor's: seconds of silence from the interchange after which a pool exits; None: twice
+    #: ``heartbeat_threshold``.
+    reconnect_timeout: float | None = None
+
+
+FAULT_KINDS = ("interchange_restart", "partition")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault at ``at`` seconds from the executor's start (``[[faults]]``; see ``simcluster.pilot``).
+
+    ``interchange_restart``: the interchange dies and a new one starts ``down`` seconds later, as
+    ``restart_interchange`` does. ``partition``: for ``duration`` seconds no message passes between the
+    interchange and the pools of block ``block``, or of the first ``nodes`` nodes (in node order) that
+    run a pool then; what was sent meanwhile is delivered, in order, when it heals."""
+
+    kind: str
+    at: float
+    down: float = 0.0
+    duration: float = 0.0
+    block: str | None = None
+    nodes: int = 0
 
 
 @dataclass(frozen=True)
@@ -254,6 +279,8 @@ class Scenario:
     base_dir: str = "."
     #: Seconds between timeline samples (0: every wake of the executor's control thread).
     sample_every: float = 0.0
+    #: Interchange restarts and network partitions, in time order (every configuration meets the same).
+    faults: tuple[Fault, ...] = ()
 
     def with_seed(self, seed: int) -> Scenario:
         return replace(self, seed=seed)
@@ -443,6 +470,7 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
         crash_limit=f.integer("crash_limit", 2),
         task_kill_grace=f.number("task_kill_grace", 2.0),
         provider=_provider_model(f.get("provider", None), f"{where}.provider"),
+        reconnect_timeout=f.maybe_number("reconnect_timeout", None),
     )
     f.done()
     table = f.table
@@ -484,6 +512,53 @@ def _executor(raw: Any, where: str, cluster: Cluster) -> ExecutorConfig:
         raise ScenarioError(f"{where}.accelerators ({cfg.accelerators}) exceeds the {part.gpus} GPUs per node "
                             f"of partition {part.name!r}")
     return cfg
+
+
+#: The keys each kind of fault takes (besides ``kind`` and ``at``).
+_FAULT_KEYS = {"interchange_restart": ("down",), "partition": ("duration", "block", "nodes")}
+
+
+def _fault(raw: Any, where: str) -> Fault:
+    """One ``[[faults]]`` table: ``kind``, ``at``, and ``down`` (a restart) or ``duration`` with ``block`` or
+    ``nodes`` (a partition)."""
+    f = _Fields(raw, where)
+    if "kind" not in f.table:
+        raise ScenarioError(f"{where}.kind is required: one of {list(FAULT_KINDS)}")
+    kind = f.text("kind", "", FAULT_KINDS)
+    if "at" not in f.table:
+        raise ScenarioError(f"{where}.at is required: seconds from the executor's start")
+    at = f.number("at", 0.0)
+    for other, keys in _FAULT_KEYS.items():
+        if other != kind:
+            for key in keys:
+                if key in f.table and key not in _FAULT_KEYS[kind]:
+                    raise ScenarioError(f"{where}.{key} only goes with kind = {other!r} (this fault is {kind!r})")
+    if kind == "interchange_restart":
+        if "down" not in f.table:
+            raise ScenarioError(f"{where}.down is required: seconds the interchange is dead before the new one "
+                                "starts")
+        fault = Fault(kind, at, down=f.number("down", 0.0, strict=True))
+    else:
+        if "duration" not in f.table:
+            raise ScenarioError(f"{where}.duration is required: seconds the partition lasts")
+        duration = f.number("duration", 0.0, strict=True)
+        if ("block" in f.table) == ("nodes" in f.table):
+            raise ScenarioError(f"{where}: a partition needs exactly one of block (a block id, such as \"0\") or "
+                                "nodes (a number of nodes)")
+        block = None
+        nodes = 0
+        if "block" in f.table:
+            raw_block = f.get("block", None)
+            if isinstance(raw_block, int) and not isinstance(raw_block, bool) and raw_block >= 0:
+                raw_block = str(raw_block)
+            if not isinstance(raw_block, str) or not raw_block:
+                raise ScenarioError(f"{where}.block must be a block id (a string such as \"0\"), got {raw_block!r}")
+            block = raw_block
+        else:
+            nodes = f.integer("nodes", 0, low=1)
+        fault = Fault(kind, at, duration=duration, block=block, nodes=nodes)
+    f.done()
+    return fault
 
 
 def _provider_model(raw: Any, where: str) -> ProviderModel:
@@ -656,6 +731,10 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
     for label in labels:
         if not label or "/" in label or label.startswith("."):
             raise ScenarioError(f"executor label {label!r} cannot name a folder")
+    faults_raw = top.get("faults", [])
+    if not isinstance(faults_raw, list):
+        raise ScenarioError("faults must be an array of tables ([[faults]])")
+    faults = tuple(sorted((_fault(raw, f"faults[{i}]") for i, raw in enumerate(faults_raw)), key=lambda x: x.at))
     for i, phase in enumerate(phases):
         if phase.mpi:
             for j, cfg in enumerate(executors):
@@ -671,6 +750,7 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str = ".", name: str = "sc
         executors=executors,
         base_dir=base_dir,
         sample_every=top.number("sample_every", 0.0),
+        faults=faults,
     )
     top.done()
     return scenario

@@ -152,9 +152,10 @@ class Scheduler:
         while len(alloc) < job.nodes:
             n = heapq.heappop(heap)
             if part.node_job[n] is None and n not in part.down:
+                # Taken at once: a node that failed while free and was repaired has two heap entries, and
+                # the second must not give this job the same node twice.
+                part.node_job[n] = job
                 alloc.append(n)
-        for n in alloc:
-            part.node_job[n] = job
         part.free -= job.nodes
         job.alloc = alloc
         job.start = now
