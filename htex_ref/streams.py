@@ -19,12 +19,16 @@ class StreamReader:
 
     Small messages are read through a reusable staging buffer, many per system call. A message too big
     for it gets a buffer of its own that the kernel fills directly, and its large frames are handed on
-    as memoryviews into that buffer: a 1 MiB result is copied once here, not three times. That buffer
-    is an anonymous memory map rather than a ``bytearray``: its pages are touched once, by the kernel's
-    copy, instead of first being zeroed (a quarter of a second for 256 MiB on a small VM).
+    as memoryviews into that buffer: a 1 MiB result is copied once here, not three times. From
+    ``MAP_AT`` bytes that buffer is an anonymous memory map rather than a ``bytearray``: its pages are
+    touched once, by the kernel's copy, instead of first being zeroed (a quarter of a second for 256 MiB
+    on a small VM). Below it, a ``bytearray`` reuses memory the allocator already has (fresh pages cost
+    more than zeroing ones that are there).
     """
 
     STAGING = 1 << 18
+    #: glibc's allocator hands out fresh pages for blocks above its dynamic threshold (at most 32 MiB).
+    MAP_AT = 32 << 20
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -90,7 +94,7 @@ class StreamReader:
                 out.append(decode_body(memoryview(buf)[begin : begin + body_len]))
                 self._start = begin + body_len
             elif body_len > len(buf) - 8:
-                big = memoryview(mmap.mmap(-1, body_len))
+                big = memoryview(mmap.mmap(-1, body_len) if body_len >= self.MAP_AT else bytearray(body_len))
                 big[:have] = buf[self._start + 8 : self._end]
                 self._big, self._big_got = big, have
                 self._start = self._end = 0

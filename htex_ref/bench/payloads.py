@@ -4,10 +4,11 @@ executor; prints one JSON line (``PAYLOAD {...}``).
 Run by ``htex-ref bench --payloads 1,16,64,256`` as ``python payloads.py --impl htex_ref|process|parsl``.
 For each size (MiB) it times a task whose argument is that many bytes (the task returns its length), and
 a task that returns that many bytes, from submit to the value in hand, after one warm-up task of each
-kind and size; bandwidth is size / time (best of ``--repeat``). While each transfer runs, a thread samples
-the resident memory of this process and of every process under it every 2 ms: the peak rise over the
-level before the transfer, divided by the size, is how many copies of the payload that process held at
-once (``copies``: the most over the processes; the executor's own process counts the caller's object).
+kind and size; bandwidth is size / time (best of ``--repeat``). Then one more transfer of each kind runs
+while a thread samples the resident memory of this process and of every process under it every 2 ms
+(apart from the timed ones: the sampling costs CPU, more so with more processes): the peak rise over
+the level before the transfer, divided by the size, is how many copies of the payload that process held
+at once (``copies``: the most over the processes; the executor's own process counts the caller's object).
 Standard library only at module level, so Parsl's environment can run it too.
 """
 
@@ -101,13 +102,14 @@ def _role(pid: int) -> str:
     return "other"
 
 
-def _time_one(submit: Any, fn: Any, arg: Any, size: int) -> tuple[float, float, str]:
-    """(seconds from submit to result, most copies of the payload any process held, and which process)."""
-    watch = PeakWatch(os.getpid())
+def _time_one(submit: Any, fn: Any, arg: Any, size: int, watched: bool) -> tuple[float, float, str]:
+    """(seconds from submit to result; when ``watched``, the most copies of the payload any process held
+    and which process that was)."""
+    watch = PeakWatch(os.getpid()) if watched else None
     t0 = time.perf_counter()
     value = submit(fn, arg).result(600)
     took = time.perf_counter() - t0
-    rise = watch.rise()
+    rise = watch.rise() if watch is not None else {os.getpid(): 0}
     if fn is arg_len:
         assert value == size, value
     else:
@@ -128,13 +130,18 @@ def measure(submit: Any, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
         res_t: list[float] = []
         arg_c: list[tuple[float, str]] = []
         res_c: list[tuple[float, str]] = []
-        for _ in range(repeat):
-            t, c, who = _time_one(submit, arg_len, payload, n)
-            arg_t.append(t)
-            arg_c.append((c, who))
-            t, c, who = _time_one(submit, make_bytes, n, n)
-            res_t.append(t)
-            res_c.append((c, who))
+        for i in range(repeat + 1):
+            watched = i == repeat
+            t, c, who = _time_one(submit, arg_len, payload, n, watched)
+            if watched:
+                arg_c.append((c, who))
+            else:
+                arg_t.append(t)
+            t, c, who = _time_one(submit, make_bytes, n, n, watched)
+            if watched:
+                res_c.append((c, who))
+            else:
+                res_t.append(t)
         del payload
         ac, rc = min(arg_c), min(res_c)
         rows.append({"mib": mib, "arg_mibps": mib / min(arg_t), "result_mibps": mib / min(res_t),
@@ -147,7 +154,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--impl", choices=["htex_ref", "process", "parsl"], required=True)
     p.add_argument("--sizes", default="1,16,64,256")
-    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--encrypted", action="store_true")
     args = p.parse_args()
