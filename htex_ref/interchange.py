@@ -77,7 +77,7 @@ from htex_ref.core.interchange import (
 from htex_ref.core.notes import Note
 from htex_ref.core.selectors import CustomSelector, ManagerSelector, selector_from_name
 from htex_ref.errors import ProtocolError
-from htex_ref.framing import Frame, encode_joined, encode_parts
+from htex_ref.framing import MAX_FRAMES, Frame, encode_joined, encode_parts
 from htex_ref.netutil import Contexts, recv_message, tcp_url
 from htex_ref.protocol import (
     MAX_CANCEL_IDS,
@@ -107,6 +107,8 @@ from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 logger = logging.getLogger("htex_ref.interchange")
 
 
+#: Results made here (lost with their manager) per message to the executor: its frame limit, two frames each.
+RESULTS_PER_MESSAGE = MAX_FRAMES // 2
 #: Messages drained from one socket per loop pass, so one busy peer cannot starve the others.
 DRAIN_LIMIT = 2000
 #: With monitoring: seconds between monitor messages to the executor, and between queue snapshots.
@@ -434,8 +436,10 @@ class Interchange:
                         self.to_exec_parts(encode_joined(Kind.RESULTS, raw))
                     else:
                         self.to_exec([Kind.RESULTS, raw])
-                if ins.results:
-                    msg = join_results(ins.results)
+                # At most MAX_FRAMES frames a message, two per result: a big block lost at once fails
+                # more tasks than one message may carry.
+                for i in range(0, len(ins.results), RESULTS_PER_MESSAGE):
+                    msg = join_results(ins.results[i : i + RESULTS_PER_MESSAGE])
                     if msg[0] == Kind.RESULTS_SPLIT:  # the executor reads one batch frame
                         self.to_exec_parts(encode_joined(Kind.RESULTS, msg[1:]))
                     else:
