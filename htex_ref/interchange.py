@@ -114,6 +114,10 @@ DRAIN_LIMIT = 2000
 #: With monitoring: seconds between monitor messages to the executor, and between queue snapshots.
 MONITOR_PERIOD = 0.25
 SNAPSHOT_PERIOD = 1.0
+#: ... and at least one second per this many managers between snapshots: a snapshot lists every manager,
+#: and 10,000 of them every second (3 MB of JSON, parsed and stored by the executor's monitoring thread)
+#: starved the executor's link thread until its queries to this process timed out.
+SNAPSHOT_MANAGERS_PER_S = 1000
 
 
 #: Listen backlog of the managers' port (the kernel caps it at net.core.somaxconn): ZeroMQ's default of
@@ -358,7 +362,7 @@ class Interchange:
             return
         self._mon_sent = now
         message: dict[str, Any] = {k: v for k, v in self._mon.items() if v}
-        if now - self._snapshot_sent >= SNAPSHOT_PERIOD:
+        if now - self._snapshot_sent >= max(SNAPSHOT_PERIOD, len(self.state.managers) / SNAPSHOT_MANAGERS_PER_S):
             self._snapshot_sent = now
             message["snapshot"] = {
                 "t": time.time(), "in_flight": self.state.in_flight_count,
