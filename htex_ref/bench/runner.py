@@ -504,15 +504,26 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group(
         "interchange load generator",
         "With --fake-managers, measure the interchange alone: M fake managers whose workers take zero time "
-        "register with a real interchange; tasks are queued first, then the managers are released. Reports "
-        "dispatches/s, completions/s and the interchange's CPU per 1,000 tasks for each M.")
+        "connect, probe and register with a real interchange all at once (the registration storm), say "
+        "goodbye, and register again onto a full queue (the throughput window); then, where they have room "
+        "for every task, they keep all the results and send them at once (the result path). Reports for each "
+        "M: registration time, refused and lost managers, dispatches/s, completions/s and their ratio to the "
+        "first M, the result path's rate, CPU per 1,000 tasks, the interchange's RSS and RSS per manager, and "
+        "futures failed with ManagerLost.")
     g.add_argument("--fake-managers", metavar="M[,M...]",
                    help="comma-separated manager counts to sweep, e.g. 1,10,100,1000")
     g.add_argument("--workers-per-manager", type=int, default=64, help="worker slots per fake manager (default 64)")
     g.add_argument("--fake-prefetch", default="0",
                    help="prefetch_capacity for the sweep: an int, or 'auto' (default 0: slots only)")
     g.add_argument("--fake-processes", type=int, default=None,
-                   help="processes holding the fake managers (default min(4, M))")
+                   help="processes holding the fake managers (default min(4, M), and one per 2,500 beyond 10,000)")
+    g.add_argument("--fake-stagger", type=float, default=0.0, metavar="SECONDS",
+                   help="registration storm: spread the managers' connections over SECONDS (default 0: all at once)")
+    g.add_argument("--fake-heartbeat-period", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds between each fake manager's heartbeats (default 30, the executor's default; the "
+                        "interchange keeps its default heartbeat_threshold of 120 s)")
+    g.add_argument("--fake-block-size", type=int, default=0, metavar="N",
+                   help="fake managers per block (default 0: all in one block, as one allocation's nodes)")
     g2 = p.add_argument_group("payloads")
     g2.add_argument("--payloads", metavar="MIB,...",
                     help="large arguments and results: one task at a time with an argument, then a result, of each "
@@ -576,8 +587,12 @@ def _fake_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             parser.error("--fake-prefetch must be at least 0")
     if args.fake_processes is not None and args.fake_processes < 1:
         parser.error("--fake-processes must be at least 1")
+    if args.fake_stagger < 0 or args.fake_heartbeat_period <= 0 or args.fake_block_size < 0:
+        parser.error("--fake-stagger and --fake-block-size must be >= 0, --fake-heartbeat-period positive")
     return fakemanagers.sweep_main(managers, args.workers_per_manager, args.tasks or 50_000, args.rounds,
-                                   args.json, processes=args.fake_processes, prefetch_capacity=prefetch)
+                                   args.json, processes=args.fake_processes, prefetch_capacity=prefetch,
+                                   stagger=args.fake_stagger, heartbeat_period=args.fake_heartbeat_period,
+                                   block_size=args.fake_block_size)
 
 
 PAYLOADS = Path(__file__).resolve().with_name("payloads.py")
