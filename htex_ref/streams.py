@@ -199,19 +199,33 @@ class NonBlockingWriter:
         self._queue.extend(views)
         self.unsent += size
 
+    #: Buffers handed to one ``sendmsg`` when flushing (below the kernel's IOV_MAX of 1024).
+    FLUSH_BATCH = 512
+
     def flush(self) -> None:
-        while self._queue:
-            chunk = self._queue[0]
-            try:
-                sent = self.sock.send(chunk, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self.broken = e
-                self._queue.clear()
-                return
-            self.unsent -= sent
-            if sent < len(chunk):
-                self._queue[0] = chunk[sent:]
-                return
-            self._queue.pop(0)
+        queue = self._queue
+        done = 0  # buffers fully sent, removed from the queue in one slice at the end (not pop(0) each)
+        try:
+            while done < len(queue):
+                batch = queue[done:done + self.FLUSH_BATCH]
+                try:
+                    sent = self.sock.sendmsg(batch, [], socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    self.broken = e
+                    queue.clear()
+                    done = 0
+                    return
+                self.unsent -= sent
+                for chunk in batch:
+                    if sent >= len(chunk):
+                        sent -= len(chunk)
+                        done += 1
+                    else:
+                        if sent:
+                            queue[done] = chunk[sent:]
+                        return
+        finally:
+            if done:
+                del queue[:done]
