@@ -110,7 +110,8 @@ def sim(session: nox.Session) -> None:
 
 @nox.session
 def sim_bench(session: nox.Session) -> None:
-    """simcluster speed on the 1,000,000-task scenario (goal: under 60 s and 2 GB; run on a quiet machine)."""
+    """simcluster speed on the 1,000,000-task scenario (goal: under 60 s and 2 GB; run on a quiet machine);
+    ``nox -s sim_bench -- examples/scenarios/bench-10k.toml`` for 10,000 nodes x 128 workers (60 s, 4 GB)."""
     session.install("-e", ".[sim]")
     session.run("python", "benchmarks/sim_speed.py", *session.posargs)
 
