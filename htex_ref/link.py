@@ -160,8 +160,14 @@ class InterchangeLink:
             finally:
                 theirs.close()
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(cfg).encode())
-        self.process.stdin.close()
+        try:
+            self.process.stdin.write(json.dumps(cfg).encode())
+            self.process.stdin.close()
+        except BrokenPipeError:
+            # It exited before reading its configuration (a wrong interchange_launch_cmd, a crash at start).
+            code = self.process.wait()
+            raise InterchangeError(f"the interchange process exited at once with code {code}, before reading its "
+                                   f"configuration; see {stderr_path}") from None
         self._pidfd = os.pidfd_open(self.process.pid)
 
     # ---------------------------------------------------------------------------------- writing
