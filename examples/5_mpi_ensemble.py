@@ -53,8 +53,9 @@ def local_config(run_dir: str | None = None) -> Config:
 @bash_app
 def ranks(stdout: str = "", parsl_resource_specification: dict[str, Any] | None = None) -> str:
     # Each rank reports itself: MPICH's Hydra gives every rank PMI_RANK, PMI_SIZE and the host name it
-    # was placed on (MPIR_CVAR_CH3_INTERFACE_HOSTNAME); on Polaris, the node's own name.
-    return ('$PARSL_MPI_PREFIX sh -c \'echo "rank $PMI_RANK of $PMI_SIZE on '
+    # was placed on (MPIR_CVAR_CH3_INTERFACE_HOSTNAME); on Polaris, the node's own name. pipefail: a
+    # failing mpiexec fails the task (with its stderr), rather than leaving sort's empty output.
+    return ('set -o pipefail; $PARSL_MPI_PREFIX sh -c \'echo "rank $PMI_RANK of $PMI_SIZE on '
             '${MPIR_CVAR_CH3_INTERFACE_HOSTNAME:-$(hostname)}"\' | sort')
 
 
