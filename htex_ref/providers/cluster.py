@@ -154,6 +154,25 @@ def run_command(
 #: The job script's first command: when the job started, in epoch seconds, for the worker pools.
 JOB_START_EXPORT = 'export HTEX_REF_JOB_START="$(date +%s)"'
 
+def job_script(directives: list[str], scheduler_options: str, worker_init: str, environment: str,
+                launcher_text: str) -> str:
+    """A batch job script: the shebang, the batch system's directive lines, the user's
+    ``scheduler_options`` after them (so that they win), then the job start export, ``worker_init``, the
+    environment and the launcher's command."""
+    user = scheduler_options.strip("\n")
+    return (
+        "#!/bin/bash\n"
+        + "".join(line + "\n" for line in directives)
+        + (user + "\n\n" if user else ("\n" if directives else ""))
+        # First, before worker_init: a pool that drains before the walltime counts it from here.
+        + JOB_START_EXPORT + "\n"
+        + (worker_init.rstrip("\n") + "\n" if worker_init.strip() else "")
+        + environment
+        + "\n"
+        + launcher_text.rstrip("\n") + "\n"
+    )
+
+
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
 
 

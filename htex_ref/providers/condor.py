@@ -36,7 +36,7 @@ from typing import Any
 from htex_ref.errors import ConfigurationError, ExecutionProviderException
 from htex_ref.launchers import Launcher, SingleNodeLauncher
 from htex_ref.providers.base import JobState, JobStatus, check_optional_amount, check_optional_count
-from htex_ref.providers.cluster import JOB_START_EXPORT, ClusterProvider, CommandResult
+from htex_ref.providers.cluster import ClusterProvider, CommandResult, job_script
 
 #: Attributes asked of condor_q and condor_history (all that ``condor_job_status`` reads, and the id).
 AD_ATTRIBUTES = ("ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal", "HoldReason",
@@ -128,15 +128,7 @@ def render_submit_description(
 
 def render_job_script(*, worker_init: str, environment: str, launcher_text: str) -> str:
     """The shell script the job runs (the submit description's ``executable``)."""
-    return (
-        "#!/bin/bash\n"
-        # First, before worker_init: a pool that drains before the walltime counts it from here.
-        + JOB_START_EXPORT + "\n"
-        + (worker_init.rstrip("\n") + "\n" if worker_init.strip() else "")
-        + environment
-        + "\n"
-        + launcher_text.rstrip("\n") + "\n"
-    )
+    return job_script([], "", worker_init, environment, launcher_text)
 
 
 def parse_condor_submit(stdout: str) -> str | None:

@@ -42,12 +42,12 @@ from htex_ref.errors import ExecutionProviderException
 from htex_ref.launchers import Launcher, SingleNodeLauncher
 from htex_ref.providers.base import JobState, JobStatus, check_number
 from htex_ref.providers.cluster import (
-    JOB_START_EXPORT,
     ClusterProvider,
     CommandResult,
     check_directive_lines,
     check_optional_word,
     format_walltime,
+    job_script,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,19 +107,7 @@ def render_gridengine_script(
     ]
     if queue:
         directives.append(f"#$ -q {queue}")
-    user = scheduler_options.strip("\n")
-    return (
-        "#!/bin/bash\n"
-        + "\n".join(directives) + "\n"
-        + (user + "\n" if user else "")
-        + "\n"
-        # First, before worker_init: a pool that drains before the walltime counts it from here.
-        + JOB_START_EXPORT + "\n"
-        + (worker_init.rstrip("\n") + "\n" if worker_init.strip() else "")
-        + environment
-        + "\n"
-        + launcher_text.rstrip("\n") + "\n"
-    )
+    return job_script(directives, scheduler_options, worker_init, environment, launcher_text)
 
 
 def parse_qsub_output(stdout: str) -> str | None:

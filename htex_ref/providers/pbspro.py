@@ -31,12 +31,12 @@ from htex_ref.errors import ConfigurationError, ExecutionProviderException
 from htex_ref.launchers import Launcher, SingleNodeLauncher
 from htex_ref.providers.base import JobState, JobStatus
 from htex_ref.providers.cluster import (
-    JOB_START_EXPORT,
     ClusterProvider,
     CommandResult,
     check_directive_lines,
     check_optional_word,
     format_walltime,
+    job_script,
 )
 
 #: PBS's own exit statuses for jobs it could not run or had to end (JOB_EXEC_* in PBS's job.h).
@@ -122,19 +122,7 @@ def render_pbs_script(
         directives.append(f"#PBS -A {account}")
     if queue:
         directives.append(f"#PBS -q {queue}")
-    user = scheduler_options.strip("\n")
-    return (
-        "#!/bin/bash\n"
-        + "\n".join(directives) + "\n"
-        + (user + "\n" if user else "")
-        + "\n"
-        # First, before worker_init: a pool that drains before the walltime counts it from here.
-        + JOB_START_EXPORT + "\n"
-        + (worker_init.rstrip("\n") + "\n" if worker_init.strip() else "")
-        + environment
-        + "\n"
-        + launcher_text.rstrip("\n") + "\n"
-    )
+    return job_script(directives, scheduler_options, worker_init, environment, launcher_text)
 
 
 def parse_qsub_output(stdout: str) -> str | None:

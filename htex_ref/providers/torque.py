@@ -33,12 +33,12 @@ from htex_ref.errors import ExecutionProviderException
 from htex_ref.launchers import AprunLauncher, Launcher
 from htex_ref.providers.base import JobState, JobStatus, check_optional_count
 from htex_ref.providers.cluster import (
-    JOB_START_EXPORT,
     ClusterProvider,
     CommandResult,
     check_directive_lines,
     check_optional_word,
     format_walltime,
+    job_script,
 )
 from htex_ref.providers.pbspro import lists_none_of_them, match_job_ids, parse_qsub_output, pbs_job_name
 
@@ -114,19 +114,7 @@ def render_torque_script(
         directives.append(f"#PBS -A {account}")
     if queue:
         directives.append(f"#PBS -q {queue}")
-    user = scheduler_options.strip("\n")
-    return (
-        "#!/bin/bash\n"
-        + "\n".join(directives) + "\n"
-        + (user + "\n" if user else "")
-        + "\n"
-        # First, before worker_init: a pool that drains before the walltime counts it from here.
-        + JOB_START_EXPORT + "\n"
-        + (worker_init.rstrip("\n") + "\n" if worker_init.strip() else "")
-        + environment
-        + "\n"
-        + launcher_text.rstrip("\n") + "\n"
-    )
+    return job_script(directives, scheduler_options, worker_init, environment, launcher_text)
 
 
 def parse_qstat_full(text: str) -> dict[str, dict[str, str]]:
