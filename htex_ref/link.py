@@ -108,8 +108,9 @@ class InterchangeLink:
         #: One dict per restart: when (epoch s), why, tasks re-sent, and once known, how long until the new
         #: interchange was ready and recovery ended (``gap_s``, ``recovered_s``) and what it found.
         self.restarts: list[dict[str, Any]] = []
-        #: Worker pools registered when last asked (the control thread sets it); a restarted interchange
-        #: ends recovery once as many have registered again.
+        #: Worker pools registered when last asked: written only by the control thread, read once by the
+        #: link thread at a restart (a plain int, so a stale read costs at most a longer recovery window);
+        #: a restarted interchange ends recovery once as many have registered again.
         self.known_managers: int | None = None
         self._cfg: dict[str, Any] = {}
         self._argv: Sequence[str] | None = None
@@ -194,8 +195,11 @@ class InterchangeLink:
     def notify(self, notice: Notice, *args: Any) -> None:
         frames = encode_notice(notice, *args)
         if self.restarts_left:
-            # Replayed to a restarted interchange: which blocks are held or have ended.
-            self._notices.append(frames)
+            # Replayed to a restarted interchange: which blocks are held or have ended. Under the send lock,
+            # which the link thread holds while it replays them (a notice replayed and then also sent is
+            # harmless: both notices are idempotent).
+            with self._send_lock:
+                self._notices.append(frames)
         self.send(frames)
 
     def query(self, query: Query, *args: Any, timeout: float = 10.0) -> Any:
@@ -217,6 +221,11 @@ class InterchangeLink:
                 raise CommandTimeout(f"the interchange did not answer {query.value!r} within {timeout} s") from None
         finally:
             self._replies.pop(request_id, None)
+
+    def _note_restart(self, **facts: Any) -> None:
+        # A new dict in place of the last one: other threads read these records (the executor's
+        # ``interchange_restarts``) while only this thread writes, and a dict is never changed once shown.
+        self.restarts[-1] = {**self.restarts[-1], **facts}
 
     def can_restart(self) -> bool:
         return self.restarts_left > 0 and not self.closed and self.table.failure is None
@@ -359,7 +368,7 @@ class InterchangeLink:
             if self._restarted_at is not None:
                 gap = time.monotonic() - self._restarted_at
                 self._restarted_at = None
-                self.restarts[-1]["gap_s"] = round(gap, 3)
+                self._note_restart(gap_s=round(gap, 3))
                 logger.warning("The restarted interchange (pid %s) is ready after %.2f s", self.ready_info.get("pid"),
                                gap)
             self._ready.set()
@@ -367,9 +376,8 @@ class InterchangeLink:
             body = load_json_object(frames[1])
             requeued = [int(t) for t in body.get("requeued", [])]
             if self.restarts:
-                last = self.restarts[-1]
-                last.update(requeued=len(requeued), adopted=body.get("adopted"), managers=body.get("managers"),
-                            recovered_s=round(time.monotonic() - last["_t0"], 3))
+                self._note_restart(requeued=len(requeued), adopted=body.get("adopted"), managers=body.get("managers"),
+                                   recovered_s=round(time.monotonic() - self.restarts[-1]["_t0"], 3))
             logger.warning("Recovery after the interchange restart: %s tasks claimed by %s worker pools, %d "
                            "sent again", body.get("adopted"), body.get("managers"), len(requeued))
             self.table.requeued_after_restart(requeued)
@@ -442,7 +450,7 @@ class InterchangeLink:
                     writer.write_parts(encode_parts([Kind.RECOVER_TASK, *frames[1:]]))
                 writer.write_parts(encode_parts([Kind.RECOVER, dump_json({"window": window,
                                                                           "managers": self.known_managers})]))
-                self.restarts[-1]["resent"] = len(outstanding)
+                self._note_restart(resent=len(outstanding))
         except Exception as e:
             logger.exception("Could not restart the interchange")
             self._fail(InterchangeError(f"the interchange died and could not be restarted: {e}; "
