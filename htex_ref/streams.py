@@ -7,11 +7,67 @@ messages from a byte stream (``StreamReader``), queueing writes so that no sende
 
 from __future__ import annotations
 
+import io
 import mmap
 import socket
+import sys
+import time
+from typing import cast
 
 from htex_ref.errors import ProtocolError
 from htex_ref.framing import MAX_MESSAGE, U64, Frame, decode_body, encode_parts
+
+
+class BigBuffers:
+    """Memory maps for messages of ``MAP_AT`` bytes or more, reused from one message to the next.
+
+    Fresh pages are what a big transfer costs on a virtual machine: copying 256 MiB into pages a
+    process already has took 10 ms here, into fresh ones 250-330 ms (each page is faulted in and zeroed,
+    and on a VM the host may fault it too). A process that receives one big argument or result after
+    another (the executor, the interchange, a pool, a worker) would pay that on every message. So the
+    maps are kept, and the next big message reuses one that is large enough and no longer referenced:
+    its frames are memoryviews into it, and each view holds a reference to the map, so a map is free
+    when nothing but this cache refers to it (``sys.getrefcount``; a consumer still holding a frame, a
+    ZeroMQ send not yet done with it, keeps it out of reuse). At most ``KEEP`` maps are kept, and none
+    that has not been used for ``IDLE_S`` seconds, so a process holds on to this memory only while big
+    messages keep coming.
+    """
+
+    KEEP = 2
+    IDLE_S = 10.0
+
+    def __init__(self) -> None:
+        self._maps: list[tuple[mmap.mmap, float]] = []  # (map, last handed out), oldest first
+
+    def take(self, size: int) -> memoryview:
+        """A writable view of exactly ``size`` bytes in a map nobody else refers to."""
+        now = time.monotonic()
+        self.trim(now)
+        best = -1
+        for i, (m, _) in enumerate(self._maps):
+            # References: the list's tuple, ``m`` here and getrefcount's argument.
+            if len(m) >= size and sys.getrefcount(m) <= 3 and (best < 0 or len(m) < len(self._maps[best][0])):
+                best = i
+        if best >= 0:
+            m = self._maps.pop(best)[0]
+        else:
+            m = mmap.mmap(-1, size)
+            if len(self._maps) >= self.KEEP:
+                self._maps.pop(0)
+        self._maps.append((m, now))
+        return memoryview(m)[:size]
+
+    def trim(self, now: float) -> None:
+        """Forget maps not handed out for ``IDLE_S`` seconds (unmapped once nothing refers to them)."""
+        if self._maps and now - self._maps[0][1] > self.IDLE_S:
+            self._maps = [(m, t) for m, t in self._maps if now - t <= self.IDLE_S]
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+
+#: One cache per process: every stream a process reads shares it (a pool reads one per worker).
+BIG_BUFFERS = BigBuffers()
 
 
 class StreamReader:
@@ -22,8 +78,9 @@ class StreamReader:
     as memoryviews into that buffer: a 1 MiB result is copied once here, not three times. From
     ``MAP_AT`` bytes that buffer is an anonymous memory map rather than a ``bytearray``: its pages are
     touched once, by the kernel's copy, instead of first being zeroed (a quarter of a second for 256 MiB
-    on a small VM). Below it, a ``bytearray`` reuses memory the allocator already has (fresh pages cost
-    more than zeroing ones that are there).
+    on a small VM), and maps are reused from one big message to the next (``BigBuffers``). Below it, a
+    ``bytearray`` reuses memory the allocator already has (fresh pages cost more than zeroing ones that
+    are there).
     """
 
     STAGING = 1 << 18
@@ -94,7 +151,7 @@ class StreamReader:
                 out.append(decode_body(memoryview(buf)[begin : begin + body_len]))
                 self._start = begin + body_len
             elif body_len > len(buf) - 8:
-                big = memoryview(mmap.mmap(-1, body_len) if body_len >= self.MAP_AT else bytearray(body_len))
+                big = BIG_BUFFERS.take(body_len) if body_len >= self.MAP_AT else memoryview(bytearray(body_len))
                 big[:have] = buf[self._start + 8 : self._end]
                 self._big, self._big_got = big, have
                 self._start = self._end = 0
@@ -108,7 +165,8 @@ class BlockingChannel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._file = sock.makefile("rb", buffering=1 << 16)
+        # "rb" with a buffer size makes a BufferedReader (typeshed only says IOBase).
+        self._file = cast(io.BufferedReader, sock.makefile("rb", buffering=1 << 16))
 
     def send(self, frames: list[Frame] | list[bytes]) -> None:
         parts = [memoryview(p) for p in encode_parts(frames)]
@@ -128,10 +186,21 @@ class BlockingChannel:
         (body_len,) = U64.unpack(head)
         if body_len > MAX_MESSAGE:
             raise ProtocolError(f"message of {body_len} bytes is over the limit")
-        body = self._file.read(body_len)
-        if len(body) < body_len:
-            return None
-        return decode_body(body, share=True)
+        if body_len < StreamReader.MAP_AT:
+            body = self._file.read(body_len)
+            if len(body) < body_len:
+                return None
+            return decode_body(body, share=True)
+        # A big argument lands in a reused map (see ``BigBuffers``): its frames are views into it, so the
+        # caller must drop them before the next big message can reuse that memory.
+        view = BIG_BUFFERS.take(body_len)
+        got = 0
+        while got < body_len:
+            n = self._file.readinto(view[got:])
+            if not n:
+                return None
+            got += n
+        return decode_body(view, share=True)
 
 
 class NonBlockingWriter:

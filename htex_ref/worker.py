@@ -23,6 +23,7 @@ import time
 
 import cloudpickle
 
+from htex_ref.framing import Frame
 from htex_ref.memory import data_limit, peak_rss
 from htex_ref.procutil import set_parent_death_signal
 from htex_ref.protocol import Kind, Outcome, pack_result_header, unpack_task_header
@@ -48,7 +49,10 @@ def serve(fd: int, rank: int = 0) -> None:
     cache = FunctionCache()
     loads = cloudpickle.loads
     try:
+        frames: list[Frame] | None = None
         while True:
+            # Dropped first: a big argument is a view into a map the next big message can then reuse.
+            frames = None
             frames = chan.recv()
             if frames is None:
                 return
