@@ -49,10 +49,12 @@ from htex_ref.protocol import (
     Kind,
     Notice,
     Query,
+    ResultTuple,
     dump_json,
     encode_command,
     encode_notice,
     load_json_object,
+    split_result_batches,
     split_results,
     unpack_request_id,
 )
@@ -332,18 +334,35 @@ class InterchangeLink:
             self._fail(InterchangeError(f"corrupt message stream from the interchange ({type(e).__name__}: "
                                              f"{e}); see {self.logdir}/interchange.log"))
             return False
-        for frames in messages:
-            try:
-                if frames[0] == Kind.RESULTS:
-                    self.table.resolve(split_results(frames))
+        # The results of consecutive result messages are resolved together (one pass over the futures, one
+        # monitoring record), before any other message, so that a reply or notice still follows the
+        # results the interchange sent before it.
+        results: list[ResultTuple] = []
+        try:
+            for frames in messages:
+                kind = frames[0]
+                if kind == Kind.RESULT_BATCHES:
+                    results.extend(split_result_batches(frames))
+                elif kind == Kind.RESULTS:
+                    results.extend(split_results(frames))
                 else:
+                    if results:
+                        resolved, results = results, []
+                        self.table.resolve(resolved)
                     self._control_message(frames)
-            except Exception as e:
-                # Results in it would never resolve: fail loudly rather than leave them waiting.
-                logger.exception("Undecodable message from the interchange")
-                self._fail(InterchangeError(f"undecodable message from the interchange ({type(e).__name__}: "
-                                                 f"{e}); see {self.logdir}/interchange.log"))
-                return False
+            if results:
+                resolved, results = results, []
+                self.table.resolve(resolved)
+        except Exception as e:
+            # Results in it would never resolve: fail loudly rather than leave them waiting. Those decoded
+            # before it are good: resolved first.
+            logger.exception("Undecodable message from the interchange")
+            if results:
+                with contextlib.suppress(Exception):
+                    self.table.resolve(results)
+            self._fail(InterchangeError(f"undecodable message from the interchange ({type(e).__name__}: "
+                                             f"{e}); see {self.logdir}/interchange.log"))
+            return False
         return True
 
     def _control_message(self, frames: list[Frame]) -> None:

@@ -104,6 +104,9 @@ class Kind:
     RESULTS = b"results"
     #: A ``results`` batch with a large payload, split like ``tasks_split`` (manager -> interchange).
     RESULTS_SPLIT = b"results_split"
+    #: Several ``results`` batch bodies in one message, one frame each (interchange -> executor): the batches
+    #: of one loop pass forwarded together, so the executor reads and resolves them as one message.
+    RESULT_BATCHES = b"result_batches"
     RESULT = b"result"
     REPLY = b"reply"
     FATAL = b"fatal"
@@ -324,7 +327,24 @@ def split_results(frames: list[bytes] | list[Frame], start: int = 1) -> list[Res
         return _split_results(_split_batch(frames, start, "results"))
     if len(frames) != start + 1:
         raise ProtocolError(f"results message has {len(frames)} frames, expected {start + 1}")
-    body = frames[start]
+    out: list[ResultTuple] = []
+    _split_body(frames[start], out)
+    return out
+
+
+def split_result_batches(frames: list[bytes] | list[Frame], start: int = 1) -> list[ResultTuple]:
+    """Decode a ``result_batches`` message: each of ``frames[start:]`` is one ``results`` batch body (as
+    ``split_results`` reads it); their results in order, all or nothing."""
+    if len(frames) <= start:
+        raise ProtocolError("result_batches message without a batch")
+    out: list[ResultTuple] = []
+    for i in range(start, len(frames)):
+        _split_body(frames[i], out)
+    return out
+
+
+def _split_body(body: Frame, out: list[ResultTuple]) -> None:
+    """Append the results of one batch body to ``out``."""
     lengths, offset = frame_table(body)
     if not lengths or len(lengths) % RESULT_FRAMES:
         raise ProtocolError(f"results message has {len(lengths)} body frames, expected pairs")
@@ -332,7 +352,7 @@ def split_results(frames: list[bytes] | list[Frame], start: int = 1) -> list[Res
     unpack_from = _RESULT_HEADER.unpack_from
     outcomes = _OUTCOMES
     n_outcomes = len(outcomes)
-    out: list[ResultTuple] = []
+    append = out.append
     for i in range(0, len(lengths), RESULT_FRAMES):
         if lengths[i] != _RESULT_HEADER_SIZE:
             raise ProtocolError(f"bad result header ({lengths[i]} bytes)")
@@ -342,9 +362,8 @@ def split_results(frames: list[bytes] | list[Frame], start: int = 1) -> list[Res
             raise ProtocolError(f"bad result header: outcome {code}, run time {run_time}")
         offset += _RESULT_HEADER_SIZE
         end = offset + lengths[i + 1]
-        out.append((task_id, outcomes[code], view[offset:end], run_time))
+        append((task_id, outcomes[code], view[offset:end], run_time))
         offset = end
-    return out
 
 
 def _split_results(parts: list[Frame]) -> list[ResultTuple]:
