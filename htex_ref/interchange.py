@@ -78,7 +78,7 @@ from htex_ref.core.notes import Note
 from htex_ref.core.selectors import CustomSelector, ManagerSelector, selector_from_name
 from htex_ref.errors import ProtocolError
 from htex_ref.framing import MAX_FRAMES, Frame, encode_joined, encode_parts
-from htex_ref.netutil import Contexts, recv_message, tcp_url
+from htex_ref.netutil import Contexts, recv_message, send_message, tcp_url
 from htex_ref.protocol import (
     MAX_CANCEL_IDS,
     MAX_TASK_IDS,
@@ -109,6 +109,10 @@ logger = logging.getLogger("htex_ref.interchange")
 
 #: Results made here (lost with their manager) per message to the executor: its frame limit, two frames each.
 RESULTS_PER_MESSAGE = MAX_FRAMES // 2
+#: Result batches per ``result_batches`` message to the executor. Each is a buffer of its own in the one
+#: ``sendmsg`` that writes the message (with the head and the kind), and the kernel takes at most 1,024
+#: (IOV_MAX; more fail with EMSGSIZE), well below the message's frame limit.
+BATCHES_PER_MESSAGE = 1000
 #: Messages drained from one socket per loop pass, so one busy peer cannot starve the others.
 DRAIN_LIMIT = 2000
 #: With monitoring: seconds between monitor messages to the executor, and between queue snapshots.
@@ -180,6 +184,7 @@ class Interchange:
         # The registration answer carries the pools' task-control settings (whatever their launch command).
         #: Seconds between the pools' samples of their workers, when the executor monitors (None: it does not).
         self.monitoring: float | None = cfg.get("monitoring")
+        self._probe_ok = str(PROTOCOL_VERSION).encode()
         self.registered_body = dump_json({
             "interchange_version": __version__,
             "kill_grace": float(cfg.get("task_kill_grace", 2.0)),
@@ -342,7 +347,7 @@ class Interchange:
                 elif kind == Kind.HEARTBEAT:
                     events.append(ManagerHeartbeat(mid))
                 elif kind == Kind.PROBE:
-                    sock.send_multipart([mid, Kind.PROBE_OK, str(PROTOCOL_VERSION).encode()])
+                    send_message(sock, [mid, Kind.PROBE_OK, self._probe_ok])
                 elif kind == Kind.REGISTER and len(frames) == 3:
                     events.append(ManagerRegistered(mid, Registration.decode(frames[2])))
                 elif kind == Kind.MONITOR and len(frames) == 4:
@@ -428,18 +433,30 @@ class Interchange:
         router = self.router
         acks: dict[bytes, list[int]] | None = None
         for ins in instructions:
-            if isinstance(ins, SendTasks):
+            # Compared by type, not isinstance (no instruction is subclassed): a pass can carry tens of
+            # thousands of instructions, and the chain below was a visible share of the loop.
+            t = type(ins)
+            if t is SendTasks:
                 if self.monitoring is not None:
                     # Stamped before the send: the pool may stamp the task's start before this thread runs on.
                     self._mon["dispatch"].append([time.time(), ins.manager_id.decode(errors="replace"),
                                                   [t.task_id for t in ins.tasks]])
-                router.send_multipart([ins.manager_id, *join_tasks([t.frames for t in ins.tasks])], copy=False)
-            elif isinstance(ins, ForwardResults):
+                send_message(router, [ins.manager_id, *join_tasks([t.frames for t in ins.tasks])], copy=False)
+            elif t is ForwardResults:
+                # The batches of this pass go in one message (the executor's cost is per message, and
+                # many small batches from many managers are the common case at scale); a split batch
+                # goes on its own, written from its parts.
+                batches: list[Any] = []
                 for raw in ins.raw:
                     if isinstance(raw, list):
                         self.to_exec_parts(encode_joined(Kind.RESULTS, raw))
                     else:
-                        self.to_exec([Kind.RESULTS, raw])
+                        batches.append(raw)
+                if len(batches) == 1:
+                    self.to_exec([Kind.RESULTS, batches[0]])
+                else:
+                    for i in range(0, len(batches), BATCHES_PER_MESSAGE):
+                        self.to_exec([Kind.RESULT_BATCHES, *batches[i : i + BATCHES_PER_MESSAGE]])
                 # At most MAX_FRAMES frames a message, two per result: a big block lost at once fails
                 # more tasks than one message may carry.
                 for i in range(0, len(ins.results), RESULTS_PER_MESSAGE):
@@ -448,39 +465,39 @@ class Interchange:
                         self.to_exec_parts(encode_joined(Kind.RESULTS, msg[1:]))
                     else:
                         self.to_exec(msg)
-            elif isinstance(ins, ReplyHeartbeat):
-                router.send_multipart([ins.manager_id, Kind.HEARTBEAT])
-            elif isinstance(ins, AcceptRegistration):
-                router.send_multipart([ins.manager_id, Kind.REGISTERED, self.registered_body])
-            elif isinstance(ins, RejectRegistration):
-                router.send_multipart([ins.manager_id, Kind.REJECTED, dump_json({"reason": ins.reason})])
+            elif t is ReplyHeartbeat:
+                send_message(router, [ins.manager_id, Kind.HEARTBEAT])
+            elif t is AcceptRegistration:
+                send_message(router, [ins.manager_id, Kind.REGISTERED, self.registered_body])
+            elif t is RejectRegistration:
+                send_message(router, [ins.manager_id, Kind.REJECTED, dump_json({"reason": ins.reason})])
                 if ins.mismatch is not None:
                     fatal = {"kind": "version_mismatch", "manager": ins.mismatch[0],
                              "interchange": ins.mismatch[1], "message": ins.reason}
                     self.to_exec([Kind.FATAL, dump_json(fatal)])
-            elif isinstance(ins, CancelOnManager):
+            elif t is CancelOnManager:
                 for i in range(0, len(ins.task_ids), MAX_CANCEL_IDS):
                     body = pack_cancel(ins.task_ids[i:i + MAX_CANCEL_IDS], ins.kill_running)
-                    router.send_multipart([ins.manager_id, Kind.CANCEL, body])
-            elif isinstance(ins, AckResults):
+                    send_message(router, [ins.manager_id, Kind.CANCEL, body])
+            elif t is AckResults:
                 if acks is None:
                     acks = {}
                 acks.setdefault(ins.manager_id, []).extend(ins.task_ids)
-            elif isinstance(ins, StopManager):
-                router.send_multipart([ins.manager_id, Kind.SHUTDOWN, dump_json({"reason": ins.reason})])
-            elif isinstance(ins, DropOnManager):
+            elif t is StopManager:
+                send_message(router, [ins.manager_id, Kind.SHUTDOWN, dump_json({"reason": ins.reason})])
+            elif t is DropOnManager:
                 for i in range(0, len(ins.task_ids), MAX_TASK_IDS):
-                    router.send_multipart([ins.manager_id, Kind.DROP, pack_ids(ins.task_ids[i:i + MAX_TASK_IDS])])
-            elif isinstance(ins, RegisterAgain):
-                router.send_multipart([ins.manager_id, Kind.REGISTER_AGAIN, dump_json({"reason": ins.reason})])
-            elif isinstance(ins, Recovered):
+                    send_message(router, [ins.manager_id, Kind.DROP, pack_ids(ins.task_ids[i:i + MAX_TASK_IDS])])
+            elif t is RegisterAgain:
+                send_message(router, [ins.manager_id, Kind.REGISTER_AGAIN, dump_json({"reason": ins.reason})])
+            elif t is Recovered:
                 self.to_exec([Kind.RECOVERED, dump_json({"requeued": ins.requeued, "adopted": ins.adopted,
                                                          "managers": ins.managers})])
-            elif isinstance(ins, ManagerChanged):
+            elif t is ManagerChanged:
                 if self.monitoring is not None:
                     self._mon["managers"].append([ins.uid, ins.block_id, ins.host, ins.workers, time.time(),
                                                   ins.event, ins.detail])
-            elif isinstance(ins, Note):
+            elif t is Note:
                 logger.log(ins.level, "%s", ins.text)
         if acks is not None:
             self._ack_later(acks)
@@ -498,7 +515,7 @@ class Interchange:
         while self._acks and self._acks[0][0] <= done:
             for mid, ids in self._acks.pop(0)[1].items():
                 for i in range(0, len(ids), MAX_TASK_IDS):
-                    router.send_multipart([mid, Kind.ACK, pack_ids(ids[i:i + MAX_TASK_IDS])])
+                    send_message(router, [mid, Kind.ACK, pack_ids(ids[i:i + MAX_TASK_IDS])])
 
     def close(self) -> None:
         if self.monitoring is not None:
