@@ -520,24 +520,6 @@ class BadCommand(ProtocolError):
         self.request_id = request_id
 
 
-def _field(body: dict[str, Any], name: str, types: type | tuple[type, ...], optional: bool = False) -> Any:
-    if name not in body:
-        if optional:
-            return None
-        raise ProtocolError(f"missing field {name!r}")
-    value = body[name]
-    if value is None and optional:
-        return None
-    # bool is an int subclass; a boolean where a number belongs is a malformed message.
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
-        raise ProtocolError(f"field {name!r} has type {type(value).__name__}")
-    return value
-
-
-def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
-    return types if isinstance(types, tuple) else (types,)
-
-
 def _held_ids(value: Any) -> tuple[int, ...]:
     if (not isinstance(value, list) or len(value) > MAX_TASK_IDS
             or not all(type(v) is int for v in value)):
@@ -577,24 +559,44 @@ class Registration:
     @classmethod
     def decode(cls, frame: bytes) -> Registration:
         body = load_json_object(frame)
-        reg = cls(
-            protocol_version=_field(body, "protocol_version", int),
-            htex_ref_version=_field(body, "htex_ref_version", str),
-            python_version=_field(body, "python_version", str),
-            uid=_field(body, "uid", str),
-            block_id=_field(body, "block_id", str, optional=True),
-            worker_count=_field(body, "worker_count", int),
-            prefetch_capacity=_field(body, "prefetch_capacity", int),
-            hostname=_field(body, "hostname", str),
-            pid=_field(body, "pid", int),
-            cpu_count=_field(body, "cpu_count", int),
-            total_memory=_field(body, "total_memory", int),
-            os=_field(body, "os", str),
-            drain_in=_field(body, "drain_in", (int, float), optional=True),
-            held=_held_ids(body.get("held", [])),
-        )
+        # One pass over a table rather than a call per field: a block of 10,000 nodes registers at once.
+        # A JSON value's type is exactly int, float, str, bool, list, dict or None, so ``type(v) in types``
+        # is ``isinstance`` without a boolean where a number belongs.
+        values: list[Any] = []
+        get = body.get
+        for name, types, optional in _REGISTRATION_FIELDS:
+            value = get(name, _MISSING)
+            if type(value) not in types and not (optional and value is None):
+                if value is _MISSING:
+                    if not optional:
+                        raise ProtocolError(f"missing field {name!r}")
+                    value = None
+                else:
+                    raise ProtocolError(f"field {name!r} has type {type(value).__name__}")
+            values.append(value)
+        values.append(_held_ids(get("held", [])))
+        reg = cls(*values)
         if reg.worker_count < 0 or reg.prefetch_capacity < 0:
             raise ProtocolError("negative worker_count or prefetch_capacity")
         if reg.drain_in is not None and not (math.isfinite(reg.drain_in) and reg.drain_in >= 0):
             raise ProtocolError(f"drain_in must be a finite number of seconds >= 0, got {reg.drain_in}")
         return reg
+
+
+_MISSING: Any = object()
+#: ``Registration``'s fields but ``held``, in order: (name, the JSON types it may have, may it be null).
+_REGISTRATION_FIELDS: tuple[tuple[str, tuple[type, ...], bool], ...] = (
+    ("protocol_version", (int,), False),
+    ("htex_ref_version", (str,), False),
+    ("python_version", (str,), False),
+    ("uid", (str,), False),
+    ("block_id", (str,), True),
+    ("worker_count", (int,), False),
+    ("prefetch_capacity", (int,), False),
+    ("hostname", (str,), False),
+    ("pid", (int,), False),
+    ("cpu_count", (int,), False),
+    ("total_memory", (int,), False),
+    ("os", (str,), False),
+    ("drain_in", (int, float), True),
+)

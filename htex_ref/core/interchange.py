@@ -522,6 +522,8 @@ class InterchangeState:
         self._out: list[Instruction] = []
         self._results: list[ResultTuple] = []
         self._raw_results: list[Any] = []
+        #: Managers registered during the current ``handle`` call, logged together at its end.
+        self._registered_now: list[Registration] = []
         #: Rule 10: tasks declared lost with a manager that went silent (task id -> manager id), managers
         #: told to stop, and blocks that ended; a manager that comes back is matched against them.
         self._lost: dict[int, bytes] = {}
@@ -565,6 +567,8 @@ class InterchangeState:
             self._out.append(ForwardResults(self._results, self._raw_results))
             self._results = []
             self._raw_results = []
+        if self._registered_now:
+            self._note_registrations()
         out, self._out = self._out, []
         return out
 
@@ -705,10 +709,28 @@ class InterchangeState:
         self._refresh_free(rec)
         self._changed(rec, "registered", f"capacity {reg.capacity}" + (f", holds {len(reg.held)} tasks"
                                                                          if reg.held else ""))
-        self._out.append(Note(INFO, f"Registered manager {reg.uid} (block {reg.block_id}, host {reg.hostname}, "
-                                    f"{reg.worker_count} workers, capacity {reg.capacity}"
-                                    + (f", holding {len(reg.held)} tasks" if reg.held else "") + ")"))
+        self._registered_now.append(reg)
         self._out.append(AcceptRegistration(mid))
+
+    def _note_registrations(self) -> None:
+        """The log lines for the managers registered in this call: one per block and size rather than
+        one per manager (a block of 10,000 nodes starting at once made 10,000 lines, and writing them was
+        the largest share of the interchange's cost per registration)."""
+        regs, self._registered_now = self._registered_now, []
+        if len(regs) == 1:
+            reg = regs[0]
+            self._out.append(Note(INFO, f"Registered manager {reg.uid} (block {reg.block_id}, host {reg.hostname}, "
+                                        f"{reg.worker_count} workers, capacity {reg.capacity}"
+                                        + (f", holding {len(reg.held)} tasks" if reg.held else "") + ")"))
+            return
+        groups: dict[tuple[str | None, int, int], list[str]] = {}
+        for reg in regs:
+            groups.setdefault((reg.block_id, reg.worker_count, reg.capacity), []).append(
+                f"{reg.uid} on {reg.hostname}" + (f" holding {len(reg.held)} tasks" if reg.held else ""))
+        for (block_id, workers, capacity), names in groups.items():
+            self._out.append(Note(INFO, f"Registered {len(names)} manager{'s' if len(names) > 1 else ''} of block "
+                                        f"{block_id} ({workers} workers, capacity {capacity} each): "
+                                        + ", ".join(names)))
 
     def _register_again(self, rec: ManagerRecord, reg: Registration, now: float) -> None:
         """A registered manager registers again (its connection dropped and came back): rule 10."""
