@@ -11,6 +11,7 @@ import io
 import mmap
 import socket
 import sys
+import threading
 import time
 from typing import cast
 
@@ -28,9 +29,10 @@ class BigBuffers:
     maps are kept, and the next big message reuses one that is large enough and no longer referenced:
     its frames are memoryviews into it, and each view holds a reference to the map, so a map is free
     when nothing but this cache refers to it (``sys.getrefcount``; a consumer still holding a frame, a
-    ZeroMQ send not yet done with it, keeps it out of reuse). At most ``KEEP`` maps are kept, and none
-    that has not been used for ``IDLE_S`` seconds, so a process holds on to this memory only while big
-    messages keep coming.
+    ZeroMQ send not yet done with it, keeps it out of reuse). At most ``KEEP`` maps are kept, and one
+    not handed out for ``IDLE_S`` seconds is dropped by ``trim``, which the event loops call as they
+    go: a process holds on to this memory while big messages keep coming, not after. (A worker blocks
+    in its read, so it keeps the map of its last big argument until its next task.)
     """
 
     KEEP = 2
@@ -38,11 +40,18 @@ class BigBuffers:
 
     def __init__(self) -> None:
         self._maps: list[tuple[mmap.mmap, float]] = []  # (map, last handed out), oldest first
+        # Each process has one cache, and a process may read several streams from several threads (two
+        # executors, each with its link thread): finding a free map and handing it out is one step.
+        self._lock = threading.Lock()
 
     def take(self, size: int) -> memoryview:
         """A writable view of exactly ``size`` bytes in a map nobody else refers to."""
+        with self._lock:
+            return self._take(size)
+
+    def _take(self, size: int) -> memoryview:
         now = time.monotonic()
-        self.trim(now)
+        self._trim(now)
         best = -1
         for i, (m, _) in enumerate(self._maps):
             # References: the list's tuple, ``m`` here and getrefcount's argument.
@@ -59,6 +68,10 @@ class BigBuffers:
 
     def trim(self, now: float) -> None:
         """Forget maps not handed out for ``IDLE_S`` seconds (unmapped once nothing refers to them)."""
+        with self._lock:
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
         if self._maps and now - self._maps[0][1] > self.IDLE_S:
             self._maps = [(m, t) for m, t in self._maps if now - t <= self.IDLE_S]
 

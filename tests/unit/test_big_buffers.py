@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import select
 import socket
+import sys
 import threading
+import time
 import weakref
 
 import pytest
@@ -56,7 +58,7 @@ def test_the_cache_keeps_at_most_keep_maps_and_forgets_idle_ones(monkeypatch: py
     views = [cache.take(MIB) for _ in range(cache.KEEP + 3)]
     assert len(cache) == cache.KEEP
     del views
-    clock = [1000.0]
+    clock = [time.monotonic() + 1e6]  # later than every real stamp
     monkeypatch.setattr("htex_ref.streams.time.monotonic", lambda: clock[0])
     cache.take(MIB)  # stamped at the fake time; the older entries are far older
     clock[0] += cache.IDLE_S + 1
@@ -128,3 +130,33 @@ def test_blocking_channel_big_message_in_a_reused_map_and_a_held_one_is_kept() -
         a.close()
         b.close()
         BIG_BUFFERS.trim(float("inf"))
+
+
+def test_threads_taking_at_once_never_share_a_map() -> None:
+    cache = BigBuffers()
+    live: dict[int, list[memoryview]] = {0: [], 1: []}
+    clashes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def run(me: int) -> None:
+        barrier.wait()
+        for _ in range(2000):
+            view = cache.take(MIB)
+            theirs = {id(v.obj) for v in live[1 - me]}
+            if id(view.obj) in theirs:
+                clashes.append(f"thread {me} got a map thread {1 - me} still holds")
+            live[me].append(view)
+            if len(live[me]) > 1:  # hold one, release the older: maps keep changing hands
+                live[me].pop(0)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in (0, 1)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can: races show up
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert clashes == []
