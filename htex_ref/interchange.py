@@ -35,6 +35,7 @@ executor's messages are decoded by ``htex_ref.protocol`` (one decoder for querie
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -122,6 +123,15 @@ SNAPSHOT_PERIOD = 1.0
 #: and 10,000 of them every second (3 MB of JSON, parsed and stored by the executor's monitoring thread)
 #: starved the executor's link thread until its queries to this process timed out.
 SNAPSHOT_MANAGERS_PER_S = 1000
+
+
+#: The cyclic garbage collector's thresholds in this process (Python's default: 700, 10, 10). Its heap is
+#: the queued tasks and the managers' records, hundreds of thousands of long-lived objects that the default
+#: thresholds had it scan over and over: 0.48 s of collections (0.32 s of them full ones) in one run of
+#: the 10,000-manager benchmark, 0.07 s with these; the interchange's CPU in that run's throughput window
+#: fell from 1.35 s to 0.93 s. What it holds is acyclic and freed by reference counting; the collector only
+#: has the rare cycle to find, and finds it later.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 #: Listen backlog of the managers' port (the kernel caps it at net.core.somaxconn): ZeroMQ's default of
@@ -547,6 +557,7 @@ def main() -> None:
     )
     logger.info("Starting interchange pid %d python %s, open files limit %d", os.getpid(), PYTHON_VERSION,
                 raise_fd_limit())
+    gc.set_threshold(*GC_THRESHOLDS)
     interchange = Interchange(cfg)
 
     def _term(signum: int, frame: Any) -> None:
