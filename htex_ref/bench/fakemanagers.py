@@ -48,6 +48,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -412,6 +413,27 @@ def _noop() -> None:
     return None
 
 
+class _CountDown:
+    """``one`` called ``n`` times (as a future's done-callback, in whichever thread resolves it) sets an
+    event that ``wait`` waits for."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if n <= 0:
+            self._done.set()
+
+    def one(self, _: Any = None) -> None:
+        with self._lock:
+            self.left -= 1
+            if self.left == 0:
+                self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+
 def default_processes(managers: int) -> int:
     """Processes for ``managers`` fake managers: up to four, and one per 2,500 managers beyond that."""
     return max(min(4, managers), -(-managers // 2500))
@@ -639,29 +661,35 @@ def measure(managers: int, workers: int = 64, tasks: int = 50_000, processes: in
             futures = [ex.submit(_noop) for _ in range(tasks)]
             t_sub = time.perf_counter()
             _wait_for(lambda: ex.interchange_stats()["pending"] >= tasks, 60.0, "tasks to reach the interchange")
+            # The clock stops when the last future resolves: a callback on each, set before the clock
+            # starts, counts them in the executor's link thread and wakes this thread once. Waiting on
+            # the futures in order woke this thread for each one that resolved out of order (with many
+            # managers, most of them), and each wake-up took the GIL from the link thread resolving them;
+            # checking every future also ran inside the window. Both are measurement, not the executor.
+            all_done = _CountDown(tasks)
+            for f in futures:
+                f.add_done_callback(all_done.one)
             cpu0 = sum(interchange.cpu_times()[:2])
             ecpu0 = sum(me.cpu_times()[:2])
             fcpu0 = sum(sum(f.cpu_times()[:2]) for f in fakes)
             t0 = time.perf_counter()
             m0 = fm.tell("register")
             deadline = t0 + timeout
-            # The last task tends to finish last: waiting on it first means the loop below rarely
-            # blocks, so this thread does not compete with the executor's link thread for the GIL.
-            futures[-1].exception(timeout=timeout)
+            if not all_done.wait(timeout):
+                raise TimeoutError(f"{all_done.left} of {tasks} tasks did not complete in {timeout:.0f} s")
+            t1 = time.perf_counter()
+            cpu1 = sum(interchange.cpu_times()[:2])
+            ecpu1 = sum(me.cpu_times()[:2])
+            fcpu1 = sum(sum(f.cpu_times()[:2]) for f in fakes)
             lost_futures = 0
             for f in futures:
-                left = deadline - time.perf_counter()
-                exc = f.exception(timeout=max(0.0, left))
+                exc = f.exception(timeout=0)
                 if isinstance(exc, ManagerLost):
                     lost_futures += 1
                 elif exc is not None:
                     raise exc
                 elif f.result() is not None:
                     raise AssertionError("a no-op task returned something")
-            t1 = time.perf_counter()
-            cpu1 = sum(interchange.cpu_times()[:2])
-            ecpu1 = sum(me.cpu_times()[:2])
-            fcpu1 = sum(sum(f.cpu_times()[:2]) for f in fakes)
             regs2 = fm.registrations(timeout=max(1.0, deadline - time.perf_counter()))
             stats = ex.interchange_stats()
             rss_after = interchange.memory_info().rss
