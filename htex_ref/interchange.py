@@ -102,7 +102,7 @@ from htex_ref.protocol import (
     unpack_cancel,
     unpack_task_header,
 )
-from htex_ref.streams import NonBlockingWriter, StreamReader
+from htex_ref.streams import BIG_BUFFERS, NonBlockingWriter, StreamReader
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 logger = logging.getLogger("htex_ref.interchange")
@@ -270,7 +270,10 @@ class Interchange:
                 self._read_executor(events)
             if self.router in socks:
                 self._read_managers(events)
-            self._execute(self.state.handle(*events, now=clock()))
+            now = clock()
+            self._execute(self.state.handle(*events, now=now))
+            if BIG_BUFFERS:
+                BIG_BUFFERS.trim(now)  # maps of big messages no longer coming (streams.BigBuffers)
             if self._acks:
                 self._send_acks()
             if self.monitoring is not None:

@@ -58,7 +58,7 @@ from htex_ref.protocol import (
     split_results,
     unpack_request_id,
 )
-from htex_ref.streams import NonBlockingWriter, StreamReader
+from htex_ref.streams import BIG_BUFFERS, NonBlockingWriter, StreamReader
 from htex_ref.tasks import TaskTable
 
 logger = logging.getLogger("htex_ref.link")
@@ -273,7 +273,10 @@ class InterchangeLink:
         writing = False
         watch = SilenceWatch(self.heartbeat_threshold, self.heartbeat_period, time.monotonic())
         while not self._stop.is_set():
-            self._watch(watch, time.monotonic())
+            now = time.monotonic()
+            self._watch(watch, now)
+            if BIG_BUFFERS:
+                BIG_BUFFERS.trim(now)
             if writer.pending != writing:
                 writing = writer.pending
                 poller.modify(sock_fd, zmq.POLLIN | (zmq.POLLOUT if writing else 0))

@@ -94,7 +94,7 @@ from htex_ref.protocol import (
     unpack_ids,
     unpack_result_header,
 )
-from htex_ref.streams import NonBlockingWriter, StreamReader
+from htex_ref.streams import BIG_BUFFERS, NonBlockingWriter, StreamReader
 from htex_ref.version import PROTOCOL_VERSION, PYTHON_VERSION, __version__
 
 logger = logging.getLogger("htex_ref.worker_pool")
@@ -544,6 +544,8 @@ class WorkerPool:
                 due = min(due, next_report)
             timeout = max(0, int((due - clock()) * 1000) + 1)
             socks = dict(self.poller.poll(min(timeout, 1000)))
+            if BIG_BUFFERS:
+                BIG_BUFFERS.trim(clock())  # maps of big messages no longer coming (streams.BigBuffers)
             if self.monitoring is not None:
                 self._wall = time.time()
             events: list[Any] = []

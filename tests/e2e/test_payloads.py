@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from htex_ref import HighThroughputExecutor, LocalProvider, PayloadTooLarge
 from htex_ref.framing import CHUNK
 from htex_ref.protocol import BIG_FRAME
+from htex_ref.streams import BIG_BUFFERS, StreamReader
 
 
 def echo(data: bytes) -> bytes:
@@ -65,6 +67,27 @@ def test_a_256_mib_argument_and_result_round_trip(ex: HighThroughputExecutor) ->
     remote_digest, back = ex.submit(digest_and_echo, data).result(300)
     assert remote_digest == hashlib.sha256(data).hexdigest()
     assert back == data
+
+
+def test_big_messages_reuse_memory_and_let_it_go_when_they_stop(ex: HighThroughputExecutor,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Results over MAP_AT land in maps of this (the executor's) process: kept for the next big message,
+    # then dropped by the link thread once no big message came for IDLE_S seconds.
+    size = StreamReader.MAP_AT + 4096
+    first = ex.submit(make, size).result(120)
+    assert first == make(size)
+    maps = {id(m) for m, _ in BIG_BUFFERS._maps}
+    assert maps, "a big result did not land in a cached map"
+    del first
+    second = ex.submit(make, size).result(120)
+    assert second == make(size)
+    assert {id(m) for m, _ in BIG_BUFFERS._maps} == maps, "the second big result did not reuse the map"
+    del second
+    monkeypatch.setattr(BIG_BUFFERS, "IDLE_S", 0.2)
+    deadline = time.monotonic() + 30
+    while BIG_BUFFERS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not BIG_BUFFERS, "the link thread kept the maps of big messages that stopped coming"
 
 
 def test_max_payload_bytes_refuses_a_large_call_at_submit_and_fails_a_large_result(make_executor: Any,
