@@ -266,17 +266,21 @@ class NonBlockingWriter:
         self.written += size
         if not self._queue:
             try:
-                sent = self.sock.sendmsg(views, [], socket.MSG_DONTWAIT)
+                # At most FLUSH_BATCH buffers a call: past the kernel's IOV_MAX (1,024) sendmsg fails with
+                # EMSGSIZE, and a message of many frames must not break the channel. The rest is queued.
+                sent = self.sock.sendmsg(views[: self.FLUSH_BATCH], [], socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as e:
                 self.broken = e
                 raise
-            while views and sent >= len(views[0]):
-                sent -= len(views[0])
-                views.pop(0)
-            if views and sent:
-                views[0] = views[0][sent:]
+            done = 0
+            while done < len(views) and sent >= len(views[done]):
+                sent -= len(views[done])
+                done += 1
+            if sent:
+                views[done] = views[done][sent:]
+            views = views[done:]
             size = sum(v.nbytes for v in views)
         self._queue.extend(views)
         self.unsent += size

@@ -553,6 +553,28 @@ def test_non_blocking_writer_never_blocks_and_delivers_in_order(pair):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("count", [1023, 1024, 1025, 5000])
+def test_non_blocking_writer_takes_messages_of_more_buffers_than_one_sendmsg_may(pair, count):
+    # The kernel refuses a sendmsg of over IOV_MAX (1,024) buffers with EMSGSIZE: a message of many
+    # frames (a big batch of results) must still go out whole, in order, with the channel unbroken.
+    a, b = pair
+    writer = NonBlockingWriter(a)
+    parts = [bytes([i % 251]) * (1 + i % 7) for i in range(count)]
+    writer.write_parts(parts)
+    assert writer.broken is None
+    expected = b"".join(parts)
+    received = bytearray()
+    for _ in range(100_000):
+        _drain_into(b, received)
+        if not writer.pending:
+            break
+        writer.flush()
+    _drain_into(b, received)
+    assert bytes(received) == expected
+    assert writer.written == len(expected) and writer.unsent == 0
+
+
+@pytest.mark.timeout(30)
 def test_non_blocking_writer_with_stream_reader_large_messages(pair):
     a, b = pair
     writer = NonBlockingWriter(a)
