@@ -285,6 +285,17 @@ class NonBlockingWriter:
         self._queue.extend(views)
         self.unsent += size
 
+    def queue_parts(self, parts: list[Frame] | list[bytes]) -> None:
+        """Like ``write_parts``, but only queue the message: the owner's next ``flush`` sends it with
+        whatever else is queued by then, in one system call."""
+        if self.broken is not None:
+            raise self.broken
+        views = [memoryview(p) for p in parts]
+        size = sum(v.nbytes for v in views)
+        self.written += size
+        self.unsent += size
+        self._queue.extend(views)
+
     #: Buffers handed to one ``sendmsg`` when flushing (below the kernel's IOV_MAX of 1024).
     FLUSH_BATCH = 512
 
