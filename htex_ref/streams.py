@@ -259,33 +259,33 @@ class NonBlockingWriter:
 
     def write_parts(self, parts: list[Frame] | list[bytes]) -> None:
         """Like ``write`` for a message given as several buffers, without joining them first."""
+        if self._queue:
+            self.queue_parts(parts)  # behind what waits already
+            return
         if self.broken is not None:
             raise self.broken
         views = [memoryview(p) for p in parts]
-        size = sum(v.nbytes for v in views)
-        self.written += size
-        if not self._queue:
-            try:
-                # At most FLUSH_BATCH buffers a call: past the kernel's IOV_MAX (1,024) sendmsg fails with
-                # EMSGSIZE, and a message of many frames must not break the channel. The rest is queued.
-                sent = self.sock.sendmsg(views[: self.FLUSH_BATCH], [], socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as e:
-                self.broken = e
-                raise
-            done = 0
-            while done < len(views) and sent >= len(views[done]):
-                sent -= len(views[done])
-                done += 1
-            if sent:
-                views[done] = views[done][sent:]
-            views = views[done:]
-            size = sum(v.nbytes for v in views)
-        self._queue.extend(views)
-        self.unsent += size
+        try:
+            # At most FLUSH_BATCH buffers a call: past the kernel's IOV_MAX (1,024) sendmsg fails with
+            # EMSGSIZE, and a message of many frames must not break the channel. The rest is queued.
+            sent = self.sock.sendmsg(views[: self.FLUSH_BATCH], [], socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self.written += sum(v.nbytes for v in views)
+            self.broken = e
+            raise
+        self.written += sent
+        done = 0
+        while done < len(views) and sent >= len(views[done]):
+            sent -= len(views[done])
+            done += 1
+        if sent:
+            views[done] = views[done][sent:]
+        if done < len(views):
+            self.queue_parts(views[done:])
 
-    def queue_parts(self, parts: list[Frame] | list[bytes]) -> None:
+    def queue_parts(self, parts: list[Frame] | list[bytes] | list[memoryview]) -> None:
         """Like ``write_parts``, but only queue the message: the owner's next ``flush`` sends it with
         whatever else is queued by then, in one system call."""
         if self.broken is not None:

@@ -516,6 +516,16 @@ def _drain_into(sock: socket.socket, sink: bytearray) -> None:
         sink += chunk
 
 
+def _flush_all(writer: NonBlockingWriter, sock: socket.socket, received: bytearray) -> None:
+    """Read everything ``writer`` sends, flushing it whenever there is room, as its owner would."""
+    for _ in range(100_000):
+        _drain_into(sock, received)
+        if not writer.pending:
+            break
+        writer.flush()
+    _drain_into(sock, received)
+
+
 @pytest.mark.timeout(30)
 def test_non_blocking_writer_never_blocks_and_delivers_in_order(pair):
     a, b = pair  # both blocking sockets: a send without MSG_DONTWAIT would hang here
@@ -540,13 +550,8 @@ def test_non_blocking_writer_never_blocks_and_delivers_in_order(pair):
         assert writer.pending
     # Now the peer drains; the owner flushes whenever there is room.
     received = bytearray()
-    for _ in range(100_000):
-        _drain_into(b, received)
-        if not writer.pending:
-            break
-        writer.flush()
+    _flush_all(writer, b, received)
     assert not writer.pending
-    _drain_into(b, received)
     assert len(received) == len(expected)
     assert received == expected
     assert writer.broken is None
@@ -564,12 +569,7 @@ def test_non_blocking_writer_takes_messages_of_more_buffers_than_one_sendmsg_may
     assert writer.broken is None
     expected = b"".join(parts)
     received = bytearray()
-    for _ in range(100_000):
-        _drain_into(b, received)
-        if not writer.pending:
-            break
-        writer.flush()
-    _drain_into(b, received)
+    _flush_all(writer, b, received)
     assert bytes(received) == expected
     assert writer.written == len(expected) and writer.unsent == 0
 
